@@ -1,0 +1,231 @@
+//! HTTP policy shared by the Looker and D365 clients: which endpoints are acceptable, and how to
+//! back off when a service throttles.
+//!
+//! Retrying is only automatic where it cannot double-post: a 429 means the request was refused
+//! before it was processed, so any method may be retried after `Retry-After`; a 5xx or a dropped
+//! connection on a write leaves the outcome unknown, so writes are *not* retried here — the
+//! caller reconciles against D365 first.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use url::Url;
+
+/// Errors about configured endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{what} URL `{url}` is not a valid absolute URL: {reason}")]
+    Invalid {
+        what: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("{what} URL `{url}` must use https (plain http is only allowed for loopback hosts such as 127.0.0.1 or localhost)")]
+    InsecureScheme { what: &'static str, url: String },
+}
+
+/// Parses a configured endpoint and enforces https except for loopback hosts.
+pub fn endpoint(what: &'static str, raw: &str) -> Result<Url, EndpointError> {
+    let url = Url::parse(raw.trim()).map_err(|e| EndpointError::Invalid {
+        what,
+        url: raw.to_string(),
+        reason: e.to_string(),
+    })?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(EndpointError::InsecureScheme {
+            what,
+            url: raw.to_string(),
+        }),
+        other => Err(EndpointError::Invalid {
+            what,
+            url: raw.to_string(),
+            reason: format!("unsupported scheme `{other}`"),
+        }),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// How hard to try when a service throttles or hiccups.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Total attempts including the first.
+    pub max_attempts: u32,
+    /// First exponential-backoff delay (doubles per attempt, with jitter).
+    pub base_delay: Duration,
+    /// Upper bound of any single wait, including an honoured `Retry-After`.
+    pub max_delay: Duration,
+    /// Wait used for a 429 without `Retry-After`.
+    pub fallback_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            fallback_retry_after: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with full jitter for `attempt` (1-based), capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.max_delay);
+        // Full jitter in [capped/2, capped]: spreads retries of concurrent clients.
+        let half = capped / 2;
+        half + Duration::from_millis(fastrand::u64(0..=half.as_millis() as u64))
+    }
+
+    /// Wait before retrying a 429: `Retry-After` when present (capped), else the fallback with jitter.
+    pub fn throttle_wait(&self, headers: &HeaderMap) -> Duration {
+        match retry_after(headers) {
+            Some(d) => d.min(self.max_delay),
+            None => {
+                let f = self.fallback_retry_after.min(self.max_delay);
+                f + Duration::from_millis(fastrand::u64(0..=(f.as_millis() as u64 / 4)))
+            }
+        }
+    }
+}
+
+/// `Retry-After` as delay-seconds (the form Looker and F&O send). HTTP-dates are ignored.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs: f64 = v.parse().ok()?;
+    if secs.is_finite() && secs >= 0.0 {
+        Some(Duration::from_secs_f64(secs))
+    } else {
+        None
+    }
+}
+
+/// Whether a request may be sent again without risking a duplicate write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Reads (GET) and logins: retried on 429, 5xx and transport errors.
+    Safe,
+    /// Writes: retried only on 429 (refused before processing).
+    Unsafe,
+}
+
+/// Sends a request built by `build` (called once per attempt), retrying per `policy`.
+///
+/// Returns the final response whatever its status (the caller classifies it), or the transport
+/// error of the last attempt. `on_retry` is told about every wait, for the audit trail/logs.
+pub async fn send_with_retry<F>(
+    build: F,
+    policy: &RetryPolicy,
+    idempotency: Idempotency,
+    mut on_retry: impl FnMut(&str),
+) -> Result<Response, reqwest::Error>
+where
+    F: Fn() -> RequestBuilder,
+{
+    let mut attempt = 1;
+    loop {
+        let result = build().send().await;
+        let last = attempt >= policy.max_attempts;
+        match result {
+            Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS && !last => {
+                let wait = policy.throttle_wait(resp.headers());
+                on_retry(&format!(
+                    "throttled (429), waiting {:.1}s before attempt {}",
+                    wait.as_secs_f64(),
+                    attempt + 1
+                ));
+                tokio::time::sleep(wait).await;
+            }
+            Ok(resp)
+                if resp.status().is_server_error()
+                    && idempotency == Idempotency::Safe
+                    && !last =>
+            {
+                let wait = policy.backoff(attempt);
+                on_retry(&format!(
+                    "server error {}, waiting {:.1}s before attempt {}",
+                    resp.status().as_u16(),
+                    wait.as_secs_f64(),
+                    attempt + 1
+                ));
+                tokio::time::sleep(wait).await;
+            }
+            Ok(resp) => return Ok(resp),
+            Err(e) if idempotency == Idempotency::Safe && !last && !e.is_builder() => {
+                let wait = policy.backoff(attempt);
+                on_retry(&format!(
+                    "transport error ({}), waiting {:.1}s before attempt {}",
+                    e.without_url(),
+                    wait.as_secs_f64(),
+                    attempt + 1
+                ));
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+        attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_required_except_loopback() {
+        assert!(endpoint("Looker", "https://acme.cloud.looker.com").is_ok());
+        assert!(endpoint("Looker", "http://127.0.0.1:8080").is_ok());
+        assert!(endpoint("Looker", "http://localhost:8080").is_ok());
+        assert!(endpoint("Looker", "http://[::1]:8080").is_ok());
+        let e = endpoint("D365", "http://contoso.operations.dynamics.com").unwrap_err();
+        assert!(e.to_string().contains("must use https"), "{e}");
+        assert!(endpoint("D365", "ftp://x").is_err());
+        assert!(endpoint("D365", "not a url").is_err());
+    }
+
+    #[test]
+    fn retry_after_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let p = RetryPolicy {
+            max_delay: Duration::from_secs(5),
+            ..Default::default()
+        };
+        assert_eq!(p.throttle_wait(&h), Duration::from_secs(5));
+        h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+            ..Default::default()
+        };
+        for _ in 0..50 {
+            let d1 = p.backoff(1);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+            let d10 = p.backoff(10);
+            assert!(d10 >= Duration::from_millis(500) && d10 <= Duration::from_millis(1000));
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! ml-connector: Looker results → Dynamics 365 F&O general journals.
+//!
+//! `domain` is the core with no I/O (money, source rows, mapping, journals, validation, run
+//! model). Around it sit the adapters: `looker` and `d365` (HTTP clients), `store` (audit and
+//! idempotency persistence), `secrets` (credentials), `engine` (the run pipeline wiring them
+//! together) and `cli`. `sandbox` holds simulators for demos and tests and is feature-gated.
+
+pub mod d365;
+pub mod domain;
+pub mod http;
+pub mod looker;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
+pub mod secrets;
+pub mod store;
