@@ -1,8 +1,14 @@
-//! Per-instance configuration (TOML): source, mapping, balancing, rounding.
+//! Per-instance configuration (TOML): source, period, mapping, balancing, rounding.
+//!
+//! Every customer's LookML differs, so *what* a column means is configuration, not code. The
+//! config holds no credentials: it may name a credentials file, and the environment overrides.
+//! A complete commented example lives in `infra/config/weekly-marketplace-fees.toml`.
 
 use std::collections::BTreeMap;
 
+use chrono::{Datelike, Duration, NaiveDate};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// An inline Looker query (`POST /queries/run/json` body). `explore` is sent as Looker's `view`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,4 +24,678 @@ pub struct InlineQuery {
     /// Pins how Looker interprets dates (e.g. `UTC`).
     #[serde(default)]
     pub query_timezone: Option<String>,
+}
+
+/// Errors in an instance configuration, each naming the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid TOML or has an unknown/mistyped key: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole instance configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Short name of this connector instance; part of every natural key.
+    pub instance: String,
+    /// Optional path of a credentials file (TOML); relative paths are relative to the config.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    pub looker: LookerEndpoint,
+    pub d365: D365Endpoint,
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub period: PeriodConfig,
+    pub journal: JournalConfig,
+    pub amount: AmountConfig,
+    pub account: ValueSource,
+    /// Financial dimension name (as in the ledger format, e.g. `CostCenter`) → where its value comes from.
+    #[serde(default)]
+    pub dimensions: BTreeMap<String, ValueSource>,
+    pub balancing: BalancingConfig,
+    #[serde(default)]
+    pub rounding: RoundingConfig,
+    /// Decimal places for currencies missing from the built-in ISO table.
+    #[serde(default)]
+    pub currencies: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookerEndpoint {
+    /// Host root, e.g. `https://acme.cloud.looker.com` (no `/api/4.0`).
+    pub base_url: String,
+    /// Refuse extracts with more rows than this (the connector asks Looker for one more).
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct D365Endpoint {
+    /// e.g. `https://contoso.operations.dynamics.com`; also the token scope (`…/.default`).
+    pub environment_url: String,
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// Entra tenant id (not secret; the client id and secret are credentials).
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_max_rows() -> usize {
+    5000
+}
+fn default_timeout() -> u64 {
+    120
+}
+fn default_authority() -> String {
+    "https://login.microsoftonline.com".to_string()
+}
+
+/// What to run in Looker: a saved Look or an inline query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(default)]
+    pub look_id: Option<String>,
+    #[serde(default)]
+    pub query: Option<InlineQuery>,
+}
+
+/// The source after checking exactly one of `look_id`/`query` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source<'a> {
+    Look(&'a str),
+    Query(&'a InlineQuery),
+}
+
+impl SourceConfig {
+    pub fn resolve(&self) -> Result<Source<'_>, ConfigError> {
+        match (&self.look_id, &self.query) {
+            (Some(id), None) if !id.trim().is_empty() => Ok(Source::Look(id)),
+            (None, Some(q)) => Ok(Source::Query(q)),
+            (Some(_), Some(_)) => Err(invalid(
+                "source",
+                "set either `look_id` or `[source.query]`, not both",
+            )),
+            _ => Err(invalid(
+                "source",
+                "set `look_id` (a saved Look) or `[source.query]` (model, explore, fields)",
+            )),
+        }
+    }
+}
+
+/// Which accounting period a run covers, derived from the run date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PeriodKind {
+    /// The last complete ISO week (Monday–Sunday) before the run date.
+    #[default]
+    Week,
+    /// The last complete calendar month before the run date.
+    Month,
+    /// The day before the run date.
+    Day,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodConfig {
+    #[serde(default)]
+    pub kind: PeriodKind,
+}
+
+/// A concrete period: a label for keys and humans, and its inclusive date range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Period {
+    pub label: String,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+}
+
+impl PeriodKind {
+    /// The period a run on `run_date` covers.
+    pub fn period_for(&self, run_date: NaiveDate) -> Period {
+        match self {
+            PeriodKind::Week => {
+                let monday_this_week =
+                    run_date - Duration::days(run_date.weekday().num_days_from_monday() as i64);
+                let start = monday_this_week - Duration::days(7);
+                let end = start + Duration::days(6);
+                let iso = start.iso_week();
+                Period {
+                    label: format!("{}-W{:02}", iso.year(), iso.week()),
+                    start,
+                    end,
+                }
+            }
+            PeriodKind::Month => {
+                let first_this_month = run_date.with_day(1).unwrap_or(run_date);
+                let end = first_this_month - Duration::days(1);
+                let start = end.with_day(1).unwrap_or(end);
+                Period {
+                    label: format!("{:04}-{:02}", start.year(), start.month()),
+                    start,
+                    end,
+                }
+            }
+            PeriodKind::Day => {
+                let d = run_date - Duration::days(1);
+                Period {
+                    label: d.format("%Y-%m-%d").to_string(),
+                    start: d,
+                    end: d,
+                }
+            }
+        }
+    }
+}
+
+/// Where a text value (account, dimension, legal entity, currency) comes from.
+///
+/// TOML: `{ constant = "618100" }`, `{ column = "view.field" }`, or
+/// `{ column = "view.field", lookup = { "Amazon" = "AMZ" }, default = "WEB" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueSource {
+    #[serde(default)]
+    pub constant: Option<String>,
+    #[serde(default)]
+    pub column: Option<String>,
+    /// Column value → target value. Without `default`, an unmapped value is a row error.
+    #[serde(default)]
+    pub lookup: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+impl ValueSource {
+    pub fn constant(v: impl Into<String>) -> Self {
+        Self {
+            constant: Some(v.into()),
+            column: None,
+            lookup: None,
+            default: None,
+        }
+    }
+
+    pub fn column(c: impl Into<String>) -> Self {
+        Self {
+            constant: None,
+            column: Some(c.into()),
+            lookup: None,
+            default: None,
+        }
+    }
+
+    fn check(&self, key: &str) -> Result<(), ConfigError> {
+        match (&self.constant, &self.column) {
+            (Some(c), None) => {
+                if self.lookup.is_some() || self.default.is_some() {
+                    return Err(invalid(key, "`lookup`/`default` only apply with `column`"));
+                }
+                if c.trim().is_empty() {
+                    return Err(invalid(key, "`constant` is empty"));
+                }
+                Ok(())
+            }
+            (None, Some(c)) if !c.trim().is_empty() => {
+                if self.default.is_some() && self.lookup.is_none() {
+                    return Err(invalid(key, "`default` only applies with `lookup`"));
+                }
+                Ok(())
+            }
+            (Some(_), Some(_)) => Err(invalid(key, "set `constant` or `column`, not both")),
+            _ => Err(invalid(
+                key,
+                "set `constant = \"…\"` or `column = \"view.field\"` (optionally with `lookup`)",
+            )),
+        }
+    }
+
+    /// Columns this source reads.
+    pub fn columns(&self) -> Vec<&str> {
+        self.column.iter().map(String::as_str).collect()
+    }
+}
+
+/// Journal-level settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// dataAreaId per row or constant; one journal is created per legal entity.
+    pub legal_entity: ValueSource,
+    /// `JournalNames.Name`, e.g. `GenJrn`.
+    pub journal_name: String,
+    /// Currency code per row or constant.
+    pub currency: ValueSource,
+    /// Transaction date: `"period_end"`, `"run_date"`, or `{ column = "view.date_field" }`.
+    #[serde(default)]
+    pub trans_date: TransDateSource,
+    /// Header description template (prefixed with the run key).
+    #[serde(default = "default_description")]
+    pub description: String,
+    /// Line text template (prefixed with the line's lineage reference). `{view.field}` inserts a
+    /// column value; `{period}`, `{period_start}`, `{period_end}`, `{run_date}` are also known.
+    #[serde(default = "default_text")]
+    pub text: String,
+    /// How detail lines form vouchers: one voucher per (entity, currency, date), or one per row.
+    #[serde(default)]
+    pub voucher_by: VoucherBy,
+    /// Maximum characters of `Text` and `Description` in D365 (the EDTs are 60).
+    #[serde(default = "default_text_len")]
+    pub max_text_len: usize,
+}
+
+fn default_description() -> String {
+    "Looker {period}".to_string()
+}
+fn default_text() -> String {
+    "Looker {period}".to_string()
+}
+fn default_text_len() -> usize {
+    60
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TransDateSource {
+    Named(String),
+    Column {
+        column: String,
+    },
+}
+
+/// Resolved transaction-date rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransDate<'a> {
+    PeriodEnd,
+    RunDate,
+    Column(&'a str),
+}
+
+impl Default for TransDateSource {
+    fn default() -> Self {
+        TransDateSource::Named("period_end".to_string())
+    }
+}
+
+impl TransDateSource {
+    pub fn resolve(&self) -> Result<TransDate<'_>, ConfigError> {
+        match self {
+            TransDateSource::Named(s) if s == "period_end" => Ok(TransDate::PeriodEnd),
+            TransDateSource::Named(s) if s == "run_date" => Ok(TransDate::RunDate),
+            TransDateSource::Named(s) => Err(invalid(
+                "journal.trans_date",
+                format!("`{s}` is not `period_end`, `run_date` or `{{ column = \"…\" }}`"),
+            )),
+            TransDateSource::Column { column } => Ok(TransDate::Column(column)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VoucherBy {
+    /// One voucher per legal entity, currency and transaction date (balanced by balancing lines).
+    #[default]
+    TransDate,
+    /// Every source row is its own voucher.
+    Row,
+}
+
+/// Which column(s) carry the amount and what sign means.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmountConfig {
+    /// A single signed amount column.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// `debit_positive` (default): positive amounts debit the mapped account.
+    /// `credit_positive`: positive amounts credit it.
+    #[serde(default)]
+    pub sign: SignConvention,
+    /// Alternatively, separate debit and credit columns (both non-negative).
+    #[serde(default)]
+    pub debit_column: Option<String>,
+    #[serde(default)]
+    pub credit_column: Option<String>,
+    /// What to do with rows whose amount is exactly zero.
+    #[serde(default)]
+    pub zero: ZeroAmounts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SignConvention {
+    #[default]
+    DebitPositive,
+    CreditPositive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ZeroAmounts {
+    /// Record the row as skipped; no line.
+    #[default]
+    Skip,
+    /// Treat as a row error.
+    Reject,
+}
+
+/// The resolved amount rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AmountRule<'a> {
+    Signed {
+        column: &'a str,
+        sign: SignConvention,
+    },
+    DebitCredit {
+        debit: &'a str,
+        credit: &'a str,
+    },
+}
+
+impl AmountConfig {
+    pub fn resolve(&self) -> Result<AmountRule<'_>, ConfigError> {
+        match (&self.column, &self.debit_column, &self.credit_column) {
+            (Some(c), None, None) => Ok(AmountRule::Signed {
+                column: c,
+                sign: self.sign,
+            }),
+            (None, Some(d), Some(c)) => Ok(AmountRule::DebitCredit {
+                debit: d,
+                credit: c,
+            }),
+            _ => Err(invalid(
+                "amount",
+                "set `column` (signed amount) or both `debit_column` and `credit_column`",
+            )),
+        }
+    }
+}
+
+/// How vouchers are balanced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancingConfig {
+    #[serde(default)]
+    pub style: BalancingStyle,
+    /// The balancing (offset) main account.
+    pub account: ValueSource,
+    /// Dimensions of the balancing account.
+    #[serde(default)]
+    pub dimensions: BTreeMap<String, ValueSource>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancingStyle {
+    /// Each voucher gets balancing line(s) on the balancing account for the voucher's total.
+    #[default]
+    Lines,
+    /// Each line carries the balancing account as its offset account (single-line vouchers).
+    Offset,
+}
+
+/// Where the rounding residue goes.
+///
+/// Each detail line is rounded to the currency on its own; the balancing side is the rounded
+/// *total* of the exact amounts (what Looker said). The difference, the residue, is booked either
+/// onto the largest detail line of the voucher (ties: the earliest row) or to a rounding account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundingConfig {
+    #[serde(default)]
+    pub book_to: RoundingTarget,
+    /// Required when `book_to = "account"`.
+    #[serde(default)]
+    pub account: Option<String>,
+    #[serde(default)]
+    pub dimensions: BTreeMap<String, String>,
+}
+
+impl Default for RoundingConfig {
+    fn default() -> Self {
+        Self {
+            book_to: RoundingTarget::LargestLine,
+            account: None,
+            dimensions: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundingTarget {
+    #[default]
+    LargestLine,
+    Account,
+}
+
+impl InstanceConfig {
+    /// Parses and checks a TOML config. Every error names the key it is about.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: InstanceConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Structural checks beyond what serde enforces.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.instance.trim().is_empty()
+            || !self
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        {
+            return Err(invalid(
+                "instance",
+                "use letters, digits, `-` or `_` (it is part of keys and URLs)",
+            ));
+        }
+        self.source.resolve()?;
+        if let Some(q) = &self.source.query {
+            if q.fields.is_empty() {
+                return Err(invalid("source.query.fields", "list at least one field"));
+            }
+        }
+        if self.looker.max_rows == 0 {
+            return Err(invalid("looker.max_rows", "must be at least 1"));
+        }
+        self.journal.legal_entity.check("journal.legal_entity")?;
+        self.journal.currency.check("journal.currency")?;
+        self.journal.trans_date.resolve()?;
+        if self.journal.journal_name.trim().is_empty() {
+            return Err(invalid("journal.journal_name", "is empty"));
+        }
+        if self.journal.max_text_len < 30 {
+            return Err(invalid(
+                "journal.max_text_len",
+                "must leave room for the lineage reference (at least 30)",
+            ));
+        }
+        self.amount.resolve()?;
+        self.account.check("account")?;
+        for (dim, src) in &self.dimensions {
+            src.check(&format!("dimensions.{dim}"))?;
+        }
+        self.balancing.account.check("balancing.account")?;
+        for (dim, src) in &self.balancing.dimensions {
+            src.check(&format!("balancing.dimensions.{dim}"))?;
+        }
+        if self.rounding.book_to == RoundingTarget::Account
+            && self.rounding.account.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(invalid(
+                "rounding.account",
+                "required when `rounding.book_to = \"account\"`",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A short hash identifying this exact configuration, recorded with every run.
+    pub fn version(&self) -> String {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(&canonical);
+        hex::encode(&h.finalize()[..6])
+    }
+
+    /// Every Looker column the mapping reads (for `check` and for clear missing-column errors).
+    pub fn referenced_columns(&self) -> Vec<String> {
+        let mut cols: Vec<String> = Vec::new();
+        let mut add = |c: &str| {
+            if !cols.iter().any(|x| x == c) {
+                cols.push(c.to_string());
+            }
+        };
+        for c in self.journal.legal_entity.columns() {
+            add(c);
+        }
+        for c in self.journal.currency.columns() {
+            add(c);
+        }
+        if let Ok(TransDate::Column(c)) = self.journal.trans_date.resolve() {
+            add(c);
+        }
+        match self.amount.resolve() {
+            Ok(AmountRule::Signed { column, .. }) => add(column),
+            Ok(AmountRule::DebitCredit { debit, credit }) => {
+                add(debit);
+                add(credit);
+            }
+            Err(_) => {}
+        }
+        for c in self.account.columns() {
+            add(c);
+        }
+        for src in self.dimensions.values() {
+            for c in src.columns() {
+                add(c);
+            }
+        }
+        for c in self.balancing.account.columns() {
+            add(c);
+        }
+        for src in self.balancing.dimensions.values() {
+            for c in src.columns() {
+                add(c);
+            }
+        }
+        for t in [&self.journal.text, &self.journal.description] {
+            for name in template_names(t) {
+                if name.contains('.') {
+                    add(&name);
+                }
+            }
+        }
+        cols
+    }
+
+    /// Looker filters with `{period_start}`, `{period_end}`, `{period}` substituted.
+    pub fn query_for_period(&self, period: &Period) -> Option<InlineQuery> {
+        let mut q = self.source.query.clone()?;
+        for v in q.filters.values_mut() {
+            *v = v
+                .replace("{period_start}", &period.start.to_string())
+                .replace("{period_end}", &period.end.to_string())
+                .replace(
+                    "{period_end_exclusive}",
+                    &(period.end + Duration::days(1)).to_string(),
+                )
+                .replace("{period}", &period.label);
+        }
+        Some(q)
+    }
+}
+
+/// Placeholder names used in a `{…}` template.
+pub fn template_names(template: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) => {
+                out.push(after[..close].to_string());
+                rest = &after[close + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str =
+        include_str!("../../infra/config/weekly-marketplace-fees.toml");
+
+    #[test]
+    fn example_config_parses_and_checks() {
+        let cfg = InstanceConfig::from_toml(EXAMPLE).expect("example config is valid");
+        assert_eq!(cfg.instance, "weekly-marketplace-fees");
+        assert!(matches!(cfg.source.resolve().unwrap(), Source::Query(_)));
+        let cols = cfg.referenced_columns();
+        assert!(cols.contains(&"marketplace_fees.total_amount".to_string()));
+        assert!(cols.contains(&"marketplace_fees.channel".to_string()));
+        assert_eq!(cfg.version(), cfg.clone().version());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = EXAMPLE.replace(
+            "[account]\ncolumn",
+            "[account]\nconstant = \"1\"\ncolumn",
+        );
+        let e = InstanceConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("`account`"), "{e}");
+        let bad = EXAMPLE.replace("journal_name = \"GenJrn\"", "journal_nam = \"GenJrn\"");
+        let e = InstanceConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("journal_nam"), "{e}");
+    }
+
+    #[test]
+    fn periods() {
+        let thu = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        let w = PeriodKind::Week.period_for(thu);
+        assert_eq!(w.start, NaiveDate::from_ymd_opt(2026, 11, 16).unwrap());
+        assert_eq!(w.end, NaiveDate::from_ymd_opt(2026, 11, 22).unwrap());
+        assert_eq!(w.label, "2026-W47");
+        let mon = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+        assert_eq!(PeriodKind::Week.period_for(mon), w);
+        let m = PeriodKind::Month.period_for(NaiveDate::from_ymd_opt(2026, 3, 1).unwrap());
+        assert_eq!(m.label, "2026-02");
+        assert_eq!(m.end, NaiveDate::from_ymd_opt(2026, 2, 28).unwrap());
+        let d = PeriodKind::Day.period_for(NaiveDate::from_ymd_opt(2026, 1, 1).unwrap());
+        assert_eq!(d.label, "2025-12-31");
+    }
+
+    #[test]
+    fn templates() {
+        assert_eq!(
+            template_names("{a.b} x {period} {"),
+            vec!["a.b".to_string(), "period".to_string()]
+        );
+    }
 }

@@ -1,1 +1,902 @@
-//! TODO
+//! Mapping: Looker rows → journal lines grouped into balanced vouchers, with rounding residue
+//! booked deterministically.
+//!
+//! Pure: the same extract, config, period and run key always give the same journals, line
+//! numbers and texts. That determinism is what lets a retry find, by lineage reference, exactly
+//! which lines an earlier attempt already created in D365.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+
+use super::config::{
+    AmountRule, BalancingStyle, InstanceConfig, Period, RoundingTarget, SignConvention, TransDate,
+    ValueSource, VoucherBy, ZeroAmounts,
+};
+use super::journal::{Journal, JournalLine, LedgerAccount, LineKind};
+use super::money::{parse_amount_text, round, CurrencyPrecision};
+use super::run::RowStatus;
+use super::source::{Cell, Extract, SourceRow};
+use super::validation::Issue;
+
+/// Inputs that are the same for every row of a run.
+pub struct MappingContext<'a> {
+    pub config: &'a InstanceConfig,
+    pub period: &'a Period,
+    pub run_date: NaiveDate,
+    /// The run's natural key; every line text starts with `{run_key}.L{line_no:04}`.
+    pub run_key: &'a str,
+    pub precision: &'a CurrencyPrecision,
+}
+
+/// What happened to one source row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowOutcome {
+    pub index: usize,
+    pub status: RowStatus,
+    pub line_nos: Vec<u32>,
+    pub errors: Vec<String>,
+}
+
+/// The result of mapping an extract.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    /// One journal per legal entity, in legal-entity order. Built from the rows that mapped,
+    /// so a preview can show them even when other rows have issues.
+    pub journals: Vec<Journal>,
+    pub rows: Vec<RowOutcome>,
+    pub issues: Vec<Issue>,
+    /// Sum of the exact signed amounts of every row whose amount could be read.
+    pub source_total: Decimal,
+    /// Sum of the rounded detail lines before residue was booked.
+    pub mapped_total: Decimal,
+    /// Sum of the residue booked (signed).
+    pub rounding_residue: Decimal,
+}
+
+/// The lineage reference of a line, written first in its D365 `Text`.
+pub fn line_ref(run_key: &str, line_no: u32) -> String {
+    format!("{run_key}.L{line_no:04}")
+}
+
+/// Parses a lineage reference back into (run key, line number).
+pub fn parse_line_ref(text: &str) -> Option<(&str, u32)> {
+    let token = text.split_whitespace().next()?;
+    let (key, n) = token.rsplit_once(".L")?;
+    if key.is_empty() || n.len() < 4 || !n.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((key, n.parse().ok()?))
+}
+
+/// Header description prefix that identifies a run in D365.
+pub fn description_prefix(run_key: &str) -> String {
+    format!("MLC {run_key}")
+}
+
+/// A row after its values were resolved, before lines are numbered.
+#[derive(Debug, Clone)]
+struct RowLine {
+    index: usize,
+    legal_entity: String,
+    currency: String,
+    decimals: u32,
+    trans_date: NaiveDate,
+    account: LedgerAccount,
+    balancing: LedgerAccount,
+    exact: Decimal,
+    text: String,
+}
+
+/// Maps every row; never panics on data, records a row error instead.
+pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
+    let cfg = ctx.config;
+    let mut issues = Vec::new();
+    let mut rows_out = Vec::with_capacity(extract.rows.len());
+
+    // Columns the mapping needs but the result doesn't have: one clear issue each, instead of
+    // the same error on every row.
+    let known: Vec<&str> = if extract.columns.is_empty() {
+        extract
+            .rows
+            .first()
+            .map(|r| r.cells.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    } else {
+        extract.columns.iter().map(String::as_str).collect()
+    };
+    let mut missing = Vec::new();
+    if !known.is_empty() {
+        for c in cfg.referenced_columns() {
+            if !known.contains(&c.as_str()) {
+                issues.push(Issue::config(
+                    c.clone(),
+                    format!(
+                        "column is not in the Looker result (columns: {})",
+                        known.join(", ")
+                    ),
+                ));
+                missing.push(c);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        for r in &extract.rows {
+            rows_out.push(RowOutcome {
+                index: r.index,
+                status: RowStatus::Rejected,
+                line_nos: vec![],
+                errors: vec!["not mapped: the result lacks columns the mapping needs".into()],
+            });
+        }
+        return Mapped {
+            journals: vec![],
+            rows: rows_out,
+            issues,
+            source_total: Decimal::ZERO,
+            mapped_total: Decimal::ZERO,
+            rounding_residue: Decimal::ZERO,
+        };
+    }
+
+    let mut source_total = Decimal::ZERO;
+    let mut resolved: Vec<RowLine> = Vec::new();
+    for row in &extract.rows {
+        let mut errs: Vec<(String, String)> = Vec::new();
+        let amount = read_amount(row, cfg, &mut errs);
+        if let Some(a) = amount {
+            source_total += a;
+        }
+        let line = resolve_row(row, amount, ctx, &mut errs);
+        let status = if !errs.is_empty() {
+            RowStatus::Rejected
+        } else if line.is_none() {
+            RowStatus::Skipped
+        } else {
+            RowStatus::Mapped
+        };
+        for (field, msg) in &errs {
+            issues.push(Issue::row(row.index, field.clone(), msg.clone()));
+        }
+        rows_out.push(RowOutcome {
+            index: row.index,
+            status,
+            line_nos: vec![],
+            errors: errs.iter().map(|(f, m)| format!("{f}: {m}")).collect(),
+        });
+        if errs.is_empty() {
+            if let Some(l) = line {
+                resolved.push(l);
+            }
+        }
+    }
+
+    let (journals, mapped_total, residue) = build_journals(resolved, ctx, &mut issues);
+    // Tell each row which lines it became.
+    let mut by_row: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    for j in &journals {
+        for l in &j.lines {
+            for r in &l.source_rows {
+                by_row.entry(*r).or_default().push(l.line_no);
+            }
+        }
+    }
+    for r in &mut rows_out {
+        if let Some(nos) = by_row.remove(&r.index) {
+            r.line_nos = nos;
+        } else if r.status == RowStatus::Mapped {
+            // Rounded to zero: its exact amount lives on in the residue.
+            r.status = RowStatus::Skipped;
+        }
+    }
+    Mapped {
+        journals,
+        rows: rows_out,
+        issues,
+        source_total,
+        mapped_total,
+        rounding_residue: residue,
+    }
+}
+
+fn read_amount(
+    row: &SourceRow,
+    cfg: &InstanceConfig,
+    errs: &mut Vec<(String, String)>,
+) -> Option<Decimal> {
+    let num = |col: &str, errs: &mut Vec<(String, String)>| -> Option<Decimal> {
+        match row.get(col) {
+            None => {
+                errs.push((col.to_string(), "amount column is missing".into()));
+                None
+            }
+            Some(Cell::Null) => {
+                errs.push((col.to_string(), "amount is null".into()));
+                None
+            }
+            Some(Cell::Number(d)) => Some(*d),
+            Some(Cell::Text(t)) => match parse_amount_text(t) {
+                Some(d) => Some(d),
+                None => {
+                    errs.push((col.to_string(), format!("amount `{t}` is not a number")));
+                    None
+                }
+            },
+            Some(Cell::Bool(b)) => {
+                errs.push((col.to_string(), format!("amount `{b}` is not a number")));
+                None
+            }
+        }
+    };
+    match cfg.amount.resolve().ok()? {
+        AmountRule::Signed { column, sign } => {
+            let v = num(column, errs)?;
+            Some(match sign {
+                SignConvention::DebitPositive => v,
+                SignConvention::CreditPositive => -v,
+            })
+        }
+        AmountRule::DebitCredit { debit, credit } => {
+            let d = num(debit, errs);
+            let c = num(credit, errs);
+            let (d, c) = (d?, c?);
+            if d < Decimal::ZERO {
+                errs.push((debit.to_string(), format!("debit `{d}` is negative")));
+            }
+            if c < Decimal::ZERO {
+                errs.push((credit.to_string(), format!("credit `{c}` is negative")));
+            }
+            Some(d - c)
+        }
+    }
+}
+
+/// Resolves a value source for a row; the error names the field.
+fn resolve_value(
+    src: &ValueSource,
+    row: &SourceRow,
+    key: &str,
+    errs: &mut Vec<(String, String)>,
+) -> Option<String> {
+    if let Some(c) = &src.constant {
+        return Some(c.clone());
+    }
+    let col = src.column.as_deref()?;
+    let raw = match row.get(col) {
+        None | Some(Cell::Null) => {
+            errs.push((col.to_string(), format!("{key}: value is empty")));
+            return None;
+        }
+        Some(c) => c.display(),
+    };
+    match &src.lookup {
+        None => {
+            if raw.trim().is_empty() {
+                errs.push((col.to_string(), format!("{key}: value is empty")));
+                return None;
+            }
+            Some(raw.trim().to_string())
+        }
+        Some(table) => match table.get(&raw).or(src.default.as_ref()) {
+            Some(v) => Some(v.clone()),
+            None => {
+                errs.push((
+                    col.to_string(),
+                    format!("{key}: no lookup entry for `{raw}` (add it to `{key}.lookup` or set a `default`)"),
+                ));
+                None
+            }
+        },
+    }
+}
+
+fn parse_date(cell: Option<&Cell>) -> Result<NaiveDate, String> {
+    let text = match cell {
+        None | Some(Cell::Null) => return Err("date is empty".into()),
+        Some(c) => c.display(),
+    };
+    let t = text.trim();
+    let day = if t.len() > 10 && matches!(t.as_bytes()[10], b' ' | b'T') {
+        &t[..10]
+    } else {
+        t
+    };
+    NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .map_err(|_| format!("`{text}` is not a date (expected YYYY-MM-DD)"))
+}
+
+fn render_template(template: &str, row: Option<&SourceRow>, ctx: &MappingContext<'_>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let name = &after[..close];
+        let value = match name {
+            "period" => Some(ctx.period.label.clone()),
+            "period_start" => Some(ctx.period.start.to_string()),
+            "period_end" => Some(ctx.period.end.to_string()),
+            "run_date" => Some(ctx.run_date.to_string()),
+            col => row.and_then(|r| r.get(col)).map(Cell::display),
+        };
+        match value {
+            Some(v) => out.push_str(&v),
+            None => {
+                out.push('{');
+                out.push_str(name);
+                out.push('}');
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Cuts to `max` characters on a char boundary (the lineage reference comes first, so it stays).
+pub fn truncate_chars(s: &str, max: usize) -> String {
+    let t: String = s.chars().take(max).collect();
+    t.trim_end().to_string()
+}
+
+fn resolve_row(
+    row: &SourceRow,
+    amount: Option<Decimal>,
+    ctx: &MappingContext<'_>,
+    errs: &mut Vec<(String, String)>,
+) -> Option<RowLine> {
+    let cfg = ctx.config;
+    let legal_entity = resolve_value(&cfg.journal.legal_entity, row, "journal.legal_entity", errs)
+        .map(|s| s.to_ascii_lowercase());
+    let currency = resolve_value(&cfg.journal.currency, row, "journal.currency", errs)
+        .map(|s| s.to_ascii_uppercase());
+    let decimals = currency.as_ref().and_then(|c| {
+        let d = ctx.precision.decimals(c);
+        if d.is_none() {
+            errs.push((
+                "journal.currency".into(),
+                format!("currency `{c}` has no known precision (declare it under [currencies])"),
+            ));
+        }
+        d
+    });
+    let trans_date = match cfg.journal.trans_date.resolve() {
+        Ok(TransDate::PeriodEnd) => Some(ctx.period.end),
+        Ok(TransDate::RunDate) => Some(ctx.run_date),
+        Ok(TransDate::Column(col)) => match parse_date(row.get(col)) {
+            Ok(d) if d < ctx.period.start || d > ctx.period.end => {
+                errs.push((
+                    col.to_string(),
+                    format!(
+                        "date {d} is outside the period {} ({} to {})",
+                        ctx.period.label, ctx.period.start, ctx.period.end
+                    ),
+                ));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(m) => {
+                errs.push((col.to_string(), m));
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    let main = resolve_value(&cfg.account, row, "account", errs);
+    let mut dims = BTreeMap::new();
+    for (dim, src) in &cfg.dimensions {
+        if let Some(v) = resolve_value(src, row, &format!("dimensions.{dim}"), errs) {
+            dims.insert(dim.clone(), v);
+        }
+    }
+    let bal_main = resolve_value(&cfg.balancing.account, row, "balancing.account", errs);
+    let mut bal_dims = BTreeMap::new();
+    for (dim, src) in &cfg.balancing.dimensions {
+        if let Some(v) = resolve_value(src, row, &format!("balancing.dimensions.{dim}"), errs) {
+            bal_dims.insert(dim.clone(), v);
+        }
+    }
+    let text = render_template(&cfg.journal.text, Some(row), ctx);
+
+    let amount = amount?;
+    if amount.is_zero() {
+        if cfg.amount.zero == ZeroAmounts::Reject {
+            errs.push((amount_field(cfg), "amount is zero".into()));
+        }
+        return None;
+    }
+    Some(RowLine {
+        index: row.index,
+        legal_entity: legal_entity?,
+        currency: currency?,
+        decimals: decimals?,
+        trans_date: trans_date?,
+        account: LedgerAccount {
+            main_account: main?,
+            dimensions: dims,
+        },
+        balancing: LedgerAccount {
+            main_account: bal_main?,
+            dimensions: bal_dims,
+        },
+        exact: amount,
+        text,
+    })
+}
+
+fn amount_field(cfg: &InstanceConfig) -> String {
+    cfg.amount
+        .column
+        .clone()
+        .or_else(|| cfg.amount.debit_column.clone())
+        .unwrap_or_else(|| "amount".into())
+}
+
+/// A voucher before numbering: its detail rows and generated lines.
+struct DraftVoucher {
+    legal_entity: String,
+    currency: String,
+    trans_date: NaiveDate,
+    lines: Vec<JournalLine>,
+}
+
+fn build_journals(
+    rows: Vec<RowLine>,
+    ctx: &MappingContext<'_>,
+    issues: &mut Vec<super::validation::Issue>,
+) -> (Vec<Journal>, Decimal, Decimal) {
+    let cfg = ctx.config;
+    let mut mapped_total = Decimal::ZERO;
+    let mut residue_total = Decimal::ZERO;
+
+    // Group rows into vouchers, deterministically ordered.
+    let mut groups: BTreeMap<(String, String, NaiveDate, usize), Vec<RowLine>> = BTreeMap::new();
+    for r in rows {
+        let per_row = cfg.balancing.style == BalancingStyle::Offset
+            || cfg.journal.voucher_by == VoucherBy::Row;
+        let discriminator = if per_row { r.index } else { 0 };
+        groups
+            .entry((
+                r.legal_entity.clone(),
+                r.currency.clone(),
+                r.trans_date,
+                discriminator,
+            ))
+            .or_default()
+            .push(r);
+    }
+
+    let mut vouchers: Vec<DraftVoucher> = Vec::new();
+    match cfg.balancing.style {
+        BalancingStyle::Lines => {
+            for ((le, cur, date, _), rows) in groups {
+                let decimals = rows[0].decimals;
+                let mut v = DraftVoucher {
+                    legal_entity: le,
+                    currency: cur,
+                    trans_date: date,
+                    lines: vec![],
+                };
+                let mut balancing: BTreeMap<LedgerAccount, Decimal> = BTreeMap::new();
+                for r in &rows {
+                    *balancing.entry(r.balancing.clone()).or_default() += r.exact;
+                }
+                let mut detail_sum = Decimal::ZERO;
+                for r in &rows {
+                    let rounded = round(r.exact, decimals);
+                    if rounded.is_zero() {
+                        continue;
+                    }
+                    detail_sum += rounded;
+                    v.lines.push(detail_line(r, rounded, None));
+                }
+                mapped_total += detail_sum;
+                let balancing_total: Decimal =
+                    balancing.values().map(|t| round(*t, decimals)).sum();
+                let residue = balancing_total - detail_sum;
+                residue_total += residue;
+                book_residue(&mut v, residue, None, ctx, issues);
+                for (acct, total) in balancing {
+                    let amt = -round(total, decimals);
+                    if amt.is_zero() {
+                        continue;
+                    }
+                    v.lines.push(JournalLine {
+                        line_no: 0,
+                        voucher: 0,
+                        trans_date: v.trans_date,
+                        account: acct,
+                        offset_account: None,
+                        currency: v.currency.clone(),
+                        amount: amt,
+                        text: format!("Balancing {}", ctx.period.label),
+                        kind: LineKind::Balancing,
+                        source_rows: vec![],
+                    });
+                }
+                if !v.lines.is_empty() {
+                    vouchers.push(v);
+                }
+            }
+        }
+        BalancingStyle::Offset => {
+            // Each row is its own self-balancing voucher; residue is computed per
+            // (entity, currency, date, balancing account) and booked once per such group.
+            let mut by_bal: BTreeMap<(String, String, NaiveDate, LedgerAccount), Vec<RowLine>> =
+                BTreeMap::new();
+            for ((le, cur, date, _), rows) in groups {
+                for r in rows {
+                    by_bal
+                        .entry((le.clone(), cur.clone(), date, r.balancing.clone()))
+                        .or_default()
+                        .push(r);
+                }
+            }
+            for ((le, cur, date, bal), rows) in by_bal {
+                let decimals = rows[0].decimals;
+                let exact: Decimal = rows.iter().map(|r| r.exact).sum();
+                let mut group: Vec<DraftVoucher> = Vec::new();
+                let mut detail_sum = Decimal::ZERO;
+                for r in &rows {
+                    let rounded = round(r.exact, decimals);
+                    if rounded.is_zero() {
+                        continue;
+                    }
+                    detail_sum += rounded;
+                    group.push(DraftVoucher {
+                        legal_entity: le.clone(),
+                        currency: cur.clone(),
+                        trans_date: date,
+                        lines: vec![detail_line(r, rounded, Some(bal.clone()))],
+                    });
+                }
+                mapped_total += detail_sum;
+                let residue = round(exact, decimals) - detail_sum;
+                residue_total += residue;
+                if !residue.is_zero() {
+                    match cfg.rounding.book_to {
+                        RoundingTarget::LargestLine => {
+                            if let Some(v) = group.iter_mut().max_by(|a, b| {
+                                a.lines[0]
+                                    .amount
+                                    .abs()
+                                    .cmp(&b.lines[0].amount.abs())
+                                    .then(b.lines[0].source_rows.cmp(&a.lines[0].source_rows))
+                            }) {
+                                v.lines[0].amount += residue;
+                            }
+                        }
+                        RoundingTarget::Account => {
+                            let mut v = DraftVoucher {
+                                legal_entity: le.clone(),
+                                currency: cur.clone(),
+                                trans_date: date,
+                                lines: vec![],
+                            };
+                            book_residue(&mut v, residue, Some(bal.clone()), ctx, issues);
+                            group.push(v);
+                        }
+                    }
+                }
+                vouchers.extend(group);
+            }
+        }
+    }
+
+    // Number vouchers and lines across the whole run, journal by journal.
+    let mut journals: BTreeMap<String, Journal> = BTreeMap::new();
+    let mut voucher_no = 0u32;
+    let mut line_no = 0u32;
+    let mut ordered: Vec<DraftVoucher> = vouchers;
+    ordered.sort_by(|a, b| a.legal_entity.cmp(&b.legal_entity));
+    let description = truncate_chars(
+        &format!(
+            "{} {}",
+            description_prefix(ctx.run_key),
+            render_template(&cfg.journal.description, None, ctx)
+        ),
+        cfg.journal.max_text_len,
+    );
+    for v in ordered {
+        voucher_no += 1;
+        let j = journals
+            .entry(v.legal_entity.clone())
+            .or_insert_with(|| Journal {
+                legal_entity: v.legal_entity.clone(),
+                journal_name: cfg.journal.journal_name.clone(),
+                description: description.clone(),
+                lines: vec![],
+            });
+        for mut l in v.lines {
+            line_no += 1;
+            l.line_no = line_no;
+            l.voucher = voucher_no;
+            l.text = truncate_chars(
+                &format!("{} {}", line_ref(ctx.run_key, line_no), l.text),
+                cfg.journal.max_text_len,
+            );
+            j.lines.push(l);
+        }
+    }
+    (
+        journals.into_values().collect(),
+        mapped_total,
+        residue_total,
+    )
+}
+
+fn detail_line(r: &RowLine, rounded: Decimal, offset: Option<LedgerAccount>) -> JournalLine {
+    JournalLine {
+        line_no: 0,
+        voucher: 0,
+        trans_date: r.trans_date,
+        account: r.account.clone(),
+        offset_account: offset,
+        currency: r.currency.clone(),
+        amount: rounded,
+        text: r.text.clone(),
+        kind: LineKind::Detail,
+        source_rows: vec![r.index],
+    }
+}
+
+/// Books `residue` in voucher `v`: onto its largest detail line, or as a rounding line.
+fn book_residue(
+    v: &mut DraftVoucher,
+    residue: Decimal,
+    offset: Option<LedgerAccount>,
+    ctx: &MappingContext<'_>,
+    issues: &mut Vec<Issue>,
+) {
+    if residue.is_zero() {
+        return;
+    }
+    let cfg = ctx.config;
+    match cfg.rounding.book_to {
+        RoundingTarget::LargestLine => {
+            // Largest absolute amount; ties go to the earliest source row.
+            let target = v
+                .lines
+                .iter_mut()
+                .filter(|l| l.kind == LineKind::Detail)
+                .max_by(|a, b| {
+                    a.amount
+                        .abs()
+                        .cmp(&b.amount.abs())
+                        .then(b.source_rows.cmp(&a.source_rows))
+                });
+            match target {
+                Some(l) => l.amount += residue,
+                None => issues.push(Issue::config(
+                    "rounding.book_to",
+                    format!(
+                        "a rounding residue of {residue} has no detail line to go to; book it to an account"
+                    ),
+                )),
+            }
+        }
+        RoundingTarget::Account => {
+            let Some(acct) = cfg.rounding.account.clone() else {
+                return;
+            };
+            v.lines.push(JournalLine {
+                line_no: 0,
+                voucher: 0,
+                trans_date: v.trans_date,
+                account: LedgerAccount {
+                    main_account: acct,
+                    dimensions: cfg.rounding.dimensions.clone(),
+                },
+                offset_account: offset,
+                currency: v.currency.clone(),
+                amount: residue,
+                text: format!("Rounding residue {}", ctx.period.label),
+                kind: LineKind::Rounding,
+                source_rows: vec![],
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::config::PeriodKind;
+    use crate::domain::source::SourceRef;
+
+    const EXAMPLE: &str = include_str!("../../infra/config/weekly-marketplace-fees.toml");
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    fn row(i: usize, date: &str, channel: &str, cc: &str, fee: &str, amt: Cell) -> SourceRow {
+        let mut c = BTreeMap::new();
+        c.insert("marketplace_fees.week_end_date".into(), Cell::Text(date.into()));
+        c.insert("marketplace_fees.channel".into(), Cell::Text(channel.into()));
+        c.insert("marketplace_fees.cost_center".into(), Cell::Text(cc.into()));
+        c.insert("marketplace_fees.fee_type".into(), Cell::Text(fee.into()));
+        c.insert("marketplace_fees.total_amount".into(), amt);
+        SourceRow::new(i, c)
+    }
+
+    fn extract(rows: Vec<SourceRow>) -> Extract {
+        Extract {
+            source: SourceRef::Look { look_id: "42".into() },
+            columns: vec![],
+            rows,
+        }
+    }
+
+    fn run(cfg: &InstanceConfig, ex: &Extract) -> Mapped {
+        let period = PeriodKind::Week.period_for(NaiveDate::from_ymd_opt(2026, 11, 26).unwrap());
+        let prec = CurrencyPrecision::default();
+        let ctx = MappingContext {
+            config: cfg,
+            period: &period,
+            run_date: NaiveDate::from_ymd_opt(2026, 11, 26).unwrap(),
+            run_key: "abcdef0123-a1b2c3",
+            precision: &prec,
+        };
+        map_extract(ex, &ctx)
+    }
+
+    fn voucher_sums(m: &Mapped) -> BTreeMap<u32, Decimal> {
+        let mut s = BTreeMap::new();
+        for j in &m.journals {
+            for l in &j.lines {
+                *s.entry(l.voucher).or_insert(Decimal::ZERO) += l.amount;
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn maps_example_with_balancing_line_and_rounding_account() {
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        let ex = extract(vec![
+            row(0, "2026-11-22", "Amazon", "022", "Marketplace fee", Cell::Number(d("100.005"))),
+            row(1, "2026-11-22", "eBay", "031", "Commission", Cell::Number(d("0.30000000000000004"))),
+            row(2, "2026-11-22", "Shopify", "022", "Commission", Cell::Number(d("200.004"))),
+        ]);
+        let m = run(&cfg, &ex);
+        assert!(m.issues.is_empty(), "{:?}", m.issues);
+        assert_eq!(m.journals.len(), 1);
+        let j = &m.journals[0];
+        assert_eq!(j.legal_entity, "usmf");
+        assert!(j.description.starts_with("MLC abcdef0123-a1b2c3 Marketplace fees 2026-W47"));
+        // exact total 300.30900000000000004 -> 300.31; details 100.01 + 0.30 + 200.00 = 300.31
+        let amounts: Vec<Decimal> = j.lines.iter().map(|l| l.amount).collect();
+        assert_eq!(amounts, vec![d("100.01"), d("0.30"), d("200.00"), d("-300.31")]);
+        assert_eq!(m.rounding_residue, Decimal::ZERO);
+        assert_eq!(j.lines[0].account.display_value(&fmt()), "618100--022-AMZ");
+        assert_eq!(j.lines[3].account.main_account, "200150");
+        assert_eq!(j.lines[3].kind, LineKind::Balancing);
+        assert!(j.lines[0].text.starts_with("abcdef0123-a1b2c3.L0001 Marketplace fee Amazon 022"));
+        assert!(voucher_sums(&m).values().all(|s| s.is_zero()));
+        assert_eq!(m.source_total, d("300.30900000000000004"));
+    }
+
+    fn fmt() -> crate::domain::reference::DimensionFormat {
+        crate::domain::reference::DimensionFormat {
+            name: "x".into(),
+            segments: ["MainAccount", "Department", "CostCenter", "Channel"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            delimiter: '-',
+        }
+    }
+
+    #[test]
+    fn residue_goes_to_rounding_account_deterministically() {
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        // Three thirds: each rounds to 33.33, total 100.00 -> residue 0.01.
+        let ex = extract(
+            (0..3)
+                .map(|i| {
+                    row(i, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("33.333333333")))
+                })
+                .collect(),
+        );
+        // 33.333333333 * 3 = 99.999999999 -> 100.00; details 99.99; residue 0.01
+        let m = run(&cfg, &ex);
+        assert!(m.issues.is_empty(), "{:?}", m.issues);
+        let lines = &m.journals[0].lines;
+        let rounding: Vec<_> = lines.iter().filter(|l| l.kind == LineKind::Rounding).collect();
+        assert_eq!(rounding.len(), 1);
+        assert_eq!(rounding[0].amount, d("0.01"));
+        assert_eq!(rounding[0].account.main_account, "618900");
+        assert_eq!(m.rounding_residue, d("0.01"));
+        assert!(voucher_sums(&m).values().all(|s| s.is_zero()));
+        // Same input, same output.
+        assert_eq!(run(&cfg, &ex).journals, m.journals);
+    }
+
+    #[test]
+    fn residue_to_largest_line_ties_to_earliest_row() {
+        let mut cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        cfg.rounding.book_to = RoundingTarget::LargestLine;
+        let ex = extract(
+            (0..3)
+                .map(|i| row(i, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("33.333333333"))))
+                .collect(),
+        );
+        let m = run(&cfg, &ex);
+        let lines = &m.journals[0].lines;
+        assert_eq!(lines[0].amount, d("33.34"));
+        assert_eq!(lines[1].amount, d("33.33"));
+        assert_eq!(lines[3].amount, d("-100.00"));
+        assert!(voucher_sums(&m).values().all(|s| s.is_zero()));
+    }
+
+    #[test]
+    fn bad_rows_are_named() {
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        let ex = extract(vec![
+            row(0, "2026-11-22", "Amazon", "022", "Commission", Cell::Null),
+            row(1, "2026-11-22", "Walmart", "022", "Commission", Cell::Number(d("1"))),
+            row(2, "2026-11-22", "Amazon", "022", "Commission", Cell::Text("12,50".into())),
+            row(3, "2026-11-29", "Amazon", "022", "Commission", Cell::Number(d("1"))),
+            row(4, "2026-11-22", "Amazon", "022", "Refund", Cell::Number(d("1"))),
+            row(5, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("5"))),
+        ]);
+        let m = run(&cfg, &ex);
+        let text: Vec<String> = m.issues.iter().map(|i| i.to_string()).collect();
+        assert!(text[0].contains("row 0") && text[0].contains("amount is null"), "{text:?}");
+        assert!(text[1].contains("row 1") && text[1].contains("`Walmart`"), "{text:?}");
+        assert!(text[2].contains("row 2") && text[2].contains("`12,50` is not a number"), "{text:?}");
+        assert!(text[3].contains("row 3") && text[3].contains("outside the period"), "{text:?}");
+        assert!(text[4].contains("row 4") && text[4].contains("`Refund`"), "{text:?}");
+        assert_eq!(m.issues.len(), 5);
+        assert_eq!(m.rows[5].status, RowStatus::Mapped);
+        assert_eq!(m.rows[0].status, RowStatus::Rejected);
+    }
+
+    #[test]
+    fn missing_column_is_one_issue() {
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        let mut ex = extract(vec![row(0, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("1")))]);
+        ex.columns = vec!["marketplace_fees.channel".into()];
+        let m = run(&cfg, &ex);
+        assert!(m.journals.is_empty());
+        assert!(m.issues.iter().any(|i| i.field == "marketplace_fees.total_amount"));
+    }
+
+    #[test]
+    fn offset_style_and_zero_skip_and_credit_positive() {
+        let mut cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        cfg.balancing.style = BalancingStyle::Offset;
+        cfg.amount.sign = SignConvention::CreditPositive;
+        let ex = extract(vec![
+            row(0, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("10.004"))),
+            row(1, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("0"))),
+            row(2, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("10.004"))),
+        ]);
+        let m = run(&cfg, &ex);
+        assert!(m.issues.is_empty(), "{:?}", m.issues);
+        assert_eq!(m.rows[1].status, RowStatus::Skipped);
+        let lines = &m.journals[0].lines;
+        assert_eq!(lines[0].amount, d("-10.00"));
+        assert_eq!(lines[0].offset_account.as_ref().unwrap().main_account, "200150");
+        // -20.008 -> -20.01 ; details -20.00 ; residue -0.01 on a rounding line with the offset.
+        let r: Vec<_> = lines.iter().filter(|l| l.kind == LineKind::Rounding).collect();
+        assert_eq!(r[0].amount, d("-0.01"));
+        assert!(r[0].offset_account.is_some());
+        assert_ne!(lines[0].voucher, lines[1].voucher);
+    }
+
+    #[test]
+    fn line_refs_round_trip() {
+        assert_eq!(line_ref("abc-12", 7), "abc-12.L0007");
+        assert_eq!(parse_line_ref("abc-12.L0007 Commission x"), Some(("abc-12", 7)));
+        assert_eq!(parse_line_ref("abc-12.L12345"), Some(("abc-12", 12345)));
+        assert_eq!(parse_line_ref("Manual entry"), None);
+        assert_eq!(parse_line_ref("x.L12"), None);
+    }
+}
