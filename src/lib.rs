@@ -5,10 +5,13 @@
 //! idempotency persistence), `secrets` (credentials), `engine` (the run pipeline wiring them
 //! together) and `cli`. `sandbox` holds simulators for demos and tests and is feature-gated.
 
+pub mod cli;
 pub mod d365;
 pub mod domain;
+pub mod engine;
 pub mod http;
 pub mod looker;
+pub mod ports;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod secrets;

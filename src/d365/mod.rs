@@ -1,1 +1,150 @@
 //! D365 F&O OData + Entra ID client (adapter). Owned by the D365 work stream.
+//!
+//! - [`entra`]: client-credentials tokens, cache, AADSTS classification.
+//! - [`odata`]: URLs, headers, paging, 401-refresh, HTTP outcome → [`D365Error`].
+//! - [`reference`]: reads master data into [`crate::domain::reference::ReferenceData`].
+//! - [`journal`]: journal headers and lines (read, create).
+//! - [`names`]: every entity/field/enum name in one place.
+//!
+//! Writes are never retried except on 429: a 5xx or timeout on a POST is reported as
+//! [`D365Error::OutcomeUnknown`] so the caller re-reads D365 before doing anything else.
+
+mod entra;
+pub mod error;
+pub mod journal;
+pub mod names;
+mod odata;
+pub mod reference;
+mod port;
+
+use std::time::Duration;
+
+use url::Url;
+
+pub use error::{AuthError, D365Error};
+pub use journal::{JournalHeader, JournalLineRow, NewJournalLine};
+
+use crate::http::{endpoint, RetryPolicy};
+use crate::secrets::Secret;
+
+/// Microsoft's public-cloud authority.
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+
+/// Connection settings for one F&O environment.
+#[derive(Debug, Clone)]
+pub struct D365Settings {
+    /// Lower case, no trailing slash: it is also the token audience.
+    pub environment_url: Url,
+    /// Entra authority, default [`DEFAULT_AUTHORITY`].
+    pub authority: Url,
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Per-request timeout (generous: F&O's first call after a restart is slow).
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Sent as `Prefer: odata.maxpagesize=N` on reads.
+    pub page_size: Option<u32>,
+    /// Refresh tokens this long before they expire.
+    pub token_margin: Duration,
+}
+
+impl D365Settings {
+    /// Validates both URLs (https except loopback) and normalizes the environment URL.
+    pub fn new(
+        environment_url: &str,
+        authority: &str,
+        tenant_id: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: Secret,
+    ) -> Result<Self, D365Error> {
+        let env = endpoint("D365 environment", environment_url)
+            .map_err(|e| D365Error::Config(e.to_string()))?;
+        if env.query().is_some() || env.fragment().is_some() {
+            return Err(D365Error::Config(format!(
+                "D365 environment URL `{environment_url}` must not have a query or fragment"
+            )));
+        }
+        // The token audience must be the environment URL in lower case without trailing slash.
+        let normalized = env.as_str().trim_end_matches('/').to_ascii_lowercase();
+        let environment_url = Url::parse(&normalized)
+            .map_err(|e| D365Error::Config(format!("D365 environment URL: {e}")))?;
+        let authority = endpoint("Microsoft Entra authority", authority)
+            .map_err(|e| D365Error::Config(e.to_string()))?;
+        let tenant_id = tenant_id.into().trim().to_string();
+        let client_id = client_id.into().trim().to_string();
+        if tenant_id.is_empty() || tenant_id.contains('/') {
+            return Err(D365Error::Config(
+                "tenant id must be the Directory (tenant) ID, e.g. a GUID".into(),
+            ));
+        }
+        if client_id.is_empty() {
+            return Err(D365Error::Config("client id is empty".into()));
+        }
+        if client_secret.is_empty() {
+            return Err(D365Error::Config("client secret is empty".into()));
+        }
+        Ok(Self {
+            environment_url,
+            authority,
+            tenant_id,
+            client_id,
+            client_secret,
+            timeout: Duration::from_secs(120),
+            retry: RetryPolicy::default(),
+            page_size: None,
+            token_margin: Duration::from_secs(120),
+        })
+    }
+
+    /// `{environment_url}/.default`
+    pub fn scope(&self) -> String {
+        format!("{}/.default", self.environment_url.as_str().trim_end_matches('/'))
+    }
+}
+
+/// Client for one F&O environment. Cheap to share (`&self` methods); the token is cached
+/// behind a mutex so concurrent calls reuse it.
+pub struct D365Client {
+    odata: odata::OData,
+}
+
+impl D365Client {
+    pub fn new(s: D365Settings) -> Result<Self, D365Error> {
+        let http = reqwest::Client::builder()
+            .timeout(s.timeout)
+            .connect_timeout(s.timeout.min(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| D365Error::Config(format!("HTTP client: {e}")))?;
+        let tokens = entra::TokenCache::new(entra::TokenRequest {
+            authority: s.authority.clone(),
+            tenant_id: s.tenant_id.clone(),
+            client_id: s.client_id.clone(),
+            client_secret: s.client_secret.clone(),
+            scope: s.scope(),
+            margin: s.token_margin,
+        });
+        Ok(Self {
+            odata: odata::OData {
+                http,
+                env: s.environment_url,
+                retry: s.retry,
+                page_size: s.page_size,
+                tokens,
+            },
+        })
+    }
+
+    /// Gets a token and does one cheap authorized read (`DimensionParameters`, one row), so
+    /// configuration errors surface before a run starts.
+    pub async fn token_check(&self) -> Result<(), D365Error> {
+        self.odata
+            .get_all(
+                names::dimension_parameters::SET,
+                None,
+                &[("$top", "1".to_string())],
+            )
+            .await
+            .map(|_| ())
+    }
+}

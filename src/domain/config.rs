@@ -287,7 +287,7 @@ pub struct JournalConfig {
     /// Transaction date: `"period_end"`, `"run_date"`, or `{ column = "view.date_field" }`.
     #[serde(default)]
     pub trans_date: TransDateSource,
-    /// Header description template (prefixed with the run key).
+    /// Header description template (prefixed with the run key); `{period}` is filled in.
     #[serde(default = "default_description")]
     pub description: String,
     /// Line text template (prefixed with the line's lineage reference). `{view.field}` inserts a

@@ -75,6 +75,19 @@ pub fn description_prefix(run_key: &str) -> String {
     format!("MLC {run_key}")
 }
 
+/// The header Description of a run's journals: `MLC {run_key} ` + the configured template with
+/// `{period}` filled in, cut to the field length. A replay renders the same text.
+pub fn render_description(cfg: &InstanceConfig, run_key: &str, period_label: &str) -> String {
+    truncate_chars(
+        &format!(
+            "{} {}",
+            description_prefix(run_key),
+            cfg.journal.description.replace("{period}", period_label)
+        ),
+        cfg.journal.max_text_len,
+    )
+}
+
 /// A row after its values were resolved, before lines are numbered.
 #[derive(Debug, Clone)]
 struct RowLine {
@@ -594,14 +607,7 @@ fn build_journals(
     let mut line_no = 0u32;
     let mut ordered: Vec<DraftVoucher> = vouchers;
     ordered.sort_by(|a, b| a.legal_entity.cmp(&b.legal_entity));
-    let description = truncate_chars(
-        &format!(
-            "{} {}",
-            description_prefix(ctx.run_key),
-            render_template(&cfg.journal.description, None, ctx)
-        ),
-        cfg.journal.max_text_len,
-    );
+    let description = render_description(cfg, ctx.run_key, &ctx.period.label);
     for v in ordered {
         voucher_no += 1;
         let j = journals

@@ -30,6 +30,8 @@ pub enum RunStatus {
     Failed,
     /// Data for an already-posted period changed: stopped, nothing written.
     Conflict,
+    /// Another run holds the posting lock for this period: stopped, nothing written.
+    Busy,
 }
 
 impl RunStatus {
@@ -42,6 +44,7 @@ impl RunStatus {
             RunStatus::Rejected => "rejected",
             RunStatus::Failed => "failed",
             RunStatus::Conflict => "conflict",
+            RunStatus::Busy => "busy",
         }
     }
 
@@ -54,6 +57,7 @@ impl RunStatus {
             "rejected" => RunStatus::Rejected,
             "failed" => RunStatus::Failed,
             "conflict" => RunStatus::Conflict,
+            "busy" => RunStatus::Busy,
             _ => return None,
         })
     }
@@ -229,6 +233,7 @@ mod tests {
             RunStatus::Rejected,
             RunStatus::Failed,
             RunStatus::Conflict,
+            RunStatus::Busy,
         ] {
             assert_eq!(RunStatus::parse(s.as_str()), Some(s));
         }

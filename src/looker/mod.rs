@@ -1,1 +1,26 @@
 //! Looker API 4.0 client (adapter). Owned by the Looker work stream.
+//!
+//! Runs saved Looks and inline queries and hands back a complete [`Extract`] or an error —
+//! never a partial result: the extract is posted to the general ledger, so a silently capped
+//! result would be a wrong journal.
+//!
+//! - [`settings`]: where Looker is and how hard to try (validated up front).
+//! - [`auth`]: API-key login and the cached access token.
+//! - [`client`]: the endpoints the connector uses.
+//! - [`results`]: exact parsing of `json` / `json_detail` result bodies.
+//! - [`error`]: operator-facing errors.
+//!
+//! [`Extract`]: crate::domain::source::Extract
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod results;
+pub mod settings;
+mod port;
+
+pub use auth::LOOKER_APP_ID;
+pub use client::{ExploreField, ExploreInfo, LookInfo, LookQuery, LookerClient};
+pub use error::LookerError;
+pub use results::{parse_json_detail, parse_json_rows};
+pub use settings::{LookerSettings, LOOKER_DEFAULT_ROW_CAP};

@@ -1,0 +1,512 @@
+//! The `ml-connector` command line: demo, run, preview, check, replay, runs, show.
+//!
+//! A thin adapter: it loads the instance config and credentials, builds the clients and the
+//! store, runs the engine and renders what happened. Exit codes: 0 done (including "already
+//! posted"), 2 rejected by validation (nothing written), 1 any other failure.
+
+#[cfg(feature = "sandbox")]
+mod demo;
+mod render;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+
+use crate::d365::{D365Client, D365Settings};
+use crate::domain::config::{InstanceConfig, Source};
+use crate::domain::journal::LedgerAccount;
+use crate::engine::{Engine, Mode, Progress, RunOptions};
+use crate::looker::{LookerClient, LookerSettings};
+use crate::secrets::Credentials;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+/// Posts numbers from a Looker model into the Dynamics 365 F&O general ledger as balanced,
+/// audited journals.
+#[derive(Debug, Parser)]
+#[command(name = "ml-connector", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Audit store (SQLite file).
+    #[arg(long, global = true, env = "MLC_STORE", default_value = ".ml-connector/audit.sqlite")]
+    store: PathBuf,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Args)]
+struct Endpoints {
+    /// Override the config's Looker host (plain http only for loopback).
+    #[arg(long, env = "MLC_LOOKER_URL")]
+    looker_url: Option<String>,
+    /// Override the config's D365 environment URL.
+    #[arg(long, env = "MLC_D365_URL")]
+    d365_url: Option<String>,
+    /// Override the config's Entra ID authority.
+    #[arg(long, env = "MLC_ENTRA_AUTHORITY")]
+    entra_authority: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Instance configuration (TOML).
+    #[arg(long, short)]
+    config: PathBuf,
+    #[command(flatten)]
+    endpoints: Endpoints,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the built-in sandbox and post the example weekly fee journal end to end.
+    Demo,
+    /// One sync now: extract, map, validate, post, record.
+    Run {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Run as if today were this date (the period is derived from it).
+        #[arg(long)]
+        run_date: Option<NaiveDate>,
+    },
+    /// Everything but the write: the exact journal lines and the validation report.
+    Preview {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        #[arg(long)]
+        run_date: Option<NaiveDate>,
+    },
+    /// Log in to both systems and check the config fits them (source, columns, journal name,
+    /// accounts, dimension format).
+    Check {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// Re-post what a failed or interrupted run did not get into D365, from its audited lines.
+    Replay {
+        run_id: String,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+    },
+    /// List recent runs from the audit store.
+    Runs {
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// A run's audit trail: totals, journal lines, source rows, events.
+    Show {
+        run_id: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses arguments, runs the command and returns the process exit code.
+pub async fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let store_path = cli.global.store.clone();
+    match cli.command {
+        Command::Demo => demo_command(&store_path).await,
+        Command::Run { cfg, run_date } => {
+            run_command(&store_path, &cfg, run_date, Mode::Post).await
+        }
+        Command::Preview { cfg, run_date } => {
+            run_command(&store_path, &cfg, run_date, Mode::Preview).await
+        }
+        Command::Check { cfg } => check_command(&cfg).await,
+        Command::Replay { run_id, cfg } => replay_command(&store_path, &cfg, &run_id).await,
+        Command::Runs { instance, limit } => {
+            let store = open_store(&store_path)?;
+            let runs = store.list_runs(instance.as_deref(), limit).await?;
+            print!("{}", render::runs_table(&runs));
+            Ok(0)
+        }
+        Command::Show { run_id, json } => {
+            let store = open_store(&store_path)?;
+            let Some(run) = store.get_run(&run_id).await? else {
+                eprintln!("error: run {run_id} not found in {}", store_path.display());
+                return Ok(1);
+            };
+            let rows = store.source_rows(&run_id).await?;
+            let lines = store.lines(&run_id).await?;
+            let events = store.events(&run_id).await?;
+            if json {
+                let v = serde_json::json!({ "run": run, "source_rows": rows, "lines": lines, "events": events });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", render::show_run(&run, &rows, &lines, &events));
+            }
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(feature = "sandbox")]
+async fn demo_command(store: &Path) -> anyhow::Result<i32> {
+    demo::run(store).await
+}
+
+#[cfg(not(feature = "sandbox"))]
+async fn demo_command(_store: &Path) -> anyhow::Result<i32> {
+    Err(anyhow::anyhow!(
+        "this build has no sandbox; build with the default `sandbox` feature to run the demo"
+    ))
+}
+
+fn open_store(path: &Path) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open(path).with_context(|| format!("opening audit store {}", path.display()))
+}
+
+/// Loads and checks an instance config file.
+pub fn load_config(path: &Path) -> anyhow::Result<InstanceConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    InstanceConfig::from_toml(&text).with_context(|| format!("config {}", path.display()))
+}
+
+/// Applies endpoint overrides from flags/environment to a config.
+fn apply_endpoints(cfg: &mut InstanceConfig, e: &Endpoints) {
+    if let Some(u) = &e.looker_url {
+        cfg.looker.base_url = u.clone();
+    }
+    if let Some(u) = &e.d365_url {
+        cfg.d365.environment_url = u.clone();
+    }
+    if let Some(u) = &e.entra_authority {
+        cfg.d365.authority = u.clone();
+    }
+}
+
+/// The two clients an instance needs.
+pub struct Clients {
+    pub looker: LookerClient,
+    pub d365: D365Client,
+}
+
+/// Builds both clients from a config and credentials.
+pub fn build_clients(cfg: &InstanceConfig, creds: &Credentials) -> anyhow::Result<Clients> {
+    let mut ls = LookerSettings::new(
+        &cfg.looker.base_url,
+        creds.looker_client_id.clone(),
+        creds.looker_client_secret.clone(),
+    )?;
+    ls.max_rows = cfg.looker.max_rows;
+    ls.timeout = Duration::from_secs(cfg.looker.timeout_secs.max(1));
+    let mut ds = D365Settings::new(
+        &cfg.d365.environment_url,
+        &cfg.d365.authority,
+        creds.d365_tenant_id.clone(),
+        creds.d365_client_id.clone(),
+        creds.d365_client_secret.clone(),
+    )?;
+    ds.timeout = Duration::from_secs(cfg.d365.timeout_secs.max(1));
+    Ok(Clients {
+        looker: LookerClient::new(ls)?,
+        d365: D365Client::new(ds)?,
+    })
+}
+
+fn load_instance(args: &ConfigArgs) -> anyhow::Result<(InstanceConfig, Clients)> {
+    let mut cfg = load_config(&args.config)?;
+    apply_endpoints(&mut cfg, &args.endpoints);
+    let cred_file = cfg.credentials_file.as_ref().map(|f| {
+        let p = PathBuf::from(f);
+        if p.is_relative() {
+            args.config
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join(p)
+        } else {
+            p
+        }
+    });
+    let creds = Credentials::load(cred_file.as_deref(), cfg.d365.tenant_id.as_deref(), |k| {
+        std::env::var(k).ok()
+    })?;
+    let clients = build_clients(&cfg, &creds)?;
+    Ok((cfg, clients))
+}
+
+/// Steps on stderr; a live line counter when stderr is a terminal.
+pub struct TerminalProgress {
+    tty: bool,
+    last: AtomicUsize,
+}
+
+impl TerminalProgress {
+    pub fn new() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            last: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Default for TerminalProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn step(&self, message: &str) {
+        eprintln!("→ {message}");
+    }
+    fn line_posted(&self, done: usize, total: usize) {
+        if self.tty {
+            eprint!("\r  journal lines done: {done}/{total}");
+            if done == total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        } else if done == total || done.saturating_sub(self.last.load(Ordering::Relaxed)) >= 500 {
+            self.last
+                .store(if done == total { 0 } else { done }, Ordering::Relaxed);
+            eprintln!("  journal lines done: {done}/{total}");
+        }
+    }
+}
+
+fn today() -> NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
+/// CLI runs may hold the period lock this long before another process may take over.
+const CLI_LEASE_MINUTES: i64 = 30;
+
+async fn run_command(
+    store_path: &Path,
+    args: &ConfigArgs,
+    run_date: Option<NaiveDate>,
+    mode: Mode,
+) -> anyhow::Result<i32> {
+    let (cfg, clients) = load_instance(args)?;
+    let store = open_store(store_path)?;
+    let progress = TerminalProgress::new();
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &store,
+        progress: &progress,
+    };
+    let opts = RunOptions {
+        run_date: run_date.unwrap_or_else(today),
+        trigger: "cli".into(),
+        mode,
+        lease: chrono::Duration::minutes(CLI_LEASE_MINUTES),
+    };
+    let report = engine.run(&cfg, &opts).await?;
+    print!("{}", render::run_report(&report, store_path));
+    Ok(report.outcome.exit_code())
+}
+
+async fn replay_command(store_path: &Path, args: &ConfigArgs, run_id: &str) -> anyhow::Result<i32> {
+    let (cfg, clients) = load_instance(args)?;
+    let store = open_store(store_path)?;
+    let progress = TerminalProgress::new();
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &store,
+        progress: &progress,
+    };
+    let report = engine
+        .replay(&cfg, run_id, chrono::Duration::minutes(CLI_LEASE_MINUTES))
+        .await?;
+    print!("{}", render::run_report(&report, store_path));
+    Ok(report.outcome.exit_code())
+}
+
+/// `check`: connect to both systems and confirm the config fits them, without writing.
+async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
+    let (cfg, clients) = load_instance(args)?;
+    let mut failures = 0usize;
+    let mut problems = 0usize;
+    let ok = |m: &str| println!("  ok    {m}");
+    let mut bad = |m: &str, hard: bool| {
+        println!("  FAIL  {m}");
+        if hard {
+            failures += 1;
+        } else {
+            problems += 1;
+        }
+    };
+
+    println!("Looker ({})", cfg.looker.base_url);
+    match clients.looker.login_check().await {
+        Ok(()) => ok("logged in with the API client id/secret"),
+        Err(e) => bad(&e.to_string(), true),
+    }
+    let period = cfg.period.kind.period_for(today());
+    let extract = match cfg.source.resolve()? {
+        Source::Look(id) => match clients.looker.look(id).await {
+            Ok(info) => {
+                ok(&format!("Look {id} \"{}\" exists", info.title));
+                clients.looker.run_look(id).await
+            }
+            Err(e) => Err(e),
+        },
+        Source::Query(q) => {
+            match clients.looker.explore_fields(&q.model, &q.explore).await {
+                Ok(fields) => {
+                    ok(&format!("explore {}/{} exists", q.model, q.explore));
+                    for f in &q.fields {
+                        if !fields.contains(f) {
+                            bad(&format!("field `{f}` is not in explore {}/{}", q.model, q.explore), false);
+                        }
+                    }
+                }
+                Err(e) => bad(&e.to_string(), true),
+            }
+            match cfg.query_for_period(&period) {
+                Some(q) => clients.looker.run_inline_query(&q).await,
+                None => Err(crate::looker::LookerError::Config("no query".into())),
+            }
+        }
+    };
+    let mut legal_entities: Vec<String> = Vec::new();
+    match &extract {
+        Ok(x) => {
+            ok(&format!("source runs: {} rows for {}", x.rows.len(), period.label));
+            let cols: Vec<&str> = if x.columns.is_empty() {
+                x.rows.first().map(|r| r.cells.keys().map(String::as_str).collect()).unwrap_or_default()
+            } else {
+                x.columns.iter().map(String::as_str).collect()
+            };
+            for c in cfg.referenced_columns() {
+                if cols.is_empty() || cols.contains(&c.as_str()) {
+                    ok(&format!("column `{c}` present"));
+                } else {
+                    bad(&format!("column `{c}` used by the mapping is not in the result"), false);
+                }
+            }
+            if let Some(le) = &cfg.journal.legal_entity.constant {
+                legal_entities.push(le.to_ascii_lowercase());
+            } else if let Some(col) = &cfg.journal.legal_entity.column {
+                for r in &x.rows {
+                    if let Some(v) = r.get(col) {
+                        let v = v.display();
+                        let v = cfg
+                            .journal
+                            .legal_entity
+                            .lookup
+                            .as_ref()
+                            .and_then(|t| t.get(&v).cloned())
+                            .unwrap_or(v)
+                            .to_ascii_lowercase();
+                        if !legal_entities.contains(&v) {
+                            legal_entities.push(v);
+                        }
+                    }
+                }
+            }
+        }
+        Err(e) => bad(&format!("source does not run: {e}"), true),
+    }
+
+    println!("D365 ({})", cfg.d365.environment_url);
+    match clients.d365.token_check().await {
+        Ok(()) => ok("token obtained from Entra ID and accepted by the environment"),
+        Err(e) => bad(&e.to_string(), true),
+    }
+    for le in &legal_entities {
+        match clients.d365.load_reference(le).await {
+            Ok(r) => {
+                ok(&format!(
+                    "{le}: ledger format {} ({})",
+                    r.format.name,
+                    r.format.segments.join(&r.format.delimiter.to_string())
+                ));
+                match r.journal_names.get(&cfg.journal.journal_name) {
+                    Some(j) => ok(&format!(
+                        "{le}: journal name {} ({}){}",
+                        j.name,
+                        j.description,
+                        if j.workflow_approval { ", workflow approval required" } else { "" }
+                    )),
+                    None => bad(&format!("{le}: journal name `{}` does not exist", cfg.journal.journal_name), false),
+                }
+                for dim in cfg.dimensions.keys().chain(cfg.balancing.dimensions.keys()) {
+                    if !r.format.segments.iter().any(|s| s == dim) {
+                        bad(&format!("{le}: dimension `{dim}` is not in the active ledger format"), false);
+                    }
+                }
+                let mut accounts: Vec<(String, String)> = Vec::new();
+                for (key, src) in [("account", &cfg.account), ("balancing.account", &cfg.balancing.account)] {
+                    if let Some(c) = &src.constant {
+                        accounts.push((key.into(), c.clone()));
+                    }
+                    if let Some(t) = &src.lookup {
+                        accounts.extend(t.values().map(|v| (format!("{key}.lookup"), v.clone())));
+                    }
+                }
+                if let Some(a) = &cfg.rounding.account {
+                    accounts.push(("rounding.account".into(), a.clone()));
+                }
+                for (key, a) in accounts {
+                    match r.main_accounts.get(&a) {
+                        Some(m) if !m.suspended => ok(&format!("{le}: `{key}` main account {a} ({})", m.name)),
+                        Some(_) => bad(&format!("{le}: `{key}` main account {a} is suspended"), false),
+                        None => bad(&format!("{le}: `{key}` main account {a} does not exist"), false),
+                    }
+                }
+                let sample = LedgerAccount::new("000000");
+                ok(&format!("{le}: account strings look like `{}`", sample.display_value(&r.format)));
+            }
+            Err(e) => bad(&format!("{le}: {e}"), true),
+        }
+    }
+    println!();
+    if failures > 0 {
+        println!("check failed: {failures} connection problem(s), {problems} configuration problem(s)");
+        Ok(1)
+    } else if problems > 0 {
+        println!("check found {problems} configuration problem(s); fix them before running");
+        Ok(2)
+    } else {
+        println!("check passed: `ml-connector preview --config {}` shows the exact journal", args.config.display());
+        Ok(0)
+    }
+}
+

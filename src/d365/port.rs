@@ -1,0 +1,105 @@
+//! `LedgerGateway` port implemented by the D365 client.
+
+use async_trait::async_trait;
+
+use super::{D365Client, D365Error, JournalHeader, JournalLineRow, NewJournalLine};
+use crate::domain::reference::ReferenceData;
+use crate::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
+
+impl From<D365Error> for LedgerError {
+    fn from(e: D365Error) -> Self {
+        match e {
+            D365Error::Rejected { .. } | D365Error::InvalidInput(_) | D365Error::Setup(_) => {
+                LedgerError::Rejected(e.to_string())
+            }
+            D365Error::OutcomeUnknown { .. } => LedgerError::OutcomeUnknown(e.to_string()),
+            D365Error::Auth(_) | D365Error::NotAuthorized { .. } | D365Error::Config(_) => {
+                LedgerError::Auth(e.to_string())
+            }
+            other => LedgerError::Other(other.to_string()),
+        }
+    }
+}
+
+fn header(h: JournalHeader) -> LedgerHeader {
+    LedgerHeader {
+        legal_entity: h.legal_entity,
+        batch_number: h.batch_number,
+        journal_name: h.journal_name,
+        description: h.description,
+        is_posted: h.is_posted,
+    }
+}
+
+fn line(l: JournalLineRow) -> LedgerLine {
+    LedgerLine {
+        batch_number: l.batch_number,
+        line_number: l.line_number,
+        voucher: l.voucher,
+        trans_date: l.trans_date,
+        account_display: l.account_display,
+        offset_display: l.offset_display,
+        debit: l.debit,
+        credit: l.credit,
+        currency: l.currency,
+        text: l.text,
+    }
+}
+
+#[async_trait]
+impl LedgerGateway for D365Client {
+    async fn reference(&self, legal_entity: &str) -> Result<ReferenceData, LedgerError> {
+        Ok(self.load_reference(legal_entity).await?)
+    }
+
+    async fn find_headers(
+        &self,
+        legal_entity: &str,
+        description_prefix: &str,
+    ) -> Result<Vec<LedgerHeader>, LedgerError> {
+        Ok(D365Client::find_headers(self, legal_entity, description_prefix)
+            .await?
+            .into_iter()
+            .map(header)
+            .collect())
+    }
+
+    async fn create_header(
+        &self,
+        legal_entity: &str,
+        journal_name: &str,
+        description: &str,
+    ) -> Result<LedgerHeader, LedgerError> {
+        Ok(header(
+            D365Client::create_header(self, legal_entity, journal_name, description).await?,
+        ))
+    }
+
+    async fn lines(
+        &self,
+        legal_entity: &str,
+        batch_number: &str,
+    ) -> Result<Vec<LedgerLine>, LedgerError> {
+        Ok(D365Client::lines(self, legal_entity, batch_number)
+            .await?
+            .into_iter()
+            .map(line)
+            .collect())
+    }
+
+    async fn create_line(&self, l: &NewLedgerLine) -> Result<LedgerLine, LedgerError> {
+        let new = NewJournalLine {
+            legal_entity: l.legal_entity.clone(),
+            batch_number: l.batch_number.clone(),
+            trans_date: l.trans_date,
+            account_display: l.account_display.clone(),
+            offset_display: l.offset_display.clone(),
+            debit: l.debit,
+            credit: l.credit,
+            currency: l.currency.clone(),
+            text: l.text.clone(),
+            voucher: l.voucher.clone(),
+        };
+        Ok(line(D365Client::create_line(self, &new).await?))
+    }
+}

@@ -1,0 +1,660 @@
+//! The run pipeline: extract → map → validate → post → record.
+//!
+//! One code path for the CLI, the Lambdas and tests. Everything the engine decides is recorded in
+//! the store before it acts on D365, so a crash at any point leaves an audit trail that a replay
+//! can resume from, and a retry can never double-post (lines are found again by their lineage
+//! reference).
+
+mod post;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use rust_decimal::Decimal;
+
+use crate::domain::config::{InstanceConfig, Period, Source};
+use crate::domain::journal::Journal;
+use crate::domain::mapping::{map_extract, Mapped, MappingContext};
+use crate::domain::money::CurrencyPrecision;
+use crate::domain::reference::{DimensionFormat, ReferenceData};
+use crate::domain::run::{
+    AuditEvent, LineRecord, LineStatus, RowStatus, RunKeys, RunRecord, RunStatus, RunTotals,
+    SourceRowRecord,
+};
+use crate::domain::source::{Extract, SourceRef};
+use crate::domain::validation::{validate, Issue};
+use crate::ports::{ExtractError, ExtractRequest, Extractor, LedgerGateway};
+use crate::store::{LockOutcome, Store, StoreError};
+
+pub use post::PostSummary;
+
+/// Errors that stop the engine itself (as opposed to a run ending rejected or failed, which is
+/// a normal, recorded outcome).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("audit store: {0}")]
+    Store(#[from] StoreError),
+    #[error("run `{0}` not found in the audit store")]
+    RunNotFound(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Preview stops before writing; Post writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Preview,
+    Post,
+}
+
+/// Progress callbacks for long runs (the CLI draws a line on a terminal; Lambdas log).
+pub trait Progress: Send + Sync {
+    fn step(&self, _message: &str) {}
+    fn line_posted(&self, _done: usize, _total: usize) {}
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// How a run ended, for exit codes and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every line is in D365.
+    Posted,
+    /// Same data for the same period was already posted: nothing new written.
+    AlreadyPosted,
+    /// Preview finished (nothing written by design).
+    Previewed,
+    /// Mapping/validation found problems: nothing written.
+    Rejected,
+    /// The period was already posted with different data: nothing written.
+    Conflict,
+    /// Another run is posting this period right now: nothing written.
+    Busy,
+    /// Something failed; see the message. Lines may be partially in D365; replay resumes.
+    Failed,
+}
+
+impl Outcome {
+    /// CLI exit code: 0 done (incl. already posted), 2 rejected by validation, 1 anything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Posted | Outcome::AlreadyPosted | Outcome::Previewed => 0,
+            Outcome::Rejected => 2,
+            Outcome::Conflict | Outcome::Busy | Outcome::Failed => 1,
+        }
+    }
+}
+
+/// Everything a caller may want to show about a run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub run: RunRecord,
+    pub journals: Vec<Journal>,
+    /// Ledger dimension format per legal entity (to render account display values).
+    pub formats: BTreeMap<String, DimensionFormat>,
+    pub issues: Vec<Issue>,
+    pub posted: Vec<PostSummary>,
+}
+
+/// Options for one run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub run_date: NaiveDate,
+    /// `cli`, `demo`, `schedule`, `webhook`, `replay`.
+    pub trigger: String,
+    pub mode: Mode,
+    /// How long this process may hold the period lock before another may take over
+    /// (Lambda: its remaining time; CLI: a generous default).
+    pub lease: Duration,
+}
+
+/// The pipeline with its ports.
+pub struct Engine<'a> {
+    pub extractor: &'a dyn Extractor,
+    pub ledger: &'a dyn LedgerGateway,
+    pub store: &'a dyn Store,
+    pub progress: &'a dyn Progress,
+}
+
+fn new_run_id(now: DateTime<Utc>) -> String {
+    format!(
+        "r-{}-{:04x}",
+        now.format("%Y%m%d%H%M%S"),
+        fastrand::u16(..)
+    )
+}
+
+impl<'a> Engine<'a> {
+    async fn event(&self, run_id: &str, level: &str, kind: &str, message: impl Into<String>) {
+        let message = message.into();
+        match level {
+            "error" => tracing::error!(run_id, kind, "{message}"),
+            "warn" => tracing::warn!(run_id, kind, "{message}"),
+            _ => tracing::info!(run_id, kind, "{message}"),
+        }
+        let ev = AuditEvent {
+            run_id: run_id.to_string(),
+            at: Utc::now(),
+            level: level.into(),
+            kind: kind.into(),
+            message,
+        };
+        if let Err(e) = self.store.append_event(&ev).await {
+            tracing::error!(run_id, "could not record audit event: {e}");
+        }
+    }
+
+    /// Runs one sync of `config`.
+    pub async fn run(
+        &self,
+        config: &InstanceConfig,
+        opts: &RunOptions,
+    ) -> Result<RunReport, EngineError> {
+        let period = config.period.kind.period_for(opts.run_date);
+        let request = match config
+            .source
+            .resolve()
+            .map_err(|e| EngineError::Config(e.to_string()))?
+        {
+            Source::Look(id) => ExtractRequest::Look(id.to_string()),
+            Source::Query(_) => ExtractRequest::Query(
+                config
+                    .query_for_period(&period)
+                    .ok_or_else(|| EngineError::Config("source.query missing".into()))?,
+            ),
+        };
+        self.progress.step(&format!(
+            "Extracting {} from Looker for {}",
+            describe_request(&request),
+            period.label
+        ));
+        match self.extractor.extract(&request).await {
+            Ok(extract) => self.run_extract(config, opts, &period, extract).await,
+            Err(err) => self.record_extract_failure(config, opts, &period, &request, err).await,
+        }
+    }
+
+    /// Runs the pipeline on rows already in hand (a webhook delivery, or `run`'s extract).
+    pub async fn run_extract(
+        &self,
+        config: &InstanceConfig,
+        opts: &RunOptions,
+        period: &Period,
+        extract: Extract,
+    ) -> Result<RunReport, EngineError> {
+        let now = Utc::now();
+        let keys = RunKeys::derive(
+            &config.instance,
+            &extract.source.identity(),
+            &period.label,
+            &extract.content_hash(),
+        );
+        let precision = CurrencyPrecision::with_overrides(config.currencies.clone());
+        let ctx = MappingContext {
+            config,
+            period,
+            run_date: opts.run_date,
+            run_key: &keys.run_key,
+            precision: &precision,
+        };
+        self.progress
+            .step(&format!("Mapping {} rows", extract.rows.len()));
+        let mapped = map_extract(&extract, &ctx);
+        let mut issues = mapped.issues.clone();
+
+        // Reference data for every legal entity the journals touch.
+        let mut refs: BTreeMap<String, ReferenceData> = BTreeMap::new();
+        let mut failure: Option<String> = None;
+        for j in &mapped.journals {
+            self.progress.step(&format!(
+                "Reading accounts, dimensions, journal names and periods of {} from D365",
+                j.legal_entity
+            ));
+            match self.ledger.reference(&j.legal_entity).await {
+                Ok(r) => {
+                    refs.insert(j.legal_entity.clone(), r);
+                }
+                Err(e) => {
+                    failure = Some(format!(
+                        "could not read reference data for {} from D365: {e}",
+                        j.legal_entity
+                    ));
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            issues.extend(validate(&mapped.journals, &refs, &precision));
+        }
+        let formats: BTreeMap<String, DimensionFormat> = refs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.format.clone()))
+            .collect();
+
+        let mut run = RunRecord {
+            run_id: new_run_id(now),
+            instance: config.instance.clone(),
+            keys: keys.clone(),
+            source: extract.source.clone(),
+            period: period.label.clone(),
+            run_date: opts.run_date,
+            config_version: config.version(),
+            trigger: opts.trigger.clone(),
+            status: RunStatus::Started,
+            totals: totals_of(&mapped, extract.rows.len()),
+            journals: vec![],
+            message: None,
+            started_at: now,
+            finished_at: None,
+        };
+
+        if opts.mode == Mode::Preview {
+            let outcome = if failure.is_some() {
+                Outcome::Failed
+            } else if issues.is_empty() {
+                Outcome::Previewed
+            } else {
+                Outcome::Rejected
+            };
+            run.status = match outcome {
+                Outcome::Failed => RunStatus::Failed,
+                Outcome::Rejected => RunStatus::Rejected,
+                _ => RunStatus::Started,
+            };
+            run.message = failure;
+            return Ok(RunReport {
+                outcome,
+                run,
+                journals: mapped.journals,
+                formats,
+                issues,
+                posted: vec![],
+            });
+        }
+
+        // Record everything before acting on D365.
+        self.store.insert_run(&run).await?;
+        self.event(
+            &run.run_id,
+            "info",
+            "extract",
+            format!(
+                "{} rows from {} for period {} ({} to {}); run key {}; config {}",
+                extract.rows.len(),
+                extract.source.identity(),
+                period.label,
+                period.start,
+                period.end,
+                keys.run_key,
+                run.config_version
+            ),
+        )
+        .await;
+        let rows = row_records(&run.run_id, &extract, &mapped, &issues);
+        self.store.put_source_rows(&rows).await?;
+        let lines = line_records(&run.run_id, &mapped.journals, &formats);
+        self.store.put_lines(&lines).await?;
+
+        if let Some(msg) = failure {
+            return self.finish(run, RunStatus::Failed, msg, mapped, formats, issues).await;
+        }
+        if !issues.is_empty() {
+            for i in &issues {
+                self.event(&run.run_id, "error", "validation", i.to_string())
+                    .await;
+            }
+            let msg = format!(
+                "rejected: {} problem(s) found before writing; nothing was written to D365",
+                issues.len()
+            );
+            return self.finish(run, RunStatus::Rejected, msg, mapped, formats, issues).await;
+        }
+        if mapped.journals.is_empty() {
+            let msg = "nothing to post: every row was skipped (zero amounts)".to_string();
+            return self.finish(run, RunStatus::Completed, msg, mapped, formats, issues).await;
+        }
+
+        // One poster per period at a time: the lock is a mutex with a lease (a crashed holder
+        // is taken over once its lease has passed). "Already posted" is decided afterwards from
+        // the audit history and, authoritatively, from D365 by natural key.
+        let lock_key = format!("post#{}#{}", config.instance, keys.period_key);
+        let lease_until = Utc::now() + opts.lease;
+        match self
+            .store
+            .acquire_lock(
+                &lock_key,
+                &run.run_id,
+                Utc::now(),
+                lease_until,
+                lease_until + Duration::days(1),
+            )
+            .await?
+        {
+            LockOutcome::Acquired => {}
+            LockOutcome::InProgress { owner, until } => {
+                let msg = busy_message(&owner, until);
+                self.event(&run.run_id, "warn", "busy", msg.clone()).await;
+                return self.finish(run, RunStatus::Busy, msg, mapped, formats, issues).await;
+            }
+            LockOutcome::Completed { result } => {
+                let msg = format!("period lock {lock_key} is unexpectedly marked completed ({result}); nothing was written");
+                return self.finish(run, RunStatus::Failed, msg, mapped, formats, issues).await;
+            }
+        }
+
+        // Same period posted before with other data? (Checked under the lock.)
+        let earlier = self
+            .store
+            .runs_for_period(&config.instance, &keys.period_key)
+            .await?;
+        if let Some(other) = earlier.iter().find(|r| {
+            r.run_id != run.run_id
+                && r.keys.run_key != keys.run_key
+                && matches!(r.status, RunStatus::Completed | RunStatus::AlreadyPosted)
+        }) {
+            let msg = conflict_message(other, &run);
+            self.event(&run.run_id, "error", "conflict", msg.clone()).await;
+            self.store.release_lock(&lock_key, &run.run_id).await.ok();
+            return self.finish(run, RunStatus::Conflict, msg, mapped, formats, issues).await;
+        }
+
+        run.status = RunStatus::Posting;
+        self.store.update_run(&run).await?;
+        let result = self
+            .post_all(&mut run, config, lines, &keys, &earlier)
+            .await;
+        let (status, message, posted) = result;
+        if let Err(e) = self.store.release_lock(&lock_key, &run.run_id).await {
+            self.event(&run.run_id, "warn", "lock", format!("could not release period lock: {e}"))
+                .await;
+        }
+        let mut report = self.finish(run, status, message, mapped, formats, issues).await?;
+        report.posted = posted;
+        Ok(report)
+    }
+
+    async fn finish(
+        &self,
+        mut run: RunRecord,
+        status: RunStatus,
+        message: String,
+        mapped: Mapped,
+        formats: BTreeMap<String, DimensionFormat>,
+        issues: Vec<Issue>,
+    ) -> Result<RunReport, EngineError> {
+        run.status = status;
+        run.message = Some(message.clone());
+        run.finished_at = Some(Utc::now());
+        self.store.update_run(&run).await?;
+        let level = match status {
+            RunStatus::Completed | RunStatus::AlreadyPosted => "info",
+            _ => "error",
+        };
+        self.event(&run.run_id, level, "finish", format!("{}: {message}", status.as_str()))
+            .await;
+        let outcome = match status {
+            RunStatus::Completed => Outcome::Posted,
+            RunStatus::AlreadyPosted => Outcome::AlreadyPosted,
+            RunStatus::Rejected => Outcome::Rejected,
+            RunStatus::Conflict => Outcome::Conflict,
+            RunStatus::Busy => Outcome::Busy,
+            _ => Outcome::Failed,
+        };
+        Ok(RunReport {
+            outcome,
+            run,
+            journals: mapped.journals,
+            formats,
+            issues,
+            posted: vec![],
+        })
+    }
+
+    async fn record_extract_failure(
+        &self,
+        config: &InstanceConfig,
+        opts: &RunOptions,
+        period: &Period,
+        request: &ExtractRequest,
+        err: ExtractError,
+    ) -> Result<RunReport, EngineError> {
+        let now = Utc::now();
+        let source = match request {
+            ExtractRequest::Look(id) => SourceRef::Look {
+                look_id: id.clone(),
+            },
+            ExtractRequest::Query(q) => SourceRef::Query {
+                model: q.model.clone(),
+                explore: q.explore.clone(),
+                query_id: None,
+                definition: serde_json::to_string(q).unwrap_or_default(),
+            },
+        };
+        let keys = RunKeys::derive(&config.instance, &source.identity(), &period.label, "");
+        let status = match err {
+            ExtractError::Truncated(_) | ExtractError::Invalid(_) => RunStatus::Rejected,
+            _ => RunStatus::Failed,
+        };
+        let run = RunRecord {
+            run_id: new_run_id(now),
+            instance: config.instance.clone(),
+            keys,
+            source,
+            period: period.label.clone(),
+            run_date: opts.run_date,
+            config_version: config.version(),
+            trigger: opts.trigger.clone(),
+            status: RunStatus::Started,
+            totals: RunTotals::default(),
+            journals: vec![],
+            message: None,
+            started_at: now,
+            finished_at: None,
+        };
+        let message = format!("Looker extract failed: {err}; nothing was written to D365");
+        let issues = vec![Issue::config("source", err.to_string())];
+        if opts.mode == Mode::Preview {
+            let mut run = run;
+            run.status = status;
+            run.message = Some(message);
+            return Ok(RunReport {
+                outcome: if status == RunStatus::Rejected {
+                    Outcome::Rejected
+                } else {
+                    Outcome::Failed
+                },
+                run,
+                journals: vec![],
+                formats: BTreeMap::new(),
+                issues,
+                posted: vec![],
+            });
+        }
+        self.store.insert_run(&run).await?;
+        self.event(&run.run_id, "error", "extract", message.clone())
+            .await;
+        let empty = Mapped {
+            journals: vec![],
+            rows: vec![],
+            issues: vec![],
+            source_total: Decimal::ZERO,
+            mapped_total: Decimal::ZERO,
+            rounding_residue: Decimal::ZERO,
+        };
+        self.finish(run, status, message, empty, BTreeMap::new(), issues)
+            .await
+    }
+
+    /// Re-posts what a run did not get into D365, from its audited lines (no new extract).
+    pub async fn replay(
+        &self,
+        config: &InstanceConfig,
+        run_id: &str,
+        lease: Duration,
+    ) -> Result<RunReport, EngineError> {
+        let mut run = self
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| EngineError::RunNotFound(run_id.to_string()))?;
+        if run.instance != config.instance {
+            return Err(EngineError::Config(format!(
+                "run {run_id} belongs to instance `{}`, not `{}`",
+                run.instance, config.instance
+            )));
+        }
+        let empty = Mapped {
+            journals: vec![],
+            rows: vec![],
+            issues: vec![],
+            source_total: run.totals.source_total,
+            mapped_total: run.totals.mapped_total,
+            rounding_residue: run.totals.rounding_residue,
+        };
+        if !matches!(
+            run.status,
+            RunStatus::Failed | RunStatus::Posting | RunStatus::Busy | RunStatus::Completed
+        ) {
+            let msg = format!(
+                "run {run_id} is `{}`; only failed, interrupted or busy runs can be replayed (a rejected or conflicting run needs a new run)",
+                run.status.as_str()
+            );
+            return Err(EngineError::Config(msg));
+        }
+        let lines = self.store.lines(run_id).await?;
+        let lock_key = format!("post#{}#{}", run.instance, run.keys.period_key);
+        let until = Utc::now() + lease;
+        match self
+            .store
+            .acquire_lock(&lock_key, run_id, Utc::now(), until, until + Duration::days(1))
+            .await?
+        {
+            LockOutcome::InProgress { owner, until } if owner != run_id => {
+                let msg = busy_message(&owner, until);
+                self.event(run_id, "warn", "busy", msg.clone()).await;
+                return Err(EngineError::Config(msg));
+            }
+            _ => {}
+        }
+        self.event(run_id, "info", "replay", "replay requested: reconciling with D365 and posting what is missing")
+            .await;
+        run.status = RunStatus::Posting;
+        self.store.update_run(&run).await?;
+        let keys = run.keys.clone();
+        let (status, message, posted) = self.post_all(&mut run, config, lines, &keys, &[]).await;
+        self.store.release_lock(&lock_key, run_id).await.ok();
+        let mut report = self
+            .finish(run, status, message, empty, BTreeMap::new(), vec![])
+            .await?;
+        report.posted = posted;
+        Ok(report)
+    }
+}
+
+fn describe_request(r: &ExtractRequest) -> String {
+    match r {
+        ExtractRequest::Look(id) => format!("Look {id}"),
+        ExtractRequest::Query(q) => format!("{}/{} ({} fields)", q.model, q.explore, q.fields.len()),
+    }
+}
+
+fn busy_message(owner: &str, until: DateTime<Utc>) -> String {
+    format!(
+        "another run ({owner}) is posting this period (lock held until {}); nothing was written — it will finish or the lock expires",
+        until.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
+fn conflict_message(other: &RunRecord, this: &RunRecord) -> String {
+    format!(
+        "period {} was already posted by run {} (journals {}, Looker total {}); this extract (run {}) has different data, Looker total {}. Nothing was written. Reverse the earlier journal in D365 (or delete it while unposted), then run again.",
+        this.period,
+        other.run_id,
+        other
+            .journals
+            .iter()
+            .map(|(le, b)| format!("{le}/{b}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other.totals.source_total,
+        this.run_id,
+        this.totals.source_total
+    )
+}
+
+fn totals_of(m: &Mapped, rows: usize) -> RunTotals {
+    RunTotals {
+        source_total: m.source_total,
+        mapped_total: m.mapped_total,
+        rounding_residue: m.rounding_residue,
+        created_debit: Decimal::ZERO,
+        created_credit: Decimal::ZERO,
+        source_rows: rows as u64,
+        journal_lines: m.journals.iter().map(|j| j.lines.len() as u64).sum(),
+        created_lines: 0,
+    }
+}
+
+fn row_records(run_id: &str, extract: &Extract, m: &Mapped, issues: &[Issue]) -> Vec<SourceRowRecord> {
+    let outcomes: BTreeMap<usize, _> = m.rows.iter().map(|r| (r.index, r)).collect();
+    extract
+        .rows
+        .iter()
+        .map(|row| {
+            let o = outcomes.get(&row.index);
+            let mut errors: Vec<String> = o.map(|o| o.errors.clone()).unwrap_or_default();
+            // Validation issues found on the lines this row became.
+            for i in issues.iter().filter(|i| i.row == Some(row.index) && i.line.is_some()) {
+                errors.push(format!("{}: {}", i.field, i.message));
+            }
+            let status = match o.map(|o| o.status) {
+                Some(RowStatus::Mapped) if !errors.is_empty() => RowStatus::Rejected,
+                Some(s) => s,
+                None => RowStatus::Rejected,
+            };
+            SourceRowRecord {
+                run_id: run_id.to_string(),
+                row_index: row.index,
+                row_hash: row.hash(),
+                cells: row.cells.clone(),
+                status,
+                line_nos: o.map(|o| o.line_nos.clone()).unwrap_or_default(),
+                errors,
+            }
+        })
+        .collect()
+}
+
+fn line_records(
+    run_id: &str,
+    journals: &[Journal],
+    formats: &BTreeMap<String, DimensionFormat>,
+) -> Vec<LineRecord> {
+    let fallback = DimensionFormat {
+        name: "unknown".into(),
+        segments: vec!["MainAccount".into()],
+        delimiter: '-',
+    };
+    let mut out = Vec::new();
+    for j in journals {
+        let f = formats.get(&j.legal_entity).unwrap_or(&fallback);
+        for l in &j.lines {
+            out.push(LineRecord {
+                run_id: run_id.to_string(),
+                legal_entity: j.legal_entity.clone(),
+                account_display: l.account.display_value(f),
+                offset_display: l.offset_account.as_ref().map(|o| o.display_value(f)),
+                line: l.clone(),
+                status: LineStatus::Pending,
+                journal_batch: None,
+                d365_line_number: None,
+                d365_response: None,
+            });
+        }
+    }
+    out
+}
+

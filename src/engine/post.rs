@@ -1,0 +1,419 @@
+//! Posting: write a run's lines to D365 so that a retry never double-posts.
+//!
+//! OData has no idempotency key, so every header carries the run key in its Description and
+//! every line carries its lineage reference (`{run_key}.L0001`) at the start of its Text. Before
+//! writing, the engine asks D365 what already exists under those keys and writes only what is
+//! missing; after writing, it reads the lines back and ties them out against the plan.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use rust_decimal::Decimal;
+
+use super::Engine;
+use crate::domain::config::InstanceConfig;
+use crate::domain::mapping::{description_prefix, parse_line_ref, render_description};
+use crate::domain::reference::VoucherAllocation;
+use crate::domain::run::{LineRecord, LineStatus, RunKeys, RunRecord, RunStatus};
+use crate::ports::{LedgerError, LedgerHeader, LedgerLine, NewLedgerLine};
+
+/// What happened to one journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostSummary {
+    pub legal_entity: String,
+    pub batch_number: String,
+    pub header_created: bool,
+    pub lines_created: usize,
+    pub lines_found: usize,
+    /// Debit and credit totals as read back from D365.
+    pub debit: Decimal,
+    pub credit: Decimal,
+    pub is_posted: bool,
+}
+
+/// Why posting one journal stopped.
+enum Stop {
+    Failed(String),
+    Conflict(String),
+}
+
+/// Attempts for a line whose create came back with an unknown outcome and was then confirmed
+/// absent by reading D365 (the re-send is not blind: it follows a reconciliation).
+const UNKNOWN_OUTCOME_ATTEMPTS: u32 = 3;
+
+impl Engine<'_> {
+    /// Posts every line of `run`; returns the final status, a message and per-journal summaries.
+    pub(super) async fn post_all(
+        &self,
+        run: &mut RunRecord,
+        config: &InstanceConfig,
+        lines: Vec<LineRecord>,
+        keys: &RunKeys,
+        _earlier: &[RunRecord],
+    ) -> (RunStatus, String, Vec<PostSummary>) {
+        let mut by_entity: BTreeMap<String, Vec<LineRecord>> = BTreeMap::new();
+        for l in lines {
+            by_entity.entry(l.legal_entity.clone()).or_default().push(l);
+        }
+        let total: usize = by_entity.values().map(Vec::len).sum();
+        let mut done = 0usize;
+        let mut summaries = Vec::new();
+        for (le, mut lines) in by_entity {
+            lines.sort_by_key(|l| l.line.line_no);
+            match self
+                .post_journal(run, config, keys, &le, &mut lines, &mut done, total)
+                .await
+            {
+                Ok(s) => summaries.push(s),
+                Err(Stop::Failed(m)) => return (RunStatus::Failed, m, summaries),
+                Err(Stop::Conflict(m)) => return (RunStatus::Conflict, m, summaries),
+            }
+        }
+        run.totals.created_debit = summaries.iter().map(|s| s.debit).sum();
+        run.totals.created_credit = summaries.iter().map(|s| s.credit).sum();
+        run.totals.created_lines = summaries
+            .iter()
+            .map(|s| (s.lines_created + s.lines_found) as u64)
+            .sum();
+        let nothing_new = summaries
+            .iter()
+            .all(|s| !s.header_created && s.lines_created == 0);
+        let journals = summaries
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}/{} ({} lines, debit {} = credit {}{})",
+                    s.legal_entity,
+                    s.batch_number,
+                    s.lines_created + s.lines_found,
+                    s.debit,
+                    s.credit,
+                    if s.is_posted { ", posted" } else { ", unposted" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        if nothing_new {
+            (
+                RunStatus::AlreadyPosted,
+                format!("already posted, nothing new written: {journals}"),
+                summaries,
+            )
+        } else {
+            (
+                RunStatus::Completed,
+                format!("journal(s) created and left unposted for review: {journals}"),
+                summaries,
+            )
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn post_journal(
+        &self,
+        run: &mut RunRecord,
+        config: &InstanceConfig,
+        keys: &RunKeys,
+        le: &str,
+        lines: &mut [LineRecord],
+        done: &mut usize,
+        total: usize,
+    ) -> Result<PostSummary, Stop> {
+        let run_id = run.run_id.clone();
+        let failed = |what: &str, e: LedgerError| Stop::Failed(format!("{what} in {le}: {e}"));
+
+        // 1. What does D365 already hold for this period?
+        let period_prefix = format!("{}-", description_prefix(&keys.period_key));
+        let ours_prefix = description_prefix(&keys.run_key);
+        let headers = self
+            .ledger
+            .find_headers(le, &period_prefix)
+            .await
+            .map_err(|e| failed("could not look up existing journals", e))?;
+        let (mut ours, others): (Vec<LedgerHeader>, Vec<LedgerHeader>) = headers
+            .into_iter()
+            .partition(|h| h.description.starts_with(&ours_prefix));
+        ours.sort_by(|a, b| a.batch_number.cmp(&b.batch_number));
+        if ours.is_empty() && !others.is_empty() {
+            let list = others
+                .iter()
+                .map(|h| format!("{} \"{}\"", h.batch_number, h.description))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Stop::Conflict(format!(
+                "D365 already holds journal(s) for period {} in {le} created from different data: {list}. Nothing was written. Reverse or delete that journal, then run again.",
+                run.period
+            )));
+        }
+        if ours.len() > 1 {
+            self.event(
+                &run_id,
+                "warn",
+                "post",
+                format!(
+                    "{} journals in {le} carry run key {}: {}; using {} — delete the others if empty",
+                    ours.len(),
+                    keys.run_key,
+                    ours.iter().map(|h| h.batch_number.as_str()).collect::<Vec<_>>().join(", "),
+                    ours[0].batch_number
+                ),
+            )
+            .await;
+        }
+
+        // 2. Header: reuse ours, or create it.
+        let (header, header_created) = match ours.into_iter().next() {
+            Some(h) => {
+                self.event(
+                    &run_id,
+                    "info",
+                    "post",
+                    format!("found journal {le}/{} from an earlier attempt; reconciling its lines", h.batch_number),
+                )
+                .await;
+                (h, false)
+            }
+            None => {
+                let description = render_description(config, &keys.run_key, &run.period);
+                match self
+                    .ledger
+                    .create_header(le, &config.journal.journal_name, &description)
+                    .await
+                {
+                    Ok(h) => (h, true),
+                    Err(LedgerError::OutcomeUnknown(m)) => {
+                        // Did it land? Ask D365 before anything else.
+                        let found = self
+                            .ledger
+                            .find_headers(le, &ours_prefix)
+                            .await
+                            .map_err(|e| failed("could not reconcile the journal header", e))?;
+                        match found.into_iter().next() {
+                            Some(h) => (h, true),
+                            None => {
+                                return Err(Stop::Failed(format!(
+                                    "creating the journal header in {le} had an unknown outcome ({m}) and it is not in D365; nothing was written — replay {run_id} to try again"
+                                )))
+                            }
+                        }
+                    }
+                    Err(e) => return Err(failed("D365 refused the journal header", e)),
+                }
+            }
+        };
+        let batch = header.batch_number.clone();
+        if !run.journals.iter().any(|(l, b)| l == le && *b == batch) {
+            run.journals.push((le.to_string(), batch.clone()));
+        }
+        if let Err(e) = self.store.update_run(run).await {
+            return Err(Stop::Failed(format!("audit store: {e}")));
+        }
+        if header_created {
+            self.event(
+                &run_id,
+                "info",
+                "post",
+                format!("created journal {le}/{batch} ({})", config.journal.journal_name),
+            )
+            .await;
+        }
+
+        // 3. Which of our lines does the journal already hold?
+        let existing = self
+            .our_lines(le, &batch, &keys.run_key)
+            .await
+            .map_err(|e| failed("could not read the journal's lines", e))?;
+        let missing = lines
+            .iter()
+            .filter(|l| !existing.contains_key(&l.line.line_no))
+            .count();
+        if header.is_posted && missing > 0 {
+            return Err(Stop::Failed(format!(
+                "journal {le}/{batch} was posted in D365 before all lines were written ({missing} missing); posted journals cannot be changed — reverse it and run again"
+            )));
+        }
+        let manual_vouchers = if missing > 0 {
+            match self.ledger.reference(le).await {
+                Ok(r) => r
+                    .journal_names
+                    .get(&config.journal.journal_name)
+                    .map(|j| j.voucher_allocation == VoucherAllocation::Manual)
+                    .unwrap_or(false),
+                Err(e) => return Err(failed("could not read the journal name", e)),
+            }
+        } else {
+            false
+        };
+
+        // 4. Write what is missing, in line order, one at a time (F&O serializes writes to a
+        // journal anyway; parallel inserts cause update conflicts on the header).
+        let mut created = 0usize;
+        let mut found = 0usize;
+        for rec in lines.iter_mut() {
+            if let Some(l) = existing.get(&rec.line.line_no) {
+                found += 1;
+                mark_created(rec, &batch, l, "already in D365");
+            } else {
+                let new = NewLedgerLine {
+                    legal_entity: le.to_string(),
+                    batch_number: batch.clone(),
+                    trans_date: rec.line.trans_date,
+                    account_display: rec.account_display.clone(),
+                    offset_display: rec.offset_display.clone(),
+                    debit: rec.line.debit(),
+                    credit: rec.line.credit(),
+                    currency: rec.line.currency.clone(),
+                    text: rec.line.text.clone(),
+                    voucher: manual_vouchers
+                        .then(|| format!("MLC{}-{:04}", keys.period_key, rec.line.voucher)),
+                };
+                match self.create_line_reconciled(&new, &keys.run_key, rec.line.line_no).await {
+                    Ok(l) => {
+                        created += 1;
+                        mark_created(rec, &batch, &l, "created");
+                    }
+                    Err(e) => {
+                        rec.status = LineStatus::Failed;
+                        rec.journal_batch = Some(batch.clone());
+                        rec.d365_response = Some(e.to_string());
+                        let _ = self.store.put_lines(std::slice::from_ref(rec)).await;
+                        let row = rec
+                            .line
+                            .source_rows
+                            .first()
+                            .map(|r| format!(" (source row {r})"))
+                            .unwrap_or_default();
+                        let msg = format!(
+                            "D365 did not accept line {}{row} of journal {le}/{batch}: {e}. {} line(s) of this journal are in D365; the journal is unposted. Fix the cause, then replay run {run_id} to post the rest.",
+                            rec.line.line_no,
+                            created + found
+                        );
+                        self.event(&run_id, "error", "post", msg.clone()).await;
+                        return Err(Stop::Failed(msg));
+                    }
+                }
+            }
+            if let Err(e) = self.store.put_lines(std::slice::from_ref(rec)).await {
+                return Err(Stop::Failed(format!("audit store: {e}")));
+            }
+            *done += 1;
+            self.progress.line_posted(*done, total);
+        }
+
+        // 5. Read back and tie out against the plan.
+        let back = self
+            .our_lines(le, &batch, &keys.run_key)
+            .await
+            .map_err(|e| failed("could not read the journal back", e))?;
+        let mut debit = Decimal::ZERO;
+        let mut credit = Decimal::ZERO;
+        for rec in lines.iter() {
+            match back.get(&rec.line.line_no) {
+                None => {
+                    return Err(Stop::Failed(format!(
+                        "line {} is missing from journal {le}/{batch} after posting; replay run {run_id}",
+                        rec.line.line_no
+                    )))
+                }
+                Some(l) if l.debit != rec.line.debit() || l.credit != rec.line.credit() => {
+                    return Err(Stop::Failed(format!(
+                        "line {} of journal {le}/{batch} holds debit {} / credit {} in D365 but the connector sent {} / {}",
+                        rec.line.line_no,
+                        l.debit,
+                        l.credit,
+                        rec.line.debit(),
+                        rec.line.credit()
+                    )))
+                }
+                Some(l) => {
+                    debit += l.debit;
+                    credit += l.credit;
+                    if rec.offset_display.is_some() {
+                        debit += l.credit;
+                        credit += l.debit;
+                    }
+                }
+            }
+        }
+        self.event(
+            &run_id,
+            "info",
+            "post",
+            format!(
+                "journal {le}/{batch}: {created} line(s) created, {found} already present; D365 holds debit {debit}, credit {credit}"
+            ),
+        )
+        .await;
+        Ok(PostSummary {
+            legal_entity: le.to_string(),
+            batch_number: batch,
+            header_created,
+            lines_created: created,
+            lines_found: found,
+            debit,
+            credit,
+            is_posted: header.is_posted,
+        })
+    }
+
+    /// Lines of a journal that carry `run_key`, by our line number.
+    async fn our_lines(
+        &self,
+        le: &str,
+        batch: &str,
+        run_key: &str,
+    ) -> Result<BTreeMap<u32, LedgerLine>, LedgerError> {
+        let lines = self.ledger.lines(le, batch).await?;
+        let mut out = BTreeMap::new();
+        for l in lines {
+            if let Some((k, n)) = parse_line_ref(&l.text) {
+                if k == run_key {
+                    out.entry(n).or_insert(l);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a line; when the outcome is unknown, looks for it in D365 before trying again.
+    async fn create_line_reconciled(
+        &self,
+        new: &NewLedgerLine,
+        run_key: &str,
+        line_no: u32,
+    ) -> Result<LedgerLine, LedgerError> {
+        let mut attempt = 1;
+        loop {
+            match self.ledger.create_line(new).await {
+                Ok(l) => return Ok(l),
+                Err(LedgerError::OutcomeUnknown(m)) => {
+                    let present = self
+                        .our_lines(&new.legal_entity, &new.batch_number, run_key)
+                        .await?;
+                    if let Some(l) = present.get(&line_no) {
+                        return Ok(l.clone());
+                    }
+                    if attempt >= UNKNOWN_OUTCOME_ATTEMPTS {
+                        return Err(LedgerError::OutcomeUnknown(format!(
+                            "{m} (confirmed absent after {attempt} attempts)"
+                        )));
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn mark_created(rec: &mut LineRecord, batch: &str, l: &LedgerLine, how: &str) {
+    rec.status = LineStatus::Created;
+    rec.journal_batch = Some(batch.to_string());
+    rec.d365_line_number = Some(l.line_number.clone());
+    rec.d365_response = Some(format!(
+        "{how} at {}: line {} voucher {}",
+        Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+        l.line_number,
+        l.voucher
+    ));
+}

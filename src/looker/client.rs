@@ -1,0 +1,633 @@
+//! The Looker endpoints the connector uses, with auth, retries and error mapping in one place.
+//!
+//! Every call here is a read (running a query reads data), so [`send_with_retry`] may repeat it
+//! on 429 (honouring `Retry-After`), 5xx and transport errors. A 401 means the token went stale
+//! (expired early, logged out, instance restarted): log in again once and repeat once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, LOCATION};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Deserializer};
+use url::Url;
+
+use super::auth::{refused_after_relogin, TokenCache, LOOKER_APP_ID};
+use super::error::LookerError;
+use super::results::{convert_json_rows, describe_json_error, RawRows};
+use super::settings::LookerSettings;
+use crate::domain::config::InlineQuery;
+use crate::domain::source::{Extract, SourceRef, SourceRow};
+use crate::http::{send_with_retry, Idempotency};
+
+/// A saved Look and the query behind it (`GET /looks/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LookInfo {
+    #[serde(deserialize_with = "string_or_number")]
+    pub id: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub title: String,
+    pub query: LookQuery,
+}
+
+/// The query of a Look. `view` is Looker's name for the explore.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LookQuery {
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    pub id: Option<String>,
+    pub model: String,
+    pub view: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub fields: Vec<String>,
+    #[serde(default, deserialize_with = "filters_map")]
+    pub filters: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub sorts: Vec<String>,
+    #[serde(default)]
+    pub query_timezone: Option<String>,
+}
+
+impl LookInfo {
+    /// The Look's query as an inline query (e.g. to let a config pin a Look's definition).
+    pub fn to_inline_query(&self) -> InlineQuery {
+        InlineQuery {
+            model: self.query.model.clone(),
+            explore: self.query.view.clone(),
+            fields: self.query.fields.clone(),
+            filters: self.query.filters.clone(),
+            sorts: self.query.sorts.clone(),
+            query_timezone: self.query.query_timezone.clone(),
+        }
+    }
+}
+
+/// One field of an explore (`GET /lookml_models/{m}/explores/{e}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ExploreField {
+    pub name: String,
+    #[serde(rename = "type", default, deserialize_with = "null_as_default")]
+    pub field_type: String,
+}
+
+/// The dimensions and measures an explore offers.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct ExploreInfo {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub dimensions: Vec<ExploreField>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub measures: Vec<ExploreField>,
+}
+
+#[derive(Deserialize)]
+struct ExploreBody {
+    #[serde(default)]
+    fields: Option<ExploreInfo>,
+}
+
+/// Looker API 4.0 client. Cheap to clone; clones share the HTTP pool and the cached token.
+#[derive(Clone)]
+pub struct LookerClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: LookerSettings,
+    http: reqwest::Client,
+    tokens: TokenCache,
+}
+
+impl std::fmt::Debug for LookerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookerClient")
+            .field("base_url", &self.inner.settings.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LookerClient {
+    pub fn new(settings: LookerSettings) -> Result<Self, LookerError> {
+        settings.validate()?;
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(15)))
+            // A redirect means the URL is not the API host (SSO page, http→https, old port);
+            // say so instead of following it with credentials.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("ml-connector/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| LookerError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                http,
+                tokens: TokenCache::default(),
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &LookerSettings {
+        &self.inner.settings
+    }
+
+    /// Logs in now (discarding any cached token): proves URL and credentials work.
+    pub async fn login_check(&self) -> Result<(), LookerError> {
+        self.inner.tokens.clear().await;
+        self.inner
+            .tokens
+            .get(&self.inner.http, &self.inner.settings)
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs a saved Look (`GET /looks/{id}/run/json`) and returns every row, or an error.
+    ///
+    /// The Look is fetched first so the extract's columns are the Look's fields even when the
+    /// result is empty, and so a missing Look gets a clear message.
+    pub async fn run_look(&self, look_id: &str) -> Result<Extract, LookerError> {
+        let look_id = check_id("Look id", look_id)?;
+        let info = self.look(look_id).await?;
+        let mut url = self.settings().api_url(&["looks", look_id, "run", "json"]);
+        self.add_run_params(&mut url);
+        let body = self
+            .call(Method::GET, url, None, &format!("Look {look_id}"))
+            .await?;
+        let (seen, rows) = self.complete_rows(&body)?;
+        Ok(Extract {
+            source: SourceRef::Look {
+                look_id: look_id.to_string(),
+            },
+            columns: merge_columns(info.query.fields, seen),
+            rows,
+        })
+    }
+
+    /// Runs an inline query (`POST /queries/run/json`) and returns every row, or an error.
+    pub async fn run_inline_query(&self, q: &InlineQuery) -> Result<Extract, LookerError> {
+        check_query(q)?;
+        let limit = self.settings().requested_limit().to_string();
+        let mut body = serde_json::json!({
+            "model": q.model,
+            "view": q.explore,
+            "fields": q.fields,
+            "filters": q.filters,
+            "sorts": q.sorts,
+            "limit": limit,
+        });
+        if let (Some(tz), Some(obj)) = (&q.query_timezone, body.as_object_mut()) {
+            obj.insert("query_timezone".into(), tz.clone().into());
+        }
+        let mut url = self.settings().api_url(&["queries", "run", "json"]);
+        self.add_run_params(&mut url);
+        let what = format!("Model `{}` or explore `{}`", q.model, q.explore);
+        let bytes = self.call(Method::POST, url, Some(&body), &what).await?;
+        let (seen, rows) = self.complete_rows(&bytes)?;
+        let definition =
+            serde_json::to_string(q).map_err(|e| LookerError::Config(e.to_string()))?;
+        Ok(Extract {
+            source: SourceRef::Query {
+                model: q.model.clone(),
+                explore: q.explore.clone(),
+                query_id: None,
+                definition,
+            },
+            columns: merge_columns(q.fields.clone(), seen),
+            rows,
+        })
+    }
+
+    /// A Look's title and query (`GET /looks/{id}`).
+    pub async fn look(&self, look_id: &str) -> Result<LookInfo, LookerError> {
+        let look_id = check_id("Look id", look_id)?;
+        let url = self.settings().api_url(&["looks", look_id]);
+        let body = self
+            .call(Method::GET, url, None, &format!("Look {look_id}"))
+            .await?;
+        parse_body(&body, "Look")
+    }
+
+    /// Dimensions and measures (with types) of an explore.
+    pub async fn explore(&self, model: &str, explore: &str) -> Result<ExploreInfo, LookerError> {
+        let model = check_id("model name", model)?;
+        let explore = check_id("explore name", explore)?;
+        let mut url = self
+            .settings()
+            .api_url(&["lookml_models", model, "explores", explore]);
+        // Explore metadata can be megabytes; ask only for what is used.
+        url.query_pairs_mut().append_pair(
+            "fields",
+            "fields(dimensions(name,type),measures(name,type))",
+        );
+        let what = format!("Explore `{explore}` of model `{model}`");
+        let body = self.call(Method::GET, url, None, &what).await?;
+        let parsed: ExploreBody = parse_body(&body, "explore")?;
+        Ok(parsed.fields.unwrap_or_default())
+    }
+
+    /// Names of an explore's dimensions, then its measures.
+    pub async fn explore_fields(
+        &self,
+        model: &str,
+        explore: &str,
+    ) -> Result<Vec<String>, LookerError> {
+        let info = self.explore(model, explore).await?;
+        Ok(info
+            .dimensions
+            .into_iter()
+            .chain(info.measures)
+            .map(|f| f.name)
+            .collect())
+    }
+
+    /// Raw results as numbers, not formatted strings, and without visualization settings.
+    fn add_run_params(&self, url: &mut Url) {
+        url.query_pairs_mut()
+            .append_pair("apply_formatting", "false")
+            .append_pair("apply_vis", "false")
+            .append_pair("limit", &self.settings().requested_limit().to_string());
+    }
+
+    /// Parses a `json` result and refuses it unless it is provably complete. (Conversion runs
+    /// first so a `looker_error` result is reported as the query failure it is.)
+    fn complete_rows(&self, body: &[u8]) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
+        let raw: RawRows = serde_json::from_slice(body).map_err(|e| LookerError::Parse {
+            what: "json result".into(),
+            message: describe_json_error(body, &e),
+        })?;
+        let (cols, rows) = convert_json_rows(raw)?;
+        check_complete(self.settings(), rows.len())?;
+        Ok((cols, rows))
+    }
+
+    /// Sends one API call with the cached token; on 401 logs in again once and repeats once.
+    /// `what` names the resource for a 404 ("Look 42").
+    async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        json: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<Vec<u8>, LookerError> {
+        let inner = &*self.inner;
+        let label = format!("{method} {}", url.path());
+        let mut relogged = false;
+        loop {
+            let token = inner.tokens.get(&inner.http, &inner.settings).await?;
+            let mut auth =
+                HeaderValue::from_str(&token.header()).map_err(|_| LookerError::Parse {
+                    what: "login response".into(),
+                    message: "the access token contains characters not allowed in a header".into(),
+                })?;
+            auth.set_sensitive(true);
+            let resp = send_with_retry(
+                || {
+                    let rb = inner
+                        .http
+                        .request(method.clone(), url.clone())
+                        .header(AUTHORIZATION, auth.clone())
+                        .header("x-looker-appid", LOOKER_APP_ID)
+                        .header(ACCEPT, "application/json");
+                    match json {
+                        Some(b) => rb.json(b),
+                        None => rb,
+                    }
+                },
+                &inner.settings.retry,
+                Idempotency::Safe,
+                |msg| tracing::warn!(target: "looker", "{label}: {msg}"),
+            )
+            .await
+            .map_err(|e| LookerError::Http {
+                path: label.clone(),
+                message: e.without_url().to_string(),
+            })?;
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !relogged {
+                tracing::info!(target: "looker", "{label}: token refused (401), logging in again");
+                inner.tokens.invalidate(&token).await;
+                relogged = true;
+                continue;
+            }
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = resp.bytes().await.map_err(|e| LookerError::Http {
+                path: label.clone(),
+                message: format!("reading the response: {}", e.without_url()),
+            })?;
+            if status.is_success() {
+                tracing::debug!(target: "looker", "{label}: {} bytes", body.len());
+                return Ok(body.into());
+            }
+            return Err(classify(
+                status,
+                &body,
+                what,
+                &label,
+                location,
+                &inner.settings,
+            ));
+        }
+    }
+}
+
+/// Looker's `Error` / `ValidationError` bodies.
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    errors: Option<Vec<ApiErrorDetail>>,
+}
+
+#[derive(Deserialize)]
+struct ApiErrorDetail {
+    #[serde(default)]
+    field: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// A readable summary of an error body: Looker's message plus every validation detail.
+fn error_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => {
+            let mut out = e.message.unwrap_or_default();
+            let details: Vec<String> = e
+                .errors
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| {
+                    let mut s = String::new();
+                    if let Some(f) = d.field.filter(|f| !f.is_empty()) {
+                        s.push_str(&format!("field `{f}`: "));
+                    }
+                    s.push_str(d.message.as_deref().unwrap_or("invalid"));
+                    if let Some(c) = d.code.filter(|c| !c.is_empty()) {
+                        s.push_str(&format!(" ({c})"));
+                    }
+                    s
+                })
+                .collect();
+            if !details.is_empty() {
+                if !out.is_empty() {
+                    out.push_str(": ");
+                }
+                out.push_str(&details.join("; "));
+            }
+            if out.is_empty() {
+                "no message".into()
+            } else {
+                out
+            }
+        }
+        Err(_) => {
+            let text =
+                String::from_utf8_lossy(&body[..body.len().min(200)]).replace(['\n', '\r'], " ");
+            if text.trim().is_empty() {
+                "empty response body".into()
+            } else {
+                format!("unexpected response `{}`", text.trim())
+            }
+        }
+    }
+}
+
+fn classify(
+    status: StatusCode,
+    body: &[u8],
+    what: &str,
+    label: &str,
+    location: Option<String>,
+    settings: &LookerSettings,
+) -> LookerError {
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => refused_after_relogin(status, what),
+        StatusCode::NOT_FOUND => LookerError::NotFound(format!(
+            "{what} not found or not visible to the API user ({label})"
+        )),
+        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => {
+            LookerError::Invalid(format!("{} ({label})", error_message(body)))
+        }
+        StatusCode::TOO_MANY_REQUESTS => LookerError::Throttled {
+            path: label.to_string(),
+            attempts: settings.retry.max_attempts,
+        },
+        s if s.is_redirection() => LookerError::Status {
+            status: s.as_u16(),
+            message: format!(
+                "{label} was redirected to `{}`; the configured base URL is probably not the Looker API host (check Admin > Platform > API for the API Host URL)",
+                location.as_deref().map(strip_query).unwrap_or_default()
+            ),
+        },
+        s => LookerError::Status {
+            status: s.as_u16(),
+            message: format!("{label}: {}", error_message(body)),
+        },
+    }
+}
+
+fn strip_query(u: &str) -> &str {
+    u.split(['?', '#']).next().unwrap_or(u)
+}
+
+/// Refuses results that may have been cut off: more than `max_rows`, or exactly the server's
+/// silent cap when we asked for more.
+pub(crate) fn check_complete(
+    settings: &LookerSettings,
+    received: usize,
+) -> Result<(), LookerError> {
+    let max_rows = settings.max_rows;
+    let requested_limit = settings.requested_limit();
+    let cap = settings.server_row_cap;
+    let detail = if received > max_rows {
+        format!("Looker returned more than max_rows = {max_rows} rows (asked for {requested_limit} to detect this, got {received})")
+    } else if cap > 0 && received == cap && requested_limit > cap {
+        format!("Looker returned exactly {cap} rows, its row cap, although up to {requested_limit} were asked for, so the result was probably cut off")
+    } else {
+        return Ok(());
+    };
+    Err(LookerError::Truncated {
+        max_rows,
+        requested_limit,
+        received,
+        detail,
+    })
+}
+
+/// The declared fields first, then any field Looker returned that was not declared.
+fn merge_columns(mut declared: Vec<String>, seen: Vec<String>) -> Vec<String> {
+    for c in seen {
+        if !declared.contains(&c) {
+            declared.push(c);
+        }
+    }
+    declared
+}
+
+fn check_id<'a>(what: &str, id: &'a str) -> Result<&'a str, LookerError> {
+    let id = id.trim();
+    if id.is_empty() || id.chars().any(char::is_control) {
+        return Err(LookerError::Config(format!(
+            "the {what} `{id}` is empty or invalid"
+        )));
+    }
+    Ok(id)
+}
+
+fn check_query(q: &InlineQuery) -> Result<(), LookerError> {
+    check_id("model name", &q.model)?;
+    check_id("explore name", &q.explore)?;
+    if q.fields.is_empty() {
+        return Err(LookerError::Config(format!(
+            "the query on {}/{} selects no fields",
+            q.model, q.explore
+        )));
+    }
+    if let Some(f) = q.fields.iter().find(|f| f.trim().is_empty()) {
+        return Err(LookerError::Config(format!(
+            "the query on {}/{} has an empty field name `{f}`",
+            q.model, q.explore
+        )));
+    }
+    Ok(())
+}
+
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T, LookerError> {
+    serde_json::from_slice(body).map_err(|e| LookerError::Parse {
+        what: what.to_string(),
+        message: describe_json_error(body, &e),
+    })
+}
+
+/// Looker API 4.0 ids are strings but older instances and webhooks send numbers.
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    opt_string_or_number(d)?.ok_or_else(|| serde::de::Error::custom("id is null"))
+}
+
+fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a string or number id, found {other}"
+        ))),
+    }
+}
+
+fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Filter values are strings; a null value means "no filter" and is dropped.
+fn filters_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let m = Option::<BTreeMap<String, Option<String>>>::deserialize(d)?.unwrap_or_default();
+    Ok(m.into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::Secret;
+
+    fn settings(max_rows: usize, cap: usize) -> LookerSettings {
+        let mut s = LookerSettings::new("https://x.looker.com", "id", Secret::new("s")).unwrap();
+        s.max_rows = max_rows;
+        s.server_row_cap = cap;
+        s
+    }
+
+    #[test]
+    fn completeness_rules() {
+        let s = settings(5000, 5000);
+        assert!(check_complete(&s, 0).is_ok());
+        assert!(check_complete(&s, 4999).is_ok());
+        assert!(matches!(
+            check_complete(&s, 5000),
+            Err(LookerError::Truncated {
+                received: 5000,
+                requested_limit: 5001,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_complete(&s, 5001),
+            Err(LookerError::Truncated { .. })
+        ));
+        let s = settings(10, 5000);
+        assert!(check_complete(&s, 10).is_ok());
+        assert!(check_complete(&s, 11).is_err());
+        // Asked for fewer than the cap: hitting exactly the cap cannot happen silently.
+        let s = settings(100, 100);
+        assert!(
+            check_complete(&s, 100).is_err(),
+            "asked 101, got exactly the cap"
+        );
+        let s = settings(99, 100);
+        assert!(check_complete(&s, 99).is_ok());
+        let s = settings(5000, 0);
+        assert!(check_complete(&s, 5000).is_ok());
+        let e = check_complete(&settings(10, 5000), 11)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("refused") && e.contains("nothing was posted") && e.contains("max_rows"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn validation_error_names_every_field() {
+        let body = br#"{"message":"Validation Failed","errors":[{"field":"fields","code":"invalid","message":"Unknown field `a.nope`","documentation_url":"x"},{"field":"sorts","code":"invalid","message":"bad sort"}],"documentation_url":"x"}"#;
+        let m = error_message(body);
+        assert!(
+            m.contains("Validation Failed")
+                && m.contains("`a.nope`")
+                && m.contains("field `sorts`"),
+            "{m}"
+        );
+        assert_eq!(error_message(b""), "empty response body");
+        assert!(error_message(b"<html>oops</html>").contains("<html>oops"));
+    }
+
+    #[test]
+    fn look_info_accepts_numeric_ids_and_null_filters() {
+        let j = r#"{"id":42,"title":"T","query":{"id":7,"model":"m","view":"v","fields":["v.a"],"filters":{"v.a":"x","v.b":null},"sorts":null}}"#;
+        let l: LookInfo = serde_json::from_str(j).unwrap();
+        assert_eq!(l.id, "42");
+        assert_eq!(l.query.id.as_deref(), Some("7"));
+        assert_eq!(l.query.filters.len(), 1);
+        assert!(l.query.sorts.is_empty());
+        assert_eq!(l.to_inline_query().explore, "v");
+    }
+
+    #[test]
+    fn columns_merge_declared_first() {
+        let c = merge_columns(vec!["a".into(), "b".into()], vec!["b".into(), "c".into()]);
+        assert_eq!(c, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn ids_and_queries_checked() {
+        assert!(check_id("Look id", " ").is_err());
+        assert_eq!(check_id("Look id", " 42 ").unwrap(), "42");
+        let q = InlineQuery {
+            model: "m".into(),
+            explore: "e".into(),
+            fields: vec![],
+            filters: Default::default(),
+            sorts: vec![],
+            query_timezone: None,
+        };
+        assert!(check_query(&q).is_err());
+    }
+}

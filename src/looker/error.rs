@@ -1,0 +1,68 @@
+//! Everything that can go wrong talking to Looker, phrased for the finance admin who reads it.
+//!
+//! Messages never carry the client secret or an access token; transport errors carry the URL
+//! path only (no query string, no host credentials).
+
+/// A failed Looker call. `Display` is the operator-facing message.
+#[derive(Debug, thiserror::Error)]
+pub enum LookerError {
+    /// The connector's own Looker settings are unusable (URL, empty credentials, bad query).
+    #[error("Looker configuration: {0}")]
+    Config(String),
+
+    /// Looker refused the credentials or the token (login rejected, or 401/403 persists).
+    #[error("Looker authentication failed: {0}")]
+    Auth(String),
+
+    /// A Look, model or explore that does not exist or that the API user cannot see.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// Looker rejected the request as invalid (HTTP 422 ValidationError, or 400).
+    #[error("Looker rejected the query: {0}")]
+    Invalid(String),
+
+    /// The query ran but the database reported an error (Looker answers 200 with `looker_error`).
+    #[error("Looker ran the query but it failed: {0}")]
+    QueryFailed(String),
+
+    /// Still throttled (429) after every retry the policy allows.
+    #[error("Looker is throttling requests (HTTP 429 on {path}) and kept doing so after {attempts} attempts; nothing was posted, try the run again later")]
+    Throttled { path: String, attempts: u32 },
+
+    /// The result may be incomplete, so it is refused as a whole.
+    #[error("Looker extract refused, nothing was posted: {detail}. Narrow the Look/query filters (e.g. a shorter date range) or raise max_rows; results beyond Looker's row cap need the asynchronous query path")]
+    Truncated {
+        /// The configured `max_rows`.
+        max_rows: usize,
+        /// The `limit` we asked Looker for (`max_rows + 1`).
+        requested_limit: usize,
+        /// Rows Looker actually returned.
+        received: usize,
+        /// Why the result is considered incomplete.
+        detail: String,
+    },
+
+    /// The request never got an HTTP answer (DNS, TLS, connect, timeout, broken body).
+    #[error("could not reach Looker ({path}): {message}")]
+    Http { path: String, message: String },
+
+    /// Any other non-success HTTP status. `message` names the path and Looker's own message.
+    #[error("Looker answered HTTP {status}: {message}")]
+    Status { status: u16, message: String },
+
+    /// Looker answered 2xx but the body is not what the API documents.
+    #[error("could not read Looker's answer ({what}): {message}")]
+    Parse { what: String, message: String },
+}
+
+impl LookerError {
+    /// Whether trying the same run again later could succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LookerError::Throttled { .. } | LookerError::Http { .. } => true,
+            LookerError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}

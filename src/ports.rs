@@ -1,0 +1,122 @@
+//! Ports: what the engine needs from the outside world, as traits.
+//!
+//! The engine depends on these, not on HTTP clients, so the same pipeline runs from the CLI, the
+//! Lambdas and tests, and fault injection can wrap any of them.
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+
+use crate::domain::config::InlineQuery;
+use crate::domain::reference::ReferenceData;
+use crate::domain::source::Extract;
+
+/// What to extract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtractRequest {
+    Look(String),
+    Query(InlineQuery),
+}
+
+/// Why an extract failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// The result is (or may be) incomplete: refused, nothing is posted.
+    #[error("{0}")]
+    Truncated(String),
+    /// Bad query, unknown Look/field: the configuration must change.
+    #[error("{0}")]
+    Invalid(String),
+    /// Credentials rejected.
+    #[error("{0}")]
+    Auth(String),
+    /// Anything else (network, throttling exhausted, unexpected response).
+    #[error("{0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait Extractor: Send + Sync {
+    async fn extract(&self, request: &ExtractRequest) -> Result<Extract, ExtractError>;
+}
+
+/// A journal header as D365 holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerHeader {
+    pub legal_entity: String,
+    pub batch_number: String,
+    pub journal_name: String,
+    pub description: String,
+    pub is_posted: bool,
+}
+
+/// A journal line as D365 holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerLine {
+    pub batch_number: String,
+    pub line_number: String,
+    pub voucher: String,
+    pub trans_date: NaiveDate,
+    pub account_display: String,
+    pub offset_display: Option<String>,
+    pub debit: Decimal,
+    pub credit: Decimal,
+    pub currency: String,
+    pub text: String,
+}
+
+/// A line to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLedgerLine {
+    pub legal_entity: String,
+    pub batch_number: String,
+    pub trans_date: NaiveDate,
+    pub account_display: String,
+    pub offset_display: Option<String>,
+    pub debit: Decimal,
+    pub credit: Decimal,
+    pub currency: String,
+    pub text: String,
+    pub voucher: Option<String>,
+}
+
+/// Why a ledger call failed, classified by what the engine must do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// D365 refused the request (validation): permanent, the message says why.
+    #[error("{0}")]
+    Rejected(String),
+    /// The request may or may not have been applied (timeout, dropped connection, 5xx on a
+    /// write): reconcile by natural key before trying again.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    /// Credentials/registration problem.
+    #[error("{0}")]
+    Auth(String),
+    /// Anything else on a read (network, throttling exhausted, unexpected response).
+    #[error("{0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait LedgerGateway: Send + Sync {
+    async fn reference(&self, legal_entity: &str) -> Result<ReferenceData, LedgerError>;
+    /// Headers of `legal_entity` whose Description starts with `description_prefix`.
+    async fn find_headers(
+        &self,
+        legal_entity: &str,
+        description_prefix: &str,
+    ) -> Result<Vec<LedgerHeader>, LedgerError>;
+    async fn create_header(
+        &self,
+        legal_entity: &str,
+        journal_name: &str,
+        description: &str,
+    ) -> Result<LedgerHeader, LedgerError>;
+    async fn lines(
+        &self,
+        legal_entity: &str,
+        batch_number: &str,
+    ) -> Result<Vec<LedgerLine>, LedgerError>;
+    async fn create_line(&self, line: &NewLedgerLine) -> Result<LedgerLine, LedgerError>;
+}

@@ -1,0 +1,424 @@
+//! D365 F&O OData + Microsoft Entra ID token endpoint simulator. Owned by the D365 work stream.
+//!
+//! Two loopback listeners: one plays Entra (`/{tenant}/oauth2/v2.0/token`), one plays an F&O
+//! environment (`/data/{EntitySet}`). It behaves like the real services as far as the reference
+//! notes go: AADSTS errors, 401 with an empty body for bad/unregistered tokens, cross-company
+//! visibility, server paging with `@odata.nextLink`, F&O's error shape with Infolog text, number
+//! sequences for batch numbers and vouchers, line validation against master data and periods.
+//! Knobs let tests throttle, expire tokens, fail writes, close periods and post journals.
+
+mod entra;
+pub mod filter;
+mod fno;
+pub mod seed;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use tokio::task::JoinHandle;
+
+use crate::domain::reference::PeriodStatus;
+
+pub use seed::D365Seed;
+
+pub const SANDBOX_TENANT: &str = "sandbox-tenant";
+pub const SANDBOX_CLIENT_ID: &str = "sandbox-d365-client";
+pub const SANDBOX_CLIENT_SECRET: &str = "sandbox-d365-secret";
+
+/// A journal header as stored by the simulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimHeader {
+    pub legal_entity: String,
+    pub batch_number: String,
+    pub journal_name: String,
+    pub description: String,
+    pub posting_layer: String,
+    pub is_posted: bool,
+    pub total_debit: Decimal,
+    pub total_credit: Decimal,
+}
+
+/// A journal line as stored by the simulator (amounts exactly as received).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimLine {
+    pub legal_entity: String,
+    pub batch_number: String,
+    pub line_number: u32,
+    pub voucher: String,
+    pub trans_date: NaiveDate,
+    pub account_type: String,
+    pub account_display: String,
+    pub offset_account_type: String,
+    pub offset_display: String,
+    pub debit: Decimal,
+    pub credit: Decimal,
+    pub currency: String,
+    pub text: String,
+    pub document: String,
+}
+
+/// Which simulated service a request went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimService {
+    Entra,
+    FinOps,
+}
+
+/// One request as received (client secrets and bearer tokens redacted).
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    pub service: SimService,
+    pub method: String,
+    pub path: String,
+    /// Raw (still percent-encoded) query string.
+    pub query: String,
+    /// Lower-case header names with values; `authorization` redacted.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// Status the simulator answered.
+    pub status: u16,
+}
+
+impl LoggedRequest {
+    /// The query, percent-decoded (without treating `+` as space, like F&O).
+    pub fn decoded_query(&self) -> String {
+        fno::percent_decode(&self.query)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct IssuedToken {
+    client_id: String,
+    audience: String,
+    expires_at: Instant,
+}
+
+/// An injected failure of the next write(s).
+#[derive(Debug, Clone, Copy)]
+struct WriteFailure {
+    status: u16,
+    /// Apply the write, then fail (the caller cannot know it was saved).
+    commit: bool,
+}
+
+pub(crate) struct State {
+    env_url: String,
+    authority_url: String,
+    seed: D365Seed,
+    registered: BTreeMap<String, bool>,
+    headers: Vec<SimHeader>,
+    lines: Vec<SimLine>,
+    next_batch: BTreeMap<String, u64>,
+    next_voucher: BTreeMap<String, u64>,
+    tokens: HashMap<String, IssuedToken>,
+    token_lifetime: u64,
+    page_size: usize,
+    throttle_remaining: usize,
+    throttle_retry_after: Option<u64>,
+    write_failures: Vec<WriteFailure>,
+    log: Vec<LoggedRequest>,
+}
+
+/// A simple request/response pair the service logic works on (no axum types inside).
+pub(crate) struct SimRequest {
+    method: Method,
+    path: String,
+    query: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+pub(crate) struct SimResponse {
+    status: StatusCode,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+impl SimResponse {
+    fn json(status: StatusCode, body: String) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type", "application/json; odata.metadata=minimal".into())],
+            body,
+        }
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+}
+
+/// Handle of a running simulator; both servers stop when it is dropped.
+pub struct D365Sim {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for D365Sim {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl D365Sim {
+    /// Binds both listeners on 127.0.0.1 (ephemeral ports) and starts serving.
+    pub async fn start(seed: D365Seed) -> std::io::Result<D365Sim> {
+        let entra_l = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let fno_l = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let authority_url = format!("http://{}", entra_l.local_addr()?);
+        let env_url = format!("http://{}", fno_l.local_addr()?);
+        let registered = seed
+            .apps
+            .iter()
+            .map(|a| (a.client_id.clone(), a.registered_in_fo))
+            .collect();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                env_url,
+                authority_url,
+                seed,
+                registered,
+                headers: vec![],
+                lines: vec![],
+                next_batch: BTreeMap::new(),
+                next_voucher: BTreeMap::new(),
+                tokens: HashMap::new(),
+                token_lifetime: 3599,
+                page_size: 10_000,
+                throttle_remaining: 0,
+                throttle_retry_after: None,
+                write_failures: vec![],
+                log: vec![],
+            }),
+        });
+        let entra_app = Router::new()
+            .fallback(entra_handler)
+            .with_state(shared.clone());
+        let fno_app = Router::new().fallback(fno_handler).with_state(shared.clone());
+        let tasks = vec![
+            tokio::spawn(async move {
+                let _ = axum::serve(entra_l, entra_app).await;
+            }),
+            tokio::spawn(async move {
+                let _ = axum::serve(fno_l, fno_app).await;
+            }),
+        ];
+        Ok(D365Sim { shared, tasks })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// e.g. `http://127.0.0.1:40123` (no trailing slash).
+    pub fn environment_url(&self) -> String {
+        self.state().env_url.clone()
+    }
+
+    /// The Entra authority, e.g. `http://127.0.0.1:40124`.
+    pub fn authority_url(&self) -> String {
+        self.state().authority_url.clone()
+    }
+
+    pub fn headers(&self) -> Vec<SimHeader> {
+        self.state().headers.clone()
+    }
+
+    pub fn lines(&self) -> Vec<SimLine> {
+        self.state().lines.clone()
+    }
+
+    /// Sets the status of the operating period containing `date` in the company's calendar.
+    pub fn set_period_status(&self, legal_entity: &str, date: NaiveDate, status: PeriodStatus) {
+        let mut st = self.state();
+        let le = legal_entity.to_ascii_lowercase();
+        let Some(cal) = st
+            .seed
+            .ledgers
+            .iter()
+            .find(|l| l.legal_entity == le)
+            .map(|l| l.fiscal_calendar.clone())
+        else {
+            return;
+        };
+        let keys: Vec<_> = st
+            .seed
+            .periods
+            .iter()
+            .filter(|p| p.calendar == cal && p.period_type == "Operating")
+            .filter(|p| p.start <= date && date <= p.end)
+            .map(|p| (le.clone(), cal.clone(), p.year.clone(), p.name.clone()))
+            .collect();
+        for k in keys {
+            st.seed.period_status.insert(k, status);
+        }
+    }
+
+    pub fn set_dimension_value_suspended(&self, dimension: &str, value: &str, suspended: bool) {
+        let mut st = self.state();
+        for v in st
+            .seed
+            .dimension_values
+            .iter_mut()
+            .filter(|v| v.dimension == dimension && v.value == value)
+        {
+            v.suspended = suspended;
+        }
+    }
+
+    pub fn set_main_account_suspended(&self, account: &str, suspended: bool) {
+        let mut st = self.state();
+        for a in st.seed.main_accounts.iter_mut().filter(|a| a.id == account) {
+            a.suspended = suspended;
+        }
+    }
+
+    /// Finance posts the journal: `IsPosted = Yes`, further line inserts are refused.
+    pub fn post_journal(&self, legal_entity: &str, batch: &str) {
+        let mut st = self.state();
+        let le = legal_entity.to_ascii_lowercase();
+        for h in st
+            .headers
+            .iter_mut()
+            .filter(|h| h.legal_entity == le && h.batch_number == batch)
+        {
+            h.is_posted = true;
+        }
+    }
+
+    /// The next `n` F&O requests are answered 429 (with `Retry-After` when given).
+    pub fn throttle_next(&self, n: usize, retry_after_secs: Option<u64>) {
+        let mut st = self.state();
+        st.throttle_remaining = n;
+        st.throttle_retry_after = retry_after_secs;
+    }
+
+    /// The next `n` POSTs to F&O answer `status` (e.g. 500/502/504). With `commit` the write
+    /// is applied first — the case where the caller cannot know it was saved.
+    pub fn fail_next_writes(&self, n: usize, status: u16, commit: bool) {
+        let mut st = self.state();
+        st.write_failures = vec![WriteFailure { status, commit }; n];
+    }
+
+    /// Every issued token stops working (F&O answers 401 until a new one is fetched).
+    pub fn expire_tokens(&self) {
+        let now = Instant::now();
+        for t in self.state().tokens.values_mut() {
+            t.expires_at = now;
+        }
+    }
+
+    /// `expires_in` of tokens issued from now on (default 3599 s).
+    pub fn set_token_lifetime(&self, secs: u64) {
+        self.state().token_lifetime = secs;
+    }
+
+    /// Server page size (default 10 000); `Prefer: odata.maxpagesize` may lower it.
+    pub fn set_page_size(&self, n: usize) {
+        self.state().page_size = n.max(1);
+    }
+
+    /// Removes the app from F&O's "Microsoft Entra applications": tokens are still issued, F&O
+    /// answers 401.
+    pub fn unregister_app(&self, client_id: &str) {
+        self.state().registered.insert(client_id.to_string(), false);
+    }
+
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        self.state().log.clone()
+    }
+
+    /// Number of token requests Entra received.
+    pub fn token_requests(&self) -> usize {
+        self.state()
+            .log
+            .iter()
+            .filter(|r| r.service == SimService::Entra)
+            .count()
+    }
+}
+
+async fn entra_handler(
+    AxState(shared): AxState<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(&shared, SimService::Entra, method, uri, headers, body)
+}
+
+async fn fno_handler(
+    AxState(shared): AxState<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(&shared, SimService::FinOps, method, uri, headers, body)
+}
+
+fn handle(
+    shared: &Shared,
+    service: SimService,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req = SimRequest {
+        method,
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
+        headers,
+        body,
+    };
+    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    let resp = match service {
+        SimService::Entra => entra::handle(&mut st, &req),
+        SimService::FinOps => fno::handle(&mut st, &req),
+    };
+    let logged_body = match service {
+        SimService::Entra => entra::redact_form(&String::from_utf8_lossy(&req.body)),
+        SimService::FinOps => String::from_utf8_lossy(&req.body).into_owned(),
+    };
+    st.log.push(LoggedRequest {
+        service,
+        method: req.method.to_string(),
+        path: req.path.clone(),
+        query: req.query.clone(),
+        headers: req
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if k == axum::http::header::AUTHORIZATION {
+                    "***".to_string()
+                } else {
+                    v.to_str().unwrap_or("").to_string()
+                };
+                (k.as_str().to_string(), v)
+            })
+            .collect(),
+        body: logged_body,
+        status: resp.status.as_u16(),
+    });
+    drop(st);
+    let mut r = (resp.status, resp.body).into_response();
+    for (k, v) in resp.headers {
+        if let Ok(v) = v.parse() {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
+}

@@ -1,1 +1,0 @@
-//! Looker API 4.0 simulator. Owned by the Looker work stream.
