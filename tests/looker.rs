@@ -689,3 +689,33 @@ fn json_detail_example_file_parses_exactly() {
         Decimal::from(773 + 922 + 863 + 821 + 788 + 702 + 755 + 640 + 540 + 376 + 313 + 212 + 80)
     );
 }
+
+#[tokio::test]
+async fn unreachable_looker_is_a_transport_error_with_its_cause() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut s = LookerSettings::new(
+        &format!("http://127.0.0.1:{port}"),
+        SANDBOX_LOOKER_CLIENT_ID,
+        Secret::new(SANDBOX_LOOKER_CLIENT_SECRET),
+    )
+    .unwrap();
+    s.retry = fast_retry();
+    let err = LookerClient::new(s)
+        .unwrap()
+        .run_look("42")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LookerError::Http { .. }), "{err:?}");
+    assert!(err.is_transient());
+    let msg = err.to_string();
+    assert!(msg.contains("POST /api/4.0/login"), "{msg}");
+    assert!(
+        msg.to_lowercase().contains("connect"),
+        "cause missing: {msg}"
+    );
+    assert!(!msg.contains(SANDBOX_LOOKER_CLIENT_SECRET), "{msg}");
+}

@@ -297,11 +297,15 @@ mod tests {
     #[test]
     fn classifies_on_codes_not_status() {
         assert!(matches!(
-            c(r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215]}"#),
+            c(
+                r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215]}"#
+            ),
             AuthError::InvalidSecret { .. }
         ));
         assert!(matches!(
-            c(r#"{"error":"invalid_client","error_description":"AADSTS7000222: The provided client secret keys are expired."}"#),
+            c(
+                r#"{"error":"invalid_client","error_description":"AADSTS7000222: The provided client secret keys are expired."}"#
+            ),
             AuthError::ExpiredSecret { .. }
         ));
         assert!(matches!(
@@ -316,7 +320,9 @@ mod tests {
             c(r#"{"error":"invalid_resource","error_codes":[500011]}"#),
             AuthError::WrongScope { code: 500011, .. }
         ));
-        let other = c(r#"{"error":"temporarily_unavailable","error_description":"AADSTS50000: echo s3cr3t-value\r\nTrace ID: x"}"#);
+        let other = c(
+            r#"{"error":"temporarily_unavailable","error_description":"AADSTS50000: echo s3cr3t-value\r\nTrace ID: x"}"#,
+        );
         let s = other.to_string();
         assert!(s.contains("50000") && !s.contains("s3cr3t-value"), "{s}");
         assert!(matches!(c("<html>"), AuthError::Unexpected { .. }));

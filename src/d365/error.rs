@@ -18,7 +18,9 @@ pub enum AuthError {
     WrongTenant { tenant: String, code: u64 },
     #[error("Microsoft Entra ID refused the token scope '{scope}' (AADSTS{code}). The scope must be the D365 environment URL + /.default (e.g. https://contoso.operations.dynamics.com/.default): the exact environment URL, lower case, no trailing slash.")]
     WrongScope { scope: String, code: u64 },
-    #[error("Microsoft Entra ID refused the token request ({error}, AADSTS{codes:?}): {description}")]
+    #[error(
+        "Microsoft Entra ID refused the token request ({error}, AADSTS{codes:?}): {description}"
+    )]
     Other {
         error: String,
         codes: Vec<u64>,
@@ -284,7 +286,10 @@ mod tests {
         let html = "<html><head><title>502 - Web server received an invalid response</title></head><body>...</body></html>";
         let m = parse_error_body(502, html);
         assert_eq!(m.len(), 1);
-        assert!(m[0].contains("502 - Web server received an invalid response"), "{m:?}");
+        assert!(
+            m[0].contains("502 - Web server received an invalid response"),
+            "{m:?}"
+        );
         assert!(parse_error_body(503, "  ")[0].contains("empty body"));
         assert!(parse_error_body(500, "boom")[0].contains("boom"));
     }

@@ -14,8 +14,8 @@ pub mod error;
 pub mod journal;
 pub mod names;
 mod odata;
-pub mod reference;
 mod port;
+pub mod reference;
 
 use std::time::Duration;
 
@@ -99,7 +99,10 @@ impl D365Settings {
 
     /// `{environment_url}/.default`
     pub fn scope(&self) -> String {
-        format!("{}/.default", self.environment_url.as_str().trim_end_matches('/'))
+        format!(
+            "{}/.default",
+            self.environment_url.as_str().trim_end_matches('/')
+        )
     }
 }
 

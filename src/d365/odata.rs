@@ -140,7 +140,19 @@ pub(crate) fn encode_query_part(s: &str) -> String {
         let keep = b.is_ascii_alphanumeric()
             || matches!(
                 b,
-                b'-' | b'.' | b'_' | b'~' | b'$' | b'\'' | b'(' | b')' | b'*' | b',' | b':' | b'@' | b'/' | b'!'
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'$'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b','
+                    | b':'
+                    | b'@'
+                    | b'/'
+                    | b'!'
             );
         if keep {
             out.push(b as char);
@@ -173,7 +185,10 @@ impl OData {
     /// `{env}/data/{entity}?cross-company=true&...`
     fn url(&self, entity: &str, params: &[(&str, String)]) -> Url {
         let mut u = self.env.clone();
-        u.set_path(&format!("{}/data/{entity}", self.env.path().trim_end_matches('/')));
+        u.set_path(&format!(
+            "{}/data/{entity}",
+            self.env.path().trim_end_matches('/')
+        ));
         let mut q = format!("{}=true", names::CROSS_COMPANY);
         for (k, v) in params {
             q.push('&');
@@ -288,7 +303,10 @@ impl OData {
 
     fn url_no_query(&self, entity: &str) -> Url {
         let mut u = self.env.clone();
-        u.set_path(&format!("{}/data/{entity}", self.env.path().trim_end_matches('/')));
+        u.set_path(&format!(
+            "{}/data/{entity}",
+            self.env.path().trim_end_matches('/')
+        ));
         u.set_query(None);
         u
     }
@@ -302,14 +320,18 @@ impl OData {
         entity: &'static str,
     ) -> Result<Response, D365Error> {
         let token = self.tokens.token(&self.http, &self.retry).await?;
-        let resp = self.send_once(&method, url, body.as_deref(), &token, entity).await?;
+        let resp = self
+            .send_once(&method, url, body.as_deref(), &token, entity)
+            .await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
         drop(resp);
         tracing::info!(target: "d365::odata", entity, "401 from D365, getting a fresh token once");
         let fresh = self.tokens.refresh(&token, &self.http, &self.retry).await?;
-        let resp = self.send_once(&method, url, body.as_deref(), &fresh, entity).await?;
+        let resp = self
+            .send_once(&method, url, body.as_deref(), &fresh, entity)
+            .await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(D365Error::NotAuthorized {
                 client_id: self.tokens.client_id().to_string(),
@@ -349,9 +371,12 @@ impl OData {
             }
             rb
         };
-        let result = send_with_retry(build, &self.retry, idempotency, |msg| {
-            tracing::warn!(target: "d365::odata", entity, method = %method, "{msg}")
-        })
+        let result = send_with_retry(
+            build,
+            &self.retry,
+            idempotency,
+            |msg| tracing::warn!(target: "d365::odata", entity, method = %method, "{msg}"),
+        )
         .await;
         match result {
             Ok(r) => {
@@ -421,14 +446,14 @@ mod tests {
         );
         assert_eq!(r.str("a").unwrap(), "x");
         assert_eq!(r.decimal("n").unwrap().to_string(), "1234.57");
-        assert_eq!(r.decimal("big").unwrap().to_string(), "12345678901234567.89");
+        assert_eq!(
+            r.decimal("big").unwrap().to_string(),
+            "12345678901234567.89"
+        );
         assert_eq!(r.decimal("s").unwrap().to_string(), "2.5");
         assert!(r.yes_no("y").unwrap() && !r.yes_no("no").unwrap());
         assert!(r.yes_no("a").is_err());
-        assert_eq!(
-            r.date("d").unwrap(),
-            NaiveDate::from_ymd_opt(2026, 3, 31)
-        );
+        assert_eq!(r.date("d").unwrap(), NaiveDate::from_ymd_opt(2026, 3, 31));
         assert_eq!(r.date("e").unwrap(), None);
         assert_eq!(r.date("never").unwrap(), None);
         assert_eq!(r.opt_str("nul"), None);

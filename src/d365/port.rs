@@ -57,11 +57,13 @@ impl LedgerGateway for D365Client {
         legal_entity: &str,
         description_prefix: &str,
     ) -> Result<Vec<LedgerHeader>, LedgerError> {
-        Ok(D365Client::find_headers(self, legal_entity, description_prefix)
-            .await?
-            .into_iter()
-            .map(header)
-            .collect())
+        Ok(
+            D365Client::find_headers(self, legal_entity, description_prefix)
+                .await?
+                .into_iter()
+                .map(header)
+                .collect(),
+        )
     }
 
     async fn create_header(

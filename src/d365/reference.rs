@@ -8,14 +8,13 @@
 use std::collections::BTreeMap;
 
 use crate::domain::reference::{
-    DimensionFormat, DimensionValue, FiscalPeriod, JournalName, Ledger, MainAccount,
-    PeriodStatus, ReferenceData, VoucherAllocation,
+    DimensionFormat, DimensionValue, FiscalPeriod, JournalName, Ledger, MainAccount, PeriodStatus,
+    ReferenceData, VoucherAllocation,
 };
 
 use super::names::{
     self, dimension_format as df, dimension_parameters as dp, dimension_value as dv,
-    fiscal_period as fp, journal_name as jn, ledger as lg, ledger_period as lp,
-    main_account as ma,
+    fiscal_period as fp, journal_name as jn, ledger as lg, ledger_period as lp, main_account as ma,
 };
 use super::odata::{quote, Row};
 use super::{D365Client, D365Error};
@@ -274,7 +273,10 @@ impl D365Client {
             }
             let s = r.str(lp::STATUS)?;
             let st = period_status(&s).ok_or_else(|| {
-                field_err(lp::SET, format!("unknown {} value `{s}` (see d365::names)", lp::STATUS))
+                field_err(
+                    lp::SET,
+                    format!("unknown {} value `{s}` (see d365::names)", lp::STATUS),
+                )
             })?;
             status_of.insert((r.str(lp::YEAR)?, r.str(lp::PERIOD)?), st);
         }
@@ -338,7 +340,10 @@ mod tests {
             voucher_allocation("BalanceSheet"),
             Some(VoucherAllocation::InConnectionWithBalance)
         );
-        assert_eq!(voucher_allocation("Manually"), Some(VoucherAllocation::Manual));
+        assert_eq!(
+            voucher_allocation("Manually"),
+            Some(VoucherAllocation::Manual)
+        );
         assert_eq!(voucher_allocation("Nope"), None);
         assert_eq!(period_status("Stopped"), Some(PeriodStatus::OnHold));
         assert_eq!(period_status("Closed"), Some(PeriodStatus::Closed));

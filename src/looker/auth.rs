@@ -105,10 +105,7 @@ pub(crate) async fn login(
         |msg| tracing::warn!(target: "looker", "Looker login: {msg}"),
     )
     .await
-    .map_err(|e| LookerError::Http {
-        path: format!("POST {path}"),
-        message: e.without_url().to_string(),
-    })?;
+    .map_err(|e| LookerError::transport(&format!("POST {path}"), e))?;
     let status = resp.status();
     match status {
         StatusCode::OK => {}
@@ -136,10 +133,10 @@ pub(crate) async fn login(
             })
         }
     }
-    let body = resp.bytes().await.map_err(|e| LookerError::Http {
-        path: format!("POST {path}"),
-        message: e.without_url().to_string(),
-    })?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| LookerError::transport(&format!("POST {path}"), e))?;
     // Deliberately no body excerpt in this error: the body would contain the token.
     let tok: AccessToken = serde_json::from_slice(&body).map_err(|e| LookerError::Parse {
         what: "login response".into(),

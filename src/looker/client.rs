@@ -297,10 +297,7 @@ impl LookerClient {
                 |msg| tracing::warn!(target: "looker", "{label}: {msg}"),
             )
             .await
-            .map_err(|e| LookerError::Http {
-                path: label.clone(),
-                message: e.without_url().to_string(),
-            })?;
+            .map_err(|e| LookerError::transport(&label, e))?;
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && !relogged {
                 tracing::info!(target: "looker", "{label}: token refused (401), logging in again");
@@ -313,10 +310,10 @@ impl LookerClient {
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let body = resp.bytes().await.map_err(|e| LookerError::Http {
-                path: label.clone(),
-                message: format!("reading the response: {}", e.without_url()),
-            })?;
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| LookerError::transport(&label, e))?;
             if status.is_success() {
                 tracing::debug!(target: "looker", "{label}: {} bytes", body.len());
                 return Ok(body.into());

@@ -57,6 +57,30 @@ pub enum LookerError {
 }
 
 impl LookerError {
+    /// A transport failure on `path` (`"GET /api/4.0/looks/42"`), with the cause chain
+    /// (reqwest's own message alone is just "error sending request") and without the URL.
+    pub(crate) fn transport(path: &str, e: reqwest::Error) -> Self {
+        let timed_out = e.is_timeout();
+        let e = e.without_url();
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        if timed_out {
+            message.push_str(" (timed out; the query may be slow, raise the Looker timeout)");
+        }
+        LookerError::Http {
+            path: path.to_string(),
+            message,
+        }
+    }
+
     /// Whether trying the same run again later could succeed without anyone changing anything.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -15,9 +15,9 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+mod port;
 pub mod results;
 pub mod settings;
-mod port;
 
 pub use auth::LOOKER_APP_ID;
 pub use client::{ExploreField, ExploreInfo, LookInfo, LookQuery, LookerClient};

@@ -96,7 +96,9 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
             out.push(Tok::Lit(Lit::Str(quoted(&mut i)?)));
         } else if c.is_ascii_alphabetic() || c == '_' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '.') {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '.')
+            {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -112,10 +114,14 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                     _ => Tok::Ident(word),
                 });
             }
-        } else if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+        } else if c.is_ascii_digit()
+            || (c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+        {
             let start = i;
             i += 1;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '.' | ':' | '-' | '+')) {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '.' | ':' | '-' | '+'))
+            {
                 i += 1;
             }
             let text: String = chars[start..i].iter().collect();
@@ -129,7 +135,9 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
 
 fn number_or_date(text: &str) -> Result<Lit, String> {
     if text.len() >= 10 && text.as_bytes().get(4) == Some(&b'-') {
-        if let Ok(dt) = NaiveDateTime::parse_from_str(text.trim_end_matches('Z'), "%Y-%m-%dT%H:%M:%S") {
+        if let Ok(dt) =
+            NaiveDateTime::parse_from_str(text.trim_end_matches('Z'), "%Y-%m-%dT%H:%M:%S")
+        {
             return Ok(Lit::DateTime(dt));
         }
         if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
@@ -249,7 +257,8 @@ impl Expr {
             Expr::Or(a, b) => a.eval(get)? || b.eval(get)?,
             Expr::Not(a) => !a.eval(get)?,
             Expr::Cmp { field, op, lit } => {
-                let v = get(field).ok_or_else(|| format!("Could not find a property named '{field}'"))?;
+                let v = get(field)
+                    .ok_or_else(|| format!("Could not find a property named '{field}'"))?;
                 compare(v, *op, lit)?
             }
         })
@@ -332,13 +341,21 @@ mod tests {
     fn row() -> HashMap<&'static str, Val> {
         HashMap::from([
             ("dataAreaId", Val::Str("usmf".into())),
-            ("Description", Val::Str("BI accruals 2026-03 [run 7f3c]".into())),
+            (
+                "Description",
+                Val::Str("BI accruals 2026-03 [run 7f3c]".into()),
+            ),
             ("Name", Val::Str("O'Neil".into())),
             ("IsPosted", Val::Enum("No".into())),
             ("Amount", Val::Num(Decimal::from_str("1234.57").unwrap())),
             (
                 "TransDate",
-                Val::DateTime(NaiveDate::from_ymd_opt(2026, 3, 31).unwrap().and_hms_opt(12, 0, 0).unwrap()),
+                Val::DateTime(
+                    NaiveDate::from_ymd_opt(2026, 3, 31)
+                        .unwrap()
+                        .and_hms_opt(12, 0, 0)
+                        .unwrap(),
+                ),
             ),
             ("LegalEntityId", Val::Str(String::new())),
         ])
@@ -352,7 +369,10 @@ mod tests {
     #[test]
     fn comparisons_and_logic() {
         assert!(eval("dataAreaId eq 'usmf'").unwrap());
-        assert!(eval("dataAreaId eq 'USMF'").unwrap(), "case-insensitive like F&O");
+        assert!(
+            eval("dataAreaId eq 'USMF'").unwrap(),
+            "case-insensitive like F&O"
+        );
         assert!(!eval("dataAreaId ne 'usmf'").unwrap());
         assert!(eval("dataAreaId eq 'x' or (Amount gt 1000 and Amount le 1234.57)").unwrap());
         assert!(!eval("not (dataAreaId eq 'usmf')").unwrap());

@@ -35,16 +35,56 @@ struct EntityDef {
 }
 
 const ENTITIES: &[EntityDef] = &[
-    EntityDef { set: lg::SET, type_name: "Ledger", company: false },
-    EntityDef { set: ma::SET, type_name: "MainAccount", company: false },
-    EntityDef { set: dv::SET, type_name: "FinancialDimensionValue", company: false },
-    EntityDef { set: df::SET, type_name: "DimensionIntegrationFormat", company: false },
-    EntityDef { set: dp::SET, type_name: "DimensionParameter", company: false },
-    EntityDef { set: jn::SET, type_name: "JournalName", company: true },
-    EntityDef { set: fp::SET, type_name: "FiscalPeriod", company: false },
-    EntityDef { set: lp::SET, type_name: "LedgerFiscalPeriodV2", company: false },
-    EntityDef { set: h::SET, type_name: "LedgerJournalHeader", company: true },
-    EntityDef { set: l::SET, type_name: "LedgerJournalLine", company: true },
+    EntityDef {
+        set: lg::SET,
+        type_name: "Ledger",
+        company: false,
+    },
+    EntityDef {
+        set: ma::SET,
+        type_name: "MainAccount",
+        company: false,
+    },
+    EntityDef {
+        set: dv::SET,
+        type_name: "FinancialDimensionValue",
+        company: false,
+    },
+    EntityDef {
+        set: df::SET,
+        type_name: "DimensionIntegrationFormat",
+        company: false,
+    },
+    EntityDef {
+        set: dp::SET,
+        type_name: "DimensionParameter",
+        company: false,
+    },
+    EntityDef {
+        set: jn::SET,
+        type_name: "JournalName",
+        company: true,
+    },
+    EntityDef {
+        set: fp::SET,
+        type_name: "FiscalPeriod",
+        company: false,
+    },
+    EntityDef {
+        set: lp::SET,
+        type_name: "LedgerFiscalPeriodV2",
+        company: false,
+    },
+    EntityDef {
+        set: h::SET,
+        type_name: "LedgerJournalHeader",
+        company: true,
+    },
+    EntityDef {
+        set: l::SET,
+        type_name: "LedgerJournalLine",
+        company: true,
+    },
 ];
 
 /// Percent-decoding without `+` → space (F&O reads `+` literally).
@@ -207,7 +247,10 @@ fn line_row(ln: &SimLine) -> Row {
         (l::TRANS_DATE, Val::DateTime(noon(ln.trans_date))),
         (l::ACCOUNT_TYPE, Val::Enum(ln.account_type.clone())),
         (l::ACCOUNT, s(&ln.account_display)),
-        (l::OFFSET_ACCOUNT_TYPE, Val::Enum(ln.offset_account_type.clone())),
+        (
+            l::OFFSET_ACCOUNT_TYPE,
+            Val::Enum(ln.offset_account_type.clone()),
+        ),
         (l::OFFSET_ACCOUNT, s(&ln.offset_display)),
         (l::DEBIT, Val::Num(ln.debit)),
         (l::CREDIT, Val::Num(ln.credit)),
@@ -221,7 +264,12 @@ fn line_row(ln: &SimLine) -> Row {
 fn period_status_of(st: &State, le: &str, cal: &str, year: &str, period: &str) -> PeriodStatus {
     st.seed
         .period_status
-        .get(&(le.to_string(), cal.to_string(), year.to_string(), period.to_string()))
+        .get(&(
+            le.to_string(),
+            cal.to_string(),
+            year.to_string(),
+            period.to_string(),
+        ))
         .copied()
         .unwrap_or(PeriodStatus::Open)
 }
@@ -235,7 +283,10 @@ fn rows(st: &State, set: &str) -> Vec<Row> {
             .map(|x| {
                 vec![
                     (lg::NAME, s(&x.legal_entity.to_uppercase())),
-                    (lg::DESCRIPTION, s(&format!("Ledger {}", x.legal_entity.to_uppercase()))),
+                    (
+                        lg::DESCRIPTION,
+                        s(&format!("Ledger {}", x.legal_entity.to_uppercase())),
+                    ),
                     // F&O shows company ids upper case here; filters compare case-insensitively.
                     (lg::LEGAL_ENTITY, s(&x.legal_entity.to_uppercase())),
                     (lg::CHART_OF_ACCOUNTS, s(&x.chart_of_accounts)),
@@ -255,7 +306,10 @@ fn rows(st: &State, set: &str) -> Vec<Row> {
                     (ma::NAME, s(&a.name)),
                     (ma::TYPE, Val::Enum(a.account_type.clone())),
                     (ma::IS_SUSPENDED, noyes(a.suspended)),
-                    (ma::DO_NOT_ALLOW_MANUAL_ENTRY, noyes(a.do_not_allow_manual_entry)),
+                    (
+                        ma::DO_NOT_ALLOW_MANUAL_ENTRY,
+                        noyes(a.do_not_allow_manual_entry),
+                    ),
                     (ma::ACTIVE_FROM, date_val(a.active_from, false)),
                     (ma::ACTIVE_TO, date_val(a.active_to, true)),
                 ]
@@ -271,7 +325,10 @@ fn rows(st: &State, set: &str) -> Vec<Row> {
                     (dv::LEGAL_ENTITY, s(&v.legal_entity.to_uppercase())),
                     (dv::DESCRIPTION, s(&v.description)),
                     (dv::IS_SUSPENDED, noyes(v.suspended)),
-                    (dv::IS_BLOCKED_FOR_MANUAL_ENTRY, noyes(v.blocked_for_manual_entry)),
+                    (
+                        dv::IS_BLOCKED_FOR_MANUAL_ENTRY,
+                        noyes(v.blocked_for_manual_entry),
+                    ),
                     (dv::IS_TOTAL, noyes(v.is_total)),
                     (dv::ACTIVE_FROM, date_val(v.active_from, false)),
                     (dv::ACTIVE_TO, date_val(v.active_to, true)),
@@ -300,7 +357,10 @@ fn rows(st: &State, set: &str) -> Vec<Row> {
                     (jn::NAME, s(&j.name)),
                     (jn::DESCRIPTION, s(&j.description)),
                     (jn::TYPE, Val::Enum(j.journal_type.clone())),
-                    (jn::NEW_VOUCHER, Val::Enum(new_voucher_symbol(j.new_voucher).into())),
+                    (
+                        jn::NEW_VOUCHER,
+                        Val::Enum(new_voucher_symbol(j.new_voucher).into()),
+                    ),
                     (jn::VOUCHER_SERIES, s(&j.voucher_series)),
                     (jn::IS_WORKFLOW_APPROVAL_ACTIVE, noyes(j.workflow_approval)),
                     (jn::POSTING_LAYER, Val::Enum("Current".into())),
@@ -324,7 +384,11 @@ fn rows(st: &State, set: &str) -> Vec<Row> {
         x if x == lp::SET => {
             let mut out = Vec::new();
             for led in &seed.ledgers {
-                for p in seed.periods.iter().filter(|p| p.calendar == led.fiscal_calendar) {
+                for p in seed
+                    .periods
+                    .iter()
+                    .filter(|p| p.calendar == led.fiscal_calendar)
+                {
                     let status =
                         period_status_of(st, &led.legal_entity, &p.calendar, &p.year, &p.name);
                     out.push(vec![
@@ -378,7 +442,8 @@ fn schema(set: &str) -> Vec<&'static str> {
         x if x == h::SET => header_row(&hd),
         x if x == l::SET => line_row(&ln),
         _ => {
-            let seed = super::seed::D365Seed::demo(NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"));
+            let seed =
+                super::seed::D365Seed::demo(NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"));
             let tmp = template_state(seed);
             rows(&tmp, set).into_iter().next().unwrap_or_default()
         }
@@ -438,7 +503,11 @@ pub(super) fn handle(st: &mut State, req: &SimRequest) -> SimResponse {
         return r;
     }
     let Some(set) = req.path.strip_prefix("/data/") else {
-        return odata_error(StatusCode::NOT_FOUND, "No HTTP resource was found that matches the request URI.", None);
+        return odata_error(
+            StatusCode::NOT_FOUND,
+            "No HTTP resource was found that matches the request URI.",
+            None,
+        );
     };
     let Some(def) = ENTITIES.iter().find(|e| e.set == set) else {
         return odata_error(
@@ -456,8 +525,14 @@ pub(super) fn handle(st: &mut State, req: &SimRequest) -> SimResponse {
                 Some(st.write_failures.remove(0))
             };
             match failure {
-                Some(WriteFailure { status, commit: false }) => gateway_failure(status),
-                Some(WriteFailure { status, commit: true }) => {
+                Some(WriteFailure {
+                    status,
+                    commit: false,
+                }) => gateway_failure(status),
+                Some(WriteFailure {
+                    status,
+                    commit: true,
+                }) => {
                     let r = create(st, req, def);
                     if r.status.is_success() {
                         gateway_failure(status)
@@ -500,7 +575,10 @@ fn query(st: &State, req: &SimRequest, def: &EntityDef) -> SimResponse {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     for (k, _) in &params {
         if k.starts_with('$')
-            && !matches!(k.as_str(), "$filter" | "$select" | "$top" | "$skiptoken" | "$count" | "$orderby")
+            && !matches!(
+                k.as_str(),
+                "$filter" | "$select" | "$top" | "$skiptoken" | "$count" | "$orderby"
+            )
         {
             return bad_query(&format!("The query parameter '{k}' is not supported."));
         }
@@ -525,7 +603,8 @@ fn query(st: &State, req: &SimRequest, def: &EntityDef) -> SimResponse {
         }
         Some(Err(e)) => return bad_query(&format!("Syntax error in $filter: {e}")),
     };
-    let select: Option<Vec<String>> = get("$select").map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    let select: Option<Vec<String>> =
+        get("$select").map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
     if let Some(sel) = &select {
         if let Some(f) = sel.iter().find(|f| !fields.contains(&f.as_str())) {
             return unknown(f);
@@ -542,7 +621,8 @@ fn query(st: &State, req: &SimRequest, def: &EntityDef) -> SimResponse {
     for row in rows(st, def.set) {
         if def.company && !cross_company {
             let visible = row.iter().any(|(k, v)| {
-                *k == names::DATA_AREA_ID && matches!(v, Val::Str(c) if c.eq_ignore_ascii_case(&st.seed.default_company))
+                *k == names::DATA_AREA_ID
+                    && matches!(v, Val::Str(c) if c.eq_ignore_ascii_case(&st.seed.default_company))
             });
             if !visible {
                 continue;
@@ -567,10 +647,18 @@ fn query(st: &State, req: &SimRequest, def: &EntityDef) -> SimResponse {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix("odata.maxpagesize=").and_then(|n| n.trim().parse::<usize>().ok()));
+        .find_map(|p| {
+            p.trim()
+                .strip_prefix("odata.maxpagesize=")
+                .and_then(|n| n.trim().parse::<usize>().ok())
+        });
     let page_size = prefer.map_or(st.page_size, |p| p.clamp(1, st.page_size));
     let end = (skip + page_size).min(matched.len());
-    let page = if skip < matched.len() { &matched[skip..end] } else { &[][..] };
+    let page = if skip < matched.len() {
+        &matched[skip..end]
+    } else {
+        &[][..]
+    };
 
     let mut body = format!(
         "{{\"@odata.context\":{},\"value\":[",
@@ -581,7 +669,11 @@ fn query(st: &State, req: &SimRequest, def: &EntityDef) -> SimResponse {
             body.push(',');
         }
         let projected: Row = match &select {
-            Some(sel) => row.iter().filter(|(k, _)| sel.iter().any(|s| s == k)).cloned().collect(),
+            Some(sel) => row
+                .iter()
+                .filter(|(k, _)| sel.iter().any(|s| s == k))
+                .cloned()
+                .collect(),
             None => row.clone(),
         };
         body.push_str(&row_json(&projected));
@@ -591,18 +683,24 @@ fn query(st: &State, req: &SimRequest, def: &EntityDef) -> SimResponse {
         let mut q: Vec<String> = req
             .query
             .split('&')
-            .filter(|p| !p.is_empty() && !p.starts_with("$skiptoken=") && !p.starts_with("%24skiptoken="))
+            .filter(|p| {
+                !p.is_empty() && !p.starts_with("$skiptoken=") && !p.starts_with("%24skiptoken=")
+            })
             .map(str::to_string)
             .collect();
         q.push(format!("$skiptoken={end}"));
         let next = format!("{}{}?{}", st.env_url, req.path, q.join("&"));
-        body.push_str(&format!(",\"@odata.nextLink\":{}", serde_json::to_string(&next).expect("str")));
+        body.push_str(&format!(
+            ",\"@odata.nextLink\":{}",
+            serde_json::to_string(&next).expect("str")
+        ));
     }
     body.push('}');
     let mut r = SimResponse::json(StatusCode::OK, body);
     r.headers.push(("odata-version", "4.0".into()));
     if let Some(p) = prefer {
-        r.headers.push(("preference-applied", format!("odata.maxpagesize={p}")));
+        r.headers
+            .push(("preference-applied", format!("odata.maxpagesize={p}")));
     }
     r
 }
@@ -652,7 +750,10 @@ fn us_date(d: NaiveDate) -> String {
 
 fn created(st: &State, def: &EntityDef, row: &Row, key: String) -> SimResponse {
     let mut r = SimResponse::json(StatusCode::CREATED, row_json(row));
-    r.headers.push(("location", format!("{}/data/{}({key})", st.env_url, def.set)));
+    r.headers.push((
+        "location",
+        format!("{}/data/{}({key})", st.env_url, def.set),
+    ));
     r.headers.push(("odata-version", "4.0".into()));
     r
 }
@@ -673,7 +774,13 @@ fn create(st: &mut State, req: &SimRequest, def: &EntityDef) -> SimResponse {
 fn create_header(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimResponse, SimResponse> {
     check_properties(
         b,
-        &[names::DATA_AREA_ID, h::JOURNAL_NAME, h::DESCRIPTION, h::POSTING_LAYER, h::BATCH_NUMBER],
+        &[
+            names::DATA_AREA_ID,
+            h::JOURNAL_NAME,
+            h::DESCRIPTION,
+            h::POSTING_LAYER,
+            h::BATCH_NUMBER,
+        ],
         def.type_name,
     )?;
     let et = h::ENTITY_TYPE;
@@ -681,13 +788,19 @@ fn create_header(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimRespons
         .unwrap_or_else(|| st.seed.default_company.clone())
         .to_ascii_lowercase();
     if !st.seed.ledgers.iter().any(|x| x.legal_entity == company) {
-        return Err(write_failed(et, &[format!("Company '{company}' does not exist.")]));
+        return Err(write_failed(
+            et,
+            &[format!("Company '{company}' does not exist.")],
+        ));
     }
     if body_str(b, h::BATCH_NUMBER)?.is_some_and(|v| !v.is_empty()) {
         return Err(write_failed(et, &["The number sequence for Journal batch number is not set to allow manual numbers; do not send JournalBatchNumber.".into()]));
     }
     let Some(name) = body_str(b, h::JOURNAL_NAME)?.filter(|v| !v.is_empty()) else {
-        return Err(write_failed(et, &["Field 'Name' must be filled in.".into()]));
+        return Err(write_failed(
+            et,
+            &["Field 'Name' must be filled in.".into()],
+        ));
     };
     let Some(jname) = st
         .seed
@@ -830,7 +943,10 @@ fn validate_account(
         }
     }
     if !msgs.is_empty() {
-        msgs.push(format!("validateField failed on field '{}.{field}'.", l::ENTITY_TYPE));
+        msgs.push(format!(
+            "validateField failed on field '{}.{field}'.",
+            l::ENTITY_TYPE
+        ));
     }
     msgs
 }
@@ -846,9 +962,20 @@ fn create_line(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimResponse,
     check_properties(
         b,
         &[
-            names::DATA_AREA_ID, l::BATCH_NUMBER, l::VOUCHER, l::TRANS_DATE, l::ACCOUNT_TYPE,
-            l::ACCOUNT, l::OFFSET_ACCOUNT_TYPE, l::OFFSET_ACCOUNT, l::DEBIT, l::CREDIT,
-            l::CURRENCY, l::TEXT, "Document", "ExchRate",
+            names::DATA_AREA_ID,
+            l::BATCH_NUMBER,
+            l::VOUCHER,
+            l::TRANS_DATE,
+            l::ACCOUNT_TYPE,
+            l::ACCOUNT,
+            l::OFFSET_ACCOUNT_TYPE,
+            l::OFFSET_ACCOUNT,
+            l::DEBIT,
+            l::CREDIT,
+            l::CURRENCY,
+            l::TEXT,
+            "Document",
+            "ExchRate",
         ],
         def.type_name,
     )?;
@@ -869,7 +996,9 @@ fn create_line(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimResponse,
     if st.headers[hidx].is_posted {
         return Err(write_failed(
             et,
-            &[format!("Journal {batch} has been posted and cannot be changed.")],
+            &[format!(
+                "Journal {batch} has been posted and cannot be changed."
+            )],
         ));
     }
     let mut msgs: Vec<String> = Vec::new();
@@ -882,15 +1011,27 @@ fn create_line(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimResponse,
             msgs.push("Field 'Date' must be filled in.".into());
             None
         }
-        Some(t) => match t.get(..10).and_then(|p| NaiveDate::parse_from_str(p, "%Y-%m-%d").ok()) {
+        Some(t) => match t
+            .get(..10)
+            .and_then(|p| NaiveDate::parse_from_str(p, "%Y-%m-%d").ok())
+        {
             Some(d) => Some(d),
-            None => return Err(bad_body(&format!("Cannot convert '{t}' to 'Edm.DateTimeOffset' for property 'TransDate'."))),
+            None => {
+                return Err(bad_body(&format!(
+                    "Cannot convert '{t}' to 'Edm.DateTimeOffset' for property 'TransDate'."
+                )))
+            }
         },
     };
-    for (k, label) in [(l::ACCOUNT_TYPE, "Account type"), (l::OFFSET_ACCOUNT_TYPE, "Offset account type")] {
+    for (k, label) in [
+        (l::ACCOUNT_TYPE, "Account type"),
+        (l::OFFSET_ACCOUNT_TYPE, "Offset account type"),
+    ] {
         if let Some(t) = body_str(b, k)? {
             if !t.eq_ignore_ascii_case(l::ACCOUNT_TYPE_LEDGER) {
-                msgs.push(format!("{label} '{t}' is not supported by the sandbox (only Ledger)."));
+                msgs.push(format!(
+                    "{label} '{t}' is not supported by the sandbox (only Ledger)."
+                ));
             }
         }
     }
@@ -901,13 +1042,19 @@ fn create_line(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimResponse,
     }
     let account = body_str(b, l::ACCOUNT)?.unwrap_or_default();
     let offset = body_str(b, l::OFFSET_ACCOUNT)?.unwrap_or_default();
-    let ledger = st.seed.ledgers.iter().find(|x| x.legal_entity == company).cloned();
+    let ledger = st
+        .seed
+        .ledgers
+        .iter()
+        .find(|x| x.legal_entity == company)
+        .cloned();
     if let (Some(d), Some(led)) = (date, ledger.as_ref()) {
-        let period = st
-            .seed
-            .periods
-            .iter()
-            .find(|p| p.calendar == led.fiscal_calendar && p.period_type == fp::TYPE_OPERATING && p.start <= d && d <= p.end);
+        let period = st.seed.periods.iter().find(|p| {
+            p.calendar == led.fiscal_calendar
+                && p.period_type == fp::TYPE_OPERATING
+                && p.start <= d
+                && d <= p.end
+        });
         match period {
             None => msgs.push(format!(
                 "The date {} is not in a fiscal period of calendar {}.",
@@ -918,17 +1065,37 @@ fn create_line(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimResponse,
                 PeriodStatus::Open => {}
                 PeriodStatus::OnHold => msgs.push(format!(
                     "The fiscal period {} {} is on hold for ledger {} (date {}).",
-                    p.year, p.name, company.to_uppercase(), us_date(d)
+                    p.year,
+                    p.name,
+                    company.to_uppercase(),
+                    us_date(d)
                 )),
                 PeriodStatus::Closed => msgs.push(format!(
                     "The fiscal period {} {} is closed for ledger {} (date {}).",
-                    p.year, p.name, company.to_uppercase(), us_date(d)
+                    p.year,
+                    p.name,
+                    company.to_uppercase(),
+                    us_date(d)
                 )),
             },
         }
-        msgs.extend(validate_account(st, &company, &led.chart_of_accounts, d, &account, l::ACCOUNT));
+        msgs.extend(validate_account(
+            st,
+            &company,
+            &led.chart_of_accounts,
+            d,
+            &account,
+            l::ACCOUNT,
+        ));
         if !offset.is_empty() {
-            msgs.extend(validate_account(st, &company, &led.chart_of_accounts, d, &offset, l::OFFSET_ACCOUNT));
+            msgs.extend(validate_account(
+                st,
+                &company,
+                &led.chart_of_accounts,
+                d,
+                &offset,
+                l::OFFSET_ACCOUNT,
+            ));
         }
     }
     // Voucher per the journal name's NewVoucher setting.
@@ -940,7 +1107,11 @@ fn create_line(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimResponse,
         .find(|j| j.legal_entity == company && j.name == header.journal_name)
         .cloned();
     let sent_voucher = body_str(b, l::VOUCHER)?.filter(|v| !v.trim().is_empty());
-    let allocation = jname.as_ref().map_or(VoucherAllocation::InConnectionWithBalance, |j| j.new_voucher);
+    let allocation = jname
+        .as_ref()
+        .map_or(VoucherAllocation::InConnectionWithBalance, |j| {
+            j.new_voucher
+        });
     if allocation == VoucherAllocation::Manual && sent_voucher.is_none() {
         msgs.push("Field 'Voucher' must be filled in.".into());
     }
@@ -954,7 +1125,12 @@ fn create_line(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimResponse,
         .collect();
     let balance: Decimal = journal_lines.iter().map(|x| x.debit - x.credit).sum();
     let last_voucher = journal_lines.last().map(|x| x.voucher.clone());
-    let line_number = journal_lines.iter().map(|x| x.line_number).max().unwrap_or(0) + 1;
+    let line_number = journal_lines
+        .iter()
+        .map(|x| x.line_number)
+        .max()
+        .unwrap_or(0)
+        + 1;
     let voucher = match (sent_voucher, allocation, last_voucher) {
         (Some(v), _, _) => v,
         (None, VoucherAllocation::OneVoucherNumberOnly, Some(v)) => v,
@@ -972,9 +1148,11 @@ fn create_line(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimResponse,
         line_number,
         voucher,
         trans_date: date.expect("validated"),
-        account_type: body_str(b, l::ACCOUNT_TYPE)?.unwrap_or_else(|| l::ACCOUNT_TYPE_LEDGER.into()),
+        account_type: body_str(b, l::ACCOUNT_TYPE)?
+            .unwrap_or_else(|| l::ACCOUNT_TYPE_LEDGER.into()),
         account_display: account,
-        offset_account_type: body_str(b, l::OFFSET_ACCOUNT_TYPE)?.unwrap_or_else(|| l::ACCOUNT_TYPE_LEDGER.into()),
+        offset_account_type: body_str(b, l::OFFSET_ACCOUNT_TYPE)?
+            .unwrap_or_else(|| l::ACCOUNT_TYPE_LEDGER.into()),
         offset_display: offset,
         debit,
         credit,
@@ -1000,7 +1178,10 @@ mod tests {
 
     #[test]
     fn display_value_unescaping() {
-        assert_eq!(split_display("618100--022-AMZ", '-'), ["618100", "", "022", "AMZ"]);
+        assert_eq!(
+            split_display("618100--022-AMZ", '-'),
+            ["618100", "", "022", "AMZ"]
+        );
         assert_eq!(split_display("110180-US\\-108", '-'), ["110180", "US-108"]);
         assert_eq!(split_display("a\\\\-b", '-'), ["a\\", "b"]);
     }

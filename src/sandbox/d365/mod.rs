@@ -147,7 +147,10 @@ impl SimResponse {
     fn json(status: StatusCode, body: String) -> Self {
         Self {
             status,
-            headers: vec![("content-type", "application/json; odata.metadata=minimal".into())],
+            headers: vec![(
+                "content-type",
+                "application/json; odata.metadata=minimal".into(),
+            )],
             body,
         }
     }
@@ -205,7 +208,9 @@ impl D365Sim {
         let entra_app = Router::new()
             .fallback(entra_handler)
             .with_state(shared.clone());
-        let fno_app = Router::new().fallback(fno_handler).with_state(shared.clone());
+        let fno_app = Router::new()
+            .fallback(fno_handler)
+            .with_state(shared.clone());
         let tasks = vec![
             tokio::spawn(async move {
                 let _ = axum::serve(entra_l, entra_app).await;

@@ -138,9 +138,24 @@ impl D365Seed {
                 accounting_currency: cur.into(),
             });
             for (name, desc, nv, wf) in [
-                ("GenJrn", "Daily general journal", VoucherAllocation::InConnectionWithBalance, false),
-                ("GJAppr", "General journal with approval", VoucherAllocation::InConnectionWithBalance, true),
-                ("GJMan", "General journal, manual vouchers", VoucherAllocation::Manual, false),
+                (
+                    "GenJrn",
+                    "Daily general journal",
+                    VoucherAllocation::InConnectionWithBalance,
+                    false,
+                ),
+                (
+                    "GJAppr",
+                    "General journal with approval",
+                    VoucherAllocation::InConnectionWithBalance,
+                    true,
+                ),
+                (
+                    "GJMan",
+                    "General journal, manual vouchers",
+                    VoucherAllocation::Manual,
+                    false,
+                ),
             ] {
                 s.journal_names.push(SeedJournalName {
                     legal_entity: le.into(),
@@ -184,7 +199,13 @@ impl D365Seed {
             ("Channel", "EBY", "eBay", false, None),
             ("Channel", "SHP", "Shopify", false, None),
             ("Channel", "WEB", "Own webshop", false, None),
-            ("Channel", "OLD", "Discontinued channel", false, Some(year_ago)),
+            (
+                "Channel",
+                "OLD",
+                "Discontinued channel",
+                false,
+                Some(year_ago),
+            ),
         ];
         for (dim, value, desc, suspended, active_to) in dims {
             s.dimension_values.push(SeedDimensionValue {

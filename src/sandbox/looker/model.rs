@@ -124,12 +124,15 @@ pub(crate) fn format_usd(d: Decimal) -> String {
     format!("{}${grouped}.{frac}", if neg { "-" } else { "" })
 }
 
+/// A stored explore row: field → value.
+pub(crate) type StoredRow = BTreeMap<String, SimValue>;
+
 /// An explore: declared fields and its rows (field → value).
 #[derive(Debug, Clone)]
 pub(crate) struct SimExplore {
     pub(crate) dimensions: Vec<String>,
     pub(crate) measures: Vec<String>,
-    pub(crate) rows: Vec<BTreeMap<String, SimValue>>,
+    pub(crate) rows: Vec<StoredRow>,
 }
 
 impl SimExplore {
@@ -291,13 +294,12 @@ pub(crate) fn run_query(ex: &SimExplore, q: &QuerySpec) -> Result<Vec<OutRow>, V
         .filter_map(|(f, e)| parse_filter(e).map(|p| (f.clone(), p)))
         .partition(|(f, _)| ex.is_measure(f));
     let null = SimValue::Null;
-    let get =
-        |row: &BTreeMap<String, SimValue>, f: &str| row.get(f).cloned().unwrap_or(SimValue::Null);
+    let get = |row: &StoredRow, f: &str| row.get(f).cloned().unwrap_or(SimValue::Null);
 
     let dims: Vec<&String> = q.fields.iter().filter(|f| !ex.is_measure(f)).collect();
     let measures: Vec<&String> = q.fields.iter().filter(|f| ex.is_measure(f)).collect();
     // Group (first appearance order), keeping the member rows.
-    let mut groups: Vec<(Vec<SimValue>, Vec<&BTreeMap<String, SimValue>>)> = Vec::new();
+    let mut groups: Vec<(Vec<SimValue>, Vec<&StoredRow>)> = Vec::new();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     for row in &ex.rows {
         if !dim_filters

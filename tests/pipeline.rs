@@ -1,0 +1,412 @@
+//! The whole pipeline (extract → map → validate → post → record) against the Looker and D365
+//! simulators over real sockets, with the real clients and a real SQLite audit store.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use common::{today, World};
+use ml_connector::domain::reference::{PeriodStatus, ReferenceData};
+use ml_connector::domain::run::{LineStatus, RowStatus, RunStatus};
+use ml_connector::engine::{Engine, Mode, NoProgress, Outcome};
+use ml_connector::ports::{
+    LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine,
+};
+use ml_connector::sandbox::looker::seed::{
+    demo_amount, DEMO_CHANNELS, DEMO_COST_CENTERS, DEMO_FEE_TYPES,
+};
+use ml_connector::sandbox::looker::LookerSeed;
+use ml_connector::store::Store;
+use rust_decimal::Decimal;
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn round2(x: Decimal) -> Decimal {
+    x.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// The journal the weekly-fee example must produce, computed independently from the
+/// simulator's seed formula: account display → debit.
+fn expected_detail_lines(week: &str) -> (BTreeMap<String, Decimal>, Decimal) {
+    let mut lines = BTreeMap::new();
+    let mut exact_total = Decimal::ZERO;
+    for ch in DEMO_CHANNELS {
+        for cc in DEMO_COST_CENTERS {
+            for fee in DEMO_FEE_TYPES {
+                let amt = d(&demo_amount(week, ch, cc, fee));
+                exact_total += amt;
+                let acct = if fee == "Commission" { "618200" } else { "618100" };
+                let code = match ch {
+                    "Amazon" => "AMZ",
+                    "eBay" => "EBY",
+                    _ => "SHP",
+                };
+                lines.insert(format!("{acct}--{cc}-{code}"), round2(amt));
+            }
+        }
+    }
+    (lines, exact_total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weekly_fee_example_posts_one_balanced_journal_and_a_rerun_posts_nothing() {
+    let w = World::start().await;
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+
+    let headers = w.d365.headers();
+    assert_eq!(headers.len(), 1, "exactly one header");
+    let h = &headers[0];
+    assert_eq!(h.legal_entity, "usmf");
+    assert_eq!(h.journal_name, "GenJrn");
+    assert!(h.description.starts_with(&format!("MLC {}", report.run.keys.run_key)));
+    assert!(!h.is_posted, "left unposted for finance");
+
+    let lines = w.d365.lines();
+    let week = w.period_end().format("%Y-%m-%d").to_string();
+    let (expected, exact_total) = expected_detail_lines(&week);
+    let mut seen = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.account_display.starts_with("6181") || l.account_display.starts_with("6182")) {
+        assert_eq!(l.credit, Decimal::ZERO);
+        assert_eq!(l.trans_date, w.period_end());
+        assert_eq!(l.currency, "USD");
+        seen.insert(l.account_display.clone(), l.debit);
+    }
+    // Detail lines: right accounts, dimension segments in the active format, amounts to the cent
+    // (the rounding residue may sit on the rounding account instead).
+    assert_eq!(seen, expected);
+    let balancing: Vec<_> = lines.iter().filter(|l| l.account_display == "200150---").collect();
+    assert_eq!(balancing.len(), 1);
+    assert_eq!(balancing[0].credit, round2(exact_total), "balancing line = Looker total, rounded");
+    let debit: Decimal = lines.iter().map(|l| l.debit).sum();
+    let credit: Decimal = lines.iter().map(|l| l.credit).sum();
+    assert_eq!(debit, credit, "debits = credits");
+    // Every line carries its lineage reference.
+    for l in &lines {
+        assert!(l.text.starts_with(&format!("{}.L", report.run.keys.run_key)), "{}", l.text);
+    }
+
+    // Audit: every row mapped, every line created with its D365 line number.
+    let rows = w.store.source_rows(&report.run.run_id).await.unwrap();
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(|r| r.status == RowStatus::Mapped && !r.line_nos.is_empty()));
+    let audited = w.store.lines(&report.run.run_id).await.unwrap();
+    assert_eq!(audited.len(), lines.len());
+    assert!(audited
+        .iter()
+        .all(|l| l.status == LineStatus::Created && l.d365_line_number.is_some()));
+    let run = w.store.get_run(&report.run.run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.totals.source_total, exact_total);
+    assert_eq!(run.totals.created_debit, debit);
+    assert_eq!(run.totals.created_lines, lines.len() as u64);
+    assert_eq!(run.journals, vec![("usmf".to_string(), h.batch_number.clone())]);
+
+    // Same period again: nothing new.
+    let again = w.run(Mode::Post).await;
+    assert_eq!(again.outcome, Outcome::AlreadyPosted, "{:?}", again.run.message);
+    assert_eq!(again.outcome.exit_code(), 0);
+    assert_eq!(w.d365.headers().len(), 1);
+    assert_eq!(w.d365.lines().len(), lines.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_writes_nothing_and_shows_the_lines() {
+    let w = World::start().await;
+    let report = w.run(Mode::Preview).await;
+    assert_eq!(report.outcome, Outcome::Previewed, "{:?}", report.issues);
+    assert_eq!(report.journals.len(), 1);
+    assert_eq!(report.journals[0].lines.len(), 14);
+    assert!(w.d365.headers().is_empty());
+    assert!(w.store.list_runs(None, 10).await.unwrap().is_empty());
+}
+
+async fn assert_rejected_nothing_written(w: &World, needle: &str) -> ml_connector::engine::RunReport {
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Rejected, "{:?}", report.run.message);
+    assert_eq!(report.outcome.exit_code(), 2);
+    let text: Vec<String> = report.issues.iter().map(|i| i.to_string()).collect();
+    assert!(text.iter().any(|t| t.contains(needle)), "expected `{needle}` in {text:#?}");
+    assert!(w.d365.headers().is_empty(), "nothing may reach D365");
+    assert!(w.d365.lines().is_empty());
+    let run = w.store.get_run(&report.run.run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Rejected);
+    let events = w.store.events(&report.run.run_id).await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "validation" && e.message.contains(needle)));
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_main_account_is_rejected_with_the_row_named() {
+    let mut w = World::start().await;
+    let lookup = w.config.account.lookup.as_mut().unwrap();
+    lookup.insert("Commission".into(), "618299".into());
+    let report = assert_rejected_nothing_written(&w, "main account `618299` does not exist").await;
+    // The audit names the source rows that carried it.
+    let rows = w.store.source_rows(&report.run.run_id).await.unwrap();
+    let bad: Vec<_> = rows.iter().filter(|r| r.status == RowStatus::Rejected).collect();
+    assert_eq!(bad.len(), 6, "the six Commission rows");
+    assert!(bad.iter().all(|r| r.errors.iter().any(|e| e.contains("618299"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_dimension_value_is_rejected() {
+    let w = World::start().await;
+    w.d365.set_dimension_value_suspended("CostCenter", "031", true);
+    assert_rejected_nothing_written(&w, "CostCenter value `031` is suspended").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_period_is_rejected() {
+    let w = World::start().await;
+    w.d365
+        .set_period_status("usmf", w.period_end(), PeriodStatus::Closed);
+    assert_rejected_nothing_written(&w, "is closed for the general ledger").await;
+}
+
+fn small_explore_rows(week: &str, amounts: &[&str]) -> String {
+    let rows: Vec<String> = amounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            format!(
+                r#"{{"marketplace_fees.week_end_date":"{week}","marketplace_fees.channel":"{}","marketplace_fees.cost_center":"022","marketplace_fees.fee_type":"Commission","marketplace_fees.total_amount":{a}}}"#,
+                ["Amazon", "eBay", "Shopify"][i % 3]
+            )
+        })
+        .collect();
+    format!("[{}]", rows.join(","))
+}
+
+const DIMS: [&str; 4] = [
+    "marketplace_fees.week_end_date",
+    "marketplace_fees.channel",
+    "marketplace_fees.cost_center",
+    "marketplace_fees.fee_type",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_amount_is_rejected_naming_row_and_column() {
+    let w = World::start_with(LookerSeed::empty()).await;
+    let week = w.period_end().to_string();
+    w.looker.add_explore(
+        "finance",
+        "marketplace_fees",
+        &DIMS,
+        &["marketplace_fees.total_amount"],
+        &small_explore_rows(&week, &["null", "10.5", "3"]),
+    );
+    // Row 0 (Amazon) sorts first in any collation.
+    assert_rejected_nothing_written(&w, "row 0, `marketplace_fees.total_amount`: amount is null").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_extract_is_refused() {
+    // Like real Looker, the simulator aggregates rows with equal dimension values, so the rows
+    // here differ by channel: three distinct rows.
+    let mut w = World::start_with(LookerSeed::empty()).await;
+    w.config.looker.max_rows = 2;
+    let week = w.period_end().to_string();
+    w.looker.add_explore(
+        "finance",
+        "marketplace_fees",
+        &DIMS,
+        &["marketplace_fees.total_amount"],
+        &small_explore_rows(&week, &["1.25", "2.25", "3.25"]),
+    );
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Rejected, "{:?}", report.run.message);
+    assert_eq!(report.outcome.exit_code(), 2);
+    let msg = report.run.message.clone().unwrap();
+    assert!(msg.contains("refused") && msg.contains("max_rows = 2"), "{msg}");
+    assert!(w.d365.headers().is_empty());
+    let run = w.store.get_run(&report.run.run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Rejected);
+    // Exactly max_rows is complete (the connector asked for one more and got none).
+    w.config.looker.max_rows = 3;
+    assert_eq!(w.run(Mode::Post).await.outcome, Outcome::Posted);
+    assert_eq!(w.d365.lines().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_looker_secret_fails_without_leaking_it() {
+    let mut w = World::start().await;
+    w.creds.looker_client_secret = ml_connector::secrets::Secret::new("not-the-secret-xyz");
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.outcome.exit_code(), 1);
+    let msg = report.run.message.clone().unwrap();
+    assert!(msg.contains("Looker") && msg.to_lowercase().contains("client"), "{msg}");
+    assert!(!msg.contains("not-the-secret-xyz"));
+    assert!(w.d365.headers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_entra_secret_fails_with_a_clear_message() {
+    let mut w = World::start().await;
+    w.creds.d365_client_secret = ml_connector::secrets::Secret::new("wrong-entra-secret-xyz");
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Failed);
+    let msg = report.run.message.clone().unwrap();
+    assert!(msg.contains("AADSTS7000215") && msg.contains("secret VALUE"), "{msg}");
+    assert!(!msg.contains("wrong-entra-secret-xyz"));
+    assert!(w.d365.headers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_data_for_a_posted_period_is_a_conflict() {
+    let w = World::start_with(LookerSeed::empty()).await;
+    let week = w.period_end().to_string();
+    let add = |amounts: &[&str]| {
+        w.looker.add_explore(
+            "finance",
+            "marketplace_fees",
+            &DIMS,
+            &["marketplace_fees.total_amount"],
+            &small_explore_rows(&week, amounts),
+        )
+    };
+    add(&["10.00", "20.00"]);
+    let first = w.run(Mode::Post).await;
+    assert_eq!(first.outcome, Outcome::Posted);
+    add(&["10.00", "25.00"]);
+    let second = w.run(Mode::Post).await;
+    assert_eq!(second.outcome, Outcome::Conflict);
+    let msg = second.run.message.clone().unwrap();
+    assert!(msg.contains(&first.run.run_id) && msg.contains(&second.run.run_id), "{msg}");
+    assert!(msg.contains("30") && msg.contains("35"), "both totals named: {msg}");
+    assert_eq!(w.d365.headers().len(), 1);
+    assert_eq!(w.d365.lines().len(), 3);
+
+    // A fresh audit store (another machine) still sees the conflict, from D365 itself.
+    let other = World {
+        store: ml_connector::store::sqlite::SqliteStore::open_in_memory().unwrap(),
+        ..w
+    };
+    let third = other.run(Mode::Post).await;
+    assert_eq!(third.outcome, Outcome::Conflict, "{:?}", third.run.message);
+    assert_eq!(other.d365.lines().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_then_error_on_header_and_line_reconciles_without_duplicates() {
+    let w = World::start().await;
+    // D365 applies the next two writes (header, first line) but answers 500.
+    w.d365.fail_next_writes(2, 500, true);
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    assert_eq!(w.d365.headers().len(), 1, "no duplicate header");
+    let lines = w.d365.lines();
+    assert_eq!(lines.len(), 14, "no duplicate line");
+    let mut texts: Vec<_> = lines.iter().map(|l| l.text.clone()).collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_honoured() {
+    let w = World::start().await;
+    w.d365.throttle_next(2, Some(1));
+    w.looker.throttle_next(1, Some(1));
+    let started = std::time::Instant::now();
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "waited Retry-After");
+    assert_eq!(w.d365.lines().len(), 14);
+}
+
+/// A ledger that refuses every line after the first `ok_lines` (a fault D365 could raise that
+/// validation cannot foresee), to leave a run half-posted.
+struct FailAfter<'a> {
+    inner: &'a dyn LedgerGateway,
+    ok_lines: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl LedgerGateway for FailAfter<'_> {
+    async fn reference(&self, le: &str) -> Result<ReferenceData, LedgerError> {
+        self.inner.reference(le).await
+    }
+    async fn find_headers(&self, le: &str, p: &str) -> Result<Vec<LedgerHeader>, LedgerError> {
+        self.inner.find_headers(le, p).await
+    }
+    async fn create_header(&self, le: &str, j: &str, d: &str) -> Result<LedgerHeader, LedgerError> {
+        self.inner.create_header(le, j, d).await
+    }
+    async fn lines(&self, le: &str, b: &str) -> Result<Vec<LedgerLine>, LedgerError> {
+        self.inner.lines(le, b).await
+    }
+    async fn create_line(&self, l: &NewLedgerLine) -> Result<LedgerLine, LedgerError> {
+        use std::sync::atomic::Ordering;
+        if self.ok_lines.load(Ordering::SeqCst) == 0 {
+            return Err(LedgerError::Rejected("simulated refusal".into()));
+        }
+        self.ok_lines.fetch_sub(1, Ordering::SeqCst);
+        self.inner.create_line(l).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_failed_midway_is_replayed_posting_exactly_the_missing_lines() {
+    let w = World::start().await;
+    let clients = w.clients();
+    let failing = FailAfter {
+        inner: &clients.d365,
+        ok_lines: std::sync::atomic::AtomicUsize::new(5),
+    };
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &failing,
+        store: &w.store,
+        progress: &NoProgress,
+    };
+    let report = engine
+        .run(&w.config, &w.options(Mode::Post))
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Failed);
+    let msg = report.run.message.clone().unwrap();
+    assert!(msg.contains("line 6") && msg.contains("replay"), "{msg}");
+    assert_eq!(w.d365.lines().len(), 5);
+    let audited = w.store.lines(&report.run.run_id).await.unwrap();
+    assert_eq!(audited.iter().filter(|l| l.status == LineStatus::Created).count(), 5);
+    assert_eq!(audited.iter().filter(|l| l.status == LineStatus::Failed).count(), 1);
+
+    // Replay with a healthy D365, from the audited lines (Looker is not asked again).
+    w.looker.clear_request_log();
+    let healthy = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &w.store,
+        progress: &NoProgress,
+    };
+    let replayed = healthy
+        .replay(&w.config, &report.run.run_id, chrono::Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(replayed.outcome, Outcome::Posted, "{:?}", replayed.run.message);
+    assert_eq!(replayed.posted[0].lines_created, 9);
+    assert_eq!(replayed.posted[0].lines_found, 5);
+    assert!(w.looker.request_log().is_empty(), "replay does not re-extract");
+    assert_eq!(w.d365.headers().len(), 1);
+    let lines = w.d365.lines();
+    assert_eq!(lines.len(), 14);
+    let debit: Decimal = lines.iter().map(|l| l.debit).sum();
+    let credit: Decimal = lines.iter().map(|l| l.credit).sum();
+    assert_eq!(debit, credit);
+    let run = w.store.get_run(&report.run.run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+    assert!(w
+        .store
+        .lines(&report.run.run_id)
+        .await
+        .unwrap()
+        .iter()
+        .all(|l| l.status == LineStatus::Created));
+    let _ = today();
+}
