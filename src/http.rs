@@ -153,9 +153,7 @@ where
                 tokio::time::sleep(wait).await;
             }
             Ok(resp)
-                if resp.status().is_server_error()
-                    && idempotency == Idempotency::Safe
-                    && !last =>
+                if resp.status().is_server_error() && idempotency == Idempotency::Safe && !last =>
             {
                 let wait = policy.backoff(attempt);
                 on_retry(&format!(
@@ -210,7 +208,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(p.throttle_wait(&h), Duration::from_secs(5));
-        h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&h), None);
     }
 

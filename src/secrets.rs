@@ -159,9 +159,7 @@ impl Credentials {
             )?),
             d365_tenant_id: pick(
                 ENV_D365_TENANT_ID,
-                fc.d365
-                    .tenant_id
-                    .or(tenant_from_config.map(str::to_string)),
+                fc.d365.tenant_id.or(tenant_from_config.map(str::to_string)),
                 "Entra tenant id",
                 "d365.tenant_id",
             )?,
@@ -200,10 +198,14 @@ mod credential_tests {
         assert_eq!(c.looker_client_id, "envid");
         assert_eq!(c.looker_client_secret.expose(), "fsecret");
         assert_eq!(c.d365_tenant_id, "tenant-x");
-        let e = Credentials::load(None, None, |_| None).unwrap_err().to_string();
+        let e = Credentials::load(None, None, |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("MLC_LOOKER_CLIENT_ID"), "{e}");
         std::fs::write(&f, "[looker]\nclient_secret = hunter2 oops\n").unwrap();
-        let e = Credentials::load(Some(&f), None, |_| None).unwrap_err().to_string();
+        let e = Credentials::load(Some(&f), None, |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("hunter2"), "{e}");
     }
 }

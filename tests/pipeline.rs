@@ -11,9 +11,7 @@ use common::{today, World};
 use ml_connector::domain::reference::{PeriodStatus, ReferenceData};
 use ml_connector::domain::run::{LineStatus, RowStatus, RunStatus};
 use ml_connector::engine::{Engine, Mode, NoProgress, Outcome};
-use ml_connector::ports::{
-    LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine,
-};
+use ml_connector::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
 use ml_connector::sandbox::looker::seed::{
     demo_amount, DEMO_CHANNELS, DEMO_COST_CENTERS, DEMO_FEE_TYPES,
 };
@@ -39,7 +37,11 @@ fn expected_detail_lines(week: &str) -> (BTreeMap<String, Decimal>, Decimal) {
             for fee in DEMO_FEE_TYPES {
                 let amt = d(&demo_amount(week, ch, cc, fee));
                 exact_total += amt;
-                let acct = if fee == "Commission" { "618200" } else { "618100" };
+                let acct = if fee == "Commission" {
+                    "618200"
+                } else {
+                    "618100"
+                };
                 let code = match ch {
                     "Amazon" => "AMZ",
                     "eBay" => "EBY",
@@ -63,14 +65,19 @@ async fn weekly_fee_example_posts_one_balanced_journal_and_a_rerun_posts_nothing
     let h = &headers[0];
     assert_eq!(h.legal_entity, "usmf");
     assert_eq!(h.journal_name, "GenJrn");
-    assert!(h.description.starts_with(&format!("MLC {}", report.run.keys.run_key)));
+    assert!(h
+        .description
+        .starts_with(&format!("MLC {}", report.run.keys.run_key)));
     assert!(!h.is_posted, "left unposted for finance");
 
     let lines = w.d365.lines();
     let week = w.period_end().format("%Y-%m-%d").to_string();
     let (expected, exact_total) = expected_detail_lines(&week);
     let mut seen = BTreeMap::new();
-    for l in lines.iter().filter(|l| l.account_display.starts_with("6181") || l.account_display.starts_with("6182")) {
+    for l in lines
+        .iter()
+        .filter(|l| l.account_display.starts_with("6181") || l.account_display.starts_with("6182"))
+    {
         assert_eq!(l.credit, Decimal::ZERO);
         assert_eq!(l.trans_date, w.period_end());
         assert_eq!(l.currency, "USD");
@@ -79,21 +86,35 @@ async fn weekly_fee_example_posts_one_balanced_journal_and_a_rerun_posts_nothing
     // Detail lines: right accounts, dimension segments in the active format, amounts to the cent
     // (the rounding residue may sit on the rounding account instead).
     assert_eq!(seen, expected);
-    let balancing: Vec<_> = lines.iter().filter(|l| l.account_display == "200150---").collect();
+    let balancing: Vec<_> = lines
+        .iter()
+        .filter(|l| l.account_display == "200150---")
+        .collect();
     assert_eq!(balancing.len(), 1);
-    assert_eq!(balancing[0].credit, round2(exact_total), "balancing line = Looker total, rounded");
+    assert_eq!(
+        balancing[0].credit,
+        round2(exact_total),
+        "balancing line = Looker total, rounded"
+    );
     let debit: Decimal = lines.iter().map(|l| l.debit).sum();
     let credit: Decimal = lines.iter().map(|l| l.credit).sum();
     assert_eq!(debit, credit, "debits = credits");
     // Every line carries its lineage reference.
     for l in &lines {
-        assert!(l.text.starts_with(&format!("{}.L", report.run.keys.run_key)), "{}", l.text);
+        assert!(
+            l.text
+                .starts_with(&format!("{}.L", report.run.keys.run_key)),
+            "{}",
+            l.text
+        );
     }
 
     // Audit: every row mapped, every line created with its D365 line number.
     let rows = w.store.source_rows(&report.run.run_id).await.unwrap();
     assert_eq!(rows.len(), 12);
-    assert!(rows.iter().all(|r| r.status == RowStatus::Mapped && !r.line_nos.is_empty()));
+    assert!(rows
+        .iter()
+        .all(|r| r.status == RowStatus::Mapped && !r.line_nos.is_empty()));
     let audited = w.store.lines(&report.run.run_id).await.unwrap();
     assert_eq!(audited.len(), lines.len());
     assert!(audited
@@ -104,11 +125,19 @@ async fn weekly_fee_example_posts_one_balanced_journal_and_a_rerun_posts_nothing
     assert_eq!(run.totals.source_total, exact_total);
     assert_eq!(run.totals.created_debit, debit);
     assert_eq!(run.totals.created_lines, lines.len() as u64);
-    assert_eq!(run.journals, vec![("usmf".to_string(), h.batch_number.clone())]);
+    assert_eq!(
+        run.journals,
+        vec![("usmf".to_string(), h.batch_number.clone())]
+    );
 
     // Same period again: nothing new.
     let again = w.run(Mode::Post).await;
-    assert_eq!(again.outcome, Outcome::AlreadyPosted, "{:?}", again.run.message);
+    assert_eq!(
+        again.outcome,
+        Outcome::AlreadyPosted,
+        "{:?}",
+        again.run.message
+    );
     assert_eq!(again.outcome.exit_code(), 0);
     assert_eq!(w.d365.headers().len(), 1);
     assert_eq!(w.d365.lines().len(), lines.len());
@@ -125,18 +154,31 @@ async fn preview_writes_nothing_and_shows_the_lines() {
     assert!(w.store.list_runs(None, 10).await.unwrap().is_empty());
 }
 
-async fn assert_rejected_nothing_written(w: &World, needle: &str) -> ml_connector::engine::RunReport {
+async fn assert_rejected_nothing_written(
+    w: &World,
+    needle: &str,
+) -> ml_connector::engine::RunReport {
     let report = w.run(Mode::Post).await;
-    assert_eq!(report.outcome, Outcome::Rejected, "{:?}", report.run.message);
+    assert_eq!(
+        report.outcome,
+        Outcome::Rejected,
+        "{:?}",
+        report.run.message
+    );
     assert_eq!(report.outcome.exit_code(), 2);
     let text: Vec<String> = report.issues.iter().map(|i| i.to_string()).collect();
-    assert!(text.iter().any(|t| t.contains(needle)), "expected `{needle}` in {text:#?}");
+    assert!(
+        text.iter().any(|t| t.contains(needle)),
+        "expected `{needle}` in {text:#?}"
+    );
     assert!(w.d365.headers().is_empty(), "nothing may reach D365");
     assert!(w.d365.lines().is_empty());
     let run = w.store.get_run(&report.run.run_id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Rejected);
     let events = w.store.events(&report.run.run_id).await.unwrap();
-    assert!(events.iter().any(|e| e.kind == "validation" && e.message.contains(needle)));
+    assert!(events
+        .iter()
+        .any(|e| e.kind == "validation" && e.message.contains(needle)));
     report
 }
 
@@ -148,15 +190,21 @@ async fn unknown_main_account_is_rejected_with_the_row_named() {
     let report = assert_rejected_nothing_written(&w, "main account `618299` does not exist").await;
     // The audit names the source rows that carried it.
     let rows = w.store.source_rows(&report.run.run_id).await.unwrap();
-    let bad: Vec<_> = rows.iter().filter(|r| r.status == RowStatus::Rejected).collect();
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| r.status == RowStatus::Rejected)
+        .collect();
     assert_eq!(bad.len(), 6, "the six Commission rows");
-    assert!(bad.iter().all(|r| r.errors.iter().any(|e| e.contains("618299"))));
+    assert!(bad
+        .iter()
+        .all(|r| r.errors.iter().any(|e| e.contains("618299"))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspended_dimension_value_is_rejected() {
     let w = World::start().await;
-    w.d365.set_dimension_value_suspended("CostCenter", "031", true);
+    w.d365
+        .set_dimension_value_suspended("CostCenter", "031", true);
     assert_rejected_nothing_written(&w, "CostCenter value `031` is suspended").await;
 }
 
@@ -201,7 +249,8 @@ async fn null_amount_is_rejected_naming_row_and_column() {
         &small_explore_rows(&week, &["null", "10.5", "3"]),
     );
     // Row 0 (Amazon) sorts first in any collation.
-    assert_rejected_nothing_written(&w, "row 0, `marketplace_fees.total_amount`: amount is null").await;
+    assert_rejected_nothing_written(&w, "row 0, `marketplace_fees.total_amount`: amount is null")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,10 +268,18 @@ async fn truncated_extract_is_refused() {
         &small_explore_rows(&week, &["1.25", "2.25", "3.25"]),
     );
     let report = w.run(Mode::Post).await;
-    assert_eq!(report.outcome, Outcome::Rejected, "{:?}", report.run.message);
+    assert_eq!(
+        report.outcome,
+        Outcome::Rejected,
+        "{:?}",
+        report.run.message
+    );
     assert_eq!(report.outcome.exit_code(), 2);
     let msg = report.run.message.clone().unwrap();
-    assert!(msg.contains("refused") && msg.contains("max_rows = 2"), "{msg}");
+    assert!(
+        msg.contains("refused") && msg.contains("max_rows = 2"),
+        "{msg}"
+    );
     assert!(w.d365.headers().is_empty());
     let run = w.store.get_run(&report.run.run_id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Rejected);
@@ -240,7 +297,10 @@ async fn wrong_looker_secret_fails_without_leaking_it() {
     assert_eq!(report.outcome, Outcome::Failed);
     assert_eq!(report.outcome.exit_code(), 1);
     let msg = report.run.message.clone().unwrap();
-    assert!(msg.contains("Looker") && msg.to_lowercase().contains("client"), "{msg}");
+    assert!(
+        msg.contains("Looker") && msg.to_lowercase().contains("client"),
+        "{msg}"
+    );
     assert!(!msg.contains("not-the-secret-xyz"));
     assert!(w.d365.headers().is_empty());
 }
@@ -252,7 +312,10 @@ async fn wrong_entra_secret_fails_with_a_clear_message() {
     let report = w.run(Mode::Post).await;
     assert_eq!(report.outcome, Outcome::Failed);
     let msg = report.run.message.clone().unwrap();
-    assert!(msg.contains("AADSTS7000215") && msg.contains("secret VALUE"), "{msg}");
+    assert!(
+        msg.contains("AADSTS7000215") && msg.contains("secret VALUE"),
+        "{msg}"
+    );
     assert!(!msg.contains("wrong-entra-secret-xyz"));
     assert!(w.d365.headers().is_empty());
 }
@@ -277,8 +340,14 @@ async fn changed_data_for_a_posted_period_is_a_conflict() {
     let second = w.run(Mode::Post).await;
     assert_eq!(second.outcome, Outcome::Conflict);
     let msg = second.run.message.clone().unwrap();
-    assert!(msg.contains(&first.run.run_id) && msg.contains(&second.run.run_id), "{msg}");
-    assert!(msg.contains("30") && msg.contains("35"), "both totals named: {msg}");
+    assert!(
+        msg.contains(&first.run.run_id) && msg.contains(&second.run.run_id),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("30") && msg.contains("35"),
+        "both totals named: {msg}"
+    );
     assert_eq!(w.d365.headers().len(), 1);
     assert_eq!(w.d365.lines().len(), 3);
 
@@ -316,7 +385,10 @@ async fn throttling_is_honoured() {
     let started = std::time::Instant::now();
     let report = w.run(Mode::Post).await;
     assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
-    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "waited Retry-After");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "waited Retry-After"
+    );
     assert_eq!(w.d365.lines().len(), 14);
 }
 
@@ -365,17 +437,26 @@ async fn a_run_that_failed_midway_is_replayed_posting_exactly_the_missing_lines(
         store: &w.store,
         progress: &NoProgress,
     };
-    let report = engine
-        .run(&w.config, &w.options(Mode::Post))
-        .await
-        .unwrap();
+    let report = engine.run(&w.config, &w.options(Mode::Post)).await.unwrap();
     assert_eq!(report.outcome, Outcome::Failed);
     let msg = report.run.message.clone().unwrap();
     assert!(msg.contains("line 6") && msg.contains("replay"), "{msg}");
     assert_eq!(w.d365.lines().len(), 5);
     let audited = w.store.lines(&report.run.run_id).await.unwrap();
-    assert_eq!(audited.iter().filter(|l| l.status == LineStatus::Created).count(), 5);
-    assert_eq!(audited.iter().filter(|l| l.status == LineStatus::Failed).count(), 1);
+    assert_eq!(
+        audited
+            .iter()
+            .filter(|l| l.status == LineStatus::Created)
+            .count(),
+        5
+    );
+    assert_eq!(
+        audited
+            .iter()
+            .filter(|l| l.status == LineStatus::Failed)
+            .count(),
+        1
+    );
 
     // Replay with a healthy D365, from the audited lines (Looker is not asked again).
     w.looker.clear_request_log();
@@ -389,10 +470,18 @@ async fn a_run_that_failed_midway_is_replayed_posting_exactly_the_missing_lines(
         .replay(&w.config, &report.run.run_id, chrono::Duration::minutes(5))
         .await
         .unwrap();
-    assert_eq!(replayed.outcome, Outcome::Posted, "{:?}", replayed.run.message);
+    assert_eq!(
+        replayed.outcome,
+        Outcome::Posted,
+        "{:?}",
+        replayed.run.message
+    );
     assert_eq!(replayed.posted[0].lines_created, 9);
     assert_eq!(replayed.posted[0].lines_found, 5);
-    assert!(w.looker.request_log().is_empty(), "replay does not re-extract");
+    assert!(
+        w.looker.request_log().is_empty(),
+        "replay does not re-extract"
+    );
     assert_eq!(w.d365.headers().len(), 1);
     let lines = w.d365.lines();
     assert_eq!(lines.len(), 14);

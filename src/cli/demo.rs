@@ -82,8 +82,16 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
             h.batch_number,
             h.description,
             ls.len(),
-            if debit == credit { "balanced" } else { "NOT BALANCED" },
-            if h.is_posted { "posted" } else { "unposted (finance reviews and posts it)" }
+            if debit == credit {
+                "balanced"
+            } else {
+                "NOT BALANCED"
+            },
+            if h.is_posted {
+                "posted"
+            } else {
+                "unposted (finance reviews and posts it)"
+            }
         );
     }
 

@@ -40,7 +40,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct Global {
     /// Audit store (SQLite file).
-    #[arg(long, global = true, env = "MLC_STORE", default_value = ".ml-connector/audit.sqlite")]
+    #[arg(
+        long,
+        global = true,
+        env = "MLC_STORE",
+        default_value = ".ml-connector/audit.sqlite"
+    )]
     store: PathBuf,
     /// More log output on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -393,7 +398,10 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                     ok(&format!("explore {}/{} exists", q.model, q.explore));
                     for f in &q.fields {
                         if !fields.contains(f) {
-                            bad(&format!("field `{f}` is not in explore {}/{}", q.model, q.explore), false);
+                            bad(
+                                &format!("field `{f}` is not in explore {}/{}", q.model, q.explore),
+                                false,
+                            );
                         }
                     }
                 }
@@ -408,9 +416,16 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
     let mut legal_entities: Vec<String> = Vec::new();
     match &extract {
         Ok(x) => {
-            ok(&format!("source runs: {} rows for {}", x.rows.len(), period.label));
+            ok(&format!(
+                "source runs: {} rows for {}",
+                x.rows.len(),
+                period.label
+            ));
             let cols: Vec<&str> = if x.columns.is_empty() {
-                x.rows.first().map(|r| r.cells.keys().map(String::as_str).collect()).unwrap_or_default()
+                x.rows
+                    .first()
+                    .map(|r| r.cells.keys().map(String::as_str).collect())
+                    .unwrap_or_default()
             } else {
                 x.columns.iter().map(String::as_str).collect()
             };
@@ -418,7 +433,10 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                 if cols.is_empty() || cols.contains(&c.as_str()) {
                     ok(&format!("column `{c}` present"));
                 } else {
-                    bad(&format!("column `{c}` used by the mapping is not in the result"), false);
+                    bad(
+                        &format!("column `{c}` used by the mapping is not in the result"),
+                        false,
+                    );
                 }
             }
             if let Some(le) = &cfg.journal.legal_entity.constant {
@@ -463,17 +481,33 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                         "{le}: journal name {} ({}){}",
                         j.name,
                         j.description,
-                        if j.workflow_approval { ", workflow approval required" } else { "" }
+                        if j.workflow_approval {
+                            ", workflow approval required"
+                        } else {
+                            ""
+                        }
                     )),
-                    None => bad(&format!("{le}: journal name `{}` does not exist", cfg.journal.journal_name), false),
+                    None => bad(
+                        &format!(
+                            "{le}: journal name `{}` does not exist",
+                            cfg.journal.journal_name
+                        ),
+                        false,
+                    ),
                 }
                 for dim in cfg.dimensions.keys().chain(cfg.balancing.dimensions.keys()) {
                     if !r.format.segments.iter().any(|s| s == dim) {
-                        bad(&format!("{le}: dimension `{dim}` is not in the active ledger format"), false);
+                        bad(
+                            &format!("{le}: dimension `{dim}` is not in the active ledger format"),
+                            false,
+                        );
                     }
                 }
                 let mut accounts: Vec<(String, String)> = Vec::new();
-                for (key, src) in [("account", &cfg.account), ("balancing.account", &cfg.balancing.account)] {
+                for (key, src) in [
+                    ("account", &cfg.account),
+                    ("balancing.account", &cfg.balancing.account),
+                ] {
                     if let Some(c) = &src.constant {
                         accounts.push((key.into(), c.clone()));
                     }
@@ -486,27 +520,42 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                 }
                 for (key, a) in accounts {
                     match r.main_accounts.get(&a) {
-                        Some(m) if !m.suspended => ok(&format!("{le}: `{key}` main account {a} ({})", m.name)),
-                        Some(_) => bad(&format!("{le}: `{key}` main account {a} is suspended"), false),
-                        None => bad(&format!("{le}: `{key}` main account {a} does not exist"), false),
+                        Some(m) if !m.suspended => {
+                            ok(&format!("{le}: `{key}` main account {a} ({})", m.name))
+                        }
+                        Some(_) => bad(
+                            &format!("{le}: `{key}` main account {a} is suspended"),
+                            false,
+                        ),
+                        None => bad(
+                            &format!("{le}: `{key}` main account {a} does not exist"),
+                            false,
+                        ),
                     }
                 }
                 let sample = LedgerAccount::new("000000");
-                ok(&format!("{le}: account strings look like `{}`", sample.display_value(&r.format)));
+                ok(&format!(
+                    "{le}: account strings look like `{}`",
+                    sample.display_value(&r.format)
+                ));
             }
             Err(e) => bad(&format!("{le}: {e}"), true),
         }
     }
     println!();
     if failures > 0 {
-        println!("check failed: {failures} connection problem(s), {problems} configuration problem(s)");
+        println!(
+            "check failed: {failures} connection problem(s), {problems} configuration problem(s)"
+        );
         Ok(1)
     } else if problems > 0 {
         println!("check found {problems} configuration problem(s); fix them before running");
         Ok(2)
     } else {
-        println!("check passed: `ml-connector preview --config {}` shows the exact journal", args.config.display());
+        println!(
+            "check passed: `ml-connector preview --config {}` shows the exact journal",
+            args.config.display()
+        );
         Ok(0)
     }
 }
-

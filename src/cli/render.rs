@@ -66,8 +66,16 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
                 .as_ref()
                 .map(|o| o.display_value(format))
                 .unwrap_or_default(),
-            if l.debit().is_zero() { String::new() } else { l.debit().to_string() },
-            if l.credit().is_zero() { String::new() } else { l.credit().to_string() },
+            if l.debit().is_zero() {
+                String::new()
+            } else {
+                l.debit().to_string()
+            },
+            if l.credit().is_zero() {
+                String::new()
+            } else {
+                l.credit().to_string()
+            },
             l.currency,
             l.text
         );
@@ -82,7 +90,11 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
         "",
         debit,
         credit,
-        if debit == credit { "balanced" } else { "NOT BALANCED" }
+        if debit == credit {
+            "balanced"
+        } else {
+            "NOT BALANCED"
+        }
     );
     s
 }
@@ -136,7 +148,12 @@ pub fn run_report(r: &RunReport, store: &Path) -> String {
             t.created_lines, t.created_debit, t.created_credit
         );
     }
-    if r.outcome != Outcome::Previewed && !(r.outcome == Outcome::Rejected && r.journals.is_empty() && t.source_rows == 0 && run.message.is_none()) {
+    if r.outcome != Outcome::Previewed
+        && !(r.outcome == Outcome::Rejected
+            && r.journals.is_empty()
+            && t.source_rows == 0
+            && run.message.is_none())
+    {
         let _ = writeln!(
             s,
             "Audit trail: ml-connector show {} --store {}",
@@ -194,8 +211,16 @@ pub fn show_run(
         let _ = writeln!(s, "  message         {m}");
     }
     let _ = writeln!(s, "  source          {}", run.source.identity());
-    let _ = writeln!(s, "  period          {} (run date {})", run.period, run.run_date);
-    let _ = writeln!(s, "  run key         {} (period key {})", run.keys.run_key, run.keys.period_key);
+    let _ = writeln!(
+        s,
+        "  period          {} (run date {})",
+        run.period, run.run_date
+    );
+    let _ = writeln!(
+        s,
+        "  run key         {} (period key {})",
+        run.keys.run_key, run.keys.period_key
+    );
     let _ = writeln!(s, "  config version  {}", run.config_version);
     let _ = writeln!(s, "  trigger         {}", run.trigger);
     let _ = writeln!(

@@ -316,9 +316,7 @@ fn default_text_len() -> usize {
 #[serde(untagged)]
 pub enum TransDateSource {
     Named(String),
-    Column {
-        column: String,
-    },
+    Column { column: String },
 }
 
 /// Resolved transaction-date rule.
@@ -664,10 +662,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let bad = EXAMPLE.replace(
-            "[account]\ncolumn",
-            "[account]\nconstant = \"1\"\ncolumn",
-        );
+        let bad = EXAMPLE.replace("[account]\ncolumn", "[account]\nconstant = \"1\"\ncolumn");
         let e = InstanceConfig::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("`account`"), "{e}");
         let bad = EXAMPLE.replace("journal_name = \"GenJrn\"", "journal_nam = \"GenJrn\"");

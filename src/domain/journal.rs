@@ -44,7 +44,11 @@ impl LedgerAccount {
             if i == 0 {
                 parts.push(esc(&self.main_account));
             } else {
-                parts.push(esc(self.dimensions.get(seg).map(String::as_str).unwrap_or("")));
+                parts.push(esc(self
+                    .dimensions
+                    .get(seg)
+                    .map(String::as_str)
+                    .unwrap_or("")));
             }
         }
         parts.join(&format.delimiter.to_string())
@@ -158,7 +162,10 @@ mod tests {
         assert_eq!(a.display_value(&f), "618100--022-AMZ");
         let f = fmt(&["MainAccount", "Channel", "CostCenter"]);
         assert_eq!(a.display_value(&f), "618100-AMZ-022");
-        assert_eq!(LedgerAccount::new("401100").display_value(&fmt(&["MainAccount", "A", "B", "C"])), "401100---");
+        assert_eq!(
+            LedgerAccount::new("401100").display_value(&fmt(&["MainAccount", "A", "B", "C"])),
+            "401100---"
+        );
     }
 
     #[test]

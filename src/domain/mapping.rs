@@ -723,8 +723,14 @@ mod tests {
 
     fn row(i: usize, date: &str, channel: &str, cc: &str, fee: &str, amt: Cell) -> SourceRow {
         let mut c = BTreeMap::new();
-        c.insert("marketplace_fees.week_end_date".into(), Cell::Text(date.into()));
-        c.insert("marketplace_fees.channel".into(), Cell::Text(channel.into()));
+        c.insert(
+            "marketplace_fees.week_end_date".into(),
+            Cell::Text(date.into()),
+        );
+        c.insert(
+            "marketplace_fees.channel".into(),
+            Cell::Text(channel.into()),
+        );
         c.insert("marketplace_fees.cost_center".into(), Cell::Text(cc.into()));
         c.insert("marketplace_fees.fee_type".into(), Cell::Text(fee.into()));
         c.insert("marketplace_fees.total_amount".into(), amt);
@@ -733,7 +739,9 @@ mod tests {
 
     fn extract(rows: Vec<SourceRow>) -> Extract {
         Extract {
-            source: SourceRef::Look { look_id: "42".into() },
+            source: SourceRef::Look {
+                look_id: "42".into(),
+            },
             columns: vec![],
             rows,
         }
@@ -766,24 +774,52 @@ mod tests {
     fn maps_example_with_balancing_line_and_rounding_account() {
         let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
         let ex = extract(vec![
-            row(0, "2026-11-22", "Amazon", "022", "Marketplace fee", Cell::Number(d("100.005"))),
-            row(1, "2026-11-22", "eBay", "031", "Commission", Cell::Number(d("0.30000000000000004"))),
-            row(2, "2026-11-22", "Shopify", "022", "Commission", Cell::Number(d("200.004"))),
+            row(
+                0,
+                "2026-11-22",
+                "Amazon",
+                "022",
+                "Marketplace fee",
+                Cell::Number(d("100.005")),
+            ),
+            row(
+                1,
+                "2026-11-22",
+                "eBay",
+                "031",
+                "Commission",
+                Cell::Number(d("0.30000000000000004")),
+            ),
+            row(
+                2,
+                "2026-11-22",
+                "Shopify",
+                "022",
+                "Commission",
+                Cell::Number(d("200.004")),
+            ),
         ]);
         let m = run(&cfg, &ex);
         assert!(m.issues.is_empty(), "{:?}", m.issues);
         assert_eq!(m.journals.len(), 1);
         let j = &m.journals[0];
         assert_eq!(j.legal_entity, "usmf");
-        assert!(j.description.starts_with("MLC abcdef0123-a1b2c3 Marketplace fees 2026-W47"));
+        assert!(j
+            .description
+            .starts_with("MLC abcdef0123-a1b2c3 Marketplace fees 2026-W47"));
         // exact total 300.30900000000000004 -> 300.31; details 100.01 + 0.30 + 200.00 = 300.31
         let amounts: Vec<Decimal> = j.lines.iter().map(|l| l.amount).collect();
-        assert_eq!(amounts, vec![d("100.01"), d("0.30"), d("200.00"), d("-300.31")]);
+        assert_eq!(
+            amounts,
+            vec![d("100.01"), d("0.30"), d("200.00"), d("-300.31")]
+        );
         assert_eq!(m.rounding_residue, Decimal::ZERO);
         assert_eq!(j.lines[0].account.display_value(&fmt()), "618100--022-AMZ");
         assert_eq!(j.lines[3].account.main_account, "200150");
         assert_eq!(j.lines[3].kind, LineKind::Balancing);
-        assert!(j.lines[0].text.starts_with("abcdef0123-a1b2c3.L0001 Marketplace fee Amazon 022"));
+        assert!(j.lines[0]
+            .text
+            .starts_with("abcdef0123-a1b2c3.L0001 Marketplace fee Amazon 022"));
         assert!(voucher_sums(&m).values().all(|s| s.is_zero()));
         assert_eq!(m.source_total, d("300.30900000000000004"));
     }
@@ -806,7 +842,14 @@ mod tests {
         let ex = extract(
             (0..3)
                 .map(|i| {
-                    row(i, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("33.333333333")))
+                    row(
+                        i,
+                        "2026-11-22",
+                        "Amazon",
+                        "022",
+                        "Commission",
+                        Cell::Number(d("33.333333333")),
+                    )
                 })
                 .collect(),
         );
@@ -814,7 +857,10 @@ mod tests {
         let m = run(&cfg, &ex);
         assert!(m.issues.is_empty(), "{:?}", m.issues);
         let lines = &m.journals[0].lines;
-        let rounding: Vec<_> = lines.iter().filter(|l| l.kind == LineKind::Rounding).collect();
+        let rounding: Vec<_> = lines
+            .iter()
+            .filter(|l| l.kind == LineKind::Rounding)
+            .collect();
         assert_eq!(rounding.len(), 1);
         assert_eq!(rounding[0].amount, d("0.01"));
         assert_eq!(rounding[0].account.main_account, "618900");
@@ -830,7 +876,16 @@ mod tests {
         cfg.rounding.book_to = RoundingTarget::LargestLine;
         let ex = extract(
             (0..3)
-                .map(|i| row(i, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("33.333333333"))))
+                .map(|i| {
+                    row(
+                        i,
+                        "2026-11-22",
+                        "Amazon",
+                        "022",
+                        "Commission",
+                        Cell::Number(d("33.333333333")),
+                    )
+                })
                 .collect(),
         );
         let m = run(&cfg, &ex);
@@ -846,19 +901,69 @@ mod tests {
         let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
         let ex = extract(vec![
             row(0, "2026-11-22", "Amazon", "022", "Commission", Cell::Null),
-            row(1, "2026-11-22", "Walmart", "022", "Commission", Cell::Number(d("1"))),
-            row(2, "2026-11-22", "Amazon", "022", "Commission", Cell::Text("12,50".into())),
-            row(3, "2026-11-29", "Amazon", "022", "Commission", Cell::Number(d("1"))),
-            row(4, "2026-11-22", "Amazon", "022", "Refund", Cell::Number(d("1"))),
-            row(5, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("5"))),
+            row(
+                1,
+                "2026-11-22",
+                "Walmart",
+                "022",
+                "Commission",
+                Cell::Number(d("1")),
+            ),
+            row(
+                2,
+                "2026-11-22",
+                "Amazon",
+                "022",
+                "Commission",
+                Cell::Text("12,50".into()),
+            ),
+            row(
+                3,
+                "2026-11-29",
+                "Amazon",
+                "022",
+                "Commission",
+                Cell::Number(d("1")),
+            ),
+            row(
+                4,
+                "2026-11-22",
+                "Amazon",
+                "022",
+                "Refund",
+                Cell::Number(d("1")),
+            ),
+            row(
+                5,
+                "2026-11-22",
+                "Amazon",
+                "022",
+                "Commission",
+                Cell::Number(d("5")),
+            ),
         ]);
         let m = run(&cfg, &ex);
         let text: Vec<String> = m.issues.iter().map(|i| i.to_string()).collect();
-        assert!(text[0].contains("row 0") && text[0].contains("amount is null"), "{text:?}");
-        assert!(text[1].contains("row 1") && text[1].contains("`Walmart`"), "{text:?}");
-        assert!(text[2].contains("row 2") && text[2].contains("`12,50` is not a number"), "{text:?}");
-        assert!(text[3].contains("row 3") && text[3].contains("outside the period"), "{text:?}");
-        assert!(text[4].contains("row 4") && text[4].contains("`Refund`"), "{text:?}");
+        assert!(
+            text[0].contains("row 0") && text[0].contains("amount is null"),
+            "{text:?}"
+        );
+        assert!(
+            text[1].contains("row 1") && text[1].contains("`Walmart`"),
+            "{text:?}"
+        );
+        assert!(
+            text[2].contains("row 2") && text[2].contains("`12,50` is not a number"),
+            "{text:?}"
+        );
+        assert!(
+            text[3].contains("row 3") && text[3].contains("outside the period"),
+            "{text:?}"
+        );
+        assert!(
+            text[4].contains("row 4") && text[4].contains("`Refund`"),
+            "{text:?}"
+        );
         assert_eq!(m.issues.len(), 5);
         assert_eq!(m.rows[5].status, RowStatus::Mapped);
         assert_eq!(m.rows[0].status, RowStatus::Rejected);
@@ -867,11 +972,21 @@ mod tests {
     #[test]
     fn missing_column_is_one_issue() {
         let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
-        let mut ex = extract(vec![row(0, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("1")))]);
+        let mut ex = extract(vec![row(
+            0,
+            "2026-11-22",
+            "Amazon",
+            "022",
+            "Commission",
+            Cell::Number(d("1")),
+        )]);
         ex.columns = vec!["marketplace_fees.channel".into()];
         let m = run(&cfg, &ex);
         assert!(m.journals.is_empty());
-        assert!(m.issues.iter().any(|i| i.field == "marketplace_fees.total_amount"));
+        assert!(m
+            .issues
+            .iter()
+            .any(|i| i.field == "marketplace_fees.total_amount"));
     }
 
     #[test]
@@ -880,18 +995,45 @@ mod tests {
         cfg.balancing.style = BalancingStyle::Offset;
         cfg.amount.sign = SignConvention::CreditPositive;
         let ex = extract(vec![
-            row(0, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("10.004"))),
-            row(1, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("0"))),
-            row(2, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("10.004"))),
+            row(
+                0,
+                "2026-11-22",
+                "Amazon",
+                "022",
+                "Commission",
+                Cell::Number(d("10.004")),
+            ),
+            row(
+                1,
+                "2026-11-22",
+                "Amazon",
+                "022",
+                "Commission",
+                Cell::Number(d("0")),
+            ),
+            row(
+                2,
+                "2026-11-22",
+                "Amazon",
+                "022",
+                "Commission",
+                Cell::Number(d("10.004")),
+            ),
         ]);
         let m = run(&cfg, &ex);
         assert!(m.issues.is_empty(), "{:?}", m.issues);
         assert_eq!(m.rows[1].status, RowStatus::Skipped);
         let lines = &m.journals[0].lines;
         assert_eq!(lines[0].amount, d("-10.00"));
-        assert_eq!(lines[0].offset_account.as_ref().unwrap().main_account, "200150");
+        assert_eq!(
+            lines[0].offset_account.as_ref().unwrap().main_account,
+            "200150"
+        );
         // -20.008 -> -20.01 ; details -20.00 ; residue -0.01 on a rounding line with the offset.
-        let r: Vec<_> = lines.iter().filter(|l| l.kind == LineKind::Rounding).collect();
+        let r: Vec<_> = lines
+            .iter()
+            .filter(|l| l.kind == LineKind::Rounding)
+            .collect();
         assert_eq!(r[0].amount, d("-0.01"));
         assert!(r[0].offset_account.is_some());
         assert_ne!(lines[0].voucher, lines[1].voucher);
@@ -900,7 +1042,10 @@ mod tests {
     #[test]
     fn line_refs_round_trip() {
         assert_eq!(line_ref("abc-12", 7), "abc-12.L0007");
-        assert_eq!(parse_line_ref("abc-12.L0007 Commission x"), Some(("abc-12", 7)));
+        assert_eq!(
+            parse_line_ref("abc-12.L0007 Commission x"),
+            Some(("abc-12", 7))
+        );
         assert_eq!(parse_line_ref("abc-12.L12345"), Some(("abc-12", 12345)));
         assert_eq!(parse_line_ref("Manual entry"), None);
         assert_eq!(parse_line_ref("x.L12"), None);

@@ -91,7 +91,10 @@ impl RunKeys {
         let mut c = Sha256::new();
         c.update(content_hash.as_bytes());
         let run_key = format!("{period_key}-{}", &hex::encode(c.finalize())[..6]);
-        Self { period_key, run_key }
+        Self {
+            period_key,
+            run_key,
+        }
     }
 }
 

@@ -80,7 +80,13 @@ impl fmt::Display for Issue {
         if place.is_empty() {
             write!(f, "`{}`: {}", self.field, self.message)
         } else {
-            write!(f, "{}, `{}`: {}", place.join(", "), self.field, self.message)
+            write!(
+                f,
+                "{}, `{}`: {}",
+                place.join(", "),
+                self.field,
+                self.message
+            )
         }
     }
 }
@@ -123,7 +129,11 @@ pub fn validate(
                 message: format!(
                     "journal name `{}` does not exist in {le} (known: {})",
                     j.journal_name,
-                    rd.journal_names.keys().cloned().collect::<Vec<_>>().join(", ")
+                    rd.journal_names
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }),
             Some(jn) if jn.voucher_allocation == VoucherAllocation::OneVoucherNumberOnly => {
@@ -201,17 +211,15 @@ pub fn validate(
                     "journal.currency",
                     format!("currency `{}` has no known precision", line.currency),
                 )),
-                Some(dp) if line.amount.normalize().scale() > dp => {
-                    issues.push(Issue::for_line(
-                        line,
-                        le,
-                        "amount",
-                        format!(
-                            "{} has more than {dp} decimals for {}",
-                            line.amount, line.currency
-                        ),
-                    ))
-                }
+                Some(dp) if line.amount.normalize().scale() > dp => issues.push(Issue::for_line(
+                    line,
+                    le,
+                    "amount",
+                    format!(
+                        "{} has more than {dp} decimals for {}",
+                        line.amount, line.currency
+                    ),
+                )),
                 Some(_) => {}
             }
             if line.amount.is_zero() {
@@ -425,7 +433,14 @@ mod tests {
         }
     }
 
-    fn line(no: u32, voucher: u32, acct: &str, dims: &[(&str, &str)], amt: &str, d: &str) -> JournalLine {
+    fn line(
+        no: u32,
+        voucher: u32,
+        acct: &str,
+        dims: &[(&str, &str)],
+        amt: &str,
+        d: &str,
+    ) -> JournalLine {
         let mut a = LedgerAccount::new(acct);
         for (k, v) in dims {
             a.dimensions.insert(k.to_string(), v.to_string());
@@ -460,19 +475,50 @@ mod tests {
     #[test]
     fn clean_journal_passes() {
         let j = journal(vec![
-            line(1, 1, "618100", &[("CostCenter", "022")], "10.00", "2026-11-22"),
+            line(
+                1,
+                1,
+                "618100",
+                &[("CostCenter", "022")],
+                "10.00",
+                "2026-11-22",
+            ),
             line(2, 1, "200150", &[], "-10.00", "2026-11-22"),
         ]);
-        assert_eq!(validate(&[j], &refs(), &CurrencyPrecision::default()), vec![]);
+        assert_eq!(
+            validate(&[j], &refs(), &CurrencyPrecision::default()),
+            vec![]
+        );
     }
 
     #[test]
     fn each_problem_is_named() {
         let j = journal(vec![
-            line(1, 1, "618100", &[("CostCenter", "099")], "10.00", "2026-11-22"),
+            line(
+                1,
+                1,
+                "618100",
+                &[("CostCenter", "099")],
+                "10.00",
+                "2026-11-22",
+            ),
             line(2, 1, "999999", &[], "-5.00", "2026-11-22"),
-            line(3, 1, "123456", &[("Channel", "OLD")], "-5.001", "2026-11-22"),
-            line(4, 2, "618100", &[("Department", "010")], "1.00", "2026-10-15"),
+            line(
+                3,
+                1,
+                "123456",
+                &[("Channel", "OLD")],
+                "-5.001",
+                "2026-11-22",
+            ),
+            line(
+                4,
+                2,
+                "618100",
+                &[("Department", "010")],
+                "1.00",
+                "2026-10-15",
+            ),
         ]);
         let issues: Vec<String> = validate(&[j], &refs(), &CurrencyPrecision::default())
             .iter()
@@ -480,13 +526,25 @@ mod tests {
             .collect();
         let has = |s: &str| issues.iter().any(|i| i.contains(s));
         assert!(has("row 0, line 1, legal entity usmf, `dimensions.CostCenter`: CostCenter value `099` is suspended"), "{issues:#?}");
-        assert!(has("main account `999999` (acct 999999) is suspended"), "{issues:#?}");
+        assert!(
+            has("main account `999999` (acct 999999) is suspended"),
+            "{issues:#?}"
+        );
         assert!(has("main account `123456` does not exist"), "{issues:#?}");
         assert!(has("Channel value `OLD` is not active"), "{issues:#?}");
         assert!(has("-5.001 has more than 2 decimals"), "{issues:#?}");
-        assert!(has("dimension `Department` is not in the active ledger dimension format"), "{issues:#?}");
-        assert!(has("Period 10 (2026-10-01 to 2026-10-31) is closed"), "{issues:#?}");
-        assert!(has("voucher 1 does not balance: debits − credits = -0.001"), "{issues:#?}");
+        assert!(
+            has("dimension `Department` is not in the active ledger dimension format"),
+            "{issues:#?}"
+        );
+        assert!(
+            has("Period 10 (2026-10-01 to 2026-10-31) is closed"),
+            "{issues:#?}"
+        );
+        assert!(
+            has("voucher 1 does not balance: debits − credits = -0.001"),
+            "{issues:#?}"
+        );
         assert!(has("voucher 2 does not balance"), "{issues:#?}");
     }
 
@@ -497,7 +555,9 @@ mod tests {
         let mut j2 = journal(vec![]);
         j2.legal_entity = "zzzz".into();
         let issues = validate(&[j, j2], &refs(), &CurrencyPrecision::default());
-        assert!(issues[0].to_string().contains("journal name `Nope` does not exist in usmf"));
+        assert!(issues[0]
+            .to_string()
+            .contains("journal name `Nope` does not exist in usmf"));
         assert!(issues[1].to_string().contains("`zzzz` has no ledger"));
     }
 }

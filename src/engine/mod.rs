@@ -120,11 +120,7 @@ pub struct Engine<'a> {
 }
 
 fn new_run_id(now: DateTime<Utc>) -> String {
-    format!(
-        "r-{}-{:04x}",
-        now.format("%Y%m%d%H%M%S"),
-        fastrand::u16(..)
-    )
+    format!("r-{}-{:04x}", now.format("%Y%m%d%H%M%S"), fastrand::u16(..))
 }
 
 impl<'a> Engine<'a> {
@@ -173,7 +169,10 @@ impl<'a> Engine<'a> {
         ));
         match self.extractor.extract(&request).await {
             Ok(extract) => self.run_extract(config, opts, &period, extract).await,
-            Err(err) => self.record_extract_failure(config, opts, &period, &request, err).await,
+            Err(err) => {
+                self.record_extract_failure(config, opts, &period, &request, err)
+                    .await
+            }
         }
     }
 
@@ -299,7 +298,9 @@ impl<'a> Engine<'a> {
         self.store.put_lines(&lines).await?;
 
         if let Some(msg) = failure {
-            return self.finish(run, RunStatus::Failed, msg, mapped, formats, issues).await;
+            return self
+                .finish(run, RunStatus::Failed, msg, mapped, formats, issues)
+                .await;
         }
         if !issues.is_empty() {
             for i in &issues {
@@ -310,11 +311,15 @@ impl<'a> Engine<'a> {
                 "rejected: {} problem(s) found before writing; nothing was written to D365",
                 issues.len()
             );
-            return self.finish(run, RunStatus::Rejected, msg, mapped, formats, issues).await;
+            return self
+                .finish(run, RunStatus::Rejected, msg, mapped, formats, issues)
+                .await;
         }
         if mapped.journals.is_empty() {
             let msg = "nothing to post: every row was skipped (zero amounts)".to_string();
-            return self.finish(run, RunStatus::Completed, msg, mapped, formats, issues).await;
+            return self
+                .finish(run, RunStatus::Completed, msg, mapped, formats, issues)
+                .await;
         }
 
         // One poster per period at a time: the lock is a mutex with a lease (a crashed holder
@@ -337,11 +342,15 @@ impl<'a> Engine<'a> {
             LockOutcome::InProgress { owner, until } => {
                 let msg = busy_message(&owner, until);
                 self.event(&run.run_id, "warn", "busy", msg.clone()).await;
-                return self.finish(run, RunStatus::Busy, msg, mapped, formats, issues).await;
+                return self
+                    .finish(run, RunStatus::Busy, msg, mapped, formats, issues)
+                    .await;
             }
             LockOutcome::Completed { result } => {
                 let msg = format!("period lock {lock_key} is unexpectedly marked completed ({result}); nothing was written");
-                return self.finish(run, RunStatus::Failed, msg, mapped, formats, issues).await;
+                return self
+                    .finish(run, RunStatus::Failed, msg, mapped, formats, issues)
+                    .await;
             }
         }
 
@@ -356,9 +365,12 @@ impl<'a> Engine<'a> {
                 && matches!(r.status, RunStatus::Completed | RunStatus::AlreadyPosted)
         }) {
             let msg = conflict_message(other, &run);
-            self.event(&run.run_id, "error", "conflict", msg.clone()).await;
+            self.event(&run.run_id, "error", "conflict", msg.clone())
+                .await;
             self.store.release_lock(&lock_key, &run.run_id).await.ok();
-            return self.finish(run, RunStatus::Conflict, msg, mapped, formats, issues).await;
+            return self
+                .finish(run, RunStatus::Conflict, msg, mapped, formats, issues)
+                .await;
         }
 
         run.status = RunStatus::Posting;
@@ -368,10 +380,17 @@ impl<'a> Engine<'a> {
             .await;
         let (status, message, posted) = result;
         if let Err(e) = self.store.release_lock(&lock_key, &run.run_id).await {
-            self.event(&run.run_id, "warn", "lock", format!("could not release period lock: {e}"))
-                .await;
+            self.event(
+                &run.run_id,
+                "warn",
+                "lock",
+                format!("could not release period lock: {e}"),
+            )
+            .await;
         }
-        let mut report = self.finish(run, status, message, mapped, formats, issues).await?;
+        let mut report = self
+            .finish(run, status, message, mapped, formats, issues)
+            .await?;
         report.posted = posted;
         Ok(report)
     }
@@ -393,8 +412,13 @@ impl<'a> Engine<'a> {
             RunStatus::Completed | RunStatus::AlreadyPosted => "info",
             _ => "error",
         };
-        self.event(&run.run_id, level, "finish", format!("{}: {message}", status.as_str()))
-            .await;
+        self.event(
+            &run.run_id,
+            level,
+            "finish",
+            format!("{}: {message}", status.as_str()),
+        )
+        .await;
         let outcome = match status {
             RunStatus::Completed => Outcome::Posted,
             RunStatus::AlreadyPosted => Outcome::AlreadyPosted,
@@ -529,7 +553,13 @@ impl<'a> Engine<'a> {
         let until = Utc::now() + lease;
         match self
             .store
-            .acquire_lock(&lock_key, run_id, Utc::now(), until, until + Duration::days(1))
+            .acquire_lock(
+                &lock_key,
+                run_id,
+                Utc::now(),
+                until,
+                until + Duration::days(1),
+            )
             .await?
         {
             LockOutcome::InProgress { owner, until } if owner != run_id => {
@@ -539,8 +569,13 @@ impl<'a> Engine<'a> {
             }
             _ => {}
         }
-        self.event(run_id, "info", "replay", "replay requested: reconciling with D365 and posting what is missing")
-            .await;
+        self.event(
+            run_id,
+            "info",
+            "replay",
+            "replay requested: reconciling with D365 and posting what is missing",
+        )
+        .await;
         run.status = RunStatus::Posting;
         self.store.update_run(&run).await?;
         let keys = run.keys.clone();
@@ -557,7 +592,9 @@ impl<'a> Engine<'a> {
 fn describe_request(r: &ExtractRequest) -> String {
     match r {
         ExtractRequest::Look(id) => format!("Look {id}"),
-        ExtractRequest::Query(q) => format!("{}/{} ({} fields)", q.model, q.explore, q.fields.len()),
+        ExtractRequest::Query(q) => {
+            format!("{}/{} ({} fields)", q.model, q.explore, q.fields.len())
+        }
     }
 }
 
@@ -598,7 +635,12 @@ fn totals_of(m: &Mapped, rows: usize) -> RunTotals {
     }
 }
 
-fn row_records(run_id: &str, extract: &Extract, m: &Mapped, issues: &[Issue]) -> Vec<SourceRowRecord> {
+fn row_records(
+    run_id: &str,
+    extract: &Extract,
+    m: &Mapped,
+    issues: &[Issue],
+) -> Vec<SourceRowRecord> {
     let outcomes: BTreeMap<usize, _> = m.rows.iter().map(|r| (r.index, r)).collect();
     extract
         .rows
@@ -607,7 +649,10 @@ fn row_records(run_id: &str, extract: &Extract, m: &Mapped, issues: &[Issue]) ->
             let o = outcomes.get(&row.index);
             let mut errors: Vec<String> = o.map(|o| o.errors.clone()).unwrap_or_default();
             // Validation issues found on the lines this row became.
-            for i in issues.iter().filter(|i| i.row == Some(row.index) && i.line.is_some()) {
+            for i in issues
+                .iter()
+                .filter(|i| i.row == Some(row.index) && i.line.is_some())
+            {
                 errors.push(format!("{}: {}", i.field, i.message));
             }
             let status = match o.map(|o| o.status) {
@@ -657,4 +702,3 @@ fn line_records(
     }
     out
 }
-

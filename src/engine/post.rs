@@ -88,7 +88,11 @@ impl Engine<'_> {
                     s.lines_created + s.lines_found,
                     s.debit,
                     s.credit,
-                    if s.is_posted { ", posted" } else { ", unposted" }
+                    if s.is_posted {
+                        ", posted"
+                    } else {
+                        ", unposted"
+                    }
                 )
             })
             .collect::<Vec<_>>()
@@ -168,7 +172,10 @@ impl Engine<'_> {
                     &run_id,
                     "info",
                     "post",
-                    format!("found journal {le}/{} from an earlier attempt; reconciling its lines", h.batch_number),
+                    format!(
+                        "found journal {le}/{} from an earlier attempt; reconciling its lines",
+                        h.batch_number
+                    ),
                 )
                 .await;
                 (h, false)
@@ -213,7 +220,10 @@ impl Engine<'_> {
                 &run_id,
                 "info",
                 "post",
-                format!("created journal {le}/{batch} ({})", config.journal.journal_name),
+                format!(
+                    "created journal {le}/{batch} ({})",
+                    config.journal.journal_name
+                ),
             )
             .await;
         }
@@ -267,7 +277,10 @@ impl Engine<'_> {
                     voucher: manual_vouchers
                         .then(|| format!("MLC{}-{:04}", keys.period_key, rec.line.voucher)),
                 };
-                match self.create_line_reconciled(&new, &keys.run_key, rec.line.line_no).await {
+                match self
+                    .create_line_reconciled(&new, &keys.run_key, rec.line.line_no)
+                    .await
+                {
                     Ok(l) => {
                         created += 1;
                         mark_created(rec, &batch, &l, "created");

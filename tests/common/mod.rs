@@ -47,7 +47,9 @@ impl World {
 
     pub async fn start_with(seed: LookerSeed) -> World {
         let looker = LookerSim::start(seed).await.expect("looker sim");
-        let d365 = D365Sim::start(D365Seed::demo(today())).await.expect("d365 sim");
+        let d365 = D365Sim::start(D365Seed::demo(today()))
+            .await
+            .expect("d365 sim");
         let mut config = InstanceConfig::from_toml(EXAMPLE).expect("example config");
         config.looker.base_url = looker.base_url();
         config.d365.environment_url = d365.environment_url();
