@@ -55,6 +55,20 @@ pub struct Mapped {
     pub rounding_residue: Decimal,
 }
 
+impl Mapped {
+    /// Nothing mapped (a run that stopped before mapping, or a replay from the audit).
+    pub fn empty() -> Self {
+        Mapped {
+            journals: vec![],
+            rows: vec![],
+            issues: vec![],
+            source_total: Decimal::ZERO,
+            mapped_total: Decimal::ZERO,
+            rounding_residue: Decimal::ZERO,
+        }
+    }
+}
+
 /// The lineage reference of a line, written first in its D365 `Text`.
 pub fn line_ref(run_key: &str, line_no: u32) -> String {
     format!("{run_key}.L{line_no:04}")
@@ -144,12 +158,9 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
             });
         }
         return Mapped {
-            journals: vec![],
             rows: rows_out,
             issues,
-            source_total: Decimal::ZERO,
-            mapped_total: Decimal::ZERO,
-            rounding_residue: Decimal::ZERO,
+            ..Mapped::empty()
         };
     }
 

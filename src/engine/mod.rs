@@ -412,6 +412,24 @@ impl<'a> Engine<'a> {
             RunStatus::Completed | RunStatus::AlreadyPosted => "info",
             _ => "error",
         };
+        // One structured line per finished run: alarms count `outcome` (see infra/template.yaml).
+        if level == "info" {
+            tracing::info!(
+                run_id = %run.run_id,
+                instance = %run.instance,
+                period = %run.period,
+                outcome = status.as_str(),
+                "run finished: {message}"
+            );
+        } else {
+            tracing::error!(
+                run_id = %run.run_id,
+                instance = %run.instance,
+                period = %run.period,
+                outcome = status.as_str(),
+                "run finished: {message}"
+            );
+        }
         self.event(
             &run.run_id,
             level,
@@ -500,15 +518,7 @@ impl<'a> Engine<'a> {
         self.store.insert_run(&run).await?;
         self.event(&run.run_id, "error", "extract", message.clone())
             .await;
-        let empty = Mapped {
-            journals: vec![],
-            rows: vec![],
-            issues: vec![],
-            source_total: Decimal::ZERO,
-            mapped_total: Decimal::ZERO,
-            rounding_residue: Decimal::ZERO,
-        };
-        self.finish(run, status, message, empty, BTreeMap::new(), issues)
+        self.finish(run, status, message, Mapped::empty(), BTreeMap::new(), issues)
             .await
     }
 
@@ -530,14 +540,6 @@ impl<'a> Engine<'a> {
                 run.instance, config.instance
             )));
         }
-        let empty = Mapped {
-            journals: vec![],
-            rows: vec![],
-            issues: vec![],
-            source_total: run.totals.source_total,
-            mapped_total: run.totals.mapped_total,
-            rounding_residue: run.totals.rounding_residue,
-        };
         if !matches!(
             run.status,
             RunStatus::Failed | RunStatus::Posting | RunStatus::Busy | RunStatus::Completed
@@ -582,7 +584,7 @@ impl<'a> Engine<'a> {
         let (status, message, posted) = self.post_all(&mut run, config, lines, &keys, &[]).await;
         self.store.release_lock(&lock_key, run_id).await.ok();
         let mut report = self
-            .finish(run, status, message, empty, BTreeMap::new(), vec![])
+            .finish(run, status, message, Mapped::empty(), BTreeMap::new(), vec![])
             .await?;
         report.posted = posted;
         Ok(report)

@@ -207,3 +207,20 @@ macro_rules! forward_store {
 
 forward_store!(Box);
 forward_store!(Arc);
+
+/// Instance configuration kept where an operator can change it without a redeploy
+/// (`ml-connector config push FILE` validates it first). Each run records the version it used.
+#[async_trait::async_trait]
+pub trait ConfigStore: Send + Sync {
+    /// Stores `toml` (already validated) as the instance's current configuration.
+    async fn put_config(&self, instance: &str, version: &str, toml: &str) -> Result<(), StoreError>;
+    /// The instance's current `(version, toml)`, if any.
+    async fn get_config(&self, instance: &str) -> Result<Option<(String, String)>, StoreError>;
+}
+
+/// Replay requests: an engineer asks (`ml-connector replay RUN_ID --request`), the replay Lambda
+/// acts on the DynamoDB stream record.
+#[async_trait::async_trait]
+pub trait ReplayRequests: Send + Sync {
+    async fn request_replay(&self, run_id: &str, requested_by: &str) -> Result<(), StoreError>;
+}

@@ -209,3 +209,56 @@ mod credential_tests {
         assert!(!e.contains("hunter2"), "{e}");
     }
 }
+
+/// Everything secret about one instance: both credential sets and the webhook path secret.
+#[derive(Debug, Clone)]
+pub struct InstanceSecrets {
+    pub credentials: Credentials,
+    /// The secret segment of the webhook ingest path `/ingest/{instance}/{secret}`.
+    pub webhook_secret: Secret,
+}
+
+/// The JSON document stored as one secret per instance (in AWS: Secrets Manager, KMS-encrypted,
+/// named `{SECRET_PREFIX}{instance}`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDocument {
+    pub looker_client_id: String,
+    pub looker_client_secret: Secret,
+    pub d365_tenant_id: String,
+    pub d365_client_id: String,
+    pub d365_client_secret: Secret,
+    pub webhook_secret: Secret,
+}
+
+impl From<SecretDocument> for InstanceSecrets {
+    fn from(d: SecretDocument) -> Self {
+        InstanceSecrets {
+            credentials: Credentials {
+                looker_client_id: d.looker_client_id,
+                looker_client_secret: d.looker_client_secret,
+                d365_tenant_id: d.d365_tenant_id,
+                d365_client_id: d.d365_client_id,
+                d365_client_secret: d.d365_client_secret,
+            },
+            webhook_secret: d.webhook_secret,
+        }
+    }
+}
+
+/// Why an instance's secrets could not be read. Never contains secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("no secret for instance `{instance}` ({detail})")]
+    NotFound { instance: String, detail: String },
+    #[error("the secret of instance `{instance}` is malformed: {detail}")]
+    Malformed { instance: String, detail: String },
+    #[error("secrets backend: {0}")]
+    Backend(String),
+}
+
+/// Where instance secrets come from (Secrets Manager in AWS; fixed values in tests).
+#[async_trait::async_trait]
+pub trait SecretSource: Send + Sync {
+    async fn instance_secrets(&self, instance: &str) -> Result<InstanceSecrets, SecretsError>;
+}
