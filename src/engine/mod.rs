@@ -518,8 +518,15 @@ impl<'a> Engine<'a> {
         self.store.insert_run(&run).await?;
         self.event(&run.run_id, "error", "extract", message.clone())
             .await;
-        self.finish(run, status, message, Mapped::empty(), BTreeMap::new(), issues)
-            .await
+        self.finish(
+            run,
+            status,
+            message,
+            Mapped::empty(),
+            BTreeMap::new(),
+            issues,
+        )
+        .await
     }
 
     /// Re-posts what a run did not get into D365, from its audited lines (no new extract).
@@ -584,7 +591,14 @@ impl<'a> Engine<'a> {
         let (status, message, posted) = self.post_all(&mut run, config, lines, &keys, &[]).await;
         self.store.release_lock(&lock_key, run_id).await.ok();
         let mut report = self
-            .finish(run, status, message, Mapped::empty(), BTreeMap::new(), vec![])
+            .finish(
+                run,
+                status,
+                message,
+                Mapped::empty(),
+                BTreeMap::new(),
+                vec![],
+            )
             .await?;
         report.posted = posted;
         Ok(report)

@@ -213,7 +213,8 @@ forward_store!(Arc);
 #[async_trait::async_trait]
 pub trait ConfigStore: Send + Sync {
     /// Stores `toml` (already validated) as the instance's current configuration.
-    async fn put_config(&self, instance: &str, version: &str, toml: &str) -> Result<(), StoreError>;
+    async fn put_config(&self, instance: &str, version: &str, toml: &str)
+        -> Result<(), StoreError>;
     /// The instance's current `(version, toml)`, if any.
     async fn get_config(&self, instance: &str) -> Result<Option<(String, String)>, StoreError>;
 }
