@@ -5,11 +5,15 @@
 //! idempotency persistence), `secrets` (credentials), `engine` (the run pipeline wiring them
 //! together) and `cli`. `sandbox` holds simulators for demos and tests and is feature-gated.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod cli;
 pub mod d365;
 pub mod domain;
 pub mod engine;
 pub mod http;
+#[cfg(feature = "aws")]
+pub mod lambda;
 pub mod looker;
 pub mod ports;
 #[cfg(feature = "sandbox")]

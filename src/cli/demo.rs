@@ -120,3 +120,47 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
     }
     Ok(first.outcome.exit_code())
 }
+
+/// `ml-connector sandbox`: serve the simulators until Ctrl-C (or SIGTERM), with a config file
+/// and the credentials to use printed for the operator.
+pub async fn serve(config_out: &Path) -> anyhow::Result<i32> {
+    let today = chrono::Utc::now().date_naive();
+    let looker = LookerSim::start(LookerSeed::demo(today)).await?;
+    let d365 = D365Sim::start(D365Seed::demo(today)).await?;
+    let text = EXAMPLE_CONFIG
+        .replace("https://acme.cloud.looker.com", &looker.base_url())
+        .replace(
+            "https://contoso.operations.dynamics.com",
+            &d365.environment_url(),
+        )
+        .replace("https://login.microsoftonline.com", &d365.authority_url());
+    // The rewritten config must still be valid (the URLs are the only change).
+    InstanceConfig::from_toml(&text)?;
+    if let Some(dir) = config_out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(config_out, text)?;
+    println!("Sandbox running on loopback (Ctrl-C to stop):");
+    println!("  Looker API 4.0      {}", looker.base_url());
+    println!("  D365 F&O (OData)    {}", d365.environment_url());
+    println!("  Entra ID authority  {}", d365.authority_url());
+    println!("Config written to {}", config_out.display());
+    println!("Sandbox credentials (test values, not secrets):");
+    println!("  export MLC_LOOKER_CLIENT_ID={SANDBOX_LOOKER_CLIENT_ID} MLC_LOOKER_CLIENT_SECRET={SANDBOX_LOOKER_CLIENT_SECRET}");
+    println!("  export MLC_D365_TENANT_ID={SANDBOX_TENANT} MLC_D365_CLIENT_ID={SANDBOX_CLIENT_ID} MLC_D365_CLIENT_SECRET={SANDBOX_CLIENT_SECRET}");
+    println!("Then: ml-connector check --config {p}; ml-connector preview --config {p}; ml-connector run --config {p}", p = config_out.display());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let headers = d365.headers();
+    println!(
+        "\nStopping. The sandbox D365 held {} journal(s) and {} line(s).",
+        headers.len(),
+        d365.lines().len()
+    );
+    Ok(0)
+}

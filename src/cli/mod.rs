@@ -47,6 +47,10 @@ struct Global {
         default_value = ".ml-connector/audit.sqlite"
     )]
     store: PathBuf,
+    /// Use the deployed DynamoDB table (audit trail, configs, replay requests) instead of the
+    /// local SQLite store. Needs AWS credentials in the environment.
+    #[arg(long, global = true, env = "MLC_TABLE")]
+    table: Option<String>,
     /// More log output on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -78,6 +82,13 @@ struct ConfigArgs {
 enum Command {
     /// Start the built-in sandbox and post the example weekly fee journal end to end.
     Demo,
+    /// Keep the sandbox (Looker, D365, Entra simulators) running on loopback until Ctrl-C, and
+    /// write a config pointing at it; try `check`, `preview` and `run` against it.
+    Sandbox {
+        /// Where to write the example config with the sandbox's URLs.
+        #[arg(long, default_value = ".ml-connector/sandbox.toml")]
+        write_config: PathBuf,
+    },
     /// One sync now: extract, map, validate, post, record.
     Run {
         #[command(flatten)]
@@ -100,10 +111,22 @@ enum Command {
         cfg: ConfigArgs,
     },
     /// Re-post what a failed or interrupted run did not get into D365, from its audited lines.
+    /// With `--request` (and `--table`), ask the deployed replay Lambda to do it instead.
     Replay {
         run_id: String,
+        /// Instance configuration (TOML); not needed with `--request`.
+        #[arg(long, short, required_unless_present = "request")]
+        config: Option<PathBuf>,
         #[command(flatten)]
-        cfg: ConfigArgs,
+        endpoints: Endpoints,
+        /// Write a replay request item for the deployed replay Lambda (needs `--table`).
+        #[arg(long)]
+        request: bool,
+    },
+    /// Instance configuration kept in the deployed table.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// List recent runs from the audit store.
     Runs {
@@ -119,6 +142,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Validate FILE and make it the instance's current configuration (needs `--table`).
+    /// Runs record the config version they used.
+    Push { file: PathBuf },
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
@@ -151,24 +181,45 @@ fn init_logging(verbose: u8) {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let store_path = cli.global.store.clone();
+    let table = cli.global.table.clone();
     match cli.command {
         Command::Demo => demo_command(&store_path).await,
+        Command::Sandbox { write_config } => sandbox_command(&write_config).await,
         Command::Run { cfg, run_date } => {
-            run_command(&store_path, &cfg, run_date, Mode::Post).await
+            run_command(&store_path, table.as_deref(), &cfg, run_date, Mode::Post).await
         }
         Command::Preview { cfg, run_date } => {
-            run_command(&store_path, &cfg, run_date, Mode::Preview).await
+            run_command(&store_path, table.as_deref(), &cfg, run_date, Mode::Preview).await
         }
         Command::Check { cfg } => check_command(&cfg).await,
-        Command::Replay { run_id, cfg } => replay_command(&store_path, &cfg, &run_id).await,
+        Command::Replay {
+            run_id,
+            request: true,
+            ..
+        } => request_replay(table.as_deref(), &run_id).await,
+        Command::Replay {
+            run_id,
+            config,
+            endpoints,
+            request: false,
+        } => {
+            let cfg = ConfigArgs {
+                config: config.context("--config is required for a local replay")?,
+                endpoints,
+            };
+            replay_command(&store_path, table.as_deref(), &cfg, &run_id).await
+        }
+        Command::Config {
+            action: ConfigAction::Push { file },
+        } => config_push(table.as_deref(), &file).await,
         Command::Runs { instance, limit } => {
-            let store = open_store(&store_path)?;
+            let store = any_store(&store_path, table.as_deref()).await?;
             let runs = store.list_runs(instance.as_deref(), limit).await?;
             print!("{}", render::runs_table(&runs));
             Ok(0)
         }
         Command::Show { run_id, json } => {
-            let store = open_store(&store_path)?;
+            let store = any_store(&store_path, table.as_deref()).await?;
             let Some(run) = store.get_run(&run_id).await? else {
                 eprintln!("error: run {run_id} not found in {}", store_path.display());
                 return Ok(1);
@@ -192,6 +243,18 @@ async fn demo_command(store: &Path) -> anyhow::Result<i32> {
     demo::run(store).await
 }
 
+#[cfg(feature = "sandbox")]
+async fn sandbox_command(config_out: &Path) -> anyhow::Result<i32> {
+    demo::serve(config_out).await
+}
+
+#[cfg(not(feature = "sandbox"))]
+async fn sandbox_command(_config_out: &Path) -> anyhow::Result<i32> {
+    Err(anyhow::anyhow!(
+        "this build has no sandbox; build with the default `sandbox` feature"
+    ))
+}
+
 #[cfg(not(feature = "sandbox"))]
 async fn demo_command(_store: &Path) -> anyhow::Result<i32> {
     Err(anyhow::anyhow!(
@@ -201,6 +264,90 @@ async fn demo_command(_store: &Path) -> anyhow::Result<i32> {
 
 fn open_store(path: &Path) -> anyhow::Result<SqliteStore> {
     SqliteStore::open(path).with_context(|| format!("opening audit store {}", path.display()))
+}
+
+/// The local SQLite store, or the deployed DynamoDB table when `--table` is given.
+async fn any_store(path: &Path, table: Option<&str>) -> anyhow::Result<Box<dyn Store>> {
+    match table {
+        None => Ok(Box::new(open_store(path)?)),
+        Some(t) => dynamo_store(t).await.map(|s| Box::new(s) as Box<dyn Store>),
+    }
+}
+
+#[cfg(feature = "aws")]
+async fn dynamo_store(table: &str) -> anyhow::Result<crate::store::dynamodb::DynamoStore> {
+    let sdk = crate::aws::aws_sdk_config().await;
+    Ok(crate::store::dynamodb::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        table,
+    ))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn dynamo_store(_table: &str) -> anyhow::Result<crate::store::sqlite::SqliteStore> {
+    Err(anyhow::anyhow!(
+        "this build has no AWS support; build with the default `aws` feature to use --table"
+    ))
+}
+
+/// `config push`: validate, then store as the instance's current config.
+async fn config_push(table: Option<&str>, file: &Path) -> anyhow::Result<i32> {
+    let table = table
+        .context("config push writes to the deployed table: pass --table NAME (or MLC_TABLE)")?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading config {}", file.display()))?;
+    let cfg = match InstanceConfig::from_toml(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: config {} was not accepted: {e}", file.display());
+            return Ok(2);
+        }
+    };
+    push_config(table, &cfg, &text).await?;
+    println!(
+        "config of instance `{}` is now version {} (table {table})",
+        cfg.instance,
+        cfg.version()
+    );
+    Ok(0)
+}
+
+#[cfg(feature = "aws")]
+async fn push_config(table: &str, cfg: &InstanceConfig, text: &str) -> anyhow::Result<()> {
+    use crate::store::ConfigStore;
+    let store = dynamo_store(table).await?;
+    store
+        .put_config(&cfg.instance, &cfg.version(), text)
+        .await?;
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn push_config(_table: &str, _cfg: &InstanceConfig, _text: &str) -> anyhow::Result<()> {
+    Err(anyhow::anyhow!("this build has no AWS support"))
+}
+
+/// `replay RUN_ID --request`: the deployed replay Lambda picks the request up from the stream.
+#[cfg(feature = "aws")]
+async fn request_replay(table: Option<&str>, run_id: &str) -> anyhow::Result<i32> {
+    use crate::store::ReplayRequests;
+    let table = table.context(
+        "replay --request writes to the deployed table: pass --table NAME (or MLC_TABLE)",
+    )?;
+    let store = dynamo_store(table).await?;
+    if store.get_run(run_id).await?.is_none() {
+        eprintln!("error: run {run_id} is not in table {table}");
+        return Ok(1);
+    }
+    let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    store.request_replay(run_id, &who).await?;
+    println!("replay of run {run_id} requested; follow it with `ml-connector show {run_id} --table {table}`");
+    Ok(0)
+}
+
+#[cfg(not(feature = "aws"))]
+async fn request_replay(_table: Option<&str>, _run_id: &str) -> anyhow::Result<i32> {
+    Err(anyhow::anyhow!("this build has no AWS support"))
 }
 
 /// Loads and checks an instance config file.
@@ -322,17 +469,18 @@ const CLI_LEASE_MINUTES: i64 = 30;
 
 async fn run_command(
     store_path: &Path,
+    table: Option<&str>,
     args: &ConfigArgs,
     run_date: Option<NaiveDate>,
     mode: Mode,
 ) -> anyhow::Result<i32> {
     let (cfg, clients) = load_instance(args)?;
-    let store = open_store(store_path)?;
+    let store = any_store(store_path, table).await?;
     let progress = TerminalProgress::new();
     let engine = Engine {
         extractor: &clients.looker,
         ledger: &clients.d365,
-        store: &store,
+        store: store.as_ref(),
         progress: &progress,
     };
     let opts = RunOptions {
@@ -346,14 +494,19 @@ async fn run_command(
     Ok(report.outcome.exit_code())
 }
 
-async fn replay_command(store_path: &Path, args: &ConfigArgs, run_id: &str) -> anyhow::Result<i32> {
+async fn replay_command(
+    store_path: &Path,
+    table: Option<&str>,
+    args: &ConfigArgs,
+    run_id: &str,
+) -> anyhow::Result<i32> {
     let (cfg, clients) = load_instance(args)?;
-    let store = open_store(store_path)?;
+    let store = any_store(store_path, table).await?;
     let progress = TerminalProgress::new();
     let engine = Engine {
         extractor: &clients.looker,
         ledger: &clients.d365,
-        store: &store,
+        store: store.as_ref(),
         progress: &progress,
     };
     let report = engine

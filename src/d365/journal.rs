@@ -84,7 +84,7 @@ fn raw_dec(d: Decimal) -> Box<RawValue> {
     RawValue::from_string(d.to_string()).expect("Decimal prints as a JSON number")
 }
 
-fn company(legal_entity: &str) -> Result<String, D365Error> {
+pub(crate) fn company(legal_entity: &str) -> Result<String, D365Error> {
     let c = legal_entity.trim().to_ascii_lowercase();
     if c.is_empty() {
         return Err(D365Error::InvalidInput("legal entity is empty".into()));
@@ -102,7 +102,7 @@ fn parse_header(r: &Row) -> Result<JournalHeader, D365Error> {
     })
 }
 
-fn parse_line(r: &Row) -> Result<JournalLineRow, D365Error> {
+pub(crate) fn parse_line(r: &Row) -> Result<JournalLineRow, D365Error> {
     let line_number = match r.decimal(l::LINE_NUMBER) {
         Ok(d) => d.normalize().to_string(),
         Err(_) => r.str(l::LINE_NUMBER)?,
@@ -239,31 +239,90 @@ impl D365Client {
     /// Creates one line. A 5xx/timeout gives `OutcomeUnknown`: re-read [`Self::lines`] before
     /// deciding to send it again.
     pub async fn create_line(&self, line: &NewJournalLine) -> Result<JournalLineRow, D365Error> {
-        let c = company(&line.legal_entity)?;
-        let mut body: BTreeMap<&str, Box<RawValue>> = BTreeMap::new();
-        body.insert(names::DATA_AREA_ID, raw_str(&c));
-        body.insert(l::BATCH_NUMBER, raw_str(&line.batch_number));
-        body.insert(l::TRANS_DATE, raw_str(&odata_date(line.trans_date)));
-        body.insert(l::ACCOUNT_TYPE, raw_str(l::ACCOUNT_TYPE_LEDGER));
-        body.insert(l::ACCOUNT, raw_str(&line.account_display));
-        if let Some(off) = line.offset_display.as_deref().filter(|s| !s.is_empty()) {
-            body.insert(l::OFFSET_ACCOUNT_TYPE, raw_str(l::ACCOUNT_TYPE_LEDGER));
-            body.insert(l::OFFSET_ACCOUNT, raw_str(off));
-        }
-        body.insert(l::DEBIT, raw_dec(line.debit));
-        body.insert(l::CREDIT, raw_dec(line.credit));
-        body.insert(l::CURRENCY, raw_str(&line.currency));
-        body.insert(l::TEXT, raw_str(&line.text));
-        if let Some(v) = line.voucher.as_deref().filter(|s| !s.is_empty()) {
-            body.insert(l::VOUCHER, raw_str(v));
-        }
-        let bytes = serde_json::to_vec(&body).expect("map serializes");
+        let bytes = line_body(line)?;
         let row = self.odata.post(l::SET, bytes).await?;
         parse_line(&row).map_err(|e| D365Error::OutcomeUnknown {
             entity: l::SET.into(),
             detail: format!("line created but its answer could not be read: {e}"),
         })
     }
+
+    /// Deletes one line of an unposted journal by its full key. `Ok(true)`: deleted;
+    /// `Ok(false)`: no such line. F&O refuses lines of posted journals (`Rejected`). A
+    /// 5xx/timeout gives `OutcomeUnknown`: re-read [`Self::lines`] — F&O hands out `max + 1`
+    /// line numbers, so after a delete the same number can belong to a new line.
+    pub async fn delete_line(
+        &self,
+        legal_entity: &str,
+        batch: &str,
+        line_number: &str,
+    ) -> Result<bool, D365Error> {
+        let c = company(legal_entity)?;
+        key_value(batch)?;
+        let n: Decimal = line_number.trim().parse().map_err(|_| {
+            D365Error::InvalidInput(format!("line number `{line_number}` is not a number"))
+        })?;
+        let key = format!(
+            "{}({}={},{}={},{}={})",
+            l::SET,
+            names::DATA_AREA_ID,
+            quote(&c),
+            l::BATCH_NUMBER,
+            quote(batch),
+            l::LINE_NUMBER,
+            n.normalize()
+        );
+        self.odata.delete(l::SET, &key).await
+    }
+
+    /// Deletes an unposted journal (F&O deletes its lines with it). `Ok(false)`: no such
+    /// journal. Posted journals are refused (`Rejected`); 5xx/timeout → `OutcomeUnknown`.
+    pub async fn delete_header(&self, legal_entity: &str, batch: &str) -> Result<bool, D365Error> {
+        let c = company(legal_entity)?;
+        key_value(batch)?;
+        let key = format!(
+            "{}({}={},{}={})",
+            h::SET,
+            names::DATA_AREA_ID,
+            quote(&c),
+            h::BATCH_NUMBER,
+            quote(batch)
+        );
+        self.odata.delete(h::SET, &key).await
+    }
+}
+
+/// A key value that can go into a URL path as-is (F&O mis-handles encoded `/`, T7).
+fn key_value(v: &str) -> Result<(), D365Error> {
+    if v.trim().is_empty() || v.contains(['/', '\\', '?', '#', '%']) {
+        return Err(D365Error::InvalidInput(format!(
+            "`{v}` cannot be used in a key URL (empty or contains / \\ ? # %)"
+        )));
+    }
+    Ok(())
+}
+
+/// The JSON body F&O gets for a new line (single POST or one `$batch` operation).
+pub(crate) fn line_body(line: &NewJournalLine) -> Result<Vec<u8>, D365Error> {
+    let c = company(&line.legal_entity)?;
+    let mut body: BTreeMap<&str, Box<RawValue>> = BTreeMap::new();
+    body.insert(names::DATA_AREA_ID, raw_str(&c));
+    body.insert(l::BATCH_NUMBER, raw_str(&line.batch_number));
+    body.insert(l::TRANS_DATE, raw_str(&odata_date(line.trans_date)));
+    body.insert(l::ACCOUNT_TYPE, raw_str(l::ACCOUNT_TYPE_LEDGER));
+    body.insert(l::ACCOUNT, raw_str(&line.account_display));
+    if let Some(off) = line.offset_display.as_deref().filter(|s| !s.is_empty()) {
+        body.insert(l::OFFSET_ACCOUNT_TYPE, raw_str(l::ACCOUNT_TYPE_LEDGER));
+        body.insert(l::OFFSET_ACCOUNT, raw_str(off));
+    }
+    body.insert(l::DEBIT, raw_dec(line.debit));
+    body.insert(l::CREDIT, raw_dec(line.credit));
+    body.insert(l::CURRENCY, raw_str(&line.currency));
+    body.insert(l::TEXT, raw_str(&line.text));
+    if let Some(v) = line.voucher.as_deref().filter(|s| !s.is_empty()) {
+        body.insert(l::VOUCHER, raw_str(v));
+    }
+    Ok(serde_json::to_vec(&body).expect("map serializes"))
 }
 
 #[cfg(test)]

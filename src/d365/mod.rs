@@ -3,15 +3,19 @@
 //! - [`entra`]: client-credentials tokens, cache, AADSTS classification.
 //! - [`odata`]: URLs, headers, paging, 401-refresh, HTTP outcome → [`D365Error`].
 //! - [`reference`]: reads master data into [`crate::domain::reference::ReferenceData`].
-//! - [`journal`]: journal headers and lines (read, create).
+//! - [`journal`]: journal headers and lines (read, create, delete).
+//! - [`batch`]: journal lines through OData `$batch`, one atomic changeset per voucher.
+//! - `multipart`: `multipart/mixed` + `application/http` framing (shared with the simulator).
 //! - [`names`]: every entity/field/enum name in one place.
 //!
 //! Writes are never retried except on 429: a 5xx or timeout on a POST is reported as
 //! [`D365Error::OutcomeUnknown`] so the caller re-reads D365 before doing anything else.
 
+pub mod batch;
 mod entra;
 pub mod error;
 pub mod journal;
+pub(crate) mod multipart;
 pub mod names;
 mod odata;
 mod port;
@@ -21,6 +25,7 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use batch::{BatchSettings, ChangesetOutcome};
 pub use error::{AuthError, D365Error};
 pub use journal::{JournalHeader, JournalLineRow, NewJournalLine};
 

@@ -33,6 +33,16 @@ pub(crate) struct Row {
 }
 
 impl Row {
+    /// A row from a JSON object (an entity as F&O returns it, e.g. inside a `$batch` answer).
+    pub fn from_json(entity: &'static str, json: &[u8]) -> Result<Row, D365Error> {
+        let fields: BTreeMap<String, Box<RawValue>> =
+            serde_json::from_slice(json).map_err(|e| D365Error::Protocol {
+                entity: entity.into(),
+                detail: format!("the record is not a JSON object ({e})"),
+            })?;
+        Ok(Row { entity, fields })
+    }
+
     fn raw(&self, field: &str) -> Result<&str, D365Error> {
         self.fields
             .get(field)
@@ -171,6 +181,22 @@ struct Page {
     next_link: Option<String>,
 }
 
+/// A request body with its media types.
+pub(crate) struct Payload {
+    pub bytes: Vec<u8>,
+    pub content_type: String,
+    pub accept: &'static str,
+}
+
+/// A response handed back unclassified (see [`OData::post_raw`]).
+pub(crate) struct RawResponse {
+    pub status: StatusCode,
+    pub content_type: Option<String>,
+    /// `Retry-After` of a final 429 (after retries were exhausted).
+    pub retry_after: Option<std::time::Duration>,
+    pub body: Result<Vec<u8>, String>,
+}
+
 /// The OData transport shared by all entity-specific calls.
 pub(crate) struct OData {
     pub http: Client,
@@ -261,7 +287,14 @@ impl OData {
     /// 5xx, timeout or an unreadable 201 → `OutcomeUnknown` (never resent here).
     pub async fn post(&self, entity: &'static str, body: Vec<u8>) -> Result<Row, D365Error> {
         let url = self.url_no_query(entity);
-        let resp = self.send(Method::POST, &url, Some(body), entity).await?;
+        let payload = Payload {
+            bytes: body,
+            content_type: "application/json; charset=utf-8".into(),
+            accept: "application/json",
+        };
+        let resp = self
+            .send(Method::POST, &url, Some(&payload), entity)
+            .await?;
         let status = resp.status();
         let text = match resp.text().await {
             Ok(t) => t,
@@ -301,7 +334,66 @@ impl OData {
         Err(read_error(status, &text, entity))
     }
 
-    fn url_no_query(&self, entity: &str) -> Url {
+    /// POSTs a non-JSON payload (a `$batch`) and hands back the raw answer, whatever its status,
+    /// for the caller to classify. 429 is retried (after `Retry-After`) like every write; a 401
+    /// refreshes the token once. Transport errors: `Unreachable` when nothing was sent,
+    /// `OutcomeUnknown` otherwise. A body that cannot be read is reported in `body`.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        payload: &Payload,
+        entity: &'static str,
+    ) -> Result<RawResponse, D365Error> {
+        let url = self.url_no_query(path);
+        let resp = self.send(Method::POST, &url, Some(payload), entity).await?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let retry_after = crate::http::retry_after(resp.headers());
+        let body = resp
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| format!("reading the response failed: {}", e.without_url()));
+        Ok(RawResponse {
+            status,
+            content_type,
+            retry_after,
+            body,
+        })
+    }
+
+    /// DELETE by key path (`Entity(key=…)`). `Ok(true)`: deleted (2xx); `Ok(false)`: no such
+    /// record (404). 4xx → `Rejected`; 5xx/timeout → `OutcomeUnknown` (never resent here: F&O
+    /// reuses line numbers, so a blind second DELETE could remove a different line).
+    pub async fn delete(&self, entity: &'static str, key_path: &str) -> Result<bool, D365Error> {
+        let url = self.url_no_query(key_path);
+        let resp = self.send(Method::DELETE, &url, None, entity).await?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(true);
+        }
+        if status == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        if status.is_server_error() {
+            return Err(D365Error::OutcomeUnknown {
+                entity: entity.into(),
+                detail: format!(
+                    "HTTP {} on DELETE: {}",
+                    status.as_u16(),
+                    summarize_body(status.as_u16(), &text)
+                ),
+            });
+        }
+        Err(read_error(status, &text, entity))
+    }
+
+    pub(crate) fn url_no_query(&self, entity: &str) -> Url {
         let mut u = self.env.clone();
         u.set_path(&format!(
             "{}/data/{entity}",
@@ -316,22 +408,18 @@ impl OData {
         &self,
         method: Method,
         url: &Url,
-        body: Option<Vec<u8>>,
+        body: Option<&Payload>,
         entity: &'static str,
     ) -> Result<Response, D365Error> {
         let token = self.tokens.token(&self.http, &self.retry).await?;
-        let resp = self
-            .send_once(&method, url, body.as_deref(), &token, entity)
-            .await?;
+        let resp = self.send_once(&method, url, body, &token, entity).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
         drop(resp);
         tracing::info!(target: "d365::odata", entity, "401 from D365, getting a fresh token once");
         let fresh = self.tokens.refresh(&token, &self.http, &self.retry).await?;
-        let resp = self
-            .send_once(&method, url, body.as_deref(), &fresh, entity)
-            .await?;
+        let resp = self.send_once(&method, url, body, &fresh, entity).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(D365Error::NotAuthorized {
                 client_id: self.tokens.client_id().to_string(),
@@ -344,7 +432,7 @@ impl OData {
         &self,
         method: &Method,
         url: &Url,
-        body: Option<&[u8]>,
+        body: Option<&Payload>,
         token: &Secret,
         entity: &'static str,
     ) -> Result<Response, D365Error> {
@@ -360,14 +448,14 @@ impl OData {
                 .header(AUTHORIZATION, format!("Bearer {}", token.expose()))
                 .header("OData-Version", "4.0")
                 .header("OData-MaxVersion", "4.0")
-                .header(ACCEPT, "application/json");
+                .header(ACCEPT, body.map_or("application/json", |b| b.accept));
             if let (true, Some(n)) = (*method == Method::GET, self.page_size) {
                 rb = rb.header("Prefer", format!("odata.maxpagesize={n}"));
             }
             if let Some(b) = body {
                 rb = rb
-                    .header(CONTENT_TYPE, "application/json; charset=utf-8")
-                    .body(b.to_vec());
+                    .header(CONTENT_TYPE, b.content_type.as_str())
+                    .body(b.bytes.clone());
             }
             rb
         };
@@ -391,10 +479,25 @@ impl OData {
             }
             Err(e) => Err(D365Error::OutcomeUnknown {
                 entity: entity.into(),
-                detail: e.without_url().to_string(),
+                detail: with_sources(&e.without_url()),
             }),
         }
     }
+}
+
+/// An error with its causes ("error sending request: connection closed before …").
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
 }
 
 /// Maps a final non-success answer (401 already handled) to an error.

@@ -68,6 +68,29 @@ pub struct InstanceConfig {
     /// Decimal places for currencies missing from the built-in ISO table.
     #[serde(default)]
     pub currencies: BTreeMap<String, u32>,
+    /// How the AWS webhook treats a Looker scheduled-plan delivery for this instance.
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+}
+
+/// Webhook behaviour of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+}
+
+/// What a Looker delivery is to the connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryMode {
+    /// Post the rows the delivery carries (json, json_detail or csv attachment).
+    #[default]
+    Rows,
+    /// Treat the delivery only as a trigger and run the configured Look/query through the API
+    /// (for results too large for a Function URL payload, 6 MB).
+    Trigger,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, LOCATION};
 use reqwest::{Method, StatusCode};
@@ -15,8 +15,8 @@ use url::Url;
 
 use super::auth::{refused_after_relogin, TokenCache, LOOKER_APP_ID};
 use super::error::LookerError;
-use super::results::{convert_json_rows, describe_json_error, RawRows};
-use super::settings::LookerSettings;
+use super::results::{describe_json_error, parse_json_detail, parse_json_rows_streaming};
+use super::settings::{ExtractPath, LookerSettings};
 use crate::domain::config::InlineQuery;
 use crate::domain::source::{Extract, SourceRef, SourceRow};
 use crate::http::{send_with_retry, Idempotency};
@@ -28,6 +28,9 @@ pub struct LookInfo {
     pub id: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub title: String,
+    /// The id of the Look's query (also in `query.id`).
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    pub query_id: Option<String>,
     pub query: LookQuery,
 }
 
@@ -89,6 +92,8 @@ struct ExploreBody {
 #[derive(Clone)]
 pub struct LookerClient {
     inner: Arc<Inner>,
+    /// Per-run deadline for the async path (see [`LookerClient::with_deadline`]).
+    deadline: Option<Instant>,
 }
 
 struct Inner {
@@ -123,11 +128,34 @@ impl LookerClient {
                 http,
                 tokens: TokenCache::default(),
             }),
+            deadline: None,
         })
     }
 
     pub fn settings(&self) -> &LookerSettings {
         &self.inner.settings
+    }
+
+    /// A clone (same HTTP pool and token) whose async extracts must finish by `deadline`
+    /// (e.g. a Lambda's deadline minus a margin for posting). The earliest of this,
+    /// [`LookerSettings::poll_deadline`] and `max_wait` from the start of the run applies.
+    pub fn with_deadline(&self, deadline: Instant) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            deadline: Some(self.deadline.map_or(deadline, |d| d.min(deadline))),
+        }
+    }
+
+    /// When an async extract starting at `started` must be finished.
+    fn deadline_from(&self, started: Instant) -> Instant {
+        let s = self.settings();
+        let by_wait = started
+            .checked_add(s.max_wait)
+            .unwrap_or_else(|| started + Duration::from_secs(365 * 24 * 3600));
+        [s.poll_deadline, self.deadline]
+            .into_iter()
+            .flatten()
+            .fold(by_wait, Instant::min)
     }
 
     /// Logs in now (discarding any cached token): proves URL and credentials work.
@@ -144,8 +172,21 @@ impl LookerClient {
     ///
     /// The Look is fetched first so the extract's columns are the Look's fields even when the
     /// result is empty, and so a missing Look gets a clear message.
+    ///
+    /// With [`ExtractPath::Async`] the Look's query runs as a query task instead (see
+    /// [`LookerClient::run_query_task`]).
     pub async fn run_look(&self, look_id: &str) -> Result<Extract, LookerError> {
         let look_id = check_id("Look id", look_id)?;
+        if self.settings().extract_path == ExtractPath::Async {
+            let started = Instant::now();
+            let mut task = TaskTrack::default();
+            let outcome = tokio::time::timeout_at(
+                self.deadline_from(started).into(),
+                self.look_via_task(look_id, &mut task),
+            )
+            .await;
+            return self.settle_task(outcome, task, started).await;
+        }
         let info = self.look(look_id).await?;
         let mut url = self.settings().api_url(&["looks", look_id, "run", "json"]);
         self.add_run_params(&mut url);
@@ -163,20 +204,22 @@ impl LookerClient {
     }
 
     /// Runs an inline query (`POST /queries/run/json`) and returns every row, or an error.
+    ///
+    /// With [`ExtractPath::Async`] the query is created (`POST /queries`, which gives its
+    /// de-duplicated id, recorded in the extract's source) and run as a query task.
     pub async fn run_inline_query(&self, q: &InlineQuery) -> Result<Extract, LookerError> {
         check_query(q)?;
-        let limit = self.settings().requested_limit().to_string();
-        let mut body = serde_json::json!({
-            "model": q.model,
-            "view": q.explore,
-            "fields": q.fields,
-            "filters": q.filters,
-            "sorts": q.sorts,
-            "limit": limit,
-        });
-        if let (Some(tz), Some(obj)) = (&q.query_timezone, body.as_object_mut()) {
-            obj.insert("query_timezone".into(), tz.clone().into());
+        if self.settings().extract_path == ExtractPath::Async {
+            let started = Instant::now();
+            let mut task = TaskTrack::default();
+            let outcome = tokio::time::timeout_at(
+                self.deadline_from(started).into(),
+                self.query_via_task(q, &mut task),
+            )
+            .await;
+            return self.settle_task(outcome, task, started).await;
         }
+        let body = query_body(q, self.settings().requested_limit().to_string());
         let mut url = self.settings().api_url(&["queries", "run", "json"]);
         self.add_run_params(&mut url);
         let what = format!("Model `{}` or explore `{}`", q.model, q.explore);
@@ -239,6 +282,280 @@ impl LookerClient {
             .collect())
     }
 
+    /// Creates (or finds: queries are de-duplicated) the query `q` (`POST /queries`) and
+    /// returns its id. `limit` is the query's own limit (a string, `-1` = unlimited).
+    pub async fn create_query(&self, q: &InlineQuery, limit: &str) -> Result<String, LookerError> {
+        check_query(q)?;
+        let body = query_body(q, limit.to_string());
+        let mut url = self.settings().api_url(&["queries"]);
+        url.query_pairs_mut().append_pair("fields", "id");
+        let what = format!("Model `{}` or explore `{}`", q.model, q.explore);
+        let bytes = self.call(Method::POST, url, Some(&body), &what).await?;
+        let created: CreatedQuery = parse_body(&bytes, "created query")?;
+        created.id.ok_or_else(|| LookerError::Parse {
+            what: "created query".into(),
+            message: "Looker answered without a query id".into(),
+        })
+    }
+
+    /// Runs the saved query `query_id` as an asynchronous query task and returns the columns
+    /// Looker sent and every row — never a partial result. Polls with backoff (honouring 429
+    /// `Retry-After`), up to the deadline (see [`LookerSettings::max_wait`]); on the deadline
+    /// the task is cancelled (`DELETE /running_queries/{id}`) and
+    /// [`LookerError::DeadlineExceeded`] is returned.
+    pub async fn run_query_task(
+        &self,
+        query_id: &str,
+    ) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
+        let query_id = check_id("query id", query_id)?;
+        let started = Instant::now();
+        let mut task = TaskTrack::default();
+        let outcome = tokio::time::timeout_at(
+            self.deadline_from(started).into(),
+            self.task_rows(query_id, None, &mut task),
+        )
+        .await;
+        self.settle_task(outcome, task, started).await
+    }
+
+    async fn look_via_task(
+        &self,
+        look_id: &str,
+        task: &mut TaskTrack,
+    ) -> Result<Extract, LookerError> {
+        let info = self.look(look_id).await?;
+        let query_id = info
+            .query_id
+            .clone()
+            .or_else(|| info.query.id.clone())
+            .ok_or_else(|| LookerError::Parse {
+                what: "Look".into(),
+                message: format!(
+                    "Look {look_id} has no query id, so it cannot run as a query task"
+                ),
+            })?;
+        let (seen, rows) = self.task_rows(&query_id, Some(look_id), task).await?;
+        Ok(Extract {
+            source: SourceRef::Look {
+                look_id: look_id.to_string(),
+            },
+            columns: merge_columns(info.query.fields, seen),
+            rows,
+        })
+    }
+
+    async fn query_via_task(
+        &self,
+        q: &InlineQuery,
+        task: &mut TaskTrack,
+    ) -> Result<Extract, LookerError> {
+        let query_id = self.create_query(q, &self.settings().task_limit()).await?;
+        let (seen, rows) = self.task_rows(&query_id, None, task).await?;
+        let definition =
+            serde_json::to_string(q).map_err(|e| LookerError::Config(e.to_string()))?;
+        Ok(Extract {
+            source: SourceRef::Query {
+                model: q.model.clone(),
+                explore: q.explore.clone(),
+                query_id: Some(query_id),
+                definition,
+            },
+            columns: merge_columns(q.fields.clone(), seen),
+            rows,
+        })
+    }
+
+    /// Starts a task for `query_id`, polls it to completion and reads its rows. `task` is
+    /// kept up to date so the caller can cancel it when this future is dropped or fails.
+    async fn task_rows(
+        &self,
+        query_id: &str,
+        look_id: Option<&str>,
+        task: &mut TaskTrack,
+    ) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
+        let s = self.settings();
+        let mut url = s.api_url(&["query_tasks"]);
+        url.query_pairs_mut()
+            .append_pair("limit", &s.task_limit())
+            .append_pair("apply_formatting", "false")
+            .append_pair("apply_vis", "false");
+        let mut body = serde_json::json!({"query_id": query_id, "result_format": "json"});
+        if let (Some(look), Some(obj)) = (look_id, body.as_object_mut()) {
+            obj.insert("look_id".into(), look.into());
+        }
+        let what = format!("Query {query_id}");
+        let bytes = self.call(Method::POST, url, Some(&body), &what).await?;
+        let created: QueryTaskBody = parse_body(&bytes, "query task")?;
+        let id = created.id.ok_or_else(|| LookerError::Parse {
+            what: "query task".into(),
+            message: "Looker answered without a query task id".into(),
+        })?;
+        check_id("query task id", &id)?;
+        task.id = Some(id.clone());
+        tracing::info!(target: "looker", "query task {id} started for query {query_id}");
+        let mut status = created.status.unwrap_or_default();
+        let mut interval = s.poll_interval;
+        let mut polls = 0u32;
+        loop {
+            match TaskState::of(&status) {
+                TaskState::Pending => {}
+                TaskState::Complete => {
+                    if let Some(body) = self.task_results(&id).await? {
+                        task.finished = true;
+                        tracing::info!(target: "looker", "query task {id}: {} bytes of results after {polls} polls", body.len());
+                        let (seen, rows) = parse_json_rows_streaming(&body)?;
+                        drop(body);
+                        check_task_complete(s, rows.len())?;
+                        return Ok((seen, rows));
+                    }
+                }
+                TaskState::Ended => {
+                    task.finished = true;
+                    return Err(self.task_ended(&id, &status).await);
+                }
+            }
+            tokio::time::sleep(interval).await;
+            interval = interval.mul_f64(1.5).min(s.max_poll_interval);
+            polls += 1;
+            let url = s.api_url(&["query_tasks", &id]);
+            match self
+                .call(Method::GET, url, None, &format!("Query task {id}"))
+                .await
+            {
+                Ok(bytes) => {
+                    let polled: QueryTaskBody = parse_body(&bytes, "query task status")?;
+                    status = polled.status.unwrap_or_default();
+                }
+                // The task keeps running while Looker throttles us; try again after the next
+                // interval (the deadline bounds this).
+                Err(LookerError::Throttled { .. }) => {
+                    tracing::warn!(target: "looker", "query task {id}: status poll throttled, polling again later");
+                    status = String::new();
+                }
+                Err(LookerError::NotFound(_)) => {
+                    task.finished = true;
+                    return Err(LookerError::TaskEnded {
+                        task_id: id.clone(),
+                        status: "missing".into(),
+                        detail: "Looker no longer knows the task (GET /query_tasks answered 404); run again".into(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// `GET /query_tasks/{id}/results`: `Some(body)` when ready, `None` on 202 (not yet).
+    async fn task_results(&self, id: &str) -> Result<Option<Vec<u8>>, LookerError> {
+        let url = self.settings().api_url(&["query_tasks", id, "results"]);
+        match self
+            .call_status(Method::GET, url, None, &format!("Query task {id}"))
+            .await
+        {
+            Ok((StatusCode::ACCEPTED, _)) => Ok(None),
+            Ok((_, body)) => Ok(Some(body)),
+            Err(LookerError::NotFound(_)) => Err(LookerError::TaskEnded {
+                task_id: id.to_string(),
+                status: "expired".into(),
+                detail: format!("its results are no longer available (GET /query_tasks/{id}/results answered 404: unknown or expired); run again"),
+            }),
+            Err(LookerError::Invalid(m)) => Err(LookerError::QueryFailed(format!(
+                "query task {id}: {m}"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The error for a task that ended in `status`, with Looker's own message when the
+    /// results endpoint gives one (it answers 400 with the SQL error for `json`).
+    async fn task_ended(&self, id: &str, status: &str) -> LookerError {
+        let detail = match status {
+            "error" | "failure" => {
+                let url = self.settings().api_url(&["query_tasks", id, "results"]);
+                match self
+                    .call_status(Method::GET, url, None, &format!("Query task {id}"))
+                    .await
+                {
+                    Err(LookerError::Invalid(m)) => format!("the query failed: {m}"),
+                    Ok((StatusCode::OK, body)) => match parse_json_rows_streaming(&body) {
+                        Err(LookerError::QueryFailed(m)) => format!("the query failed: {m}"),
+                        _ => match parse_json_detail(&body) {
+                            Err(LookerError::QueryFailed(m)) => format!("the query failed: {m}"),
+                            _ => "the query failed; Looker gave no further detail".into(),
+                        },
+                    },
+                    _ => "the query failed; Looker gave no further detail".into(),
+                }
+            }
+            "expired" => "its results expired before they were read; run again".into(),
+            "killed" => "it was cancelled in Looker before it finished".into(),
+            other => format!("Looker reported `{other}`"),
+        };
+        LookerError::TaskEnded {
+            task_id: id.to_string(),
+            status: status.to_string(),
+            detail,
+        }
+    }
+
+    /// Best-effort `DELETE /running_queries/{id}`; returns what happened, for the error.
+    async fn cancel_task(&self, id: &str) -> String {
+        let url = self.settings().api_url(&["running_queries", id]);
+        let wait = self.settings().timeout.min(Duration::from_secs(10));
+        let what = format!("Running query {id}");
+        let call = self.call(Method::DELETE, url, None, &what);
+        match tokio::time::timeout(wait, call).await {
+            Ok(Ok(_)) => {
+                tracing::info!(target: "looker", "query task {id} cancelled");
+                format!("query task {id} was cancelled (DELETE /running_queries/{id})")
+            }
+            Ok(Err(LookerError::NotFound(_))) => format!(
+                "query task {id} was no longer running when cancelled (DELETE /running_queries/{id} answered 404)"
+            ),
+            Ok(Err(e)) => format!(
+                "cancelling query task {id} (DELETE /running_queries/{id}) failed: {e}; Looker will drop it on its own"
+            ),
+            Err(_) => format!(
+                "cancelling query task {id} (DELETE /running_queries/{id}) timed out; Looker will drop it on its own"
+            ),
+        }
+    }
+
+    /// Turns the outcome of a deadline-bounded async run into the result, cancelling a task
+    /// that was started but did not finish.
+    async fn settle_task<T>(
+        &self,
+        outcome: Result<Result<T, LookerError>, tokio::time::error::Elapsed>,
+        task: TaskTrack,
+        started: Instant,
+    ) -> Result<T, LookerError> {
+        match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if let (Some(id), false) = (&task.id, task.finished) {
+                    let how = self.cancel_task(id).await;
+                    tracing::warn!(target: "looker", "query task {id} abandoned after an error: {how}");
+                }
+                Err(e)
+            }
+            Err(_) => {
+                let waited_secs = started.elapsed().as_secs();
+                let detail = match (&task.id, task.finished) {
+                    (Some(id), false) => self.cancel_task(id).await,
+                    (Some(id), true) => format!(
+                        "query task {id} had finished but its results were not read and checked in time"
+                    ),
+                    (None, _) => "no query task had been started yet".into(),
+                };
+                Err(LookerError::DeadlineExceeded {
+                    waited_secs,
+                    task_id: task.id,
+                    detail,
+                })
+            }
+        }
+    }
+
     /// Raw results as numbers, not formatted strings, and without visualization settings.
     fn add_run_params(&self, url: &mut Url) {
         url.query_pairs_mut()
@@ -250,11 +567,7 @@ impl LookerClient {
     /// Parses a `json` result and refuses it unless it is provably complete. (Conversion runs
     /// first so a `looker_error` result is reported as the query failure it is.)
     fn complete_rows(&self, body: &[u8]) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
-        let raw: RawRows = serde_json::from_slice(body).map_err(|e| LookerError::Parse {
-            what: "json result".into(),
-            message: describe_json_error(body, &e),
-        })?;
-        let (cols, rows) = convert_json_rows(raw)?;
+        let (cols, rows) = parse_json_rows_streaming(body)?;
         check_complete(self.settings(), rows.len())?;
         Ok((cols, rows))
     }
@@ -268,6 +581,19 @@ impl LookerClient {
         json: Option<&serde_json::Value>,
         what: &str,
     ) -> Result<Vec<u8>, LookerError> {
+        self.call_status(method, url, json, what)
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// [`Self::call`], also returning the (2xx) status, e.g. to tell 202 from 200.
+    async fn call_status(
+        &self,
+        method: Method,
+        url: Url,
+        json: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<(StatusCode, Vec<u8>), LookerError> {
         let inner = &*self.inner;
         let label = format!("{method} {}", url.path());
         let mut relogged = false;
@@ -315,8 +641,8 @@ impl LookerClient {
                 .await
                 .map_err(|e| LookerError::transport(&label, e))?;
             if status.is_success() {
-                tracing::debug!(target: "looker", "{label}: {} bytes", body.len());
-                return Ok(body.into());
+                tracing::debug!(target: "looker", "{label}: {status} {} bytes", body.len());
+                return Ok((status, body.into()));
             }
             return Err(classify(
                 status,
@@ -454,6 +780,85 @@ pub(crate) fn check_complete(
         received,
         detail,
     })
+}
+
+/// The async path's completeness rule: more than `max_rows` is refused (unless unlimited).
+/// Looker's silent 5,000-row cap does not apply to query tasks run with an explicit limit, so
+/// `server_row_cap` is not used here.
+pub(crate) fn check_task_complete(
+    settings: &LookerSettings,
+    received: usize,
+) -> Result<(), LookerError> {
+    match settings.row_limit() {
+        Some(max_rows) if received > max_rows => Err(LookerError::Truncated {
+            max_rows,
+            requested_limit: settings.requested_limit(),
+            received,
+            detail: format!(
+                "the Looker query task returned more than max_rows = {max_rows} rows (asked for {} to detect this, got {received})",
+                settings.requested_limit()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Where an async run stands, so an abandoned task can be cancelled.
+#[derive(Debug, Default)]
+struct TaskTrack {
+    id: Option<String>,
+    /// Looker is done with it (results read, or it ended): nothing to cancel.
+    finished: bool,
+}
+
+/// How to treat a query task `status` (a free-form string in the spec).
+enum TaskState {
+    Pending,
+    Complete,
+    Ended,
+}
+
+impl TaskState {
+    fn of(status: &str) -> Self {
+        match status {
+            "complete" => TaskState::Complete,
+            "error" | "failure" | "expired" | "killed" | "missing" => TaskState::Ended,
+            // `added`, `running`, and anything unknown: keep polling (the deadline bounds it).
+            _ => TaskState::Pending,
+        }
+    }
+}
+
+/// `POST /queries` answer (only the id is asked for).
+#[derive(Deserialize)]
+struct CreatedQuery {
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    id: Option<String>,
+}
+
+/// `QueryTask` (only what is read).
+#[derive(Deserialize)]
+struct QueryTaskBody {
+    #[serde(default, deserialize_with = "opt_string_or_number")]
+    id: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// The writable `Query` body for `q` (`limit` is a string in the API).
+fn query_body(q: &InlineQuery, limit: String) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "model": q.model,
+        "view": q.explore,
+        "fields": q.fields,
+        "filters": q.filters,
+        "sorts": q.sorts,
+        "limit": limit,
+    });
+    if let (Some(tz), Some(obj)) = (&q.query_timezone, body.as_object_mut()) {
+        obj.insert("query_timezone".into(), tz.clone().into());
+    }
+    body
 }
 
 /// The declared fields first, then any field Looker returned that was not declared.

@@ -31,7 +31,7 @@ pub enum LookerError {
     Throttled { path: String, attempts: u32 },
 
     /// The result may be incomplete, so it is refused as a whole.
-    #[error("Looker extract refused, nothing was posted: {detail}. Narrow the Look/query filters (e.g. a shorter date range) or raise max_rows; results beyond Looker's row cap need the asynchronous query path")]
+    #[error("Looker extract refused, nothing was posted: {detail}. Narrow the Look/query filters (e.g. a shorter date range) or raise max_rows; results beyond Looker's 5,000-row cap need the asynchronous query path (extract_path = async)")]
     Truncated {
         /// The configured `max_rows`.
         max_rows: usize,
@@ -40,6 +40,27 @@ pub enum LookerError {
         /// Rows Looker actually returned.
         received: usize,
         /// Why the result is considered incomplete.
+        detail: String,
+    },
+
+    /// An asynchronous query task did not finish (and its results were not read) before the
+    /// deadline. The task was cancelled when it had been started (`detail` says how that went).
+    #[error("Looker extract not finished within {waited_secs} s (the run's time budget), nothing was posted: {detail}. Narrow the Look/query filters, raise max_wait, or run it again when Looker is less busy")]
+    DeadlineExceeded {
+        waited_secs: u64,
+        /// The query task, if one had been started.
+        task_id: Option<String>,
+        detail: String,
+    },
+
+    /// An asynchronous query task ended without a usable result (`error`, `failure`,
+    /// `expired`, `killed`, or its results are gone).
+    #[error(
+        "Looker query task {task_id} ended with status `{status}`, nothing was posted: {detail}"
+    )]
+    TaskEnded {
+        task_id: String,
+        status: String,
         detail: String,
     },
 
@@ -84,7 +105,10 @@ impl LookerError {
     /// Whether trying the same run again later could succeed without anyone changing anything.
     pub fn is_transient(&self) -> bool {
         match self {
-            LookerError::Throttled { .. } | LookerError::Http { .. } => true,
+            LookerError::Throttled { .. }
+            | LookerError::Http { .. }
+            | LookerError::DeadlineExceeded { .. } => true,
+            LookerError::TaskEnded { status, .. } => status == "expired",
             LookerError::Status { status, .. } => *status >= 500,
             _ => false,
         }

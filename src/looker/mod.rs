@@ -6,7 +6,8 @@
 //!
 //! - [`settings`]: where Looker is and how hard to try (validated up front).
 //! - [`auth`]: API-key login and the cached access token.
-//! - [`client`]: the endpoints the connector uses.
+//! - [`client`]: the endpoints the connector uses, synchronous runs and asynchronous query
+//!   tasks (for results beyond Looker's 5,000-row cap, see [`settings::ExtractPath`]).
 //! - [`results`]: exact parsing of `json` / `json_detail` result bodies.
 //! - [`error`]: operator-facing errors.
 //!
@@ -22,5 +23,5 @@ pub mod settings;
 pub use auth::LOOKER_APP_ID;
 pub use client::{ExploreField, ExploreInfo, LookInfo, LookQuery, LookerClient};
 pub use error::LookerError;
-pub use results::{parse_json_detail, parse_json_rows};
-pub use settings::{LookerSettings, LOOKER_DEFAULT_ROW_CAP};
+pub use results::{parse_json_detail, parse_json_rows, parse_json_rows_streaming};
+pub use settings::{ExtractPath, LookerSettings, LOOKER_DEFAULT_ROW_CAP};

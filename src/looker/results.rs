@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -134,13 +134,133 @@ pub(crate) fn convert_json_rows(
 /// Parses a `json` result body (an array of flat objects keyed by `view.field`).
 ///
 /// Row `index` is the position in the result. A result carrying `looker_error` (how Looker
-/// reports a failed SQL query in this format) is an error, not a row.
+/// reports a failed SQL query in this format) is an error, not a row. Streams like
+/// [`parse_json_rows_streaming`].
 pub fn parse_json_rows(body: &[u8]) -> Result<Vec<SourceRow>, LookerError> {
-    let raw: RawRows = serde_json::from_slice(body).map_err(|e| LookerError::Parse {
+    parse_json_rows_streaming(body).map(|(_, rows)| rows)
+}
+
+/// Parses a `json` result body in one pass, building each [`SourceRow`] straight from the raw
+/// literals in `body` (no intermediate `Value` or raw-row list), so peak memory is the body
+/// plus the rows. Returns the field names in first-seen order and the rows.
+///
+/// Same rules as [`parse_json_rows`]: numbers exact, scalars only, duplicate fields and
+/// `looker_error` rows refused, errors name the row and field.
+pub fn parse_json_rows_streaming(
+    body: &[u8],
+) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
+    let mut state = StreamState::default();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let outcome = RowsSeed { state: &mut state }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    if let Some(failure) = state.failure.take() {
+        return Err(failure);
+    }
+    outcome.map_err(|e| LookerError::Parse {
         what: "json result".into(),
         message: describe_json_error(body, &e),
     })?;
-    convert_json_rows(raw).map(|(_, rows)| rows)
+    Ok((state.columns, state.rows))
+}
+
+#[derive(Default)]
+struct StreamState {
+    columns: Vec<String>,
+    rows: Vec<SourceRow>,
+    /// A row-level failure with its proper [`LookerError`] kind; serde only carries text.
+    failure: Option<LookerError>,
+}
+
+impl StreamState {
+    fn fail<E: de::Error>(&mut self, e: LookerError) -> E {
+        let text = e.to_string();
+        self.failure = Some(e);
+        E::custom(text)
+    }
+
+    /// Records `field` as a column (rows usually repeat the same order: check that first).
+    fn note_column(&mut self, position: usize, field: &str) {
+        if self.columns.get(position).is_some_and(|c| c == field) {
+            return;
+        }
+        if !self.columns.iter().any(|c| c == field) {
+            self.columns.push(field.to_string());
+        }
+    }
+}
+
+struct RowsSeed<'a> {
+    state: &'a mut StreamState,
+}
+
+impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of row objects")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(RowSeed {
+                state: &mut *self.state,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+}
+
+struct RowSeed<'a> {
+    state: &'a mut StreamState,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a row object keyed by field name")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let state = self.state;
+        let index = state.rows.len();
+        let mut cells = BTreeMap::new();
+        let mut position = 0;
+        while let Some(field) = map.next_key::<String>()? {
+            let raw: &'de RawValue = map.next_value()?;
+            if field == "looker_error" {
+                let msg = serde_json::from_str::<String>(raw.get())
+                    .unwrap_or_else(|_| raw.get().to_string());
+                return Err(state.fail(LookerError::QueryFailed(msg)));
+            }
+            if cells.contains_key(&field) {
+                return Err(de::Error::custom(format!("duplicate field `{field}`")));
+            }
+            let cell = match raw_to_cell(raw) {
+                Ok(c) => c,
+                Err(found) => {
+                    return Err(state.fail(cell_error("json result", index, &field, found)))
+                }
+            };
+            state.note_column(position, &field);
+            position += 1;
+            cells.insert(field, cell);
+        }
+        state.rows.push(SourceRow::new(index, cells));
+        Ok(())
+    }
 }
 
 /// A short, useful description of why a body is not the JSON we expected (Looker sometimes

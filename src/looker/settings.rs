@@ -1,7 +1,7 @@
 //! Where Looker is and how the client behaves, validated before any request is made so a
 //! misconfiguration fails at start-up with a clear message instead of mid-run.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use url::Url;
 
@@ -11,6 +11,28 @@ use crate::secrets::Secret;
 
 /// Looker's own row cap for API runs without an explicit limit (and for Explores/Looks).
 pub const LOOKER_DEFAULT_ROW_CAP: usize = 5000;
+
+/// How an extract is fetched from Looker.
+///
+/// - [`ExtractPath::Sync`] (default): one blocking run call (`GET /looks/{id}/run/json`,
+///   `POST /queries/run/json`). Simple and one API call, but Looker may silently cap the result
+///   at its 5,000-row limit (see [`LookerSettings::server_row_cap`]) and a slow query holds the
+///   HTTP request open until [`LookerSettings::timeout`].
+/// - [`ExtractPath::Async`]: Looker's query-task path. The query id is resolved
+///   (`GET /looks/{id}` → `query_id`, or `POST /queries` for an inline query), a task is
+///   started (`POST /query_tasks`), its status is polled (`GET /query_tasks/{id}`) with backoff
+///   until it completes or the deadline passes, and the results are downloaded once
+///   (`GET /query_tasks/{id}/results`) and parsed as a stream. This lifts the 5,000-row cap;
+///   [`LookerSettings::max_rows`] still applies unless [`LookerSettings::unlimited_rows`] is set.
+///
+/// Each poll is an API call: on Looker (Google Cloud core) Standard, with its 1,000 query calls
+/// per month, keep `poll_interval`/`max_poll_interval` generous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExtractPath {
+    #[default]
+    Sync,
+    Async,
+}
 
 /// Connection settings for one Looker instance. `Debug` is safe to log (the secret is redacted).
 #[derive(Debug, Clone)]
@@ -34,6 +56,24 @@ pub struct LookerSettings {
     pub server_row_cap: usize,
     /// Log in again this long before the token's `expires_in` runs out (SDKs use 10 s).
     pub token_margin: Duration,
+    /// Sync run call or async query task (default [`ExtractPath::Sync`]).
+    pub extract_path: ExtractPath,
+    /// Async path only: accept any number of rows. The task is then started with `limit=-1`
+    /// and `max_rows` is not enforced. Off by default; refused with the sync path (where "no
+    /// limit" still means Looker's silent 5,000-row cap). Memory use grows with the result.
+    pub unlimited_rows: bool,
+    /// Async path: first wait between status polls (default 2 s). Each further wait is 1.5×
+    /// the previous one, up to `max_poll_interval`.
+    pub poll_interval: Duration,
+    /// Async path: longest wait between status polls (default 10 s).
+    pub max_poll_interval: Duration,
+    /// Async path: longest time one extract may take, from the first request to the parsed
+    /// result (default 10 minutes). When it runs out the task is cancelled and the run fails.
+    pub max_wait: Duration,
+    /// Async path: an absolute deadline as well (e.g. a Lambda's deadline minus a margin for
+    /// posting). The earlier of this and `max_wait` applies. See also
+    /// [`crate::looker::LookerClient::with_deadline`] for a per-run deadline.
+    pub poll_deadline: Option<Instant>,
 }
 
 impl LookerSettings {
@@ -55,6 +95,12 @@ impl LookerSettings {
             max_rows: LOOKER_DEFAULT_ROW_CAP,
             server_row_cap: LOOKER_DEFAULT_ROW_CAP,
             token_margin: Duration::from_secs(10),
+            extract_path: ExtractPath::Sync,
+            unlimited_rows: false,
+            poll_interval: Duration::from_secs(2),
+            max_poll_interval: Duration::from_secs(10),
+            max_wait: Duration::from_secs(600),
+            poll_deadline: None,
         };
         s.validate()?;
         Ok(s)
@@ -82,6 +128,29 @@ impl LookerSettings {
                 "the Looker timeout must be more than 0 seconds".into(),
             ));
         }
+        if self.unlimited_rows && self.extract_path != ExtractPath::Async {
+            return Err(LookerError::Config(
+                "unlimited_rows needs the asynchronous extract path (a synchronous run without a limit is still capped at 5,000 rows by Looker)".into(),
+            ));
+        }
+        if self.extract_path == ExtractPath::Async {
+            if self.poll_interval.is_zero() {
+                return Err(LookerError::Config(
+                    "the Looker poll interval must be more than 0".into(),
+                ));
+            }
+            if self.max_poll_interval < self.poll_interval {
+                return Err(LookerError::Config(
+                    "the Looker max poll interval must not be shorter than the poll interval"
+                        .into(),
+                ));
+            }
+            if self.max_wait.is_zero() {
+                return Err(LookerError::Config(
+                    "the Looker max wait must be more than 0 seconds".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -98,6 +167,23 @@ impl LookerSettings {
     /// The `limit` sent to Looker: one more than we accept, so overflow is visible.
     pub fn requested_limit(&self) -> usize {
         self.max_rows.saturating_add(1)
+    }
+
+    /// The most rows an extract may have, or `None` when the async path runs unlimited.
+    pub fn row_limit(&self) -> Option<usize> {
+        if self.unlimited_rows && self.extract_path == ExtractPath::Async {
+            None
+        } else {
+            Some(self.max_rows)
+        }
+    }
+
+    /// The `limit` sent with a query task: `max_rows + 1`, or `-1` when unlimited.
+    pub fn task_limit(&self) -> String {
+        match self.row_limit() {
+            Some(_) => self.requested_limit().to_string(),
+            None => "-1".into(),
+        }
     }
 }
 
@@ -152,6 +238,34 @@ mod tests {
             st.api_url(&["looks", "4/2", "run", "json"]).as_str(),
             "https://h.example.com/looker/api/4.0/looks/4%2F2/run/json"
         );
+    }
+
+    #[test]
+    fn async_settings_defaults_and_validation() {
+        let mut st = s("https://acme.cloud.looker.com").unwrap();
+        assert_eq!(st.extract_path, ExtractPath::Sync);
+        assert!(!st.unlimited_rows);
+        assert_eq!(st.poll_interval, Duration::from_secs(2));
+        assert_eq!(st.max_poll_interval, Duration::from_secs(10));
+        assert_eq!(st.max_wait, Duration::from_secs(600));
+        assert_eq!(st.poll_deadline, None);
+        assert_eq!(st.row_limit(), Some(5000));
+        assert_eq!(st.task_limit(), "5001");
+        st.unlimited_rows = true;
+        let e = st.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("unlimited_rows") && e.contains("asynchronous"),
+            "{e}"
+        );
+        st.extract_path = ExtractPath::Async;
+        st.validate().unwrap();
+        assert_eq!(st.row_limit(), None);
+        assert_eq!(st.task_limit(), "-1");
+        st.max_poll_interval = Duration::from_secs(1);
+        assert!(st.validate().is_err());
+        st.max_poll_interval = Duration::from_secs(10);
+        st.poll_interval = Duration::ZERO;
+        assert!(st.validate().is_err());
     }
 
     #[test]

@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+#[cfg(feature = "aws")]
+pub mod aws;
+
 /// A secret string (client secret, access token). `Debug`/`Display` never print it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);

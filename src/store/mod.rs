@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::run::{AuditEvent, LineRecord, RunRecord, SourceRowRecord};
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;

@@ -25,8 +25,8 @@ use super::{SimHeader, SimLine, SimRequest, SimResponse, State, WriteFailure};
 type Row = Vec<(&'static str, Val)>;
 
 /// One simulated entity set.
-struct EntityDef {
-    set: &'static str,
+pub(super) struct EntityDef {
+    pub(super) set: &'static str,
     /// OData type name (`Microsoft.Dynamics.DataEntities.X`).
     type_name: &'static str,
     /// Company-specific (has dataAreaId): only the default company is visible without
@@ -34,7 +34,7 @@ struct EntityDef {
     company: bool,
 }
 
-const ENTITIES: &[EntityDef] = &[
+pub(super) const ENTITIES: &[EntityDef] = &[
     EntityDef {
         set: lg::SET,
         type_name: "Ledger",
@@ -110,7 +110,11 @@ pub(crate) fn percent_decode(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Responses
 
-fn odata_error(status: StatusCode, message: &str, inner: Option<(&str, &str)>) -> SimResponse {
+pub(super) fn odata_error(
+    status: StatusCode,
+    message: &str,
+    inner: Option<(&str, &str)>,
+) -> SimResponse {
     let mut err = serde_json::json!({ "code": "", "message": message });
     if let Some((m, t)) = inner {
         err["innererror"] = serde_json::json!({ "message": m, "type": t, "stacktrace": "   at Microsoft.Dynamics.Platform.Integration.Services.OData (sandbox)" });
@@ -119,7 +123,7 @@ fn odata_error(status: StatusCode, message: &str, inner: Option<(&str, &str)>) -
 }
 
 /// F&O's answer when an entity insert fails validation.
-fn write_failed(entity_type: &str, msgs: &[String]) -> SimResponse {
+pub(super) fn write_failed(entity_type: &str, msgs: &[String]) -> SimResponse {
     let infolog = msgs
         .iter()
         .map(|m| format!("Warning: {m}"))
@@ -144,7 +148,7 @@ fn bad_query(msg: &str) -> SimResponse {
     )
 }
 
-fn bad_body(msg: &str) -> SimResponse {
+pub(super) fn bad_body(msg: &str) -> SimResponse {
     odata_error(
         StatusCode::BAD_REQUEST,
         "An error has occurred.",
@@ -157,6 +161,7 @@ fn unauthorized() -> SimResponse {
         status: StatusCode::UNAUTHORIZED,
         headers: vec![("www-authenticate", "Bearer".into())],
         body: String::new(),
+        drop_connection: false,
     }
 }
 
@@ -467,6 +472,10 @@ fn template_state(seed: super::seed::D365Seed) -> State {
         throttle_remaining: 0,
         throttle_retry_after: None,
         write_failures: vec![],
+        batch_failures: vec![],
+        batch_max_operations: 200,
+        reject_containing: vec![],
+        latency: std::time::Duration::ZERO,
         log: vec![],
     }
 }
@@ -502,6 +511,9 @@ pub(super) fn handle(st: &mut State, req: &SimRequest) -> SimResponse {
         }
         return r;
     }
+    if req.path == "/data/$batch" || req.path.eq_ignore_ascii_case("/data/%24batch") {
+        return super::batch::handle(st, req);
+    }
     let Some(set) = req.path.strip_prefix("/data/") else {
         return odata_error(
             StatusCode::NOT_FOUND,
@@ -509,6 +521,31 @@ pub(super) fn handle(st: &mut State, req: &SimRequest) -> SimResponse {
             None,
         );
     };
+    if let Some((name, rest)) = set.split_once('(') {
+        let Some(def) = ENTITIES.iter().find(|e| e.set == name) else {
+            return odata_error(
+                StatusCode::NOT_FOUND,
+                &format!("Resource not found for the segment '{name}'."),
+                None,
+            );
+        };
+        let Some(key) = rest.strip_suffix(')') else {
+            return bad_query("The key segment is not closed by ')'.");
+        };
+        return match req.method {
+            Method::DELETE if def.set == h::SET || def.set == l::SET => {
+                with_write_failure(st, |st| delete(st, def, &percent_decode(key)))
+            }
+            _ => odata_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!(
+                    "The sandbox does not support {} on {name}(key).",
+                    req.method
+                ),
+                None,
+            ),
+        };
+    }
     let Some(def) = ENTITIES.iter().find(|e| e.set == set) else {
         return odata_error(
             StatusCode::NOT_FOUND,
@@ -519,29 +556,7 @@ pub(super) fn handle(st: &mut State, req: &SimRequest) -> SimResponse {
     match req.method {
         Method::GET => query(st, req, def),
         Method::POST if def.set == h::SET || def.set == l::SET => {
-            let failure = if st.write_failures.is_empty() {
-                None
-            } else {
-                Some(st.write_failures.remove(0))
-            };
-            match failure {
-                Some(WriteFailure {
-                    status,
-                    commit: false,
-                }) => gateway_failure(status),
-                Some(WriteFailure {
-                    status,
-                    commit: true,
-                }) => {
-                    let r = create(st, req, def);
-                    if r.status.is_success() {
-                        gateway_failure(status)
-                    } else {
-                        r
-                    }
-                }
-                None => create(st, req, def),
-            }
+            with_write_failure(st, |st| create(st, &req.body, def))
         }
         _ => odata_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -551,11 +566,182 @@ pub(super) fn handle(st: &mut State, req: &SimRequest) -> SimResponse {
     }
 }
 
-fn gateway_failure(status: u16) -> SimResponse {
+/// Runs a single write, honouring an injected [`WriteFailure`].
+fn with_write_failure(
+    st: &mut State,
+    write: impl FnOnce(&mut State) -> SimResponse,
+) -> SimResponse {
+    let failure = if st.write_failures.is_empty() {
+        None
+    } else {
+        Some(st.write_failures.remove(0))
+    };
+    match failure {
+        Some(WriteFailure {
+            status,
+            commit: false,
+        }) => gateway_failure(status),
+        Some(WriteFailure {
+            status,
+            commit: true,
+        }) => {
+            let r = write(st);
+            if r.status.is_success() {
+                gateway_failure(status)
+            } else {
+                r
+            }
+        }
+        None => write(st),
+    }
+}
+
+/// Parses an OData key predicate (`a='x',b=1`) into name → raw value (strings unquoted).
+fn parse_key(key: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut chars = key.chars().peekable();
+    loop {
+        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if name.trim().is_empty() {
+            return Err(format!("Bad key predicate '{key}'."));
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\'') if chars.peek() == Some(&'\'') => {
+                        chars.next();
+                        value.push('\'');
+                    }
+                    Some('\'') => break,
+                    Some(c) => value.push(c),
+                    None => return Err(format!("Unterminated string in key '{key}'.")),
+                }
+            }
+            match chars.next() {
+                None => {
+                    out.push((name.trim().to_string(), value));
+                    return Ok(out);
+                }
+                Some(',') => {}
+                Some(_) => return Err(format!("Bad key predicate '{key}'.")),
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| *c != ',').collect();
+            let done = chars.peek().is_none();
+            out.push((name.trim().to_string(), value.trim().to_string()));
+            if done {
+                return Ok(out);
+            }
+            continue;
+        }
+        out.push((name.trim().to_string(), value));
+    }
+}
+
+/// `DELETE /data/LedgerJournalHeaders(dataAreaId='…',JournalBatchNumber='…')` (with its lines)
+/// or `DELETE /data/LedgerJournalLines(…,LineNumber=n)`; refused on posted journals.
+fn delete(st: &mut State, def: &EntityDef, key: &str) -> SimResponse {
+    let pairs = match parse_key(key) {
+        Ok(p) => p,
+        Err(m) => return bad_query(&m),
+    };
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+    let needed: &[&str] = if def.set == h::SET {
+        &[names::DATA_AREA_ID, h::BATCH_NUMBER]
+    } else {
+        &[names::DATA_AREA_ID, l::BATCH_NUMBER, l::LINE_NUMBER]
+    };
+    if pairs.len() != needed.len() || needed.iter().any(|k| get(k).is_none()) {
+        return bad_query(&format!(
+            "The key of {} must have exactly these fields: {}.",
+            def.set,
+            needed.join(", ")
+        ));
+    }
+    let company = get(names::DATA_AREA_ID)
+        .expect("checked")
+        .to_ascii_lowercase();
+    let batch = get(h::BATCH_NUMBER).expect("checked");
+    let not_found = || {
+        odata_error(
+            StatusCode::NOT_FOUND,
+            "No resources were found when selecting for update.",
+            None,
+        )
+    };
+    let Some(hidx) = st
+        .headers
+        .iter()
+        .position(|x| x.legal_entity == company && x.batch_number == batch)
+    else {
+        return not_found();
+    };
+    let et = if def.set == h::SET {
+        h::ENTITY_TYPE
+    } else {
+        l::ENTITY_TYPE
+    };
+    if st.headers[hidx].is_posted {
+        return write_failed(
+            et,
+            &[format!(
+                "Journal {batch} has been posted and cannot be deleted."
+            )],
+        );
+    }
+    if def.set == h::SET {
+        st.headers.remove(hidx);
+        st.lines
+            .retain(|x| !(x.legal_entity == company && x.batch_number == batch));
+    } else {
+        let Ok(n) = get(l::LINE_NUMBER).expect("checked").parse::<Decimal>() else {
+            return bad_query("LineNumber in the key is not a number.");
+        };
+        let Some(lidx) = st.lines.iter().position(|x| {
+            x.legal_entity == company
+                && x.batch_number == batch
+                && Decimal::from(x.line_number) == n
+        }) else {
+            return not_found();
+        };
+        let gone = st.lines.remove(lidx);
+        st.headers[hidx].total_debit -= gone.debit;
+        st.headers[hidx].total_credit -= gone.credit;
+    }
+    SimResponse {
+        status: StatusCode::NO_CONTENT,
+        headers: vec![("odata-version", "4.0".into())],
+        body: String::new(),
+        drop_connection: false,
+    }
+}
+
+pub(super) fn gateway_failure(status: u16) -> SimResponse {
+    if status == 0 {
+        // An answer that announces more bytes than it has: hyper closes the connection and
+        // the client gets no complete response.
+        return SimResponse {
+            status: StatusCode::OK,
+            headers: vec![(
+                "content-type",
+                "multipart/mixed; boundary=batchresponse_dropped".into(),
+            )],
+            body: "--batchresponse_dropped\r\nContent-Type: multipart/mixed; boundary=changesetresponse_dropped\r\n\r\n".into(),
+            drop_connection: true,
+        };
+    }
     SimResponse {
         status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
         headers: vec![("content-type", "text/html".into())],
         body: format!("<html><head><title>{status} - Web server received an invalid response while acting as a gateway or proxy server.</title></head><body></body></html>"),
+        drop_connection: false,
     }
 }
 
@@ -758,8 +944,8 @@ fn created(st: &State, def: &EntityDef, row: &Row, key: String) -> SimResponse {
     r
 }
 
-fn create(st: &mut State, req: &SimRequest, def: &EntityDef) -> SimResponse {
-    let body: Body = match serde_json::from_slice(&req.body) {
+pub(super) fn create(st: &mut State, body: &[u8], def: &EntityDef) -> SimResponse {
+    let body: Body = match serde_json::from_slice(body) {
         Ok(b) => b,
         Err(e) => return bad_body(&format!("The request body is not a valid JSON object: {e}")),
     };
@@ -1184,6 +1370,23 @@ mod tests {
         );
         assert_eq!(split_display("110180-US\\-108", '-'), ["110180", "US-108"]);
         assert_eq!(split_display("a\\\\-b", '-'), ["a\\", "b"]);
+    }
+
+    #[test]
+    fn key_predicates() {
+        let k =
+            parse_key("dataAreaId='usmf',JournalBatchNumber='O''Neil, 1',LineNumber=7").unwrap();
+        assert_eq!(
+            k,
+            [
+                ("dataAreaId".to_string(), "usmf".to_string()),
+                ("JournalBatchNumber".to_string(), "O'Neil, 1".to_string()),
+                ("LineNumber".to_string(), "7".to_string()),
+            ]
+        );
+        assert!(parse_key("a='x").is_err());
+        assert!(parse_key("='x'").is_err());
+        assert!(parse_key("a='x'b").is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! sequences for batch numbers and vouchers, line validation against master data and periods.
 //! Knobs let tests throttle, expire tokens, fail writes, close periods and post journals.
 
+mod batch;
 mod entra;
 pub mod filter;
 mod fno;
@@ -15,7 +16,7 @@ pub mod seed;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State as AxState;
@@ -125,6 +126,12 @@ pub(crate) struct State {
     throttle_remaining: usize,
     throttle_retry_after: Option<u64>,
     write_failures: Vec<WriteFailure>,
+    batch_failures: Vec<WriteFailure>,
+    batch_max_operations: usize,
+    /// A changeset with an operation whose body contains one of these fails validation.
+    reject_containing: Vec<String>,
+    /// Added before every F&O answer.
+    latency: Duration,
     log: Vec<LoggedRequest>,
 }
 
@@ -141,6 +148,8 @@ pub(crate) struct SimResponse {
     status: StatusCode,
     headers: Vec<(&'static str, String)>,
     body: String,
+    /// Announce a longer body than is sent, so the client sees the connection drop mid-answer.
+    drop_connection: bool,
 }
 
 impl SimResponse {
@@ -152,6 +161,7 @@ impl SimResponse {
                 "application/json; odata.metadata=minimal".into(),
             )],
             body,
+            drop_connection: false,
         }
     }
 }
@@ -202,6 +212,10 @@ impl D365Sim {
                 throttle_remaining: 0,
                 throttle_retry_after: None,
                 write_failures: vec![],
+                batch_failures: vec![],
+                batch_max_operations: 200,
+                reject_containing: vec![],
+                latency: Duration::ZERO,
                 log: vec![],
             }),
         });
@@ -309,11 +323,60 @@ impl D365Sim {
         st.throttle_retry_after = retry_after_secs;
     }
 
-    /// The next `n` POSTs to F&O answer `status` (e.g. 500/502/504). With `commit` the write
-    /// is applied first — the case where the caller cannot know it was saved.
+    /// The next `n` single writes (POST/DELETE, not `$batch`) answer `status` (e.g. 500/502/504).
+    /// With `commit` the write is applied first — the case where the caller cannot know it was
+    /// saved.
     pub fn fail_next_writes(&self, n: usize, status: u16, commit: bool) {
         let mut st = self.state();
         st.write_failures = vec![WriteFailure { status, commit }; n];
+    }
+
+    /// The next `n` `$batch` requests fail with `status` (e.g. 500/502/504; 0 = the connection
+    /// drops without a complete answer). With `commit` the batch is applied first (every
+    /// changeset that passes validation is saved) — the caller cannot know it was saved.
+    /// Independent of [`Self::fail_next_writes`], which covers single POSTs and DELETEs.
+    pub fn fail_next_batches(&self, n: usize, status: u16, commit: bool) {
+        self.state().batch_failures = vec![WriteFailure { status, commit }; n];
+    }
+
+    /// From now on, a `$batch` changeset with an operation whose JSON body contains `text`
+    /// fails validation (400, F&O shape, Infolog naming the text) and nothing of it is saved.
+    pub fn reject_changeset_containing(&self, text: &str) {
+        self.state().reject_containing.push(text.to_string());
+    }
+
+    /// Removes every [`Self::reject_changeset_containing`] rule.
+    pub fn clear_changeset_rejections(&self) {
+        self.state().reject_containing.clear();
+    }
+
+    /// Operations allowed in one `$batch` (default 200); more → 400 and nothing is processed.
+    pub fn set_batch_max_operations(&self, n: usize) {
+        self.state().batch_max_operations = n;
+    }
+
+    /// Delay added before every F&O answer (default none), e.g. to model a remote tenant.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state().latency = latency;
+    }
+
+    /// Number of requests F&O received (any method, any status, including 401/429).
+    pub fn fno_request_count(&self) -> usize {
+        self.state()
+            .log
+            .iter()
+            .filter(|r| r.service == SimService::FinOps)
+            .count()
+    }
+
+    /// Number of `POST /data/$batch` requests F&O received (any status).
+    pub fn batch_request_count(&self) -> usize {
+        self.state()
+            .log
+            .iter()
+            .filter(|r| r.service == SimService::FinOps && r.method == "POST")
+            .filter(|r| r.path == "/data/$batch" || r.path.eq_ignore_ascii_case("/data/%24batch"))
+            .count()
     }
 
     /// Every issued token stops working (F&O answers 401 until a new one is fetched).
@@ -371,6 +434,14 @@ async fn fno_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let latency = shared
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     handle(&shared, SimService::FinOps, method, uri, headers, body)
 }
 
@@ -419,11 +490,17 @@ fn handle(
         status: resp.status.as_u16(),
     });
     drop(st);
+    let announced = resp.body.len() + 64;
     let mut r = (resp.status, resp.body).into_response();
     for (k, v) in resp.headers {
         if let Ok(v) = v.parse() {
             r.headers_mut().insert(k, v);
         }
+    }
+    if resp.drop_connection {
+        // hyper sends what it has and then closes: the client sees an incomplete body.
+        r.headers_mut()
+            .insert(axum::http::header::CONTENT_LENGTH, announced.into());
     }
     r
 }

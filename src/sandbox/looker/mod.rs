@@ -4,6 +4,11 @@
 //! the sandbox API key, token checks, 429s with `Retry-After`, row caps, `apply_formatting`,
 //! 422 validation errors and exact decimal literals. Used by `ml-connector demo` and tests.
 //!
+//! Async queries: `POST /queries` (de-duplicated ids), `GET /queries/{id}` (and
+//! `…/run/{fmt}`), `POST /query_tasks`, `GET /query_tasks/{id}`, `…/results` (202 until done),
+//! `GET /query_tasks/multi_results`, `DELETE /running_queries/{id}`. Knobs: task latency in
+//! polls, results lag, forced end status, throttled polls, per-request latency, a sync row cap.
+//!
 //! - [`seed`]: initial data (empty, or the demo marketplace-fees model and Look 42).
 //! - `model`: stored values and the query engine.
 //! - `server`: routing, auth and quirks.
@@ -13,6 +18,7 @@ pub mod seed;
 mod server;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
@@ -20,7 +26,7 @@ use crate::domain::config::InlineQuery;
 pub use model::DEFAULT_ROW_CAP;
 pub use seed::LookerSeed;
 use seed::SeedLook;
-use server::{lock, Shared, SimState};
+use server::{lock, Shared, SimQuery, SimState};
 
 /// The only API key the simulator accepts.
 pub const SANDBOX_LOOKER_CLIENT_ID: &str = "sandbox-looker-client";
@@ -95,6 +101,10 @@ impl LookerSim {
         });
         let sim = LookerSim { addr, state, task };
         for e in seed.explores {
+            if let Some(n) = e.generated_rows {
+                sim.add_generated_explore(&e.model, &e.explore, n);
+                continue;
+            }
             let dims: Vec<&str> = e.dimensions.iter().map(String::as_str).collect();
             let meas: Vec<&str> = e.measures.iter().map(String::as_str).collect();
             sim.add_explore(&e.model, &e.explore, &dims, &meas, &e.rows_json);
@@ -130,9 +140,31 @@ impl LookerSim {
             .insert((model.to_string(), explore.to_string()), ex);
     }
 
+    /// Adds (or replaces) an explore of `n_rows` generated, distinct rows (fast: no JSON):
+    /// dimensions `<explore>.row_id` (0..n), `.posting_date`, `.account`, `.cost_center` and
+    /// measure `.amount` = [`seed::generated_amount`]`(row_id)`, exact with four decimals.
+    /// [`seed::generated_query`] selects all of them.
+    pub fn add_generated_explore(&self, model: &str, explore: &str, n_rows: usize) {
+        let ex = seed::generated_explore(explore, n_rows);
+        lock(&self.state)
+            .explores
+            .insert((model.to_string(), explore.to_string()), ex);
+    }
+
     /// Adds (or replaces) a saved Look running `query`.
     pub fn add_look(&self, id: &str, title: &str, query: InlineQuery) {
-        lock(&self.state).looks.insert(
+        let mut st = lock(&self.state);
+        let query_id = st.intern_query(SimQuery {
+            model: query.model.clone(),
+            view: query.explore.clone(),
+            fields: query.fields.clone(),
+            filters: query.filters.clone(),
+            sorts: query.sorts.clone(),
+            limit: None,
+            query_timezone: query.query_timezone.clone(),
+        });
+        st.look_query_ids.insert(id.to_string(), query_id);
+        st.looks.insert(
             id.to_string(),
             SeedLook {
                 id: id.to_string(),
@@ -147,6 +179,55 @@ impl LookerSim {
         let mut st = lock(&self.state);
         st.throttle_remaining = n;
         st.throttle_retry_after = retry_after_secs;
+    }
+
+    /// Query tasks created from now on answer "not finished" (`added`, then `running`; 202
+    /// from results) to this many polls of `GET /query_tasks/{id}` or `…/results` before they
+    /// end (default 0: the first poll sees the end status). `usize::MAX` never finishes.
+    pub fn set_task_latency(&self, polls: usize) {
+        lock(&self.state).task_latency = polls;
+    }
+
+    /// Results requests of a finished task that still answer 202 (default 0), for tasks
+    /// created from now on: the status says `complete` but the results are not ready yet.
+    pub fn set_results_lag(&self, requests: usize) {
+        lock(&self.state).results_lag = requests;
+    }
+
+    /// The next query task ends with `status` (`error`, `failure`, `expired`, …) instead of
+    /// `complete`. `error`/`failure` results answer 400 with an SQL error; `expired` answers 404.
+    pub fn fail_next_task(&self, status: &str) {
+        lock(&self.state).fail_next_task = Some(status.to_string());
+    }
+
+    /// The next `n` status polls (`GET /query_tasks/{id}` of a known task) answer 429, with
+    /// `Retry-After` if given.
+    pub fn throttle_task_polls(&self, n: usize, retry_after_secs: Option<u64>) {
+        let mut st = lock(&self.state);
+        st.throttle_polls = n;
+        st.throttle_polls_retry_after = retry_after_secs;
+    }
+
+    /// Every request (login included) waits this long before it is answered (default 0).
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.state).latency = latency;
+    }
+
+    /// The synchronous run endpoints return at most this many rows whatever `limit` asks for
+    /// (like Looker's 5,000-row cap on Looks and Explores); `None` (default) honours `limit`.
+    /// Query tasks are not affected.
+    pub fn set_sync_row_cap(&self, cap: Option<usize>) {
+        lock(&self.state).sync_row_cap = cap;
+    }
+
+    /// Ids of the query tasks created so far (any order).
+    pub fn task_ids(&self) -> Vec<String> {
+        lock(&self.state).tasks.keys().cloned().collect()
+    }
+
+    /// Whether query task `id` was cancelled (`DELETE /running_queries/{id}`).
+    pub fn task_cancelled(&self, id: &str) -> bool {
+        lock(&self.state).tasks.get(id).is_some_and(|t| t.cancelled)
     }
 
     /// Invalidates every token issued so far (as if Looker restarted or they timed out).

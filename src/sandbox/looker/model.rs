@@ -6,7 +6,7 @@
 //! a test can prove that the client never rounds through `f64`.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDate;
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 pub const DEFAULT_ROW_CAP: usize = 5000;
 
 /// One stored value. `Number` holds the JSON literal exactly as given.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum SimValue {
     Null,
     Number(String),
@@ -243,9 +243,9 @@ fn parse_sort(s: &str) -> (String, bool) {
     (field, desc)
 }
 
-/// Runs `q` like Looker: filter dimensions, group by the selected dimensions summing measures,
-/// filter measures, sort, limit. Unknown fields anywhere → validation errors naming them.
-pub(crate) fn run_query(ex: &SimExplore, q: &QuerySpec) -> Result<Vec<OutRow>, Vec<Invalid>> {
+/// Checks that every field, filter and sort names a field of the explore (what Looker's
+/// ValidationError reports).
+pub(crate) fn validate_query(ex: &SimExplore, q: &QuerySpec) -> Result<(), Vec<Invalid>> {
     let mut errors = Vec::new();
     let unknown = |kind: &str, f: &str| {
         (
@@ -284,9 +284,23 @@ pub(crate) fn run_query(ex: &SimExplore, q: &QuerySpec) -> Result<Vec<OutRow>, V
             errors.push(unknown("sorts", f));
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
+}
+
+/// Runs `q` like Looker: filter dimensions, group by the selected dimensions summing measures,
+/// filter measures, sort, limit. Unknown fields anywhere → validation errors naming them.
+pub(crate) fn run_query(ex: &SimExplore, q: &QuerySpec) -> Result<Vec<OutRow>, Vec<Invalid>> {
+    validate_query(ex, q)?;
+    let sorts: Vec<(String, bool)> = q
+        .sorts
+        .iter()
+        .map(|s| parse_sort(s))
+        .filter(|(f, _)| f != "__UNSORTED__")
+        .collect();
 
     let (measure_filters, dim_filters): (Vec<_>, Vec<_>) = q
         .filters
@@ -299,8 +313,9 @@ pub(crate) fn run_query(ex: &SimExplore, q: &QuerySpec) -> Result<Vec<OutRow>, V
     let dims: Vec<&String> = q.fields.iter().filter(|f| !ex.is_measure(f)).collect();
     let measures: Vec<&String> = q.fields.iter().filter(|f| ex.is_measure(f)).collect();
     // Group (first appearance order), keeping the member rows.
-    let mut groups: Vec<(Vec<SimValue>, Vec<&StoredRow>)> = Vec::new();
-    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    // Keys compare number literals as text, like the SQL GROUP BY on the stored values.
+    let mut groups: Vec<(Vec<&SimValue>, Vec<&StoredRow>)> = Vec::new();
+    let mut index: HashMap<Vec<&SimValue>, usize> = HashMap::new();
     for row in &ex.rows {
         if !dim_filters
             .iter()
@@ -308,23 +323,25 @@ pub(crate) fn run_query(ex: &SimExplore, q: &QuerySpec) -> Result<Vec<OutRow>, V
         {
             continue;
         }
-        let key: Vec<SimValue> = dims.iter().map(|d| get(row, d)).collect();
-        let k = key
+        let key: Vec<&SimValue> = dims
             .iter()
-            .map(SimValue::json)
-            .collect::<Vec<_>>()
-            .join("\u{1}");
-        match index.get(&k) {
+            .map(|d| row.get(d.as_str()).unwrap_or(&null))
+            .collect();
+        match index.get(&key) {
             Some(&i) => groups[i].1.push(row),
             None => {
-                index.insert(k, groups.len());
+                index.insert(key.clone(), groups.len());
                 groups.push((key, vec![row]));
             }
         }
     }
-    let mut out: Vec<OutRow> = Vec::new();
+    let mut out: Vec<OutRow> = Vec::with_capacity(groups.len());
     for (key, members) in groups {
-        let mut vals: BTreeMap<&str, SimValue> = dims.iter().map(|d| d.as_str()).zip(key).collect();
+        let mut vals: BTreeMap<&str, SimValue> = dims
+            .iter()
+            .map(|d| d.as_str())
+            .zip(key.into_iter().cloned())
+            .collect();
         for m in &measures {
             let v = if let [only] = members.as_slice() {
                 get(only, m)
@@ -401,7 +418,10 @@ pub(crate) fn run_query(ex: &SimExplore, q: &QuerySpec) -> Result<Vec<OutRow>, V
 
 /// `json` result text: an array of objects in field order, numbers verbatim.
 pub(crate) fn render_json(rows: &[OutRow]) -> String {
-    let mut s = String::from("[");
+    // Field names repeat on every row: quote each once.
+    let mut names: HashMap<&str, String> = HashMap::new();
+    let mut s = String::with_capacity(2 + rows.len() * 16 * rows.first().map_or(1, Vec::len));
+    s.push('[');
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {
             s.push(',');
@@ -411,9 +431,14 @@ pub(crate) fn render_json(rows: &[OutRow]) -> String {
             if j > 0 {
                 s.push(',');
             }
-            s.push_str(&json_str(f));
+            s.push_str(names.entry(f.as_str()).or_insert_with(|| json_str(f)));
             s.push(':');
-            s.push_str(&v.json());
+            match v {
+                SimValue::Number(l) => s.push_str(l),
+                SimValue::Null => s.push_str("null"),
+                SimValue::Bool(b) => s.push_str(if *b { "true" } else { "false" }),
+                SimValue::Text(t) => s.push_str(&json_str(t)),
+            }
         }
         s.push('}');
     }

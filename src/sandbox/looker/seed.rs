@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{Datelike, Duration, NaiveDate};
 use sha2::{Digest, Sha256};
 
-use super::model::json_str;
+use super::model::{json_str, SimExplore, SimValue, StoredRow};
 use crate::domain::config::InlineQuery;
 
 /// Demo model name.
@@ -34,6 +34,8 @@ pub(crate) struct SeedExplore {
     pub(crate) dimensions: Vec<String>,
     pub(crate) measures: Vec<String>,
     pub(crate) rows_json: String,
+    /// Instead of `rows_json`: [`generated_explore`] rows (fast, for large explores).
+    pub(crate) generated_rows: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +73,22 @@ impl LookerSeed {
             dimensions: dimensions.iter().map(|s| s.to_string()).collect(),
             measures: measures.iter().map(|s| s.to_string()).collect(),
             rows_json: rows_json.into(),
+            generated_rows: None,
+        });
+        self
+    }
+
+    /// Adds a generated explore of `n_rows` distinct rows (see
+    /// [`super::LookerSim::add_generated_explore`]).
+    pub fn with_generated_explore(mut self, model: &str, explore: &str, n_rows: usize) -> Self {
+        let fields = generated_fields(explore);
+        self.explores.push(SeedExplore {
+            model: model.into(),
+            explore: explore.into(),
+            dimensions: fields[..4].to_vec(),
+            measures: fields[4..].to_vec(),
+            rows_json: String::new(),
+            generated_rows: Some(n_rows),
         });
         self
     }
@@ -155,6 +173,77 @@ impl LookerSeed {
     }
 }
 
+/// Field suffixes of a generated explore: four dimensions, then the measure.
+pub const GENERATED_FIELDS: [&str; 5] =
+    ["row_id", "posting_date", "account", "cost_center", "amount"];
+/// Accounts a generated row cycles through.
+pub const GENERATED_ACCOUNTS: [&str; 7] = [
+    "600100", "600200", "610300", "620000", "630500", "640100", "650900",
+];
+
+/// `<explore>.row_id`, `.posting_date`, `.account`, `.cost_center` (dimensions) and
+/// `.amount` (the measure) of a generated explore.
+pub fn generated_fields(explore: &str) -> Vec<String> {
+    GENERATED_FIELDS
+        .iter()
+        .map(|f| format!("{explore}.{f}"))
+        .collect()
+}
+
+/// A query selecting every field of a generated explore, unsorted (result order = row order).
+pub fn generated_query(model: &str, explore: &str) -> InlineQuery {
+    InlineQuery {
+        model: model.into(),
+        explore: explore.into(),
+        fields: generated_fields(explore),
+        filters: BTreeMap::new(),
+        sorts: vec![],
+        query_timezone: None,
+    }
+}
+
+/// The amount of generated row `i`: a JSON literal with exactly four decimals in
+/// -9999.9999..=9999.9999 (every tenth row negative), e.g. `"1234.5678"`.
+pub fn generated_amount(i: usize) -> String {
+    let units = (i as u64).wrapping_mul(2_654_435_761).wrapping_add(12_345) % 100_000_000;
+    let sign = if i % 10 == 9 { "-" } else { "" };
+    format!("{sign}{}.{:04}", units / 10_000, units % 10_000)
+}
+
+/// Generated row `i` as `(field suffix, value)`: `row_id` = i (so all rows are distinct and
+/// Looker-style grouping keeps them apart), a date in 2024, an account, a cost center, and
+/// [`generated_amount`].
+pub(crate) fn generated_values(i: usize) -> [SimValue; 5] {
+    let day =
+        NaiveDate::from_ymd_opt(2024, 1, 1).unwrap_or_default() + Duration::days((i % 366) as i64);
+    [
+        SimValue::Number(i.to_string()),
+        SimValue::Text(day.format("%Y-%m-%d").to_string()),
+        SimValue::Text(GENERATED_ACCOUNTS[i % GENERATED_ACCOUNTS.len()].to_string()),
+        SimValue::Text(format!("{:03}", i % 40)),
+        SimValue::Number(generated_amount(i)),
+    ]
+}
+
+/// Builds a generated explore directly (no JSON round trip).
+pub(crate) fn generated_explore(explore: &str, n_rows: usize) -> SimExplore {
+    let fields = generated_fields(explore);
+    let rows = (0..n_rows)
+        .map(|i| {
+            fields
+                .iter()
+                .cloned()
+                .zip(generated_values(i))
+                .collect::<StoredRow>()
+        })
+        .collect();
+    SimExplore {
+        dimensions: fields[..4].to_vec(),
+        measures: fields[4..].to_vec(),
+        rows,
+    }
+}
+
 /// The most recent Sunday strictly before `today` (a week later if `today` is a Sunday).
 pub fn previous_sunday(today: NaiveDate) -> NaiveDate {
     let back = match today.weekday().num_days_from_sunday() {
@@ -205,6 +294,25 @@ mod tests {
                 && d <= rust_decimal::Decimal::new(99_999_999, 4)
         );
         assert_eq!(a.split('.').nth(1).map(str::len), Some(4));
+    }
+
+    #[test]
+    fn generated_rows_are_distinct_and_exact() {
+        let ex = generated_explore("g", 1000);
+        assert_eq!(ex.rows.len(), 1000);
+        assert_eq!(ex.dimensions[0], "g.row_id");
+        assert_eq!(ex.measures, ["g.amount"]);
+        assert_eq!(
+            ex.rows[9]["g.amount"],
+            SimValue::Number(generated_amount(9))
+        );
+        assert!(generated_amount(9).starts_with('-'));
+        for i in [0, 1, 99_999, 123_456] {
+            let a = generated_amount(i);
+            assert_eq!(a.split('.').nth(1).map(str::len), Some(4), "{a}");
+        }
+        let seed = LookerSeed::empty().with_generated_explore("m", "g", 5);
+        assert_eq!(seed.explores[0].generated_rows, Some(5));
     }
 
     #[test]

@@ -1,0 +1,298 @@
+//! What a cold start builds once and every invocation shares: the audit store, the config
+//! store, the secret source, settings from the environment, and a per-instance cache of the
+//! Looker/D365 clients (so access tokens and connection pools survive across invocations).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use sha2::{Digest, Sha256};
+
+use super::error::LambdaError;
+use crate::cli::{build_clients, Clients};
+use crate::domain::config::InstanceConfig;
+use crate::secrets::{InstanceSecrets, SecretSource};
+use crate::store::{ConfigStore, Store};
+
+/// Environment variable: largest accepted webhook body in bytes (default 6 MiB, the Function
+/// URL payload limit).
+pub const ENV_WEBHOOK_MAX_BODY_BYTES: &str = "WEBHOOK_MAX_BODY_BYTES";
+/// Environment variable: how long a completed idempotency record is kept, in seconds
+/// (default 86400).
+pub const ENV_IDEMPOTENCY_TTL_SECS: &str = "IDEMPOTENCY_TTL_SECS";
+
+/// Tunables read once at cold start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub max_body_bytes: usize,
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_body_bytes: 6 * 1024 * 1024,
+            idempotency_ttl: Duration::hours(24),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the settings through `env` (e.g. `|k| std::env::var(k).ok()`); unset → default.
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Self, LambdaError> {
+        let mut s = Settings::default();
+        let number = |key: &str| -> Result<Option<u64>, LambdaError> {
+            match env(key)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+            {
+                None => Ok(None),
+                Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                    LambdaError::Environment(format!("{key} must be a whole number, not `{v}`"))
+                }),
+            }
+        };
+        if let Some(n) = number(ENV_WEBHOOK_MAX_BODY_BYTES)? {
+            s.max_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = number(ENV_IDEMPOTENCY_TTL_SECS)? {
+            s.idempotency_ttl = Duration::seconds(
+                i64::try_from(n)
+                    .unwrap_or(i64::MAX)
+                    .min(i64::from(i32::MAX)),
+            );
+        }
+        Ok(s)
+    }
+
+    /// [`Settings::from_lookup`] on the process environment.
+    pub fn from_env() -> Result<Self, LambdaError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+}
+
+/// The invocation being served: its id (idempotency lock owner) and its deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub request_id: String,
+    pub deadline: DateTime<Utc>,
+}
+
+impl Invocation {
+    /// From the runtime's context (`deadline` is epoch milliseconds).
+    pub fn from_lambda(ctx: &lambda_runtime::Context) -> Self {
+        let deadline = i64::try_from(ctx.deadline)
+            .ok()
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            .unwrap_or_else(|| Utc::now() + Duration::minutes(1));
+        Invocation {
+            request_id: ctx.request_id.clone(),
+            deadline,
+        }
+    }
+
+    /// An invocation with `timeout` left (tests, local runs).
+    pub fn with_timeout(request_id: impl Into<String>, timeout: Duration) -> Self {
+        Invocation {
+            request_id: request_id.into(),
+            deadline: Utc::now() + timeout,
+        }
+    }
+
+    /// Time left before the deadline, at least one second (the lock lease of a run).
+    pub fn remaining(&self) -> Duration {
+        (self.deadline - Utc::now()).max(Duration::seconds(1))
+    }
+}
+
+/// An instance ready to run: its config, secrets and (cached) clients.
+pub struct Instance {
+    pub config: InstanceConfig,
+    pub secrets: InstanceSecrets,
+    pub clients: Arc<Clients>,
+}
+
+struct CachedClients {
+    config_version: String,
+    secrets_hash: String,
+    clients: Arc<Clients>,
+}
+
+/// Shared state of one Lambda execution environment.
+pub struct LambdaContext {
+    pub store: Arc<dyn Store>,
+    pub configs: Arc<dyn ConfigStore>,
+    pub secrets: Arc<dyn SecretSource>,
+    pub settings: Settings,
+    clients: Mutex<HashMap<String, CachedClients>>,
+}
+
+/// A digest of every secret of an instance (never logged; only compared), so a rotated secret
+/// rebuilds the clients.
+fn secrets_hash(s: &InstanceSecrets) -> String {
+    let c = &s.credentials;
+    let mut h = Sha256::new();
+    for part in [
+        c.looker_client_id.as_str(),
+        c.looker_client_secret.expose(),
+        c.d365_tenant_id.as_str(),
+        c.d365_client_id.as_str(),
+        c.d365_client_secret.expose(),
+        s.webhook_secret.expose(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+impl LambdaContext {
+    pub fn new(
+        store: Arc<dyn Store>,
+        configs: Arc<dyn ConfigStore>,
+        secrets: Arc<dyn SecretSource>,
+        settings: Settings,
+    ) -> Self {
+        LambdaContext {
+            store,
+            configs,
+            secrets,
+            settings,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The instance's current configuration from the config store, parsed and checked.
+    pub async fn load_config(&self, instance: &str) -> Result<InstanceConfig, LambdaError> {
+        let (_version, toml) = self
+            .configs
+            .get_config(instance)
+            .await?
+            .ok_or_else(|| LambdaError::ConfigMissing(instance.to_string()))?;
+        let config = InstanceConfig::from_toml(&toml).map_err(|e| LambdaError::ConfigInvalid {
+            instance: instance.to_string(),
+            message: e.to_string(),
+        })?;
+        if config.instance != instance {
+            return Err(LambdaError::ConfigInvalid {
+                instance: instance.to_string(),
+                message: format!(
+                    "it names instance `{}`; a config is stored under its own instance name",
+                    config.instance
+                ),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Clients for `config` + `secrets`, built once per (instance, config version, secrets).
+    pub fn clients_for(
+        &self,
+        config: &InstanceConfig,
+        secrets: &InstanceSecrets,
+    ) -> Result<Arc<Clients>, LambdaError> {
+        let version = config.version();
+        let hash = secrets_hash(secrets);
+        let mut cache = self
+            .clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(c) = cache.get(&config.instance) {
+            if c.config_version == version && c.secrets_hash == hash {
+                return Ok(c.clients.clone());
+            }
+        }
+        let clients = Arc::new(build_clients(config, &secrets.credentials).map_err(|e| {
+            LambdaError::Clients {
+                instance: config.instance.clone(),
+                message: format!("{e:#}"),
+            }
+        })?);
+        tracing::info!(
+            instance = %config.instance,
+            config_version = %version,
+            "built Looker/D365 clients for this instance"
+        );
+        cache.insert(
+            config.instance.clone(),
+            CachedClients {
+                config_version: version,
+                secrets_hash: hash,
+                clients: clients.clone(),
+            },
+        );
+        Ok(clients)
+    }
+
+    /// Config, secrets and clients of `instance`. Pass `secrets` when already loaded.
+    pub async fn instance(
+        &self,
+        instance: &str,
+        secrets: Option<InstanceSecrets>,
+    ) -> Result<Instance, LambdaError> {
+        let secrets = match secrets {
+            Some(s) => s,
+            None => self.secrets.instance_secrets(instance).await?,
+        };
+        let config = self.load_config(instance).await?;
+        let clients = self.clients_for(&config, &secrets)?;
+        Ok(Instance {
+            config,
+            secrets,
+            clients,
+        })
+    }
+
+    /// How many instances have cached clients (for tests and logs).
+    pub fn cached_instances(&self) -> usize {
+        self.clients
+            .lock()
+            .map(|c| c.len())
+            .unwrap_or_else(|p| p.into_inner().len())
+    }
+}
+
+/// Environment variable: the DynamoDB table (audit store, config store, idempotency records).
+pub const ENV_TABLE_NAME: &str = "TABLE_NAME";
+/// Environment variable: prefix of the per-instance secret names (`{prefix}{instance}`),
+/// default `ml-connector/`.
+pub const ENV_SECRET_PREFIX: &str = "SECRET_PREFIX";
+/// Environment variable: how long a read secret is cached, in seconds (default 300).
+pub const ENV_SECRETS_CACHE_TTL_SECS: &str = "SECRETS_CACHE_TTL_SECS";
+
+impl LambdaContext {
+    /// What each binary builds once at cold start: the AWS SDK configuration (loaded once), the
+    /// DynamoDB store (audit + config + idempotency, table `TABLE_NAME`), Secrets Manager
+    /// (`SECRET_PREFIX`, `SECRETS_CACHE_TTL_SECS`) and [`Settings::from_env`].
+    pub async fn from_env() -> Result<Self, LambdaError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let table = env(ENV_TABLE_NAME)
+            .ok_or_else(|| LambdaError::Environment(format!("{ENV_TABLE_NAME} is not set")))?;
+        let prefix = env(ENV_SECRET_PREFIX).unwrap_or_else(|| "ml-connector/".to_string());
+        let ttl_secs = match env(ENV_SECRETS_CACHE_TTL_SECS) {
+            None => 300,
+            Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                LambdaError::Environment(format!(
+                    "{ENV_SECRETS_CACHE_TTL_SECS} must be a whole number of seconds, not `{v}`"
+                ))
+            })?,
+        };
+        let settings = Settings::from_env()?;
+        let sdk = crate::aws::aws_sdk_config().await;
+        let store = Arc::new(crate::store::dynamodb::DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            table,
+        ));
+        let secrets = crate::secrets::aws::SecretsManagerSource::new(
+            aws_sdk_secretsmanager::Client::new(&sdk),
+            prefix,
+            std::time::Duration::from_secs(ttl_secs),
+        );
+        Ok(LambdaContext::new(
+            store.clone(),
+            store,
+            Arc::new(secrets),
+            settings,
+        ))
+    }
+}

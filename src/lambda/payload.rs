@@ -1,0 +1,832 @@
+//! Looker scheduled-plan webhook deliveries → [`Extract`].
+//!
+//! The body Looker POSTs is a JSON object (see `shared/reference/looker-api.md` §5):
+//!
+//! ```json
+//! { "type": "query",
+//!   "scheduled_plan": { "scheduled_plan_id": 123, "title": "…", "type": "Look",
+//!                       "url": "https://x.cloud.looker.com/looks/42", "query_id": 456,
+//!                       "query": { "model": "…", "view": "…", "fields": ["…"], "filters": {} } },
+//!   "attachment": { "mimetype": "application/json", "extension": "json", "data": "…" } }
+//! ```
+//!
+//! Accepted attachments:
+//! - **json**: an array of row objects keyed by field name; `data` is either a JSON string holding
+//!   that array or the array itself (inline JSON).
+//! - **json_detail**: the json_detail object (`fields` + `data[i][field].value`), as a string or
+//!   inline.
+//! - **csv** (and tab-separated **txt**): a header row then one row per result row. All cells are
+//!   [`Cell::Text`]; amounts are parsed by the mapping like any text amount. The header must be
+//!   the field names (`view.field`); a header of Looker *labels* is accepted only when the
+//!   delivery's `scheduled_plan.query.fields` lists the same number of fields and every label
+//!   matches its field's name word for word (e.g. `Marketplace Fees Channel` ↔
+//!   `marketplace_fees.channel`), so a column can never be silently attributed to the wrong field.
+//! - a `;base64` mimetype (`text/csv;base64`, `application/json;base64`) is decoded first.
+//!   Binary formats (xlsx, pdf, png, zip, html) are refused with a clear reason.
+//! - with no `attachment`, a top-level `data` (inline_json) is read as json rows.
+//!
+//! JSON numbers are read from their literal text (never through `f64`) by the Looker result
+//! parsers this module reuses ([`crate::looker::results`]).
+//!
+//! Every failure is a [`PayloadError`], whose message says what is wrong and which field: the
+//! webhook answers it as 400 (or 422 for a delivery that may be truncated). Parsing never panics
+//! on any input (property-tested in `tests/lambda.rs`).
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::domain::source::{Cell, Extract, SourceRef, SourceRow};
+use crate::looker::results::{convert_json_rows, describe_json_error, RawRows};
+use crate::looker::{parse_json_detail, LookerError};
+
+/// Why a delivery body cannot be turned into rows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The request body is not a JSON object of the expected shape.
+    #[error("the request body is not a Looker webhook delivery: {0}")]
+    Body(String),
+    /// A field has the wrong type or value; `field` is its JSON path.
+    #[error("`{field}`: {message}")]
+    Field { field: String, message: String },
+    /// The attachment is in a format the connector does not read.
+    #[error("`attachment`: format `{format}` is not supported; set the schedule's format to JSON, JSON detail or CSV (without formatting)")]
+    Unsupported { format: String },
+    /// The attachment was read but its rows are not usable.
+    #[error("`attachment.data`: {0}")]
+    Rows(String),
+    /// The delivery may be truncated (Looker cut it at the query's row limit).
+    #[error("the delivery has {rows} rows, the query's row limit ({limit}): the result may be truncated, so nothing is posted. In the schedule, choose \"All results\" (or raise the query's row limit)")]
+    MaybeTruncated { rows: usize, limit: u64 },
+}
+
+impl PayloadError {
+    /// The HTTP status the webhook answers: 422 for a well-formed but unusable delivery, 400
+    /// otherwise.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            PayloadError::MaybeTruncated { .. } => 422,
+            _ => 400,
+        }
+    }
+
+    fn field(field: &str, message: impl Into<String>) -> Self {
+        PayloadError::Field {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The format an attachment was read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryFormat {
+    Json,
+    JsonDetail,
+    Csv,
+    Tsv,
+    /// Top-level `data` (inline_json) without an attachment.
+    InlineJson,
+}
+
+impl DeliveryFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeliveryFormat::Json => "json",
+            DeliveryFormat::JsonDetail => "json_detail",
+            DeliveryFormat::Csv => "csv",
+            DeliveryFormat::Tsv => "txt",
+            DeliveryFormat::InlineJson => "inline_json",
+        }
+    }
+}
+
+/// A parsed delivery: the extract plus what the audit/log may want to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub extract: Extract,
+    pub format: DeliveryFormat,
+    /// `type` (`query`, `cell`, `dashboard`).
+    pub kind: Option<String>,
+    /// `scheduled_plan.title`.
+    pub title: Option<String>,
+}
+
+/// Metadata only, for trigger-only instances (the rows are fetched through the API instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryMeta {
+    pub source: SourceRef,
+    pub kind: Option<String>,
+    pub title: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default, rename = "type")]
+    kind: Option<Box<RawValue>>,
+    #[serde(default)]
+    scheduled_plan: Option<Box<RawValue>>,
+    #[serde(default)]
+    attachment: Option<Box<RawValue>>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct Plan {
+    #[serde(default)]
+    scheduled_plan_id: Option<Box<RawValue>>,
+    #[serde(default)]
+    title: Option<Box<RawValue>>,
+    #[serde(default)]
+    url: Option<Box<RawValue>>,
+    #[serde(default)]
+    query_id: Option<Box<RawValue>>,
+    #[serde(default)]
+    query: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct PlanQuery {
+    #[serde(default)]
+    fields: Option<Box<RawValue>>,
+    #[serde(default)]
+    limit: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct Attachment {
+    #[serde(default)]
+    mimetype: Option<Box<RawValue>>,
+    #[serde(default)]
+    extension: Option<Box<RawValue>>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+/// Decodes the HTTP body as the Function URL handed it over (`isBase64Encoded`).
+pub fn decode_body(body: Option<&str>, is_base64_encoded: bool) -> Result<Vec<u8>, PayloadError> {
+    let body = body.unwrap_or("");
+    if !is_base64_encoded {
+        return Ok(body.as_bytes().to_vec());
+    }
+    decode_base64(body).map_err(|e| {
+        PayloadError::Body(format!(
+            "the body is marked base64-encoded but is not valid base64 ({e})"
+        ))
+    })
+}
+
+fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(compact.as_bytes())
+}
+
+fn parse_object<'a, T: Deserialize<'a>>(raw: &'a str, field: &str) -> Result<T, PayloadError> {
+    serde_json::from_str(raw).map_err(|e| {
+        PayloadError::field(
+            field,
+            format!("expected an object with the documented fields ({e})"),
+        )
+    })
+}
+
+/// `null`/absent → None; a string → its content; anything else → an error naming `field`.
+fn opt_string(raw: Option<&RawValue>, field: &str) -> Result<Option<String>, PayloadError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get().trim();
+    if text == "null" {
+        return Ok(None);
+    }
+    serde_json::from_str::<String>(text).map(Some).map_err(|_| {
+        PayloadError::field(field, format!("expected a string, found `{}`", short(text)))
+    })
+}
+
+/// An id Looker sends as a number or a string.
+fn opt_id(raw: Option<&RawValue>, field: &str) -> Result<Option<String>, PayloadError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get().trim();
+    match text.as_bytes().first() {
+        Some(b'n') if text == "null" => Ok(None),
+        Some(b'"') => {
+            let s: String = serde_json::from_str(text)
+                .map_err(|_| PayloadError::field(field, "expected a number or a string"))?;
+            let s = s.trim().to_string();
+            if s.is_empty() || s.len() > 128 {
+                return Err(PayloadError::field(
+                    field,
+                    "expected a non-empty id of at most 128 characters",
+                ));
+            }
+            Ok(Some(s))
+        }
+        Some(b'-' | b'0'..=b'9') if text.len() <= 64 => Ok(Some(text.to_string())),
+        _ => Err(PayloadError::field(
+            field,
+            format!("expected a number or a string, found `{}`", short(text)),
+        )),
+    }
+}
+
+fn short(s: &str) -> String {
+    let cut: String = s.chars().take(40).collect();
+    if cut.len() < s.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    }
+}
+
+/// Reads the envelope's `type` and `scheduled_plan` into a [`SourceRef`] (shared by
+/// [`parse_delivery`] and [`parse_delivery_meta`]).
+fn read_meta(env: &Envelope) -> Result<(DeliveryMeta, Option<PlanQuery>), PayloadError> {
+    let kind = opt_string(env.kind.as_deref(), "type")?;
+    let plan_raw = env
+        .scheduled_plan
+        .as_deref()
+        .filter(|r| r.get().trim() != "null")
+        .ok_or_else(|| {
+            PayloadError::field(
+                "scheduled_plan",
+                "missing: a Looker scheduled-plan delivery names its plan",
+            )
+        })?;
+    let plan: Plan = parse_object(plan_raw.get(), "scheduled_plan")?;
+    let scheduled_plan_id = opt_id(
+        plan.scheduled_plan_id.as_deref(),
+        "scheduled_plan.scheduled_plan_id",
+    )?;
+    let query_id = opt_id(plan.query_id.as_deref(), "scheduled_plan.query_id")?;
+    let look_url = opt_string(plan.url.as_deref(), "scheduled_plan.url")?;
+    let title = opt_string(plan.title.as_deref(), "scheduled_plan.title")?;
+    if scheduled_plan_id.is_none() && query_id.is_none() {
+        return Err(PayloadError::field(
+            "scheduled_plan",
+            "neither `scheduled_plan_id` nor `query_id` is set: the delivery cannot be traced to its source",
+        ));
+    }
+    let query = match plan.query.as_deref() {
+        Some(q) if q.get().trim() != "null" => {
+            Some(parse_object::<PlanQuery>(q.get(), "scheduled_plan.query")?)
+        }
+        _ => None,
+    };
+    Ok((
+        DeliveryMeta {
+            source: SourceRef::ScheduledPlan {
+                scheduled_plan_id,
+                query_id,
+                look_url,
+            },
+            kind,
+            title,
+        },
+        query,
+    ))
+}
+
+fn parse_envelope(body: &[u8]) -> Result<Envelope, PayloadError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(PayloadError::Body(
+            "expected a JSON object (`{\"scheduled_plan\": …, \"attachment\": …}`)".into(),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| PayloadError::Body(format!("invalid JSON: {e}")))
+}
+
+/// Reads only the delivery's metadata (for instances where the delivery is just a trigger).
+pub fn parse_delivery_meta(body: &[u8]) -> Result<DeliveryMeta, PayloadError> {
+    let env = parse_envelope(body)?;
+    read_meta(&env).map(|(m, _)| m)
+}
+
+/// Parses a whole delivery into an [`Extract`].
+pub fn parse_delivery(body: &[u8]) -> Result<Delivery, PayloadError> {
+    let env = parse_envelope(body)?;
+    let (meta, query) = read_meta(&env)?;
+    let query_fields = match query.as_ref().and_then(|q| q.fields.as_deref()) {
+        Some(f) if f.get().trim() != "null" => {
+            Some(serde_json::from_str::<Vec<String>>(f.get()).map_err(|_| {
+                PayloadError::field(
+                    "scheduled_plan.query.fields",
+                    "expected an array of strings",
+                )
+            })?)
+        }
+        _ => None,
+    };
+    let limit = match query.as_ref().and_then(|q| q.limit.as_deref()) {
+        Some(l) => read_limit(l)?,
+        None => None,
+    };
+
+    let attachment = env
+        .attachment
+        .as_deref()
+        .filter(|r| r.get().trim() != "null");
+    let (format, columns, rows) = match attachment {
+        Some(raw) => {
+            let att: Attachment = parse_object(raw.get(), "attachment")?;
+            read_attachment(&att, query_fields.as_deref())?
+        }
+        None => match env.data.as_deref().filter(|r| r.get().trim() != "null") {
+            Some(data) => {
+                let bytes = json_text(data, "data")?;
+                let (columns, rows) = json_rows(&bytes)?;
+                (DeliveryFormat::InlineJson, columns, rows)
+            }
+            None => {
+                return Err(PayloadError::field(
+                    "attachment",
+                    "missing: the delivery carries no data (set the schedule's format to JSON, JSON detail or CSV)",
+                ))
+            }
+        },
+    };
+    if let Some(limit) = limit {
+        if limit > 0 && rows.len() as u64 >= limit {
+            return Err(PayloadError::MaybeTruncated {
+                rows: rows.len(),
+                limit,
+            });
+        }
+    }
+    Ok(Delivery {
+        extract: Extract {
+            source: meta.source,
+            columns,
+            rows,
+        },
+        format,
+        kind: meta.kind,
+        title: meta.title,
+    })
+}
+
+/// `scheduled_plan.query.limit`: a number or numeric string; `null`/empty/`-1` mean none.
+fn read_limit(raw: &RawValue) -> Result<Option<u64>, PayloadError> {
+    const FIELD: &str = "scheduled_plan.query.limit";
+    let text = raw.get().trim();
+    let inner = if text.starts_with('"') {
+        serde_json::from_str::<String>(text)
+            .map_err(|_| PayloadError::field(FIELD, "expected a number"))?
+    } else {
+        text.to_string()
+    };
+    let inner = inner.trim();
+    if inner.is_empty() || inner == "null" || inner.starts_with('-') {
+        return Ok(None);
+    }
+    inner.parse::<u64>().map(Some).map_err(|_| {
+        PayloadError::field(
+            FIELD,
+            format!("expected a whole number, found `{}`", short(inner)),
+        )
+    })
+}
+
+const BINARY_FORMATS: &[&str] = &[
+    "xlsx",
+    "xls",
+    "pdf",
+    "png",
+    "jpg",
+    "jpeg",
+    "zip",
+    "html",
+    "htm",
+    "wysiwyg_pdf",
+    "assembled_pdf",
+    "wysiwyg_png",
+    "csv_zip",
+];
+
+fn read_attachment(
+    att: &Attachment,
+    query_fields: Option<&[String]>,
+) -> Result<(DeliveryFormat, Vec<String>, Vec<SourceRow>), PayloadError> {
+    let mimetype = opt_string(att.mimetype.as_deref(), "attachment.mimetype")?
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let extension = opt_string(att.extension.as_deref(), "attachment.extension")?
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let mut parts = mimetype.split(';').map(str::trim);
+    let base_type = parts.next().unwrap_or("").to_string();
+    let base64 = parts.any(|p| p == "base64");
+
+    let format = if BINARY_FORMATS.contains(&extension.as_str()) {
+        None
+    } else if extension == "csv" || base_type == "text/csv" {
+        Some(DeliveryFormat::Csv)
+    } else if extension == "txt"
+        || extension == "tsv"
+        || base_type == "text/tab-separated-values"
+        || base_type == "text/plain"
+    {
+        Some(DeliveryFormat::Tsv)
+    } else if extension == "json_detail" {
+        Some(DeliveryFormat::JsonDetail)
+    } else if extension == "json" || base_type == "application/json" || base_type.ends_with("+json")
+    {
+        Some(DeliveryFormat::Json)
+    } else if extension.is_empty() && base_type.is_empty() {
+        // No declared type: sniff JSON, else refuse.
+        Some(DeliveryFormat::Json)
+    } else {
+        None
+    };
+    let Some(format) = format else {
+        let shown = if extension.is_empty() {
+            mimetype.clone()
+        } else {
+            format!("{extension} ({mimetype})")
+        };
+        return Err(PayloadError::Unsupported {
+            format: short(&shown),
+        });
+    };
+
+    let data = att
+        .data
+        .as_deref()
+        .filter(|r| r.get().trim() != "null")
+        .ok_or_else(|| PayloadError::field("attachment.data", "missing"))?;
+
+    match format {
+        DeliveryFormat::Csv | DeliveryFormat::Tsv => {
+            let text = string_data(data, base64)?;
+            let delimiter = if format == DeliveryFormat::Csv {
+                b','
+            } else {
+                b'\t'
+            };
+            let (columns, rows) = csv_rows(&text, delimiter, query_fields)?;
+            Ok((format, columns, rows))
+        }
+        _ => {
+            let bytes = if base64 {
+                let s: String = serde_json::from_str(data.get()).map_err(|_| {
+                    PayloadError::field(
+                        "attachment.data",
+                        "the mimetype says base64, so `data` must be a base64 string",
+                    )
+                })?;
+                decode_base64(&s).map_err(|e| {
+                    PayloadError::field("attachment.data", format!("not valid base64 ({e})"))
+                })?
+            } else {
+                json_text(data, "attachment.data")?
+            };
+            // json_detail is an object with `fields`/`data`; json is an array of rows.
+            let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+            match first {
+                Some(b'{') => {
+                    let (columns, rows) = parse_json_detail(&bytes).map_err(rows_error)?;
+                    Ok((DeliveryFormat::JsonDetail, columns, rows))
+                }
+                Some(b'[') => {
+                    let (columns, rows) = json_rows(&bytes)?;
+                    Ok((DeliveryFormat::Json, columns, rows))
+                }
+                _ => Err(PayloadError::field(
+                    "attachment.data",
+                    format!(
+                        "expected JSON rows (an array) or a json_detail object, found `{}`",
+                        short(&String::from_utf8_lossy(&bytes[..bytes.len().min(60)]))
+                    ),
+                )),
+            }
+        }
+    }
+}
+
+/// JSON `data`: a string holding JSON text, or inline JSON (array/object) → the JSON text.
+fn json_text(data: &RawValue, field: &str) -> Result<Vec<u8>, PayloadError> {
+    let text = data.get().trim();
+    match text.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(text)
+            .map(String::into_bytes)
+            .map_err(|e| PayloadError::field(field, format!("unreadable string ({e})"))),
+        Some(b'[' | b'{') => Ok(text.as_bytes().to_vec()),
+        _ => Err(PayloadError::field(
+            field,
+            format!(
+                "expected JSON rows (a string or inline JSON), found `{}`",
+                short(text)
+            ),
+        )),
+    }
+}
+
+/// CSV/TSV `data`: a string, base64-decoded when the mimetype says so.
+fn string_data(data: &RawValue, base64: bool) -> Result<String, PayloadError> {
+    let s: String = serde_json::from_str(data.get()).map_err(|_| {
+        PayloadError::field(
+            "attachment.data",
+            format!(
+                "expected a string of CSV text, found `{}`",
+                short(data.get())
+            ),
+        )
+    })?;
+    if !base64 {
+        return Ok(s);
+    }
+    let bytes = decode_base64(&s)
+        .map_err(|e| PayloadError::field("attachment.data", format!("not valid base64 ({e})")))?;
+    String::from_utf8(bytes)
+        .map_err(|_| PayloadError::field("attachment.data", "the decoded CSV is not UTF-8 text"))
+}
+
+fn rows_error(e: LookerError) -> PayloadError {
+    match e {
+        LookerError::QueryFailed(m) => {
+            PayloadError::Rows(format!("Looker reports that the query failed: {m}"))
+        }
+        LookerError::Parse { message, .. } => PayloadError::Rows(message),
+        other => PayloadError::Rows(other.to_string()),
+    }
+}
+
+fn json_rows(bytes: &[u8]) -> Result<(Vec<String>, Vec<SourceRow>), PayloadError> {
+    let raw: RawRows = serde_json::from_slice(bytes).map_err(|e| {
+        PayloadError::Rows(format!("json rows: {}", describe_json_error(bytes, &e)))
+    })?;
+    convert_json_rows(raw).map_err(rows_error)
+}
+
+/// RFC 4180 records: quoted fields (`""` escapes), CRLF or LF line ends, a trailing newline
+/// optional. Returns an error for an unterminated quote or text after a closing quote.
+fn split_records(text: &str, delimiter: u8) -> Result<Vec<Vec<String>>, String> {
+    let bytes = text.as_bytes();
+    let mut records: Vec<Vec<String>> = Vec::new();
+    let mut record: Vec<String> = Vec::new();
+    let mut field: Vec<u8> = Vec::new();
+    let mut i = 0;
+    let mut line = 1usize;
+    let mut at_field_start = true;
+    let mut record_started = false;
+    let to_string = |f: &mut Vec<u8>| String::from_utf8_lossy(&std::mem::take(f)).into_owned();
+    while i < bytes.len() {
+        let b = bytes[i];
+        if at_field_start && b == b'"' {
+            // Quoted field.
+            record_started = true;
+            i += 1;
+            let start_line = line;
+            loop {
+                match bytes.get(i) {
+                    None => return Err(format!("line {start_line}: a quoted field is not closed")),
+                    Some(b'"') if bytes.get(i + 1) == Some(&b'"') => {
+                        field.push(b'"');
+                        i += 2;
+                    }
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(&c) => {
+                        if c == b'\n' {
+                            line += 1;
+                        }
+                        field.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            match bytes.get(i) {
+                None => {}
+                Some(&c) if c == delimiter || c == b'\n' || c == b'\r' => {}
+                Some(_) => {
+                    return Err(format!(
+                        "line {line}: unexpected text after a closing quote"
+                    ))
+                }
+            }
+            at_field_start = false;
+            continue;
+        }
+        if b == delimiter {
+            record.push(to_string(&mut field));
+            at_field_start = true;
+            record_started = true;
+            i += 1;
+        } else if b == b'\r' || b == b'\n' {
+            if b == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                i += 1;
+            }
+            i += 1;
+            line += 1;
+            if record_started || !field.is_empty() {
+                record.push(to_string(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            at_field_start = true;
+            record_started = false;
+        } else {
+            field.push(b);
+            at_field_start = false;
+            record_started = true;
+            i += 1;
+        }
+    }
+    if record_started || !field.is_empty() {
+        record.push(to_string(&mut field));
+        records.push(record);
+    }
+    Ok(records)
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect()
+}
+
+fn looks_like_field_name(s: &str) -> bool {
+    let mut parts = s.split('.');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+/// `label` names `field` when its words are the field's words, or their tail (a label without
+/// the view name).
+fn label_matches(label: &str, field: &str) -> bool {
+    let l = words(label);
+    let f = words(field);
+    !l.is_empty() && l.len() <= f.len() && f[f.len() - l.len()..] == l[..]
+}
+
+fn csv_rows(
+    text: &str,
+    delimiter: u8,
+    query_fields: Option<&[String]>,
+) -> Result<(Vec<String>, Vec<SourceRow>), PayloadError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let records =
+        split_records(text, delimiter).map_err(|e| PayloadError::Rows(format!("csv: {e}")))?;
+    let mut iter = records.into_iter();
+    let header = iter
+        .next()
+        .ok_or_else(|| PayloadError::Rows("csv: empty (no header row)".into()))?;
+    let header: Vec<String> = header.into_iter().map(|h| h.trim().to_string()).collect();
+    let columns: Vec<String> = if header.iter().all(|h| looks_like_field_name(h)) {
+        header
+    } else {
+        match query_fields {
+            Some(fields) if fields.len() == header.len() => {
+                for (label, field) in header.iter().zip(fields) {
+                    if !(label == field || label_matches(label, field)) {
+                        return Err(PayloadError::Rows(format!(
+                            "csv: header `{}` does not name the query's field `{}` at the same position; deliver CSV with field names as headers, or use JSON",
+                            short(label),
+                            short(field)
+                        )));
+                    }
+                }
+                fields.to_vec()
+            }
+            _ => {
+                let bad = header
+                    .iter()
+                    .find(|h| !looks_like_field_name(h))
+                    .map(|h| short(h))
+                    .unwrap_or_default();
+                return Err(PayloadError::Rows(format!(
+                    "csv: header `{bad}` is not a field name (`view.field`), and the delivery's `scheduled_plan.query.fields` cannot resolve the labels; deliver JSON instead"
+                )));
+            }
+        }
+    };
+    for (i, c) in columns.iter().enumerate() {
+        if columns[..i].contains(c) {
+            return Err(PayloadError::Rows(format!(
+                "csv: duplicate column `{}`",
+                short(c)
+            )));
+        }
+    }
+    let mut rows = Vec::new();
+    for (index, record) in iter.enumerate() {
+        if record.len() != columns.len() {
+            return Err(PayloadError::Rows(format!(
+                "csv: row {index} has {} values but the header has {} columns",
+                record.len(),
+                columns.len()
+            )));
+        }
+        let cells: BTreeMap<String, Cell> = columns
+            .iter()
+            .cloned()
+            .zip(record.into_iter().map(Cell::Text))
+            .collect();
+        rows.push(SourceRow::new(index, cells));
+    }
+    Ok((columns, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(att: &str) -> String {
+        format!(
+            r#"{{"type":"query","scheduled_plan":{{"scheduled_plan_id":7,"title":"t","type":"Look","url":"https://x/looks/42","query_id":"99","query":{{"model":"m","view":"v","fields":["v.a","v.amount"]}}}},"attachment":{att}}}"#
+        )
+    }
+
+    #[test]
+    fn json_string_and_inline_and_exact_numbers() {
+        let s = delivery(
+            r#"{"mimetype":"application/json","extension":"json","data":"[{\"v.a\":\"x\",\"v.amount\":0.30000000000000004}]"}"#,
+        );
+        let d = parse_delivery(s.as_bytes()).unwrap();
+        assert_eq!(d.format, DeliveryFormat::Json);
+        assert_eq!(d.extract.columns, ["v.a", "v.amount"]);
+        assert_eq!(
+            d.extract.rows[0].get("v.amount"),
+            Some(&Cell::Number("0.30000000000000004".parse().unwrap()))
+        );
+        assert_eq!(
+            d.extract.source,
+            SourceRef::ScheduledPlan {
+                scheduled_plan_id: Some("7".into()),
+                query_id: Some("99".into()),
+                look_url: Some("https://x/looks/42".into())
+            }
+        );
+        let s = delivery(
+            r#"{"mimetype":"application/json","data":[{"v.a":"x","v.amount":12345678901234567890.12}]}"#,
+        );
+        let d = parse_delivery(s.as_bytes()).unwrap();
+        assert_eq!(
+            d.extract.rows[0].get("v.amount"),
+            Some(&Cell::Number("12345678901234567890.12".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn csv_quoted_and_labels() {
+        let s = delivery(
+            r#"{"mimetype":"text/csv","extension":"csv","data":"v.a,v.amount\r\n\"x, \"\"y\"\"\",1.50\nz,2\n"}"#,
+        );
+        let d = parse_delivery(s.as_bytes()).unwrap();
+        assert_eq!(d.extract.rows.len(), 2);
+        assert_eq!(
+            d.extract.rows[0].get("v.a"),
+            Some(&Cell::Text("x, \"y\"".into()))
+        );
+        assert_eq!(
+            d.extract.rows[1].get("v.amount"),
+            Some(&Cell::Text("2".into()))
+        );
+        let s =
+            delivery(r#"{"mimetype":"text/csv","extension":"csv","data":"V A,V Amount\nz,2\n"}"#);
+        let d = parse_delivery(s.as_bytes()).unwrap();
+        assert_eq!(d.extract.columns, ["v.a", "v.amount"]);
+        let s =
+            delivery(r#"{"mimetype":"text/csv","extension":"csv","data":"Amount,Name\nz,2\n"}"#);
+        let e = parse_delivery(s.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("Amount") && e.contains("v.a"), "{e}");
+    }
+
+    #[test]
+    fn base64_binary_and_errors() {
+        use base64::Engine;
+        let csv = base64::engine::general_purpose::STANDARD.encode("v.a,v.amount\nq,3\n");
+        let s = delivery(&format!(
+            r#"{{"mimetype":"text/csv;base64","extension":"csv","data":"{csv}"}}"#
+        ));
+        assert_eq!(parse_delivery(s.as_bytes()).unwrap().extract.rows.len(), 1);
+        let s = delivery(
+            r#"{"mimetype":"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet;base64","extension":"xlsx","data":"UEsDBA=="}"#,
+        );
+        let e = parse_delivery(s.as_bytes()).unwrap_err();
+        assert!(matches!(e, PayloadError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("xlsx"));
+        let e = parse_delivery(br#"{"scheduled_plan":{"scheduled_plan_id":[1]}}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("scheduled_plan.scheduled_plan_id"),
+            "{e}"
+        );
+        let e = parse_delivery(br#"{"scheduled_plan":{"scheduled_plan_id":1}}"#).unwrap_err();
+        assert!(e.to_string().contains("attachment"), "{e}");
+        assert!(parse_delivery(b"[1]").is_err());
+        assert!(decode_body(Some("!!"), true).is_err());
+    }
+
+    #[test]
+    fn row_limit_is_truncation() {
+        let s = r#"{"scheduled_plan":{"scheduled_plan_id":1,"query":{"limit":"2"}},"attachment":{"mimetype":"application/json","data":[{"v.a":1},{"v.a":2}]}}"#;
+        let e = parse_delivery(s.as_bytes()).unwrap_err();
+        assert_eq!(e.status_code(), 422, "{e}");
+    }
+}

@@ -1,0 +1,477 @@
+//! The webhook Lambda (Function URL): `POST /ingest/{instance}/{secret}` with a Looker
+//! scheduled-plan delivery.
+//!
+//! 1. Anything but `POST /ingest/{instance}/{secret}`, an unknown instance or a wrong secret →
+//!    **404 with an empty body** (no hint which instances exist), a warn log and an audit event
+//!    under [`REJECTED_AUDIT_ID`]. The presented secret is compared in constant time and never
+//!    logged, and neither is the request path.
+//! 2. Body larger than [`Settings::max_body_bytes`](super::Settings) → 413.
+//! 3. The delivery is parsed ([`super::payload`]); malformed → 400 naming what is wrong.
+//! 4. Idempotency: a lock on `webhook#{instance}#{sha256(body)}` held until the invocation's
+//!    deadline. A delivery already completed returns its recorded answer (200) without running
+//!    again; one being handled right now → 429 with `Retry-After`.
+//! 5. `Engine::run_extract` on the delivered rows (or `Engine::run` for trigger-only instances).
+//!    The run date is the UTC date the Function URL received the request
+//!    (`requestContext.timeEpoch`; now if absent or implausible) and the period is derived from it by the
+//!    instance's `period.kind`, exactly as for scheduled and CLI runs.
+//! 6. The answer comes after the run is recorded: 200 `{run_id, status, journals, …}` for
+//!    posted/already posted, 422 rejected by validation (with the issues), 409 conflict,
+//!    503 busy (`Retry-After`) or store unavailable, 500 failed — so Looker's schedule history
+//!    shows what happened.
+
+use aws_lambda_events::event::lambda_function_urls::{
+    LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
+};
+use aws_lambda_events::http::{HeaderName, HeaderValue};
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::context::{Invocation, LambdaContext};
+use super::payload::{self, PayloadError};
+use super::{acquire, complete, outcome_is_final, release, Idempotency, LambdaError, RunSummary};
+use crate::domain::config::DeliveryMode;
+use crate::domain::run::AuditEvent;
+use crate::engine::{Engine, EngineError, Mode, Outcome, RunOptions};
+use crate::secrets::{InstanceSecrets, SecretsError};
+
+/// Audit "run id" under which refused webhook requests are recorded.
+pub const REJECTED_AUDIT_ID: &str = "webhook#rejected";
+
+/// The transport-neutral request the handler needs.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookRequest {
+    pub method: String,
+    /// Raw path (contains the secret: never log it).
+    pub path: String,
+    pub body: Option<String>,
+    pub is_base64_encoded: bool,
+    /// When the Function URL received the request.
+    pub received_at: Option<DateTime<Utc>>,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl WebhookRequest {
+    /// From a Function URL (payload format 2.0) event.
+    pub fn from_function_url(req: LambdaFunctionUrlRequest) -> Self {
+        let http = &req.request_context.http;
+        // Emulators (e.g. `cargo lambda watch`) send placeholder epochs; only a plausible time
+        // (after 2000-01-01, not in the future by more than a day) is trusted over "now".
+        let received_at = Utc
+            .timestamp_millis_opt(req.request_context.time_epoch)
+            .single()
+            .filter(|t| {
+                t.timestamp() > 946_684_800 && *t < Utc::now() + chrono::Duration::days(1)
+            });
+        WebhookRequest {
+            method: http.method.clone().unwrap_or_default(),
+            path: req
+                .raw_path
+                .clone()
+                .or_else(|| http.path.clone())
+                .unwrap_or_default(),
+            is_base64_encoded: req.is_base64_encoded,
+            received_at,
+            source_ip: http.source_ip.clone(),
+            user_agent: http.user_agent.clone(),
+            body: req.body,
+        }
+    }
+}
+
+/// The answer, before it is put in the Function URL response shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl WebhookResponse {
+    fn json(status: u16, body: serde_json::Value) -> Self {
+        WebhookResponse {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string(),
+        }
+    }
+
+    fn not_found() -> Self {
+        WebhookResponse {
+            status: 404,
+            headers: vec![],
+            body: String::new(),
+        }
+    }
+
+    fn error(status: u16, status_text: &str, message: impl Into<String>) -> Self {
+        Self::json(
+            status,
+            json!({ "status": status_text, "error": message.into() }),
+        )
+    }
+
+    fn with_header(mut self, name: &str, value: String) -> Self {
+        self.headers.push((name.into(), value));
+        self
+    }
+
+    /// The body parsed as JSON (tests, logs); `Null` when empty or not JSON.
+    pub fn json_body(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn into_function_url(self) -> LambdaFunctionUrlResponse {
+        let mut r = LambdaFunctionUrlResponse::default();
+        r.status_code = i64::from(self.status);
+        for (k, v) in self.headers {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(&v),
+            ) {
+                r.headers.insert(k, v);
+            }
+        }
+        r.body = (!self.body.is_empty()).then_some(self.body);
+        r.is_base64_encoded = false;
+        r
+    }
+}
+
+/// Why a request was refused with 404 (logged and audited; never sent to the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Route,
+    UnknownInstance,
+    WrongSecret,
+}
+
+impl Refusal {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::Route => "not POST /ingest/{instance}/{secret}",
+            Refusal::UnknownInstance => "unknown instance",
+            Refusal::WrongSecret => "wrong or missing secret",
+        }
+    }
+}
+
+/// Instance names as the connector allows them (also keeps odd names away from the secret
+/// store).
+fn valid_instance(s: &str) -> bool {
+    s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `(instance, secret)` of `POST /ingest/{instance}/{secret}`.
+fn route<'a>(method: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
+    if !method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    let rest = path.strip_prefix("/ingest/")?;
+    let mut parts = rest.split('/');
+    let instance = parts.next()?;
+    let secret = parts.next()?;
+    if parts.next().is_some() || secret.is_empty() || !valid_instance(instance) {
+        return None;
+    }
+    Some((instance, secret))
+}
+
+/// Constant-time comparison of the presented secret with the stored one (both hashed first so
+/// the comparison does not depend on their lengths). An empty stored secret matches nothing.
+fn secret_matches(presented: &str, expected: &InstanceSecrets) -> bool {
+    let expected = expected.webhook_secret.expose();
+    if expected.is_empty() {
+        return false;
+    }
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+async fn refuse(
+    ctx: &LambdaContext,
+    reason: Refusal,
+    instance: Option<&str>,
+    req: &WebhookRequest,
+) -> WebhookResponse {
+    let instance = instance.filter(|i| valid_instance(i)).unwrap_or("-");
+    let ip = req.source_ip.as_deref().unwrap_or("-");
+    let ua: String = req
+        .user_agent
+        .as_deref()
+        .unwrap_or("-")
+        .chars()
+        .take(120)
+        .collect();
+    tracing::warn!(
+        reason = reason.as_str(),
+        instance,
+        source_ip = ip,
+        user_agent = %ua,
+        "webhook request refused (404)"
+    );
+    let event = AuditEvent {
+        run_id: REJECTED_AUDIT_ID.into(),
+        at: Utc::now(),
+        level: "warn".into(),
+        kind: "webhook_refused".into(),
+        message: format!(
+            "refused webhook request ({}): instance `{instance}`, source {ip}, user agent `{ua}`",
+            reason.as_str()
+        ),
+    };
+    if let Err(e) = ctx.store.append_event(&event).await {
+        tracing::error!(error = %e, "could not record the refused webhook request");
+    }
+    WebhookResponse::not_found()
+}
+
+fn payload_error(e: &PayloadError) -> WebhookResponse {
+    let status = e.status_code();
+    let text = if status == 422 {
+        "rejected"
+    } else {
+        "bad_request"
+    };
+    WebhookResponse::error(status, text, e.to_string())
+}
+
+fn lambda_error(e: &LambdaError) -> WebhookResponse {
+    if e.is_retryable() {
+        WebhookResponse::error(503, "unavailable", e.to_string())
+            .with_header("retry-after", "30".into())
+    } else {
+        WebhookResponse::error(500, "error", e.to_string())
+    }
+}
+
+/// The answer for a finished run.
+fn run_response(summary: &RunSummary, outcome: Outcome) -> WebhookResponse {
+    let body = serde_json::to_value(summary).unwrap_or(serde_json::Value::Null);
+    match outcome {
+        Outcome::Posted | Outcome::AlreadyPosted | Outcome::Previewed => {
+            WebhookResponse::json(200, body)
+        }
+        Outcome::Rejected => WebhookResponse::json(422, body),
+        Outcome::Conflict => WebhookResponse::json(409, body),
+        Outcome::Busy => WebhookResponse::json(503, body).with_header("retry-after", "60".into()),
+        Outcome::Failed => WebhookResponse::json(500, body),
+    }
+}
+
+/// Handles one webhook request. Never fails: every problem is an HTTP answer.
+pub async fn handle_webhook(
+    ctx: &LambdaContext,
+    req: WebhookRequest,
+    inv: &Invocation,
+) -> WebhookResponse {
+    let Some((instance, presented)) = route(&req.method, &req.path) else {
+        return refuse(ctx, Refusal::Route, None, &req).await;
+    };
+    let secrets = match ctx.secrets.instance_secrets(instance).await {
+        Ok(s) => s,
+        Err(SecretsError::NotFound { .. }) => {
+            return refuse(ctx, Refusal::UnknownInstance, Some(instance), &req).await
+        }
+        Err(e) => {
+            // Same answer whatever the instance, so it reveals nothing.
+            tracing::error!(instance, error = %e, "could not read the instance's secrets");
+            return WebhookResponse::error(503, "unavailable", "temporarily unavailable")
+                .with_header("retry-after", "30".into());
+        }
+    };
+    if !secret_matches(presented, &secrets) {
+        return refuse(ctx, Refusal::WrongSecret, Some(instance), &req).await;
+    }
+    let instance = instance.to_string();
+
+    let max = ctx.settings.max_body_bytes;
+    let raw_len = req.body.as_deref().map_or(0, str::len);
+    let decoded_estimate = if req.is_base64_encoded {
+        raw_len / 4 * 3
+    } else {
+        raw_len
+    };
+    if decoded_estimate > max {
+        tracing::warn!(%instance, bytes = decoded_estimate, max, "webhook body too large");
+        return WebhookResponse::error(
+            413,
+            "too_large",
+            format!("the delivery is larger than {max} bytes; deliver fewer rows, or make the webhook a trigger and let the connector extract through the API"),
+        );
+    }
+    let body = match payload::decode_body(req.body.as_deref(), req.is_base64_encoded) {
+        Ok(b) if b.len() > max => {
+            return WebhookResponse::error(
+                413,
+                "too_large",
+                format!("the delivery is larger than {max} bytes"),
+            )
+        }
+        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => {
+            return WebhookResponse::error(400, "bad_request", "the request body is empty")
+        }
+        Ok(b) => b,
+        Err(e) => return payload_error(&e),
+    };
+    let received = req.received_at.unwrap_or_else(Utc::now);
+    match ingest(ctx, &instance, secrets, &body, received, inv).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(%instance, error = %e, "webhook delivery not processed");
+            lambda_error(&e)
+        }
+    }
+}
+
+enum Work {
+    Rows(payload::Delivery),
+    Trigger(payload::DeliveryMeta),
+}
+
+async fn ingest(
+    ctx: &LambdaContext,
+    instance: &str,
+    secrets: InstanceSecrets,
+    body: &[u8],
+    received: DateTime<Utc>,
+    inv: &Invocation,
+) -> Result<WebhookResponse, LambdaError> {
+    let inst = ctx.instance(instance, Some(secrets)).await?;
+    let trigger_only = inst.config.webhook.delivery == DeliveryMode::Trigger;
+    let work = if trigger_only {
+        payload::parse_delivery_meta(body).map(Work::Trigger)
+    } else {
+        payload::parse_delivery(body).map(Work::Rows)
+    };
+    let work = match work {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(instance, error = %e, "webhook delivery refused");
+            return Ok(payload_error(&e));
+        }
+    };
+    let key = format!("webhook#{instance}#{}", hex::encode(Sha256::digest(body)));
+    let ttl = ctx.settings.idempotency_ttl;
+    match acquire(ctx.store.as_ref(), &key, inv, ttl).await? {
+        Idempotency::Run => {}
+        Idempotency::Completed(result) => {
+            tracing::info!(
+                instance,
+                "delivery already processed; answering the recorded result"
+            );
+            let body = serde_json::from_str::<serde_json::Value>(&result)
+                .unwrap_or_else(|_| json!({ "status": "completed" }));
+            return Ok(
+                WebhookResponse::json(200, body).with_header("idempotent-replayed", "true".into())
+            );
+        }
+        Idempotency::InProgress(until) => {
+            let secs = (until - Utc::now()).num_seconds().clamp(1, 900);
+            return Ok(WebhookResponse::error(
+                429,
+                "in_progress",
+                "the same delivery is being processed right now; try again later",
+            )
+            .with_header("retry-after", secs.to_string()));
+        }
+    }
+
+    let progress = super::LogProgress;
+    let engine = Engine {
+        extractor: &inst.clients.looker,
+        ledger: &inst.clients.d365,
+        store: ctx.store.as_ref(),
+        progress: &progress,
+    };
+    let opts = RunOptions {
+        run_date: received.date_naive(),
+        trigger: "webhook".into(),
+        mode: Mode::Post,
+        lease: inv.remaining(),
+    };
+    let result = match work {
+        Work::Rows(delivery) => {
+            tracing::info!(
+                instance,
+                format = delivery.format.as_str(),
+                rows = delivery.extract.rows.len(),
+                source = %delivery.extract.source.identity(),
+                run_date = %opts.run_date,
+                "webhook delivery received"
+            );
+            let period = inst.config.period.kind.period_for(opts.run_date);
+            engine
+                .run_extract(&inst.config, &opts, &period, delivery.extract)
+                .await
+        }
+        Work::Trigger(meta) => {
+            tracing::info!(
+                instance,
+                source = %meta.source.identity(),
+                run_date = %opts.run_date,
+                "webhook trigger received; extracting through the Looker API"
+            );
+            engine.run(&inst.config, &opts).await
+        }
+    };
+    match result {
+        Ok(report) => {
+            let summary = RunSummary::of(&report);
+            let response = run_response(&summary, report.outcome);
+            tracing::info!(
+                instance,
+                run_id = %summary.run_id,
+                status = %summary.status,
+                http_status = response.status,
+                "webhook run finished"
+            );
+            if outcome_is_final(report.outcome) {
+                complete(ctx.store.as_ref(), &key, inv, &response.body, ttl).await;
+            } else {
+                release(ctx.store.as_ref(), &key, inv).await;
+            }
+            Ok(response)
+        }
+        Err(e) => {
+            release(ctx.store.as_ref(), &key, inv).await;
+            Err(match e {
+                EngineError::Store(s) => LambdaError::Store(s),
+                other => LambdaError::Engine(other),
+            })
+        }
+    }
+}
+
+/// The Function URL adapter the `webhook` binary runs.
+pub async fn function_url_handler(
+    ctx: &LambdaContext,
+    event: lambda_runtime::LambdaEvent<LambdaFunctionUrlRequest>,
+) -> Result<LambdaFunctionUrlResponse, LambdaError> {
+    let inv = Invocation::from_lambda(&event.context);
+    let req = WebhookRequest::from_function_url(event.payload);
+    Ok(handle_webhook(ctx, req, &inv).await.into_function_url())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("POST", "/ingest/a-b/s3cr3t"), Some(("a-b", "s3cr3t")));
+        assert_eq!(route("post", "/ingest/a/s"), Some(("a", "s")));
+        assert_eq!(route("GET", "/ingest/a/s"), None);
+        assert_eq!(route("POST", "/ingest/a/"), None);
+        assert_eq!(route("POST", "/ingest/a/s/x"), None);
+        assert_eq!(route("POST", "/ingest//s"), None);
+        assert_eq!(route("POST", "/ingest/../s"), None);
+        assert_eq!(route("POST", "/other/a/s"), None);
+    }
+}

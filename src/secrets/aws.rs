@@ -1,0 +1,242 @@
+//! [`SecretSource`] on AWS Secrets Manager: one secret per instance, named
+//! `{prefix}{instance}`, holding a [`SecretDocument`] as JSON (its `SecretString`).
+//!
+//! Secrets are cached per instance for a fixed time to live: a warm Lambda reads each instance's
+//! secret once per TTL (once per cold start if the TTL outlives the execution environment), and
+//! a rotated secret (new `AWSCURRENT` version) is picked up at the latest one TTL after
+//! rotation. Failures are not cached, so a secret created after a `NotFound` is seen at once.
+//!
+//! Nothing here logs or returns secret material: a malformed document is described by its
+//! shape only (missing or empty field names, the number of unexpected fields, the position of
+//! a JSON syntax error).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::error::DisplayErrorContext;
+use aws_sdk_secretsmanager::Client;
+
+use super::{InstanceSecrets, SecretDocument, SecretSource, SecretsError};
+
+/// The fields of a [`SecretDocument`], all required non-empty strings.
+const FIELDS: [&str; 6] = [
+    "looker_client_id",
+    "looker_client_secret",
+    "d365_tenant_id",
+    "d365_client_id",
+    "d365_client_secret",
+    "webhook_secret",
+];
+
+/// Longest instance name looked up (Secrets Manager names are at most 512 characters).
+const MAX_INSTANCE_LEN: usize = 128;
+
+/// Instance secrets from AWS Secrets Manager, cached per instance for `ttl`.
+pub struct SecretsManagerSource {
+    client: Client,
+    prefix: String,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Instant, InstanceSecrets)>>,
+}
+
+impl std::fmt::Debug for SecretsManagerSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsManagerSource")
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretsManagerSource {
+    /// Reads secret `{prefix}{instance}` (e.g. prefix `ml-connector/`), keeping each for `ttl`.
+    /// Does no I/O.
+    pub fn new(client: Client, prefix: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            client,
+            prefix: prefix.into(),
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The secret id (name) read for `instance`.
+    pub fn secret_id(&self, instance: &str) -> String {
+        format!("{}{instance}", self.prefix)
+    }
+
+    fn cached(&self, instance: &str) -> Option<InstanceSecrets> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .get(instance)
+            .filter(|(fetched, _)| fetched.elapsed() < self.ttl)
+            .map(|(_, secrets)| secrets.clone())
+    }
+
+    async fn fetch(&self, instance: &str) -> Result<InstanceSecrets, SecretsError> {
+        let id = self.secret_id(instance);
+        let out = match self.client.get_secret_value().secret_id(&id).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception())
+                {
+                    return Err(SecretsError::NotFound {
+                        instance: instance.to_string(),
+                        detail: format!("Secrets Manager has no secret {id}"),
+                    });
+                }
+                return Err(SecretsError::Backend(format!(
+                    "GetSecretValue {id}: {}",
+                    DisplayErrorContext(&e)
+                )));
+            }
+        };
+        let Some(text) = out.secret_string() else {
+            return Err(malformed(
+                instance,
+                format!("secret {id} has no SecretString (binary secrets are not supported)"),
+            ));
+        };
+        parse_document(instance, text).map(InstanceSecrets::from)
+    }
+}
+
+#[async_trait::async_trait]
+impl SecretSource for SecretsManagerSource {
+    async fn instance_secrets(&self, instance: &str) -> Result<InstanceSecrets, SecretsError> {
+        if !valid_instance(instance) {
+            // Instance names come from request paths: never let one name another secret.
+            return Err(SecretsError::NotFound {
+                instance: instance.chars().take(MAX_INSTANCE_LEN).collect(),
+                detail: "not a valid instance name (letters, digits, '.', '_' and '-')".to_string(),
+            });
+        }
+        if let Some(secrets) = self.cached(instance) {
+            return Ok(secrets);
+        }
+        let secrets = self.fetch(instance).await?;
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(instance.to_string(), (Instant::now(), secrets.clone()));
+        Ok(secrets)
+    }
+}
+
+fn valid_instance(instance: &str) -> bool {
+    !instance.is_empty()
+        && instance.len() <= MAX_INSTANCE_LEN
+        && instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn malformed(instance: &str, detail: String) -> SecretsError {
+    SecretsError::Malformed {
+        instance: instance.to_string(),
+        detail,
+    }
+}
+
+/// Parses the secret text without ever quoting it back: errors name fields, not values.
+pub(crate) fn parse_document(instance: &str, text: &str) -> Result<SecretDocument, SecretsError> {
+    let expected = format!("a JSON object with string fields {}", FIELDS.join(", "));
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        malformed(
+            instance,
+            format!(
+                "not valid JSON (error at line {}, column {}); expected {expected}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(malformed(instance, format!("expected {expected}")));
+    };
+    let mut problems = Vec::new();
+    for field in FIELDS {
+        match object.get(field) {
+            None => problems.push(format!("missing field {field}")),
+            Some(serde_json::Value::String(v)) if v.is_empty() => {
+                problems.push(format!("field {field} is empty"))
+            }
+            Some(serde_json::Value::String(_)) => {}
+            Some(_) => problems.push(format!("field {field} is not a string")),
+        }
+    }
+    // Unexpected keys are counted, not named: a key is secret text too (a value pasted as a
+    // key would otherwise end up in the logs).
+    let unexpected = object
+        .keys()
+        .filter(|k| !FIELDS.contains(&k.as_str()))
+        .count();
+    if unexpected > 0 {
+        problems.push(format!(
+            "{unexpected} unexpected field(s) (names not shown)"
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(malformed(
+            instance,
+            format!("{}; expected {expected}", problems.join("; ")),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|_| malformed(instance, format!("does not match {expected}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"looker_client_id":"lid","looker_client_secret":"hunter2","d365_tenant_id":"t","d365_client_id":"did","d365_client_secret":"s3cr3t","webhook_secret":"wh"}"#;
+
+    #[test]
+    fn parses_the_document() {
+        let d = parse_document("fees", GOOD).expect("valid");
+        assert_eq!(d.looker_client_secret.expose(), "hunter2");
+        assert_eq!(d.webhook_secret.expose(), "wh");
+    }
+
+    #[test]
+    fn errors_never_quote_values() {
+        for text in [
+            "hunter2",
+            r#"{"looker_client_id": "hunter2""#,
+            r#"["hunter2"]"#,
+            r#"{"looker_client_id": 1, "looker_client_secret": "hunter2"}"#,
+            &GOOD.replace("\"wh\"", "\"\"").replace("lid", "hunter2"),
+            &GOOD.replace("\"webhook_secret\"", "\"hunter2 \""),
+        ] {
+            let e = parse_document("fees", text).expect_err(text).to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("malformed"), "{e}");
+        }
+        let e = parse_document("fees", &GOOD.replace("webhook_secret", "webhook"))
+            .expect_err("renamed")
+            .to_string();
+        assert!(
+            e.contains("missing field webhook_secret") && e.contains("1 unexpected field(s)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn instance_names_are_plain() {
+        assert!(valid_instance("weekly-marketplace-fees"));
+        assert!(valid_instance("a.b_c-1"));
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "arn:aws:secretsmanager",
+            "a b",
+            &"x".repeat(129),
+        ] {
+            assert!(!valid_instance(bad), "{bad}");
+        }
+    }
+}

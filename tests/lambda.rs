@@ -1,0 +1,1128 @@
+//! The three Lambda handlers (webhook, scheduler, replay) as library functions, driven with the
+//! sample events in `events/` against the Looker and D365 simulators over real sockets.
+//!
+//! The audit/idempotency store is the DynamoDB store on the local moto server when `.ci/test`
+//! exports `AWS_ENDPOINT_URL`, else a SQLite file. Config and secrets come from small in-test
+//! sources.
+#![cfg(all(feature = "aws", feature = "sandbox"))]
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use aws_lambda_events::event::dynamodb::Event as StreamEvent;
+use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
+use chrono::{Duration, NaiveDate};
+use ml_connector::cli::build_clients;
+use ml_connector::domain::config::InstanceConfig;
+use ml_connector::domain::reference::ReferenceData;
+use ml_connector::domain::run::{LineStatus, RunStatus};
+use ml_connector::engine::{Engine, Mode, NoProgress, Outcome, RunOptions};
+use ml_connector::lambda::payload::{decode_body, parse_delivery, PayloadError};
+use ml_connector::lambda::replay::handle_replay;
+use ml_connector::lambda::scheduler::{handle_schedule, ScheduleInput};
+use ml_connector::lambda::webhook::{
+    function_url_handler, handle_webhook, WebhookRequest, REJECTED_AUDIT_ID,
+};
+use ml_connector::lambda::{Invocation, LambdaContext, Settings};
+use ml_connector::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
+use ml_connector::sandbox::d365::{
+    D365Seed, D365Sim, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
+};
+use ml_connector::sandbox::looker::seed::{
+    demo_amount, DEMO_CHANNELS, DEMO_COST_CENTERS, DEMO_FEE_TYPES,
+};
+use ml_connector::sandbox::looker::{
+    LookerSeed, LookerSim, SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET,
+};
+use ml_connector::secrets::{Credentials, InstanceSecrets, Secret, SecretSource, SecretsError};
+use ml_connector::store::sqlite::SqliteStore;
+use ml_connector::store::{ConfigStore, Store, StoreError};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+
+const EXAMPLE: &str = include_str!("../infra/config/weekly-marketplace-fees.toml");
+const EV_JSON: &str = include_str!("../events/webhook-function-url.json");
+const EV_DETAIL: &str = include_str!("../events/webhook-json-detail.json");
+const EV_CSV: &str = include_str!("../events/webhook-csv.json");
+const EV_SCHEDULE: &str = include_str!("../events/scheduler.json");
+const EV_REPLAY: &str = include_str!("../events/replay-stream.json");
+/// The path secret in the sample events.
+const SECRET: &str = "f3Xq9LmV2pT7sK4wZ8nB6yH1cJ5dR0aE";
+const INSTANCE: &str = "weekly-marketplace-fees";
+/// The run id in `events/replay-stream.json`, replaced by a real one in tests.
+const SAMPLE_RUN_ID: &str = "r-20261123060004-3fa1";
+
+/// The date the sample events were sent (Monday) and the week they cover.
+fn event_date() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 23).expect("date")
+}
+fn week_end() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 22).expect("date")
+}
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).expect("decimal")
+}
+
+fn round2(x: Decimal) -> Decimal {
+    x.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+}
+
+#[derive(Default)]
+struct MemConfigs(Mutex<HashMap<String, (String, String)>>);
+
+#[async_trait]
+impl ConfigStore for MemConfigs {
+    async fn put_config(
+        &self,
+        instance: &str,
+        version: &str,
+        toml: &str,
+    ) -> Result<(), StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(instance.into(), (version.into(), toml.into()));
+        Ok(())
+    }
+    async fn get_config(&self, instance: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(self.0.lock().unwrap().get(instance).cloned())
+    }
+}
+
+#[derive(Default)]
+struct MemSecrets(Mutex<HashMap<String, InstanceSecrets>>);
+
+#[async_trait]
+impl SecretSource for MemSecrets {
+    async fn instance_secrets(&self, instance: &str) -> Result<InstanceSecrets, SecretsError> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(instance)
+            .cloned()
+            .ok_or_else(|| SecretsError::NotFound {
+                instance: instance.into(),
+                detail: "not in the test source".into(),
+            })
+    }
+}
+
+fn sandbox_secrets() -> InstanceSecrets {
+    InstanceSecrets {
+        credentials: Credentials {
+            looker_client_id: SANDBOX_LOOKER_CLIENT_ID.into(),
+            looker_client_secret: Secret::new(SANDBOX_LOOKER_CLIENT_SECRET),
+            d365_tenant_id: SANDBOX_TENANT.into(),
+            d365_client_id: SANDBOX_CLIENT_ID.into(),
+            d365_client_secret: Secret::new(SANDBOX_CLIENT_SECRET),
+        },
+        webhook_secret: Secret::new(SECRET),
+    }
+}
+
+/// The audit store: DynamoDB on the local moto server when `AWS_ENDPOINT_URL` is set (see
+/// `.ci/test`), else SQLite.
+async fn test_store(dir: &std::path::Path) -> (Arc<dyn Store>, &'static str) {
+    if std::env::var("AWS_ENDPOINT_URL").is_ok_and(|v| !v.is_empty()) {
+        let cfg = ml_connector::aws::aws_sdk_config().await;
+        let client = aws_sdk_dynamodb::Client::new(&cfg);
+        let table = format!(
+            "lambda-test-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        ml_connector::store::dynamodb::create_table_for_tests(&client, &table)
+            .await
+            .expect("create table on the local DynamoDB");
+        (
+            Arc::new(ml_connector::store::dynamodb::DynamoStore::new(
+                client, table,
+            )),
+            "dynamodb",
+        )
+    } else {
+        (
+            Arc::new(SqliteStore::open(&dir.join("audit.sqlite")).expect("sqlite")),
+            "sqlite",
+        )
+    }
+}
+
+struct World {
+    looker: LookerSim,
+    d365: D365Sim,
+    config: InstanceConfig,
+    ctx: LambdaContext,
+    store: Arc<dyn Store>,
+    /// `dynamodb` (local moto server) or `sqlite`.
+    store_kind: &'static str,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn start() -> World {
+        Self::start_with(Settings::default()).await
+    }
+
+    async fn start_with(settings: Settings) -> World {
+        Self::start_configured(settings, |_| {}).await
+    }
+
+    async fn start_configured(settings: Settings, adjust: impl FnOnce(&mut InstanceConfig)) -> World {
+        let looker = LookerSim::start(LookerSeed::demo(event_date()))
+            .await
+            .expect("looker sim");
+        let d365 = D365Sim::start(D365Seed::demo(event_date()))
+            .await
+            .expect("d365 sim");
+        let mut config = InstanceConfig::from_toml(EXAMPLE).expect("example config");
+        config.looker.base_url = looker.base_url();
+        config.d365.environment_url = d365.environment_url();
+        config.d365.authority = d365.authority_url();
+        config.d365.tenant_id = Some(SANDBOX_TENANT.into());
+        adjust(&mut config);
+        let toml = toml::to_string(&config).expect("config to toml");
+        assert_eq!(
+            InstanceConfig::from_toml(&toml).expect("round trip"),
+            config
+        );
+        let configs = MemConfigs::default();
+        configs
+            .put_config(INSTANCE, &config.version(), &toml)
+            .await
+            .unwrap();
+        let secrets = MemSecrets::default();
+        secrets
+            .0
+            .lock()
+            .unwrap()
+            .insert(INSTANCE.into(), sandbox_secrets());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, store_kind) = test_store(dir.path()).await;
+        eprintln!("audit store: {store_kind}");
+        let ctx = LambdaContext::new(
+            store.clone(),
+            Arc::new(configs),
+            Arc::new(secrets),
+            settings,
+        );
+        World {
+            looker,
+            d365,
+            config,
+            ctx,
+            store,
+            store_kind,
+            _dir: dir,
+        }
+    }
+
+    fn assert_nothing_in_d365(&self) {
+        assert!(self.d365.headers().is_empty(), "nothing may reach D365");
+        assert!(self.d365.lines().is_empty(), "nothing may reach D365");
+    }
+
+    /// The weekly journal for the sample week: one header, 12 detail lines with the simulator's
+    /// amounts to the cent, balanced.
+    fn assert_weekly_journal(&self, run_key_prefix: Option<&str>) {
+        let headers = self.d365.headers();
+        assert_eq!(headers.len(), 1, "exactly one header");
+        assert_eq!(headers[0].legal_entity, "usmf");
+        assert_eq!(headers[0].journal_name, "GenJrn");
+        let lines = self.d365.lines();
+        assert_eq!(lines.len(), 14, "12 detail lines, rounding, balancing");
+        let week = week_end().format("%Y-%m-%d").to_string();
+        let mut expected = BTreeMap::new();
+        let mut exact = Decimal::ZERO;
+        for ch in DEMO_CHANNELS {
+            for cc in DEMO_COST_CENTERS {
+                for fee in DEMO_FEE_TYPES {
+                    let a = d(&demo_amount(&week, ch, cc, fee));
+                    exact += a;
+                    let acct = if fee == "Commission" {
+                        "618200"
+                    } else {
+                        "618100"
+                    };
+                    let code = match ch {
+                        "Amazon" => "AMZ",
+                        "eBay" => "EBY",
+                        _ => "SHP",
+                    };
+                    expected.insert(format!("{acct}--{cc}-{code}"), round2(a));
+                }
+            }
+        }
+        let seen: BTreeMap<String, Decimal> = lines
+            .iter()
+            .filter(|l| {
+                l.account_display.starts_with("6181") || l.account_display.starts_with("6182")
+            })
+            .map(|l| (l.account_display.clone(), l.debit))
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(exact, d("51579.7731"), "the sample's Looker total");
+        let balancing: Vec<_> = lines
+            .iter()
+            .filter(|l| l.account_display == "200150---")
+            .collect();
+        assert_eq!(balancing.len(), 1);
+        assert_eq!(balancing[0].credit, round2(exact));
+        for l in &lines {
+            assert_eq!(l.trans_date, week_end());
+            assert_eq!(l.currency, "USD");
+            if let Some(p) = run_key_prefix {
+                assert!(l.text.starts_with(p), "{}", l.text);
+            }
+        }
+        let debit: Decimal = lines.iter().map(|l| l.debit).sum();
+        let credit: Decimal = lines.iter().map(|l| l.credit).sum();
+        assert_eq!(debit, credit, "debits = credits");
+    }
+}
+
+fn request(event_json: &str) -> WebhookRequest {
+    let ev: LambdaFunctionUrlRequest =
+        serde_json::from_str(event_json).expect("Function URL sample event");
+    WebhookRequest::from_function_url(ev)
+}
+
+fn inv(id: &str) -> Invocation {
+    Invocation::with_timeout(id, Duration::minutes(5))
+}
+
+/// A request like the sample with another body (and optionally path).
+fn with_body(body: &str) -> WebhookRequest {
+    WebhookRequest {
+        body: Some(body.to_string()),
+        ..request(EV_JSON)
+    }
+}
+
+fn header<'a>(
+    r: &'a ml_connector::lambda::webhook::WebhookResponse,
+    name: &str,
+) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_url_sample_posts_the_weekly_journal_and_a_redelivery_posts_nothing() {
+    let w = World::start().await;
+    // Through the Lambda adapter, as the binary runs it.
+    let ev: LambdaFunctionUrlRequest = serde_json::from_str(EV_JSON).unwrap();
+    let mut lctx = lambda_runtime::Context::default();
+    lctx.request_id = "req-1".into();
+    lctx.deadline = (chrono::Utc::now() + Duration::minutes(5)).timestamp_millis() as u64;
+    let resp = function_url_handler(&w.ctx, lambda_runtime::LambdaEvent::new(ev, lctx))
+        .await
+        .expect("handler");
+    assert_eq!(resp.status_code, 200, "{:?}", resp.body);
+    let body: serde_json::Value = serde_json::from_str(resp.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["status"], "completed", "{body}");
+    assert_eq!(body["period"], "2026-W47", "period from the request date");
+    assert_eq!(body["journals"].as_array().unwrap().len(), 1);
+    assert_eq!(body["lines_created"], 14);
+    let run_id = body["run_id"].as_str().unwrap().to_string();
+
+    let run = w
+        .store
+        .get_run(&run_id)
+        .await
+        .unwrap()
+        .expect("run recorded");
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.trigger, "webhook");
+    assert_eq!(run.run_date, event_date());
+    assert!(
+        run.source.identity().starts_with("plan:1187/q:90211"),
+        "{}",
+        run.source.identity()
+    );
+    let prefix = format!("{}.L", run.keys.run_key);
+    w.assert_weekly_journal(Some(&prefix));
+    assert_eq!(
+        body["journals"][0]["batch_number"],
+        w.d365.headers()[0].batch_number.as_str()
+    );
+
+    // The idempotency record is in the store (DynamoDB under `.ci/test`), completed with the
+    // answer.
+    assert_eq!(
+        w.store_kind,
+        if std::env::var("AWS_ENDPOINT_URL").is_ok_and(|v| !v.is_empty()) {
+            "dynamodb"
+        } else {
+            "sqlite"
+        }
+    );
+    {
+        use sha2::Digest;
+        let key = format!(
+            "webhook#{INSTANCE}#{}",
+            hex::encode(sha2::Sha256::digest(
+                request(EV_JSON).body.unwrap().as_bytes()
+            ))
+        );
+        let now = chrono::Utc::now();
+        match w
+            .store
+            .acquire_lock(
+                &key,
+                "probe",
+                now,
+                now + Duration::seconds(5),
+                now + Duration::hours(1),
+            )
+            .await
+            .unwrap()
+        {
+            ml_connector::store::LockOutcome::Completed { result } => {
+                assert!(result.contains(&run_id), "{result}")
+            }
+            other => panic!("expected a completed idempotency record, got {other:?}"),
+        }
+    }
+
+    // Looker sends the same delivery again: recorded answer, nothing new in D365.
+    let again = handle_webhook(&w.ctx, request(EV_JSON), &inv("req-2")).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+    assert_eq!(again.json_body()["run_id"], run_id.as_str());
+    assert_eq!(w.d365.lines().len(), 14);
+    assert_eq!(w.d365.headers().len(), 1);
+    assert_eq!(w.ctx.cached_instances(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_rows_in_a_new_delivery_are_already_posted() {
+    let w = World::start().await;
+    let first = handle_webhook(&w.ctx, request(EV_JSON), &inv("a")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    // Another plan id changes the body (new idempotency key) and the source identity; the
+    // rows are the same, so D365's natural keys make it "already posted" or a recorded outcome
+    // without a second journal.
+    let body = request(EV_JSON)
+        .body
+        .unwrap()
+        .replace("\"title\":\"Weekly", "\"title\":\"Resent weekly");
+    let second = handle_webhook(&w.ctx, with_body(&body), &inv("b")).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert_eq!(
+        second.json_body()["status"],
+        "already_posted",
+        "{}",
+        second.body
+    );
+    assert_eq!(header(&second, "idempotent-replayed"), None);
+    assert_eq!(w.d365.lines().len(), 14);
+}
+
+/// Captures log output of code run on this thread.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_unknown_instance_and_other_routes_are_a_neutral_404() {
+    let w = World::start().await;
+    let logs = LogBuf::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let wrong = "WRONG-secret-0123456789abcdefXYZ";
+    let cases = [
+        (
+            "POST",
+            format!("/ingest/{INSTANCE}/{wrong}"),
+            "wrong or missing secret",
+        ),
+        (
+            "POST",
+            format!("/ingest/{INSTANCE}/{SECRET}x"),
+            "wrong or missing secret",
+        ),
+        (
+            "POST",
+            format!("/ingest/no-such-instance/{SECRET}"),
+            "unknown instance",
+        ),
+        ("POST", format!("/ingest/{INSTANCE}"), "not POST"),
+        ("POST", format!("/ingest/{INSTANCE}/"), "not POST"),
+        ("GET", format!("/ingest/{INSTANCE}/{SECRET}"), "not POST"),
+        ("POST", format!("/other/{INSTANCE}/{SECRET}"), "not POST"),
+        (
+            "POST",
+            format!("/ingest/{INSTANCE}/{SECRET}/extra"),
+            "not POST",
+        ),
+    ];
+    for (method, path, _) in &cases {
+        let mut req = request(EV_JSON);
+        req.method = method.to_string();
+        req.path = path.clone();
+        let r = handle_webhook(&w.ctx, req, &inv("x")).await;
+        assert_eq!(r.status, 404, "{method} {path}");
+        assert!(r.body.is_empty(), "neutral body: {}", r.body);
+    }
+    w.assert_nothing_in_d365();
+    assert!(w.store.list_runs(None, 10).await.unwrap().is_empty());
+
+    let events = w.store.events(REJECTED_AUDIT_ID).await.unwrap();
+    assert_eq!(events.len(), cases.len(), "one audit entry per refusal");
+    for (event, (_, _, reason)) in events.iter().zip(&cases) {
+        assert!(event.message.contains(reason), "{}", event.message);
+        assert_eq!(event.level, "warn");
+        assert!(!event.message.contains(wrong) && !event.message.contains(SECRET));
+        assert!(event.message.contains("35.190.41.17"), "{}", event.message);
+    }
+    assert!(events[0].message.contains(INSTANCE));
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("webhook request refused"), "{logs}");
+    assert!(logs.contains("unknown instance"), "{logs}");
+    assert!(
+        !logs.contains(wrong),
+        "the presented secret is never logged"
+    );
+    assert!(!logs.contains(SECRET), "the real secret is never logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_deliveries_are_400_naming_the_problem() {
+    let w = World::start_with(Settings {
+        max_body_bytes: 64 * 1024,
+        ..Settings::default()
+    })
+    .await;
+    let plan = r#""scheduled_plan":{"scheduled_plan_id":1187,"query_id":90211,"url":"https://acme.cloud.looker.com/looks/42"}"#;
+    let cases: Vec<(String, &str)> = vec![
+        ("not json at all".into(), "not a Looker webhook delivery"),
+        ("[1,2,3]".into(), "expected a JSON object"),
+        (
+            r#"{"scheduled_plan":{"scheduled_plan_id":1187"#.into(),
+            "invalid JSON",
+        ),
+        (
+            r#"{"attachment":{"mimetype":"application/json","data":"[]"}}"#.into(),
+            "`scheduled_plan`",
+        ),
+        (format!(r#"{{{plan}}}"#), "`attachment`"),
+        (
+            r#"{"scheduled_plan":{"scheduled_plan_id":{"id":1}},"attachment":{"data":"[]"}}"#
+                .into(),
+            "`scheduled_plan.scheduled_plan_id`",
+        ),
+        (
+            format!(
+                r#"{{{plan},"attachment":{{"mimetype":"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet;base64","extension":"xlsx","data":"UEsDBBQABgAIAAAAIQ=="}}}}"#
+            ),
+            "xlsx",
+        ),
+        (
+            format!(
+                r#"{{{plan},"attachment":{{"mimetype":"application/pdf;base64","extension":"wysiwyg_pdf","data":"JVBERi0xLjQK"}}}}"#
+            ),
+            "not supported",
+        ),
+        (
+            format!(
+                r#"{{{plan},"attachment":{{"mimetype":"application/json","extension":"json","data":42}}}}"#
+            ),
+            "`attachment.data`",
+        ),
+        (
+            format!(
+                r#"{{{plan},"attachment":{{"mimetype":"application/json","extension":"json","data":"[{{\"a.b\":1}}"}}}}"#
+            ),
+            "`attachment.data`",
+        ),
+        (
+            format!(
+                r#"{{{plan},"attachment":{{"mimetype":"text/csv;base64","extension":"csv","data":"%%%not base64"}}}}"#
+            ),
+            "base64",
+        ),
+        (
+            format!(
+                r#"{{{plan},"attachment":{{"mimetype":"text/csv","extension":"csv","data":"a.x,a.y\n1\n"}}}}"#
+            ),
+            "row 0 has 1 values",
+        ),
+        (
+            format!(
+                r#"{{{plan},"attachment":{{"mimetype":"application/json","data":"[{{\"a.m\":{{\"2024\":5}}}}]"}}}}"#
+            ),
+            "pivot",
+        ),
+    ];
+    for (body, needle) in &cases {
+        let r = handle_webhook(&w.ctx, with_body(body), &inv("m")).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        let err = r.json_body()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            err.contains(needle),
+            "expected `{needle}` in `{err}` for {body}"
+        );
+        assert!(!err.contains(SECRET));
+    }
+    // A body marked base64 that is not.
+    let mut req = request(EV_JSON);
+    req.is_base64_encoded = true;
+    req.body = Some("this is *not* base64!".into());
+    let r = handle_webhook(&w.ctx, req, &inv("m")).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("base64"), "{}", r.body);
+    // Empty body.
+    let r = handle_webhook(&w.ctx, with_body(""), &inv("m")).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("empty"), "{}", r.body);
+    // Too large (limit lowered to 64 KiB for the test).
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
+    let r = handle_webhook(&w.ctx, with_body(&big), &inv("m")).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    // A delivery cut at the query's row limit is refused as possibly truncated.
+    let cut = request(EV_JSON)
+        .body
+        .unwrap()
+        .replace("\"limit\":\"5000\"", "\"limit\":\"12\"");
+    let r = handle_webhook(&w.ctx, with_body(&cut), &inv("m")).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("truncated"), "{}", r.body);
+
+    w.assert_nothing_in_d365();
+    assert!(w.store.list_runs(None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_detail_delivery_posts_the_weekly_journal() {
+    let w = World::start().await;
+    let r = handle_webhook(&w.ctx, request(EV_DETAIL), &inv("d")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json_body()["status"], "completed");
+    w.assert_weekly_journal(None);
+    let run_id = r.json_body()["run_id"].as_str().unwrap().to_string();
+    let run = w.store.get_run(&run_id).await.unwrap().unwrap();
+    assert!(
+        run.source.identity().starts_with("plan:1188/"),
+        "{}",
+        run.source.identity()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_delivery_with_looker_labels_posts_the_weekly_journal() {
+    let w = World::start().await;
+    let r = handle_webhook(&w.ctx, request(EV_CSV), &inv("c")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json_body()["status"], "completed");
+    w.assert_weekly_journal(None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base64_body_and_base64_attachment_are_decoded() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let w = World::start().await;
+    let inner: serde_json::Value = serde_json::from_str(&request(EV_CSV).body.unwrap()).unwrap();
+    let mut body = inner.clone();
+    let csv = inner["attachment"]["data"].as_str().unwrap();
+    body["attachment"]["mimetype"] = "text/csv;base64".into();
+    body["attachment"]["data"] = b64.encode(csv).into();
+    let mut req = request(EV_CSV);
+    req.is_base64_encoded = true;
+    req.body = Some(b64.encode(body.to_string()));
+    let r = handle_webhook(&w.ctx, req, &inv("b")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    w.assert_weekly_journal(None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_only_instance_extracts_through_the_api() {
+    let w = World::start_configured(Settings::default(), |c| {
+        c.webhook.delivery = ml_connector::domain::config::DeliveryMode::Trigger
+    })
+    .await;
+    // The delivery's rows are ignored (here: none at all); the connector runs the configured query.
+    let body = r#"{"type":"query","scheduled_plan":{"scheduled_plan_id":1187,"query_id":90211,"url":"https://acme.cloud.looker.com/looks/42"},"attachment":null}"#;
+    let r = handle_webhook(&w.ctx, with_body(body), &inv("t")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        w.looker.request_log().iter().any(|q| !q.is_login()),
+        "extracted through the Looker API"
+    );
+    let run_id = r.json_body()["run_id"].as_str().unwrap().to_string();
+    let run = w.store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.trigger, "webhook");
+    assert!(
+        run.source
+            .identity()
+            .starts_with("query:finance/marketplace_fees"),
+        "{}",
+        run.source.identity()
+    );
+    w.assert_weekly_journal(None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_delivery_is_422_with_the_issues_and_is_not_cached() {
+    let w = World::start().await;
+    w.d365.set_main_account_suspended("618200", true);
+    let r = handle_webhook(&w.ctx, request(EV_JSON), &inv("r1")).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let body = r.json_body();
+    assert_eq!(body["status"], "rejected");
+    assert!(
+        body["issues"].as_array().is_some_and(|i| !i.is_empty()),
+        "{body}"
+    );
+    assert!(body.to_string().contains("618200"), "{body}");
+    w.assert_nothing_in_d365();
+    // Finance fixes D365; Looker resends the same delivery: it runs again and posts.
+    w.d365.set_main_account_suspended("618200", false);
+    let r = handle_webhook(&w.ctx, request(EV_JSON), &inv("r2")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    w.assert_weekly_journal(None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_in_progress_elsewhere_is_429_with_retry_after() {
+    let w = World::start().await;
+    let body = request(EV_JSON).body.unwrap();
+    use sha2::Digest;
+    let key = format!(
+        "webhook#{INSTANCE}#{}",
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    );
+    let now = chrono::Utc::now();
+    w.store
+        .acquire_lock(
+            &key,
+            "other-invocation",
+            now,
+            now + Duration::seconds(90),
+            now + Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    let r = handle_webhook(&w.ctx, request(EV_JSON), &inv("late")).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    let retry: i64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=90).contains(&retry), "{retry}");
+    w.assert_nothing_in_d365();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_event_posts_the_journal_for_the_scheduled_week_once() {
+    let w = World::start().await;
+    let input: ScheduleInput = serde_json::from_str(EV_SCHEDULE).expect("scheduler sample");
+    let out = handle_schedule(&w.ctx, input.clone(), &inv("s1"))
+        .await
+        .expect("scheduled run");
+    assert_eq!(out["status"], "completed", "{out}");
+    assert_eq!(out["period"], "2026-W47");
+    let run_id = out["run_id"].as_str().unwrap().to_string();
+    let run = w.store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.trigger, "schedule");
+    assert_eq!(
+        run.run_date,
+        event_date(),
+        "the scheduled time's date, not today"
+    );
+    w.assert_weekly_journal(Some(&format!("{}.L", run.keys.run_key)));
+    // EventBridge delivers the same firing twice: the recorded summary, no second run.
+    let again = handle_schedule(&w.ctx, input, &inv("s2")).await.unwrap();
+    assert_eq!(again["run_id"], run_id.as_str());
+    assert_eq!(w.store.list_runs(None, 10).await.unwrap().len(), 1);
+    assert_eq!(w.d365.lines().len(), 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_retryable_and_permanent_failures() {
+    let w = World::start().await;
+    // Unknown instance: permanent, answered (not retried).
+    let out = handle_schedule(
+        &w.ctx,
+        ScheduleInput {
+            instance: "nope".into(),
+            scheduled_time: "2026-11-23T06:00:00Z".parse().unwrap(),
+            execution_id: None,
+        },
+        &inv("p"),
+    )
+    .await
+    .expect("permanent problems are not Err");
+    assert_eq!(out["status"], "error", "{out}");
+    // D365 refuses every line write: the run fails after being recorded → Err, so the async
+    // invoke retries; the retry (D365 healthy again) completes the journal.
+    w.d365.fail_next_writes(100, 400, false);
+    let input: ScheduleInput = serde_json::from_str(EV_SCHEDULE).unwrap();
+    let err = handle_schedule(&w.ctx, input.clone(), &inv("f1"))
+        .await
+        .expect_err("a failed run is retryable");
+    assert!(err.is_retryable(), "{err}");
+    w.d365.fail_next_writes(0, 400, false);
+    let out = handle_schedule(&w.ctx, input, &inv("f2"))
+        .await
+        .expect("retry");
+    assert_eq!(out["status"], "completed", "{out}");
+    assert_eq!(w.d365.headers().len(), 1);
+    assert_eq!(w.d365.lines().len(), 14);
+}
+
+/// A ledger that refuses every line after the first `ok_lines`, to leave a run half-posted.
+struct FailAfter<'a> {
+    inner: &'a dyn LedgerGateway,
+    ok_lines: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl LedgerGateway for FailAfter<'_> {
+    async fn reference(&self, le: &str) -> Result<ReferenceData, LedgerError> {
+        self.inner.reference(le).await
+    }
+    async fn find_headers(&self, le: &str, p: &str) -> Result<Vec<LedgerHeader>, LedgerError> {
+        self.inner.find_headers(le, p).await
+    }
+    async fn create_header(&self, le: &str, j: &str, d: &str) -> Result<LedgerHeader, LedgerError> {
+        self.inner.create_header(le, j, d).await
+    }
+    async fn lines(&self, le: &str, b: &str) -> Result<Vec<LedgerLine>, LedgerError> {
+        self.inner.lines(le, b).await
+    }
+    async fn create_line(&self, l: &NewLedgerLine) -> Result<LedgerLine, LedgerError> {
+        use std::sync::atomic::Ordering;
+        if self.ok_lines.load(Ordering::SeqCst) == 0 {
+            return Err(LedgerError::Rejected("simulated refusal".into()));
+        }
+        self.ok_lines.fetch_sub(1, Ordering::SeqCst);
+        self.inner.create_line(l).await
+    }
+}
+
+/// Runs the weekly sync with a ledger that stops after 5 lines; returns the failed run id.
+async fn half_posted_run(w: &World) -> String {
+    let clients = build_clients(&w.config, &sandbox_secrets().credentials).unwrap();
+    let failing = FailAfter {
+        inner: &clients.d365,
+        ok_lines: std::sync::atomic::AtomicUsize::new(5),
+    };
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &failing,
+        store: w.store.as_ref(),
+        progress: &NoProgress,
+    };
+    let opts = RunOptions {
+        run_date: event_date(),
+        trigger: "test".into(),
+        mode: Mode::Post,
+        lease: Duration::minutes(5),
+    };
+    let report = engine.run(&w.config, &opts).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.run.message);
+    assert_eq!(w.d365.lines().len(), 5);
+    report.run.run_id
+}
+
+fn replay_event(run_id: &str) -> StreamEvent {
+    serde_json::from_str(&EV_REPLAY.replace(SAMPLE_RUN_ID, run_id)).expect("stream sample")
+}
+
+fn sequence_number(ev: &StreamEvent) -> String {
+    ev.records[0].change.sequence_number.clone().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_record_reposts_exactly_the_missing_lines() {
+    let w = World::start().await;
+    let run_id = half_posted_run(&w).await;
+    w.looker.clear_request_log();
+    let resp = handle_replay(&w.ctx, replay_event(&run_id), &inv("rp1"))
+        .await
+        .expect("batch handled");
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    assert!(
+        w.looker.request_log().is_empty(),
+        "replay does not re-extract"
+    );
+    let run = w.store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Completed, "{:?}", run.message);
+    assert!(w
+        .store
+        .lines(&run_id)
+        .await
+        .unwrap()
+        .iter()
+        .all(|l| l.status == LineStatus::Created));
+    w.assert_weekly_journal(Some(&format!("{}.L", run.keys.run_key)));
+    let mut texts: Vec<_> = w.d365.lines().iter().map(|l| l.text.clone()).collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 14, "no duplicate line");
+    let events = w.store.events(&run_id).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("jane.doe@acme.example")),
+        "requester recorded: {events:?}"
+    );
+
+    // The stream re-delivers the record after a checkpoint: handled once only.
+    let resp = handle_replay(&w.ctx, replay_event(&run_id), &inv("rp2"))
+        .await
+        .unwrap();
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(w.d365.lines().len(), 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_replay_reports_its_sequence_number_and_a_retry_succeeds() {
+    let w = World::start().await;
+    let run_id = half_posted_run(&w).await;
+    // A batch: the replay request (D365 will refuse the writes), a TTL REMOVE, a run-item
+    // MODIFY without a replay flag, and a request for an unknown run (permanent: dropped).
+    let mut ev = replay_event(&run_id);
+    let seq = sequence_number(&ev);
+    let mut remove = ev.records[0].clone();
+    remove.event_name = "REMOVE".into();
+    remove.event_id = "ttl-remove".into();
+    remove.change.sequence_number = Some("4421584500000000017450439092".into());
+    let mut modify: aws_lambda_events::event::dynamodb::EventRecord = serde_json::from_value(
+        serde_json::json!({
+            "eventID": "modify-1", "eventName": "MODIFY", "awsRegion": "eu-west-1",
+            "dynamodb": {
+                "Keys": {"pk": {"S": format!("RUN#{run_id}")}, "sk": {"S": "RUN"}},
+                "NewImage": {"pk": {"S": format!("RUN#{run_id}")}, "sk": {"S": "RUN"}, "status": {"S": "failed"}, "rev": {"N": "3"}},
+                "OldImage": {"pk": {"S": format!("RUN#{run_id}")}, "sk": {"S": "RUN"}, "status": {"S": "posting"}, "rev": {"N": "2"}},
+                "SequenceNumber": "4421584500000000017450439093", "SizeBytes": 100,
+                "StreamViewType": "NEW_AND_OLD_IMAGES"
+            }
+        }),
+    )
+    .unwrap();
+    modify.event_source = Some("aws:dynamodb".into());
+    let mut unknown = replay_event("r-20990101000000-dead").records.remove(0);
+    unknown.event_id = "unknown-run".into();
+    unknown.change.sequence_number = Some("4421584500000000017450439094".into());
+    ev.records.extend([remove, modify, unknown]);
+
+    w.d365.fail_next_writes(100, 400, false);
+    let resp = handle_replay(&w.ctx, ev.clone(), &inv("f1")).await.unwrap();
+    let failed: Vec<_> = resp
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        vec![seq.clone()],
+        "only the failed replay is reported"
+    );
+    let json = serde_json::to_value(&resp).unwrap();
+    assert_eq!(json["batchItemFailures"][0]["itemIdentifier"], seq.as_str());
+    assert_eq!(w.d365.lines().len(), 5, "nothing new while D365 refuses");
+    let unknown_events = w.store.events("r-20990101000000-dead").await.unwrap();
+    assert!(unknown_events
+        .iter()
+        .any(|e| e.message.contains("not in the audit store")));
+
+    // Lambda retries from the failed record; D365 is healthy again.
+    w.d365.fail_next_writes(0, 400, false);
+    let resp = handle_replay(&w.ctx, ev, &inv("f2")).await.unwrap();
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    w.assert_weekly_journal(None);
+    let run = w.store.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_item_modify_with_replay_requested_triggers_a_replay() {
+    let w = World::start().await;
+    let run_id = half_posted_run(&w).await;
+    let rec = |old_flag: bool, seq: &str| -> serde_json::Value {
+        let mut old = serde_json::json!({"pk": {"S": format!("RUN#{run_id}")}, "sk": {"S": "RUN"}, "run_id": {"S": run_id}});
+        if old_flag {
+            old["replay_requested"] = serde_json::json!({"BOOL": true});
+        }
+        serde_json::json!({
+            "eventID": format!("ev-{seq}"), "eventName": "MODIFY", "awsRegion": "eu-west-1",
+            "dynamodb": {
+                "Keys": {"pk": {"S": format!("RUN#{run_id}")}, "sk": {"S": "RUN"}},
+                "NewImage": {"pk": {"S": format!("RUN#{run_id}")}, "sk": {"S": "RUN"}, "run_id": {"S": run_id}, "replay_requested": {"BOOL": true}},
+                "OldImage": old,
+                "SequenceNumber": seq, "SizeBytes": 100, "StreamViewType": "NEW_AND_OLD_IMAGES"
+            }
+        })
+    };
+    // Flag already set before: not a new request.
+    let ev: StreamEvent =
+        serde_json::from_value(serde_json::json!({"Records": [rec(true, "100")]})).unwrap();
+    let resp = handle_replay(&w.ctx, ev, &inv("m1")).await.unwrap();
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(w.d365.lines().len(), 5, "ignored");
+    // Flag newly set: replayed.
+    let ev: StreamEvent =
+        serde_json::from_value(serde_json::json!({"Records": [rec(false, "101")]})).unwrap();
+    let resp = handle_replay(&w.ctx, ev, &inv("m2")).await.unwrap();
+    assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
+    w.assert_weekly_journal(None);
+}
+
+// ---- payload parser properties ----------------------------------------------------------
+
+fn is_client_error(e: &PayloadError) -> bool {
+    (400..500).contains(&e.status_code())
+}
+
+fn sample_body() -> String {
+    request(EV_JSON).body.unwrap()
+}
+
+fn attachment_body(mimetype: &str, data: &str) -> String {
+    format!(
+        r#"{{"type":"query","scheduled_plan":{{"scheduled_plan_id":1,"query_id":"2"}},"attachment":{{"mimetype":{},"data":{}}}}}"#,
+        serde_json::to_string(mimetype).unwrap(),
+        data
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        match parse_delivery(&bytes) {
+            Ok(_) => {}
+            Err(e) => prop_assert!(is_client_error(&e), "{e}"),
+        }
+    }
+
+    #[test]
+    fn truncated_sample_is_a_400(cut in 0usize..5000) {
+        let body = sample_body();
+        let cut = cut.min(body.len().saturating_sub(1));
+        let e = parse_delivery(&body.as_bytes()[..cut]).expect_err("a truncated body is not a delivery");
+        prop_assert_eq!(e.status_code(), 400);
+    }
+
+    #[test]
+    fn huge_and_odd_numbers_are_exact_or_text(
+        int in "-?[0-9]{1,60}",
+        frac in proptest::option::of("[0-9]{1,40}"),
+        exp in proptest::option::of(-400i32..400),
+    ) {
+        let mut lit = int.clone();
+        if let Some(f) = &frac { lit.push('.'); lit.push_str(f); }
+        if let Some(x) = exp { lit.push_str(&format!("e{x}")); }
+        // Leading zeros are not JSON: the parser must refuse, not panic.
+        let rows = format!(r#"[{{"a.amount":{lit},"a.k":"x"}}]"#);
+        for data in [serde_json::to_string(&rows).unwrap(), rows.clone()] {
+            match parse_delivery(attachment_body("application/json", &data).as_bytes()) {
+                Ok(d) => {
+                    let cell = d.extract.rows[0].get("a.amount").cloned();
+                    prop_assert!(matches!(cell, Some(ml_connector::domain::source::Cell::Number(_)) | Some(ml_connector::domain::source::Cell::Text(_))), "{cell:?}");
+                    if let Some(ml_connector::domain::source::Cell::Number(n)) = cell {
+                        if exp.is_none() {
+                            prop_assert_eq!(n, Decimal::from_str(&lit).unwrap().normalize());
+                        }
+                    }
+                }
+                Err(e) => prop_assert!(is_client_error(&e), "{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_types_anywhere_are_400(
+        slot in 0usize..8,
+        value in prop_oneof![
+            Just("null".to_string()), Just("true".to_string()), Just("[]".to_string()),
+            Just("{}".to_string()), Just("\"\"".to_string()), Just("-1.5e999".to_string()),
+            Just("[[1]]".to_string()), Just("\"x\"".to_string()), Just("123456789012345678901234567890".to_string()),
+        ],
+    ) {
+        let slots = [
+            format!(r#"{{"type":{value},"scheduled_plan":{{"scheduled_plan_id":1}},"attachment":{{"mimetype":"application/json","data":"[]"}}}}"#),
+            format!(r#"{{"scheduled_plan":{value},"attachment":{{"mimetype":"application/json","data":"[]"}}}}"#),
+            format!(r#"{{"scheduled_plan":{{"scheduled_plan_id":{value}}},"attachment":{{"mimetype":"application/json","data":"[]"}}}}"#),
+            format!(r#"{{"scheduled_plan":{{"scheduled_plan_id":1,"query":{value}}},"attachment":{{"mimetype":"application/json","data":"[]"}}}}"#),
+            format!(r#"{{"scheduled_plan":{{"scheduled_plan_id":1}},"attachment":{value}}}"#),
+            format!(r#"{{"scheduled_plan":{{"scheduled_plan_id":1}},"attachment":{{"mimetype":{value},"data":"[]"}}}}"#),
+            format!(r#"{{"scheduled_plan":{{"scheduled_plan_id":1}},"attachment":{{"mimetype":"application/json","data":{value}}}}}"#),
+            format!(r#"{{"scheduled_plan":{{"scheduled_plan_id":1}},"attachment":{{"mimetype":"text/csv","data":{value}}}}}"#),
+        ];
+        match parse_delivery(slots[slot].as_bytes()) {
+            Ok(_) => {}
+            Err(e) => prop_assert!(is_client_error(&e), "{e}"),
+        }
+    }
+
+    #[test]
+    fn random_base64_never_panics(
+        text in "[A-Za-z0-9+/=\\s%-]{0,400}",
+        bytes in proptest::collection::vec(any::<u8>(), 0..600),
+        mime in prop_oneof![Just("text/csv;base64"), Just("application/json;base64"), Just("text/tab-separated-values;base64")],
+    ) {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        for data in [text.clone(), encoded.clone()] {
+            let body = attachment_body(mime, &serde_json::to_string(&data).unwrap());
+            match parse_delivery(body.as_bytes()) {
+                Ok(_) => {}
+                Err(e) => prop_assert!(is_client_error(&e), "{e}"),
+            }
+        }
+        // The HTTP body itself marked base64.
+        match decode_body(Some(&text), true) {
+            Ok(b) => { let _ = parse_delivery(&b); }
+            Err(e) => prop_assert_eq!(e.status_code(), 400),
+        }
+        let decoded = decode_body(Some(&encoded), true).expect("valid base64");
+        prop_assert_eq!(&decoded, &bytes);
+        if let Err(e) = parse_delivery(&decoded) {
+            prop_assert!(is_client_error(&e), "{e}");
+        }
+    }
+
+    #[test]
+    fn csv_round_trips_any_text(cells in proptest::collection::vec("[^\u{0}]{0,12}", 2..8)) {
+        // Quote every cell RFC-4180 style; the parser must give the text back exactly.
+        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let header = (0..cells.len()).map(|i| format!("v.c{i}")).collect::<Vec<_>>().join(",");
+        let row = cells.iter().map(|c| q(c)).collect::<Vec<_>>().join(",");
+        let csv = format!("{header}\r\n{row}\r\n");
+        let body = attachment_body("text/csv", &serde_json::to_string(&csv).unwrap());
+        let d = parse_delivery(body.as_bytes()).expect("quoted csv");
+        prop_assert_eq!(d.extract.rows.len(), 1);
+        for (i, c) in cells.iter().enumerate() {
+            prop_assert_eq!(d.extract.rows[0].get(&format!("v.c{i}")), Some(&ml_connector::domain::source::Cell::Text(c.clone())));
+        }
+    }
+}
