@@ -98,8 +98,33 @@ pub enum LedgerError {
     Other(String),
 }
 
+/// What happened to one voucher posted atomically (an OData `$batch` changeset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoucherOutcome {
+    /// Every line of the voucher was created, in the order sent.
+    Created(Vec<LedgerLine>),
+    /// D365 refused the voucher; none of its lines exist. Permanent until the cause is fixed.
+    Failed(String),
+    /// Not sent or not processed (an earlier voucher failed, or throttling persisted): nothing
+    /// of it exists; safe to send again later.
+    NotProcessed(String),
+    /// The outcome is unknown (timeout, 5xx, dropped connection): read D365 before anything else.
+    Unknown(String),
+}
+
 #[async_trait]
 pub trait LedgerGateway: Send + Sync {
+    /// Posts `vouchers` (each created atomically, in order, at most `max_operations` lines per
+    /// request). `Ok(None)` means the gateway cannot post atomically (no `$batch`): the caller
+    /// posts line by line instead.
+    async fn create_vouchers(
+        &self,
+        _vouchers: &[Vec<NewLedgerLine>],
+        _max_operations: usize,
+    ) -> Result<Option<Vec<VoucherOutcome>>, LedgerError> {
+        Ok(None)
+    }
+
     async fn reference(&self, legal_entity: &str) -> Result<ReferenceData, LedgerError>;
     /// Headers of `legal_entity` whose Description starts with `description_prefix`.
     async fn find_headers(
@@ -119,4 +144,39 @@ pub trait LedgerGateway: Send + Sync {
         batch_number: &str,
     ) -> Result<Vec<LedgerLine>, LedgerError>;
     async fn create_line(&self, line: &NewLedgerLine) -> Result<LedgerLine, LedgerError>;
+
+    /// One journal header by batch number; `None` if it does not exist (e.g. deleted).
+    /// Used by the finance controls (reconciliation, reversal); the default says unsupported.
+    async fn header(
+        &self,
+        _legal_entity: &str,
+        _batch_number: &str,
+    ) -> Result<Option<LedgerHeader>, LedgerError> {
+        Err(LedgerError::Other(
+            "this ledger gateway cannot read a single journal header".into(),
+        ))
+    }
+    /// Deletes one line of an unposted journal; `Ok(false)`: no such line. Posted journals are
+    /// refused (`Rejected`). The default says unsupported.
+    async fn delete_line(
+        &self,
+        _legal_entity: &str,
+        _batch_number: &str,
+        _line_number: &str,
+    ) -> Result<bool, LedgerError> {
+        Err(LedgerError::Other(
+            "this ledger gateway cannot delete journal lines".into(),
+        ))
+    }
+    /// Deletes an unposted journal header (with any lines left); `Ok(false)`: no such journal.
+    /// The default says unsupported.
+    async fn delete_header(
+        &self,
+        _legal_entity: &str,
+        _batch_number: &str,
+    ) -> Result<bool, LedgerError> {
+        Err(LedgerError::Other(
+            "this ledger gateway cannot delete journals".into(),
+        ))
+    }
 }

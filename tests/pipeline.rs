@@ -499,3 +499,75 @@ async fn a_run_that_failed_midway_is_replayed_posting_exactly_the_missing_lines(
         .all(|l| l.status == LineStatus::Created));
     let _ = today();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_go_in_one_batch_per_request_and_per_line_mode_still_works() {
+    let w = World::start().await;
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    assert_eq!(w.d365.lines().len(), 14);
+    assert_eq!(w.d365.batch_request_count(), 1, "one voucher, one $batch");
+
+    let mut w = World::start().await;
+    w.config.d365.posting = ml_connector::domain::config::Posting::Lines;
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    assert_eq!(w.d365.lines().len(), 14);
+    assert_eq!(w.d365.batch_request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_committed_then_dropped_is_reconciled_not_resent() {
+    let w = World::start().await;
+    w.d365.fail_next_batches(1, 500, true);
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    let lines = w.d365.lines();
+    assert_eq!(lines.len(), 14, "exactly the planned lines, no duplicates");
+    assert_eq!(w.d365.batch_request_count(), 1, "the committed batch was not sent again");
+    let events = w.store.events(&report.run.run_id).await.unwrap();
+    assert!(events.iter().any(|e| e.message.contains("reconciling")), "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_voucher_leaves_no_partial_voucher_and_replay_finishes() {
+    let mut w = World::start().await;
+    w.config.journal.voucher_by = ml_connector::domain::config::VoucherBy::Row;
+    // Every row is its own voucher (detail + balancing line); refuse the ones for Shopify.
+    w.d365.reject_changeset_containing("Shopify");
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.run.message);
+    let msg = report.run.message.clone().unwrap();
+    assert!(msg.contains("replay run"), "{msg}");
+    // Vouchers are whole or absent: every voucher present in D365 balances.
+    let lines = w.d365.lines();
+    let mut by_voucher: BTreeMap<String, Decimal> = BTreeMap::new();
+    for l in &lines {
+        *by_voucher.entry(l.voucher.clone()).or_default() += l.debit - l.credit;
+    }
+    assert!(by_voucher.values().all(|s| s.is_zero()), "{by_voucher:?}");
+    assert!(lines.iter().all(|l| !l.text.contains("Shopify")));
+    let posted_before = lines.len();
+    assert!(posted_before > 0 && posted_before < 25);
+
+    w.d365.clear_changeset_rejections();
+    let clients = w.clients();
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &w.store,
+        progress: &NoProgress,
+    };
+    let replayed = engine
+        .replay(&w.config, &report.run.run_id, chrono::Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(replayed.outcome, Outcome::Posted, "{:?}", replayed.run.message);
+    let lines = w.d365.lines();
+    let planned = w.store.lines(&report.run.run_id).await.unwrap().len();
+    assert_eq!(lines.len(), planned);
+    let mut texts: Vec<_> = lines.iter().map(|l| l.text.clone()).collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), planned, "no duplicates after replay");
+}

@@ -2,9 +2,14 @@
 
 use async_trait::async_trait;
 
-use super::{D365Client, D365Error, JournalHeader, JournalLineRow, NewJournalLine};
+use super::{
+    BatchSettings, ChangesetOutcome, D365Client, D365Error, JournalHeader, JournalLineRow,
+    NewJournalLine,
+};
 use crate::domain::reference::ReferenceData;
-use crate::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
+use crate::ports::{
+    LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine, VoucherOutcome,
+};
 
 impl From<D365Error> for LedgerError {
     fn from(e: D365Error) -> Self {
@@ -89,8 +94,81 @@ impl LedgerGateway for D365Client {
             .collect())
     }
 
+    async fn create_vouchers(
+        &self,
+        vouchers: &[Vec<NewLedgerLine>],
+        max_operations: usize,
+    ) -> Result<Option<Vec<VoucherOutcome>>, LedgerError> {
+        let changesets: Vec<Vec<NewJournalLine>> = vouchers
+            .iter()
+            .map(|v| v.iter().map(new_line).collect())
+            .collect();
+        let settings = BatchSettings {
+            max_operations,
+            ..BatchSettings::default()
+        };
+        let outcomes = self.create_lines_batched(&changesets, &settings).await?;
+        // An environment without `$batch` answers the request itself with 404/405/501: nothing
+        // was processed, so the caller may safely post line by line instead.
+        if !outcomes.is_empty()
+            && outcomes.iter().all(|o| {
+                matches!(o, ChangesetOutcome::Failed { status, .. } if matches!(status, 404 | 405 | 501))
+            })
+        {
+            return Ok(None);
+        }
+        Ok(Some(
+            outcomes
+                .into_iter()
+                .map(|o| match o {
+                    ChangesetOutcome::Created(rows) => {
+                        VoucherOutcome::Created(rows.into_iter().map(line).collect())
+                    }
+                    ChangesetOutcome::Failed { status, messages } => VoucherOutcome::Failed(
+                        format!("D365 refused the voucher (HTTP {status}): {}", messages.join("; ")),
+                    ),
+                    ChangesetOutcome::NotProcessed { reason } => VoucherOutcome::NotProcessed(reason),
+                    ChangesetOutcome::Unknown { detail } => VoucherOutcome::Unknown(detail),
+                })
+                .collect(),
+        ))
+    }
+
     async fn create_line(&self, l: &NewLedgerLine) -> Result<LedgerLine, LedgerError> {
-        let new = NewJournalLine {
+        let new = new_line(l);
+        Ok(line(D365Client::create_line(self, &new).await?))
+    }
+
+    async fn header(
+        &self,
+        legal_entity: &str,
+        batch_number: &str,
+    ) -> Result<Option<LedgerHeader>, LedgerError> {
+        Ok(D365Client::header(self, legal_entity, batch_number)
+            .await?
+            .map(header))
+    }
+
+    async fn delete_line(
+        &self,
+        legal_entity: &str,
+        batch_number: &str,
+        line_number: &str,
+    ) -> Result<bool, LedgerError> {
+        Ok(D365Client::delete_line(self, legal_entity, batch_number, line_number).await?)
+    }
+
+    async fn delete_header(
+        &self,
+        legal_entity: &str,
+        batch_number: &str,
+    ) -> Result<bool, LedgerError> {
+        Ok(D365Client::delete_header(self, legal_entity, batch_number).await?)
+    }
+}
+
+fn new_line(l: &NewLedgerLine) -> NewJournalLine {
+    NewJournalLine {
             legal_entity: l.legal_entity.clone(),
             batch_number: l.batch_number.clone(),
             trans_date: l.trans_date,
@@ -101,7 +179,5 @@ impl LedgerGateway for D365Client {
             currency: l.currency.clone(),
             text: l.text.clone(),
             voucher: l.voucher.clone(),
-        };
-        Ok(line(D365Client::create_line(self, &new).await?))
     }
 }

@@ -103,6 +103,33 @@ pub struct LookerEndpoint {
     pub max_rows: usize,
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// `sync` (default): run the Look/query directly (Looker caps these at 5,000 rows unless a
+    /// larger limit is honoured); `async`: create a query task and poll for its results, for
+    /// extracts beyond the cap. Each poll is an API call (mind Looker's monthly quotas).
+    #[serde(default)]
+    pub extract: ExtractMode,
+    /// Longest wait for an async query task before the run gives up (nothing is posted).
+    #[serde(default = "default_async_wait")]
+    pub async_max_wait_secs: u64,
+    /// First wait between polls of an async query task (grows to 5× this).
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_secs: u64,
+}
+
+/// How the extract is run in Looker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtractMode {
+    #[default]
+    Sync,
+    Async,
+}
+
+fn default_async_wait() -> u64 {
+    600
+}
+fn default_poll_interval() -> u64 {
+    2
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +144,28 @@ pub struct D365Endpoint {
     pub tenant_id: Option<String>,
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// `batch` (default): each voucher's lines in one atomic `$batch` changeset, many vouchers
+    /// per request; `lines`: one request per line. An environment without `$batch` falls back
+    /// to `lines` by itself.
+    #[serde(default)]
+    pub posting: Posting,
+    /// Operations (lines) per `$batch` request. F&O documents 5,000; 200 is the figure one
+    /// maintained client measured on a live environment.
+    #[serde(default = "default_batch_operations")]
+    pub batch_operations: usize,
+}
+
+/// How lines are written to D365.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Posting {
+    #[default]
+    Batch,
+    Lines,
+}
+
+fn default_batch_operations() -> usize {
+    200
 }
 
 fn default_max_rows() -> usize {
@@ -323,6 +372,15 @@ pub struct JournalConfig {
     /// Maximum characters of `Text` and `Description` in D365 (the EDTs are 60).
     #[serde(default = "default_text_len")]
     pub max_text_len: usize,
+    /// Most lines in one voucher, balancing and rounding lines included. Larger groups are
+    /// split into several vouchers, each balanced on its own. A voucher is posted atomically in
+    /// one `$batch` changeset, so it must not exceed `d365.batch_operations`.
+    #[serde(default = "default_voucher_lines")]
+    pub max_voucher_lines: usize,
+}
+
+fn default_voucher_lines() -> usize {
+    100
 }
 
 fn default_description() -> String {
@@ -536,6 +594,26 @@ impl InstanceConfig {
             if q.fields.is_empty() {
                 return Err(invalid("source.query.fields", "list at least one field"));
             }
+        }
+        if self.d365.batch_operations == 0 {
+            return Err(invalid("d365.batch_operations", "must be at least 1"));
+        }
+        if self.journal.max_voucher_lines < 3 {
+            return Err(invalid(
+                "journal.max_voucher_lines",
+                "must be at least 3 (a detail line, a balancing line and a rounding line)",
+            ));
+        }
+        if self.d365.posting == Posting::Batch
+            && self.journal.max_voucher_lines > self.d365.batch_operations
+        {
+            return Err(invalid(
+                "journal.max_voucher_lines",
+                format!(
+                    "a voucher is posted atomically in one $batch request, so it may not have more lines than d365.batch_operations ({})",
+                    self.d365.batch_operations
+                ),
+            ));
         }
         if self.looker.max_rows == 0 {
             return Err(invalid("looker.max_rows", "must be at least 1"));

@@ -498,7 +498,20 @@ fn build_journals(
     let mut vouchers: Vec<DraftVoucher> = Vec::new();
     match cfg.balancing.style {
         BalancingStyle::Lines => {
+            // Split each group into vouchers that leave room for their balancing and rounding
+            // lines within `max_voucher_lines`.
+            let mut chunks: Vec<((String, String, NaiveDate), Vec<RowLine>)> = Vec::new();
             for ((le, cur, date, _), rows) in groups {
+                let balancing_accounts: std::collections::BTreeSet<&LedgerAccount> =
+                    rows.iter().map(|r| &r.balancing).collect();
+                let reserve = balancing_accounts.len()
+                    + usize::from(cfg.rounding.book_to == RoundingTarget::Account);
+                let per_voucher = cfg.journal.max_voucher_lines.saturating_sub(reserve).max(1);
+                for chunk in rows.chunks(per_voucher) {
+                    chunks.push(((le.clone(), cur.clone(), date), chunk.to_vec()));
+                }
+            }
+            for ((le, cur, date), rows) in chunks {
                 let decimals = rows[0].decimals;
                 let mut v = DraftVoucher {
                     legal_entity: le,
@@ -1048,6 +1061,27 @@ mod tests {
         assert_eq!(r[0].amount, d("-0.01"));
         assert!(r[0].offset_account.is_some());
         assert_ne!(lines[0].voucher, lines[1].voucher);
+    }
+
+    #[test]
+    fn large_groups_split_into_balanced_vouchers_within_the_limit() {
+        let mut cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        cfg.journal.max_voucher_lines = 10;
+        let rows: Vec<SourceRow> = (0..25)
+            .map(|i| row(i, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("1.005"))))
+            .collect();
+        let m = run(&cfg, &extract(rows));
+        assert!(m.issues.is_empty(), "{:?}", m.issues);
+        let sums = voucher_sums(&m);
+        assert_eq!(sums.len(), 4, "25 rows, 8 per voucher (+ balancing + rounding)");
+        assert!(sums.values().all(|s| s.is_zero()));
+        let mut per_voucher: BTreeMap<u32, usize> = BTreeMap::new();
+        for l in &m.journals[0].lines {
+            *per_voucher.entry(l.voucher).or_default() += 1;
+        }
+        assert!(per_voucher.values().all(|n| *n <= 10), "{per_voucher:?}");
+        // Every row still became exactly one line.
+        assert!(m.rows.iter().all(|r| r.line_nos.len() == 1));
     }
 
     #[test]

@@ -11,11 +11,11 @@ use chrono::Utc;
 use rust_decimal::Decimal;
 
 use super::Engine;
-use crate::domain::config::InstanceConfig;
+use crate::domain::config::{InstanceConfig, Posting};
 use crate::domain::mapping::{description_prefix, parse_line_ref, render_description};
 use crate::domain::reference::VoucherAllocation;
 use crate::domain::run::{LineRecord, LineStatus, RunKeys, RunRecord, RunStatus};
-use crate::ports::{LedgerError, LedgerHeader, LedgerLine, NewLedgerLine};
+use crate::ports::{LedgerError, LedgerHeader, LedgerLine, NewLedgerLine, VoucherOutcome};
 
 /// What happened to one journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,10 +233,21 @@ impl Engine<'_> {
             .our_lines(le, &batch, &keys.run_key)
             .await
             .map_err(|e| failed("could not read the journal's lines", e))?;
-        let missing = lines
-            .iter()
-            .filter(|l| !existing.contains_key(&l.line.line_no))
-            .count();
+        let mut found = 0usize;
+        for rec in lines.iter_mut() {
+            if let Some(l) = existing.get(&rec.line.line_no) {
+                found += 1;
+                mark_created(rec, &batch, l, "already in D365");
+                *done += 1;
+            }
+        }
+        if found > 0 {
+            if let Err(e) = self.store.put_lines(lines).await {
+                return Err(Stop::Failed(format!("audit store: {e}")));
+            }
+            self.progress.line_posted(*done, total);
+        }
+        let missing = lines.len() - found;
         if header.is_posted && missing > 0 {
             return Err(Stop::Failed(format!(
                 "journal {le}/{batch} was posted in D365 before all lines were written ({missing} missing); posted journals cannot be changed — reverse it and run again"
@@ -254,29 +265,36 @@ impl Engine<'_> {
         } else {
             false
         };
+        let voucher_of = |rec: &LineRecord| {
+            manual_vouchers.then(|| format!("MLC{}-{:04}", keys.period_key, rec.line.voucher))
+        };
 
-        // 4. Write what is missing, in line order, one at a time (F&O serializes writes to a
-        // journal anyway; parallel inserts cause update conflicts on the header).
+        // 4. Write what is missing: whole vouchers per `$batch` changeset (atomic), or one line
+        // per request where `$batch` is off or unavailable. Writes to one journal go one after
+        // another (F&O serializes them anyway; parallel inserts conflict on the header).
         let mut created = 0usize;
-        let mut found = 0usize;
-        for rec in lines.iter_mut() {
-            if let Some(l) = existing.get(&rec.line.line_no) {
-                found += 1;
-                mark_created(rec, &batch, l, "already in D365");
-            } else {
-                let new = NewLedgerLine {
-                    legal_entity: le.to_string(),
-                    batch_number: batch.clone(),
-                    trans_date: rec.line.trans_date,
-                    account_display: rec.account_display.clone(),
-                    offset_display: rec.offset_display.clone(),
-                    debit: rec.line.debit(),
-                    credit: rec.line.credit(),
-                    currency: rec.line.currency.clone(),
-                    text: rec.line.text.clone(),
-                    voucher: manual_vouchers
-                        .then(|| format!("MLC{}-{:04}", keys.period_key, rec.line.voucher)),
-                };
+        let mut batched = false;
+        if missing > 0 && config.d365.posting == Posting::Batch {
+            batched = self
+                .post_vouchers(
+                    &run_id,
+                    le,
+                    &batch,
+                    keys,
+                    lines,
+                    &voucher_of,
+                    config.d365.batch_operations,
+                    &mut created,
+                    (done, total),
+                )
+                .await?;
+        }
+        if missing > 0 && !batched {
+            for rec in lines.iter_mut() {
+                if rec.status == LineStatus::Created {
+                    continue;
+                }
+                let new = new_line(le, &batch, rec, voucher_of(rec));
                 match self
                     .create_line_reconciled(&new, &keys.run_key, rec.line.line_no)
                     .await
@@ -286,31 +304,18 @@ impl Engine<'_> {
                         mark_created(rec, &batch, &l, "created");
                     }
                     Err(e) => {
-                        rec.status = LineStatus::Failed;
-                        rec.journal_batch = Some(batch.clone());
-                        rec.d365_response = Some(e.to_string());
-                        let _ = self.store.put_lines(std::slice::from_ref(rec)).await;
-                        let row = rec
-                            .line
-                            .source_rows
-                            .first()
-                            .map(|r| format!(" (source row {r})"))
-                            .unwrap_or_default();
-                        let msg = format!(
-                            "D365 did not accept line {}{row} of journal {le}/{batch}: {e}. {} line(s) of this journal are in D365; the journal is unposted. Fix the cause, then replay run {run_id} to post the rest.",
-                            rec.line.line_no,
-                            created + found
-                        );
-                        self.event(&run_id, "error", "post", msg.clone()).await;
+                        let msg = self
+                            .refused(&run_id, le, &batch, std::slice::from_mut(rec), &e.to_string(), created + found)
+                            .await;
                         return Err(Stop::Failed(msg));
                     }
                 }
+                if let Err(e) = self.store.put_lines(std::slice::from_ref(rec)).await {
+                    return Err(Stop::Failed(format!("audit store: {e}")));
+                }
+                *done += 1;
+                self.progress.line_posted(*done, total);
             }
-            if let Err(e) = self.store.put_lines(std::slice::from_ref(rec)).await {
-                return Err(Stop::Failed(format!("audit store: {e}")));
-            }
-            *done += 1;
-            self.progress.line_posted(*done, total);
         }
 
         // 5. Read back and tie out against the plan.
@@ -369,6 +374,156 @@ impl Engine<'_> {
         })
     }
 
+    /// Posts the journal's missing lines voucher by voucher through `$batch`. Returns `false`
+    /// when the gateway has no atomic batch posting (the caller then posts line by line).
+    /// After an unknown outcome it reads D365 and sends only vouchers confirmed absent.
+    #[allow(clippy::too_many_arguments)]
+    async fn post_vouchers(
+        &self,
+        run_id: &str,
+        le: &str,
+        batch: &str,
+        keys: &RunKeys,
+        lines: &mut [LineRecord],
+        voucher_of: &(dyn Fn(&LineRecord) -> Option<String> + Sync),
+        max_operations: usize,
+        created: &mut usize,
+        (done, total): (&mut usize, usize),
+    ) -> Result<bool, Stop> {
+        for round in 1..=UNKNOWN_OUTCOME_ATTEMPTS {
+            // Vouchers still to write, in line order, with the indexes of their lines.
+            let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+            for (i, rec) in lines.iter().enumerate() {
+                if rec.status == LineStatus::Created {
+                    continue;
+                }
+                match groups.last_mut() {
+                    Some((v, idx)) if *v == rec.line.voucher => idx.push(i),
+                    _ => groups.push((rec.line.voucher, vec![i])),
+                }
+            }
+            if groups.is_empty() {
+                return Ok(true);
+            }
+            let vouchers: Vec<Vec<NewLedgerLine>> = groups
+                .iter()
+                .map(|(_, idx)| {
+                    idx.iter()
+                        .map(|&i| new_line(le, batch, &lines[i], voucher_of(&lines[i])))
+                        .collect()
+                })
+                .collect();
+            let outcomes = match self.ledger.create_vouchers(&vouchers, max_operations).await {
+                Ok(None) => return Ok(false),
+                Ok(Some(o)) => o,
+                Err(e) => {
+                    return Err(Stop::Failed(format!(
+                        "posting the lines of journal {le}/{batch} failed: {e}; replay run {run_id}"
+                    )))
+                }
+            };
+            let mut unknown = None;
+            for ((voucher, idx), outcome) in groups.iter().zip(outcomes) {
+                match outcome {
+                    VoucherOutcome::Created(rows) => {
+                        for (&i, row) in idx.iter().zip(rows.iter()) {
+                            mark_created(&mut lines[i], batch, row, "created");
+                            *created += 1;
+                            *done += 1;
+                        }
+                    }
+                    VoucherOutcome::Failed(msg) => {
+                        let mut recs: Vec<LineRecord> =
+                            idx.iter().map(|&i| lines[i].clone()).collect();
+                        let msg = self
+                            .refused(run_id, le, batch, &mut recs, &format!("voucher {voucher}: {msg}"), lines.iter().filter(|l| l.status == LineStatus::Created).count())
+                            .await;
+                        for (&i, r) in idx.iter().zip(recs) {
+                            lines[i] = r;
+                        }
+                        let _ = self.store.put_lines(lines).await;
+                        return Err(Stop::Failed(msg));
+                    }
+                    VoucherOutcome::NotProcessed(reason) if unknown.is_none() => {
+                        let _ = self.store.put_lines(lines).await;
+                        return Err(Stop::Failed(format!(
+                            "D365 did not process voucher {voucher} of journal {le}/{batch} ({reason}); nothing of it was written. Replay run {run_id} to post the rest."
+                        )));
+                    }
+                    VoucherOutcome::NotProcessed(_) => {}
+                    VoucherOutcome::Unknown(detail) => {
+                        unknown.get_or_insert(detail);
+                    }
+                }
+            }
+            if let Err(e) = self.store.put_lines(lines).await {
+                return Err(Stop::Failed(format!("audit store: {e}")));
+            }
+            self.progress.line_posted(*done, total);
+            if let Some(detail) = unknown {
+                // Ask D365 what landed before sending anything again.
+                self.event(
+                    run_id,
+                    "warn",
+                    "post",
+                    format!("batch outcome unknown in {le}/{batch} ({detail}); reconciling with D365 (round {round})"),
+                )
+                .await;
+                let present = self
+                    .our_lines(le, batch, &keys.run_key)
+                    .await
+                    .map_err(|e| Stop::Failed(format!("could not reconcile journal {le}/{batch}: {e}")))?;
+                for rec in lines.iter_mut() {
+                    if rec.status != LineStatus::Created {
+                        if let Some(l) = present.get(&rec.line.line_no) {
+                            mark_created(rec, batch, l, "confirmed in D365 after an unknown outcome");
+                            *created += 1;
+                            *done += 1;
+                        }
+                    }
+                }
+                if let Err(e) = self.store.put_lines(lines).await {
+                    return Err(Stop::Failed(format!("audit store: {e}")));
+                }
+            }
+        }
+        if lines.iter().all(|l| l.status == LineStatus::Created) {
+            return Ok(true);
+        }
+        Err(Stop::Failed(format!(
+            "the outcome of posting to journal {le}/{batch} stayed unknown after {UNKNOWN_OUTCOME_ATTEMPTS} attempts; replay run {run_id} once D365 answers normally"
+        )))
+    }
+
+    /// Records lines D365 refused and returns the operator message.
+    async fn refused(
+        &self,
+        run_id: &str,
+        le: &str,
+        batch: &str,
+        recs: &mut [LineRecord],
+        why: &str,
+        in_d365: usize,
+    ) -> String {
+        for rec in recs.iter_mut() {
+            rec.status = LineStatus::Failed;
+            rec.journal_batch = Some(batch.to_string());
+            rec.d365_response = Some(why.to_string());
+        }
+        let _ = self.store.put_lines(recs).await;
+        let first = recs.first();
+        let line = first.map(|r| r.line.line_no).unwrap_or_default();
+        let row = first
+            .and_then(|r| r.line.source_rows.first())
+            .map(|r| format!(" (source row {r})"))
+            .unwrap_or_default();
+        let msg = format!(
+            "D365 did not accept line {line}{row} of journal {le}/{batch}: {why}. {in_d365} line(s) of this journal are in D365; the journal is unposted. Fix the cause, then replay run {run_id} to post the rest."
+        );
+        self.event(run_id, "error", "post", msg.clone()).await;
+        msg
+    }
+
     /// Lines of a journal that carry `run_key`, by our line number.
     async fn our_lines(
         &self,
@@ -416,6 +571,21 @@ impl Engine<'_> {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+fn new_line(le: &str, batch: &str, rec: &LineRecord, voucher: Option<String>) -> NewLedgerLine {
+    NewLedgerLine {
+        legal_entity: le.to_string(),
+        batch_number: batch.to_string(),
+        trans_date: rec.line.trans_date,
+        account_display: rec.account_display.clone(),
+        offset_display: rec.offset_display.clone(),
+        debit: rec.line.debit(),
+        credit: rec.line.credit(),
+        currency: rec.line.currency.clone(),
+        text: rec.line.text.clone(),
+        voucher,
     }
 }
 

@@ -453,6 +453,11 @@ impl LookerClient {
             .await
         {
             Ok((StatusCode::ACCEPTED, _)) => Ok(None),
+            // Still throttled after the retry policy: the results stay; poll again later.
+            Err(LookerError::Throttled { .. }) => {
+                tracing::warn!(target: "looker", "query task {id}: results request throttled, trying again later");
+                Ok(None)
+            }
             Ok((_, body)) => Ok(Some(body)),
             Err(LookerError::NotFound(_)) => Err(LookerError::TaskEnded {
                 task_id: id.to_string(),
@@ -985,6 +990,57 @@ mod tests {
             e.contains("refused") && e.contains("nothing was posted") && e.contains("max_rows"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn deadline_is_the_earliest_of_max_wait_settings_and_per_run() {
+        let mut s = settings(10, 5000);
+        s.max_wait = Duration::from_secs(600);
+        let c = LookerClient::new(s.clone()).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(c.deadline_from(t0), t0 + Duration::from_secs(600));
+        let soon = t0 + Duration::from_secs(30);
+        let c2 = c.with_deadline(soon);
+        assert_eq!(c2.deadline_from(t0), soon);
+        // A later per-run deadline does not extend an earlier one.
+        assert_eq!(
+            c2.with_deadline(t0 + Duration::from_secs(90))
+                .deadline_from(t0),
+            soon
+        );
+        s.poll_deadline = Some(t0 + Duration::from_secs(5));
+        let c3 = LookerClient::new(s).unwrap().with_deadline(soon);
+        assert_eq!(c3.deadline_from(t0), t0 + Duration::from_secs(5));
+        // The original client keeps no deadline of its own.
+        assert_eq!(c.deadline_from(t0), t0 + Duration::from_secs(600));
+    }
+
+    #[test]
+    fn task_statuses_and_async_completeness() {
+        assert!(matches!(TaskState::of("complete"), TaskState::Complete));
+        for s in ["error", "failure", "expired", "killed", "missing"] {
+            assert!(matches!(TaskState::of(s), TaskState::Ended), "{s}");
+        }
+        for s in ["added", "running", "", "queued"] {
+            assert!(matches!(TaskState::of(s), TaskState::Pending), "{s}");
+        }
+        let mut s = settings(10, 5000);
+        s.extract_path = ExtractPath::Async;
+        assert!(check_task_complete(&s, 10).is_ok());
+        assert!(matches!(
+            check_task_complete(&s, 11),
+            Err(LookerError::Truncated {
+                received: 11,
+                requested_limit: 11,
+                ..
+            })
+        ));
+        // The sync cap rule does not apply to tasks: exactly 5,000 of 20,000 allowed is fine.
+        let mut s = settings(20_000, 5000);
+        s.extract_path = ExtractPath::Async;
+        assert!(check_task_complete(&s, 5000).is_ok());
+        s.unlimited_rows = true;
+        assert!(check_task_complete(&s, 1_000_000).is_ok());
     }
 
     #[test]

@@ -102,12 +102,15 @@ fn cell_error(what: &str, index: usize, field: &str, found: String) -> LookerErr
 }
 
 /// Looker reports SQL errors of a `json` run as a 200 whose single row is `{"looker_error": …}`.
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 fn looker_error_of(row: &RawRow) -> Option<String> {
     let (_, raw) = row.0.iter().find(|(k, _)| k == "looker_error")?;
     Some(serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_string()))
 }
 
-/// Converts raw `json` rows; also returns the field names in first-seen order.
+/// Converts raw `json` rows; also returns the field names in first-seen order. (The client
+/// uses [`parse_json_rows_streaming`]; this serves the webhook's attachment parser.)
+#[cfg_attr(not(feature = "aws"), allow(dead_code))]
 pub(crate) fn convert_json_rows(
     raw: RawRows,
 ) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
@@ -405,6 +408,21 @@ mod tests {
             serde_json::from_str(r#"[{"z.b":1,"a.a":2},{"z.b":3,"a.a":4,"m.c":5}]"#).unwrap();
         let (cols, _) = convert_json_rows(raw).unwrap();
         assert_eq!(cols, ["z.b", "a.a", "m.c"]);
+    }
+
+    #[test]
+    fn streaming_matches_the_raw_row_parser() {
+        let body = br#"[{"z.b":1.10,"a.a":"x"},{"a.a":"y","z.b":-0.0001,"m.c":null},{"z.b":1e2}]"#;
+        let (cols, rows) = parse_json_rows_streaming(body).unwrap();
+        let raw: RawRows = serde_json::from_slice(body).unwrap();
+        let (cols2, rows2) = convert_json_rows(raw).unwrap();
+        assert_eq!((cols, rows), (cols2, rows2));
+        let (cols, rows) = parse_json_rows_streaming(b" [ ] ").unwrap();
+        assert!(cols.is_empty() && rows.is_empty());
+        assert!(
+            parse_json_rows_streaming(b"[{}] x").is_err(),
+            "trailing text"
+        );
     }
 
     #[test]

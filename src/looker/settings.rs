@@ -48,11 +48,13 @@ pub struct LookerSettings {
     /// Retries for 429 (honouring `Retry-After`), 5xx and transport errors; all Looker calls
     /// made here are reads.
     pub retry: RetryPolicy,
-    /// Most rows an extract may have. We ask Looker for `max_rows + 1` so that "more than
-    /// `max_rows`" is detectable; such a result is refused, never truncated.
+    /// Most rows an extract may have (at least 1; default 5,000). We ask Looker for
+    /// `max_rows + 1` so that "more than `max_rows`" is detectable; such a result is refused,
+    /// never truncated. Applies to both paths; only [`Self::unlimited_rows`] lifts it.
     pub max_rows: usize,
     /// A cap the server may apply silently. Exactly this many rows, when we asked for more, is
-    /// treated as truncated. `0` means no such cap is assumed.
+    /// treated as truncated. `0` means no such cap is assumed. Sync path only: query tasks run
+    /// with an explicit limit are not subject to Looker's 5,000-row cap.
     pub server_row_cap: usize,
     /// Log in again this long before the token's `expires_in` runs out (SDKs use 10 s).
     pub token_margin: Duration,

@@ -337,6 +337,11 @@ pub(crate) fn run_query(ex: &SimExplore, q: &QuerySpec) -> Result<Vec<OutRow>, V
     }
     let mut out: Vec<OutRow> = Vec::with_capacity(groups.len());
     for (key, members) in groups {
+        // One member and no measure filter (every row distinct): the row as stored.
+        if let ([only], true) = (members.as_slice(), measure_filters.is_empty()) {
+            out.push(q.fields.iter().map(|f| (f.clone(), get(only, f))).collect());
+            continue;
+        }
         let mut vals: BTreeMap<&str, SimValue> = dims
             .iter()
             .map(|d| d.as_str())
