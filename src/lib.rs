@@ -3,11 +3,13 @@
 //! `domain` is the core with no I/O (money, source rows, mapping, journals, validation, run
 //! model). Around it sit the adapters: `looker` and `d365` (HTTP clients), `store` (audit and
 //! idempotency persistence), `secrets` (credentials), `engine` (the run pipeline wiring them
-//! together) and `cli`. `sandbox` holds simulators for demos and tests and is feature-gated.
+//! together), `controls` (finance controls: reconciliation, reversal, lineage) and `cli`.
+//! `sandbox` holds simulators for demos and tests and is feature-gated.
 
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod cli;
+pub mod controls;
 pub mod d365;
 pub mod domain;
 pub mod engine;

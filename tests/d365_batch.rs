@@ -490,7 +490,7 @@ async fn server_side_operation_limit_fails_the_whole_request() {
     let out = c.create_lines_batched(&sets, &settings(10)).await.unwrap();
     for o in &out {
         match o {
-            ChangesetOutcome::Failed { status, messages } => {
+            ChangesetOutcome::Refused { status, messages } => {
                 assert_eq!(*status, 400);
                 assert!(messages[0].contains("limit is 4"), "{messages:?}");
             }

@@ -171,7 +171,10 @@ impl World {
         Self::start_configured(settings, |_| {}).await
     }
 
-    async fn start_configured(settings: Settings, adjust: impl FnOnce(&mut InstanceConfig)) -> World {
+    async fn start_configured(
+        settings: Settings,
+        adjust: impl FnOnce(&mut InstanceConfig),
+    ) -> World {
         let looker = LookerSim::start(LookerSeed::demo(event_date()))
             .await
             .expect("looker sim");
@@ -933,7 +936,9 @@ async fn failed_replay_reports_its_sequence_number_and_a_retry_succeeds() {
     unknown.change.sequence_number = Some("4421584500000000017450439094".into());
     ev.records.extend([remove, modify, unknown]);
 
+    // Single writes and `$batch` requests alike are refused.
     w.d365.fail_next_writes(100, 400, false);
+    w.d365.fail_next_batches(100, 400, false);
     let resp = handle_replay(&w.ctx, ev.clone(), &inv("f1")).await.unwrap();
     let failed: Vec<_> = resp
         .batch_item_failures
@@ -955,6 +960,7 @@ async fn failed_replay_reports_its_sequence_number_and_a_retry_succeeds() {
 
     // Lambda retries from the failed record; D365 is healthy again.
     w.d365.fail_next_writes(0, 400, false);
+    w.d365.fail_next_batches(0, 400, false);
     let resp = handle_replay(&w.ctx, ev, &inv("f2")).await.unwrap();
     assert!(resp.batch_item_failures.is_empty(), "{resp:?}");
     w.assert_weekly_journal(None);

@@ -524,9 +524,16 @@ async fn batch_committed_then_dropped_is_reconciled_not_resent() {
     assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
     let lines = w.d365.lines();
     assert_eq!(lines.len(), 14, "exactly the planned lines, no duplicates");
-    assert_eq!(w.d365.batch_request_count(), 1, "the committed batch was not sent again");
+    assert_eq!(
+        w.d365.batch_request_count(),
+        1,
+        "the committed batch was not sent again"
+    );
     let events = w.store.events(&report.run.run_id).await.unwrap();
-    assert!(events.iter().any(|e| e.message.contains("reconciling")), "{events:#?}");
+    assert!(
+        events.iter().any(|e| e.message.contains("reconciling")),
+        "{events:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,7 +569,12 @@ async fn a_refused_voucher_leaves_no_partial_voucher_and_replay_finishes() {
         .replay(&w.config, &report.run.run_id, chrono::Duration::minutes(5))
         .await
         .unwrap();
-    assert_eq!(replayed.outcome, Outcome::Posted, "{:?}", replayed.run.message);
+    assert_eq!(
+        replayed.outcome,
+        Outcome::Posted,
+        "{:?}",
+        replayed.run.message
+    );
     let lines = w.d365.lines();
     let planned = w.store.lines(&report.run.run_id).await.unwrap().len();
     assert_eq!(lines.len(), planned);
@@ -570,4 +582,20 @@ async fn a_refused_voucher_leaves_no_partial_voucher_and_replay_finishes() {
     texts.sort();
     texts.dedup();
     assert_eq!(texts.len(), planned, "no duplicates after replay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_refusing_the_batch_request_gets_lines_one_by_one() {
+    let w = World::start().await;
+    // The whole $batch request is refused (here: a 1-operation limit); nothing is applied, so
+    // the connector posts line by line.
+    w.d365.set_batch_max_operations(1);
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    assert_eq!(w.d365.lines().len(), 14);
+    assert_eq!(
+        w.d365.batch_request_count(),
+        1,
+        "one refused $batch, then single POSTs"
+    );
 }

@@ -1,4 +1,5 @@
-//! The `ml-connector` command line: demo, run, preview, check, replay, runs, show.
+//! The `ml-connector` command line: demo, run, preview, check, replay, runs, show, reverse,
+//! trace.
 //!
 //! A thin adapter: it loads the instance config and credentials, builds the clients and the
 //! store, runs the engine and renders what happened. Exit codes: 0 done (including "already
@@ -18,10 +19,10 @@ use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
 use crate::d365::{D365Client, D365Settings};
-use crate::domain::config::{InstanceConfig, Source};
+use crate::domain::config::{ExtractMode, InstanceConfig, Source};
 use crate::domain::journal::LedgerAccount;
 use crate::engine::{Engine, Mode, Progress, RunOptions};
-use crate::looker::{LookerClient, LookerSettings};
+use crate::looker::{ExtractPath, LookerClient, LookerSettings};
 use crate::secrets::Credentials;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -135,9 +136,40 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// A run's audit trail: totals, journal lines, source rows, events.
+    /// A run's audit trail: totals, journal lines, source rows, events, and its reconciliation
+    /// (Looker → mapped → residue → D365). With `--config`, D365 is read back now and the new
+    /// reconciliation is stored with the run; without it, the last stored one is shown.
     Show {
         run_id: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Instance configuration (TOML): reconcile against D365 now.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Undo a run's journals: a posted journal gets an inverse journal (same accounts and
+    /// dimensions, amounts negated, dated in the next open period), recorded as its own run
+    /// linked to the original. An unposted journal is refused unless `--delete-unposted`, which
+    /// deletes the connector's lines instead. Posted entries are never edited. Idempotent.
+    Reverse {
+        run_id: String,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Delete the connector's lines (and the journal) where it is still unposted in D365.
+        #[arg(long)]
+        delete_unposted: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where a D365 journal line came from: REF is the reference at the start of its Text
+    /// (e.g. `e809d1456a-161ac2.L0007`) → run, Look/query and filters, source row(s), config
+    /// version.
+    Trace {
+        reference: String,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -218,22 +250,136 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", render::runs_table(&runs));
             Ok(0)
         }
-        Command::Show { run_id, json } => {
+        Command::Show {
+            run_id,
+            json,
+            config,
+            endpoints,
+        } => {
+            let cfg = config.map(|config| ConfigArgs { config, endpoints });
+            show_command(&store_path, table.as_deref(), &run_id, json, cfg.as_ref()).await
+        }
+        Command::Reverse {
+            run_id,
+            cfg,
+            delete_unposted,
+            json,
+        } => {
+            reverse_command(
+                &store_path,
+                table.as_deref(),
+                &cfg,
+                &run_id,
+                delete_unposted,
+                json,
+            )
+            .await
+        }
+        Command::Trace { reference, json } => {
             let store = any_store(&store_path, table.as_deref()).await?;
-            let Some(run) = store.get_run(&run_id).await? else {
-                eprintln!("error: run {run_id} not found in {}", store_path.display());
-                return Ok(1);
-            };
-            let rows = store.source_rows(&run_id).await?;
-            let lines = store.lines(&run_id).await?;
-            let events = store.events(&run_id).await?;
-            if json {
-                let v = serde_json::json!({ "run": run, "source_rows": rows, "lines": lines, "events": events });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print!("{}", render::show_run(&run, &rows, &lines, &events));
+            match crate::controls::trace(store.as_ref(), &reference).await {
+                Ok(t) if json => println!("{}", serde_json::to_string_pretty(&t)?),
+                Ok(t) => print!("{}", t.render()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(1);
+                }
             }
             Ok(0)
+        }
+    }
+}
+
+/// `show`: the audit trail plus the reconciliation (fresh with `--config`, else the stored one).
+async fn show_command(
+    store_path: &Path,
+    table: Option<&str>,
+    run_id: &str,
+    json: bool,
+    cfg: Option<&ConfigArgs>,
+) -> anyhow::Result<i32> {
+    let store = any_store(store_path, table).await?;
+    let Some(run) = store.get_run(run_id).await? else {
+        eprintln!("error: run {run_id} not found in {}", store_path.display());
+        return Ok(1);
+    };
+    let reconciliation = match cfg {
+        Some(args) => {
+            let (cfg, clients) = load_instance(args)?;
+            match crate::controls::reconcile(store.as_ref(), &clients.d365, &cfg, run_id).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("error: reconciliation of run {run_id} failed: {e}");
+                    return Ok(1);
+                }
+            }
+        }
+        None => crate::controls::reconcile::stored(store.as_ref(), run_id).await?,
+    };
+    let rows = store.source_rows(run_id).await?;
+    let lines = store.lines(run_id).await?;
+    let events = store.events(run_id).await?;
+    if json {
+        let v = serde_json::json!({
+            "run": run,
+            "source_rows": rows,
+            "lines": lines,
+            "events": events,
+            "reconciliation": reconciliation,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", render::show_run(&run, &rows, &lines, &events));
+        println!();
+        match &reconciliation {
+            Some(r) => print!("{}", r.render()),
+            None => println!(
+                "Reconciliation: none stored yet; run `ml-connector show {run_id} --config FILE` to read D365 back and reconcile"
+            ),
+        }
+    }
+    Ok(0)
+}
+
+/// `reverse`: inverse journal for posted journals, or deletion of unposted ones on request.
+async fn reverse_command(
+    store_path: &Path,
+    table: Option<&str>,
+    args: &ConfigArgs,
+    run_id: &str,
+    delete_unposted: bool,
+    json: bool,
+) -> anyhow::Result<i32> {
+    use crate::controls::{ControlsError, ReverseOptions};
+    let (cfg, clients) = load_instance(args)?;
+    let store = any_store(store_path, table).await?;
+    let opts = ReverseOptions {
+        delete_unposted,
+        lease: chrono::Duration::minutes(CLI_LEASE_MINUTES),
+    };
+    match crate::controls::reverse(store.as_ref(), &clients.d365, &cfg, run_id, &opts).await {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{}", r.message);
+                if let Some(rev) = &r.reversal {
+                    println!(
+                        "The reversal journal(s) are left unposted: finance reviews and posts them in D365 (General ledger > Journal entries > General journals). Audit trail: ml-connector show {} --store {}",
+                        rev.run_id,
+                        store_path.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Err(ControlsError::Refused(m)) => {
+            eprintln!("refused: {m}");
+            Ok(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(1)
         }
     }
 }
@@ -385,6 +531,12 @@ pub fn build_clients(cfg: &InstanceConfig, creds: &Credentials) -> anyhow::Resul
     )?;
     ls.max_rows = cfg.looker.max_rows;
     ls.timeout = Duration::from_secs(cfg.looker.timeout_secs.max(1));
+    if cfg.looker.extract == ExtractMode::Async {
+        ls.extract_path = ExtractPath::Async;
+        ls.max_wait = Duration::from_secs(cfg.looker.async_max_wait_secs.max(1));
+        ls.poll_interval = Duration::from_secs(cfg.looker.poll_interval_secs.max(1));
+        ls.max_poll_interval = ls.poll_interval * 5;
+    }
     let mut ds = D365Settings::new(
         &cfg.d365.environment_url,
         &cfg.d365.authority,

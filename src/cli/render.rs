@@ -115,6 +115,18 @@ pub fn run_report(r: &RunReport, store: &Path) -> String {
     if let Some(m) = &run.message {
         let _ = writeln!(s, "{m}");
     }
+    if r.outcome == Outcome::Posted {
+        let _ = writeln!(
+            s,
+            "The connector never posts: finance reviews and posts the journal(s) in D365 (General ledger > Journal entries > General journals > Validate, then Post — or Submit when the journal name requires workflow approval). Undo with `ml-connector reverse {}`.",
+            run.run_id
+        );
+    }
+    if r.outcome != Outcome::Previewed {
+        if let Some(n) = crate::controls::RunNotification::for_run(run) {
+            let _ = writeln!(s, "Fix: {}", n.fix);
+        }
+    }
     if !r.issues.is_empty() {
         let _ = writeln!(s, "\nProblems ({}):", r.issues.len());
         for i in &r.issues {
@@ -295,13 +307,24 @@ pub fn show_run(
 
     let _ = writeln!(s, "\nEvents ({})", events.len());
     for e in events {
+        // A stored reconciliation is JSON; its summary is enough here (full report below).
+        let message = match e.kind.as_str() {
+            crate::controls::KIND_RECONCILIATION => {
+                match serde_json::from_str::<crate::controls::Reconciliation>(&e.message) {
+                    Ok(r) if r.is_clean() => "reconciled: no difference".to_string(),
+                    Ok(r) => format!("reconciled: {} difference(s)", r.differences.len()),
+                    Err(_) => "reconciliation (unreadable)".to_string(),
+                }
+            }
+            _ => e.message.clone(),
+        };
         let _ = writeln!(
             s,
             "  {} {:<5} {:<10} {}",
             e.at.format("%H:%M:%S%.3f"),
             e.level,
             e.kind,
-            e.message
+            message
         );
     }
     s

@@ -26,7 +26,7 @@
 //!   request is [`ChangesetOutcome::Unknown`]. Never resent here: the caller must read the
 //!   journal back and reconcile.
 //! - Another 4xx on the whole request (e.g. too many operations) → every changeset of that
-//!   request is [`ChangesetOutcome::Failed`] with F&O's messages (nothing was applied).
+//!   request is [`ChangesetOutcome::Refused`] with F&O's messages (nothing was applied).
 //! - Per journal, once a request did not create everything, the journal's later requests are not
 //!   sent ([`ChangesetOutcome::NotProcessed`]): stop at the first failure, like F&O does inside
 //!   one `$batch`.
@@ -81,8 +81,11 @@ impl Default for BatchSettings {
 pub enum ChangesetOutcome {
     /// All lines were created, in the order sent.
     Created(Vec<JournalLineRow>),
-    /// F&O refused the changeset (or the whole request); nothing of it was saved.
+    /// F&O refused this changeset inside a processed `$batch`; nothing of it was saved.
     Failed { status: u16, messages: Vec<String> },
+    /// F&O refused the whole `$batch` request (4xx other than 429, e.g. too many operations, or
+    /// an environment that does not take the request as built): nothing of it was applied.
+    Refused { status: u16, messages: Vec<String> },
     /// Not applied and safe to send again: an earlier changeset of the same journal failed or
     /// has an unknown outcome, or the request was refused before processing (throttling
     /// exhausted, unreachable, authentication). `reason` says which.
@@ -159,6 +162,7 @@ impl D365Client {
             if let Some(bad) = outcomes.iter().find(|o| !o.is_created()) {
                 let what = match bad {
                     ChangesetOutcome::Failed { .. } => "a changeset was refused",
+                    ChangesetOutcome::Refused { .. } => "the request was refused",
                     ChangesetOutcome::Unknown { .. } => "its outcome is unknown",
                     _ => "it was not processed",
                 };
@@ -234,7 +238,7 @@ impl D365Client {
         }
         if !status.is_success() {
             let messages = parse_error_body(code, &text(&resp.body));
-            return all(&sets, || ChangesetOutcome::Failed {
+            return all(&sets, || ChangesetOutcome::Refused {
                 status: code,
                 messages: messages.clone(),
             });

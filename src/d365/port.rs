@@ -108,13 +108,15 @@ impl LedgerGateway for D365Client {
             ..BatchSettings::default()
         };
         let outcomes = self.create_lines_batched(&changesets, &settings).await?;
-        // An environment without `$batch` answers the request itself with 404/405/501: nothing
-        // was processed, so the caller may safely post line by line instead.
-        if !outcomes.is_empty()
-            && outcomes.iter().all(|o| {
-                matches!(o, ChangesetOutcome::Failed { status, .. } if matches!(status, 404 | 405 | 501))
-            })
-        {
+        // The request as a whole was refused (an environment without `$batch`, a batch-size
+        // limit lower than configured, …): nothing was applied, so posting line by line instead
+        // is safe. A voucher refused *inside* a processed batch is `Failed`, not this.
+        if let Some(ChangesetOutcome::Refused { status, messages }) = outcomes.first() {
+            tracing::warn!(
+                status,
+                "D365 refused the $batch request as a whole ({}); posting line by line instead",
+                messages.join("; ")
+            );
             return Ok(None);
         }
         Ok(Some(
@@ -124,10 +126,21 @@ impl LedgerGateway for D365Client {
                     ChangesetOutcome::Created(rows) => {
                         VoucherOutcome::Created(rows.into_iter().map(line).collect())
                     }
-                    ChangesetOutcome::Failed { status, messages } => VoucherOutcome::Failed(
-                        format!("D365 refused the voucher (HTTP {status}): {}", messages.join("; ")),
-                    ),
-                    ChangesetOutcome::NotProcessed { reason } => VoucherOutcome::NotProcessed(reason),
+                    ChangesetOutcome::Failed { status, messages } => {
+                        VoucherOutcome::Failed(format!(
+                            "D365 refused the voucher (HTTP {status}): {}",
+                            messages.join("; ")
+                        ))
+                    }
+                    ChangesetOutcome::NotProcessed { reason } => {
+                        VoucherOutcome::NotProcessed(reason)
+                    }
+                    ChangesetOutcome::Refused { status, messages } => {
+                        VoucherOutcome::NotProcessed(format!(
+                            "the $batch request was refused (HTTP {status}): {}",
+                            messages.join("; ")
+                        ))
+                    }
                     ChangesetOutcome::Unknown { detail } => VoucherOutcome::Unknown(detail),
                 })
                 .collect(),
@@ -169,15 +182,15 @@ impl LedgerGateway for D365Client {
 
 fn new_line(l: &NewLedgerLine) -> NewJournalLine {
     NewJournalLine {
-            legal_entity: l.legal_entity.clone(),
-            batch_number: l.batch_number.clone(),
-            trans_date: l.trans_date,
-            account_display: l.account_display.clone(),
-            offset_display: l.offset_display.clone(),
-            debit: l.debit,
-            credit: l.credit,
-            currency: l.currency.clone(),
-            text: l.text.clone(),
-            voucher: l.voucher.clone(),
+        legal_entity: l.legal_entity.clone(),
+        batch_number: l.batch_number.clone(),
+        trans_date: l.trans_date,
+        account_display: l.account_display.clone(),
+        offset_display: l.offset_display.clone(),
+        debit: l.debit,
+        credit: l.credit,
+        currency: l.currency.clone(),
+        text: l.text.clone(),
+        voucher: l.voucher.clone(),
     }
 }

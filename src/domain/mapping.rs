@@ -1068,12 +1068,25 @@ mod tests {
         let mut cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
         cfg.journal.max_voucher_lines = 10;
         let rows: Vec<SourceRow> = (0..25)
-            .map(|i| row(i, "2026-11-22", "Amazon", "022", "Commission", Cell::Number(d("1.005"))))
+            .map(|i| {
+                row(
+                    i,
+                    "2026-11-22",
+                    "Amazon",
+                    "022",
+                    "Commission",
+                    Cell::Number(d("1.005")),
+                )
+            })
             .collect();
         let m = run(&cfg, &extract(rows));
         assert!(m.issues.is_empty(), "{:?}", m.issues);
         let sums = voucher_sums(&m);
-        assert_eq!(sums.len(), 4, "25 rows, 8 per voucher (+ balancing + rounding)");
+        assert_eq!(
+            sums.len(),
+            4,
+            "25 rows, 8 per voucher (+ balancing + rounding)"
+        );
         assert!(sums.values().all(|s| s.is_zero()));
         let mut per_voucher: BTreeMap<u32, usize> = BTreeMap::new();
         for l in &m.journals[0].lines {

@@ -38,7 +38,13 @@ pub enum EngineError {
     RunNotFound(String),
     #[error("{0}")]
     Config(String),
+    /// Fault injection stopped the engine at this point (see [`Progress::crash_at`]).
+    #[error("crashed (injected) at {0:?}")]
+    Crashed(CrashPoint),
 }
+
+/// Audit event kind recorded once a run passed validation: only such runs may be replayed.
+pub const VALIDATED_EVENT: &str = "validated";
 
 /// Preview stops before writing; Post writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +57,28 @@ pub enum Mode {
 pub trait Progress: Send + Sync {
     fn step(&self, _message: &str) {}
     fn line_posted(&self, _done: usize, _total: usize) {}
+    /// Fault injection: called at every durable step boundary. Returning `true` makes the
+    /// engine stop right there, as a killed process would: no cleanup, no lock release, no final
+    /// status. The next attempt (a retry, a redelivery or a replay) must converge from there.
+    fn crash_at(&self, _point: CrashPoint) -> bool {
+        false
+    }
+}
+
+/// Step boundaries where a crash can be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The run, its source rows and planned lines are recorded and validated; nothing sent to
+    /// D365.
+    Recorded,
+    /// The period lock is held; nothing sent to D365.
+    Locked,
+    /// The journal header exists in D365 and is recorded.
+    HeaderCreated,
+    /// Some lines (or whole vouchers) were written and recorded.
+    LinesWritten,
+    /// Everything is in D365; the final status is not yet recorded.
+    Posted,
 }
 
 /// A progress sink that ignores everything.
@@ -124,6 +152,15 @@ fn new_run_id(now: DateTime<Utc>) -> String {
 }
 
 impl<'a> Engine<'a> {
+    /// Stops the engine if fault injection asks for a crash at `point`.
+    pub(crate) fn crash(&self, point: CrashPoint) -> Result<(), EngineError> {
+        if self.progress.crash_at(point) {
+            tracing::warn!(?point, "injected crash");
+            return Err(EngineError::Crashed(point));
+        }
+        Ok(())
+    }
+
     async fn event(&self, run_id: &str, level: &str, kind: &str, message: impl Into<String>) {
         let message = message.into();
         match level {
@@ -322,6 +359,19 @@ impl<'a> Engine<'a> {
                 .await;
         }
 
+        self.event(
+            &run.run_id,
+            "info",
+            VALIDATED_EVENT,
+            format!(
+                "validated against D365: {} journal(s), {} line(s), every voucher balances",
+                mapped.journals.len(),
+                lines.len()
+            ),
+        )
+        .await;
+        self.crash(CrashPoint::Recorded)?;
+
         // One poster per period at a time: the lock is a mutex with a lease (a crashed holder
         // is taken over once its lease has passed). "Already posted" is decided afterwards from
         // the audit history and, authoritatively, from D365 by natural key.
@@ -359,11 +409,19 @@ impl<'a> Engine<'a> {
             .store
             .runs_for_period(&config.instance, &keys.period_key)
             .await?;
-        if let Some(other) = earlier.iter().find(|r| {
+        // Reversals, and runs whose journals were reversed or deleted, no longer hold the period.
+        let mut blocking = None;
+        for r in earlier.iter().filter(|r| {
             r.run_id != run.run_id
                 && r.keys.run_key != keys.run_key
                 && matches!(r.status, RunStatus::Completed | RunStatus::AlreadyPosted)
         }) {
+            if crate::controls::blocks_period(self.store, r).await? {
+                blocking = Some(r);
+                break;
+            }
+        }
+        if let Some(other) = blocking {
             let msg = conflict_message(other, &run);
             self.event(&run.run_id, "error", "conflict", msg.clone())
                 .await;
@@ -375,10 +433,11 @@ impl<'a> Engine<'a> {
 
         run.status = RunStatus::Posting;
         self.store.update_run(&run).await?;
-        let result = self
+        self.crash(CrashPoint::Locked)?;
+        let (status, message, posted) = self
             .post_all(&mut run, config, lines, &keys, &earlier)
-            .await;
-        let (status, message, posted) = result;
+            .await?;
+        self.crash(CrashPoint::Posted)?;
         if let Err(e) = self.store.release_lock(&lock_key, &run.run_id).await {
             self.event(
                 &run.run_id,
@@ -549,13 +608,29 @@ impl<'a> Engine<'a> {
         }
         if !matches!(
             run.status,
-            RunStatus::Failed | RunStatus::Posting | RunStatus::Busy | RunStatus::Completed
+            RunStatus::Failed
+                | RunStatus::Posting
+                | RunStatus::Started
+                | RunStatus::Busy
+                | RunStatus::Completed
         ) {
             let msg = format!(
                 "run {run_id} is `{}`; only failed, interrupted or busy runs can be replayed (a rejected or conflicting run needs a new run)",
                 run.status.as_str()
             );
             return Err(EngineError::Config(msg));
+        }
+        if run.status == RunStatus::Started
+            && !self
+                .store
+                .events(run_id)
+                .await?
+                .iter()
+                .any(|e| e.kind == VALIDATED_EVENT)
+        {
+            return Err(EngineError::Config(format!(
+                "run {run_id} stopped before its validation finished; nothing of it was posted — start a new run instead of replaying it"
+            )));
         }
         let lines = self.store.lines(run_id).await?;
         let lock_key = format!("post#{}#{}", run.instance, run.keys.period_key);
@@ -588,7 +663,8 @@ impl<'a> Engine<'a> {
         run.status = RunStatus::Posting;
         self.store.update_run(&run).await?;
         let keys = run.keys.clone();
-        let (status, message, posted) = self.post_all(&mut run, config, lines, &keys, &[]).await;
+        let (status, message, posted) = self.post_all(&mut run, config, lines, &keys, &[]).await?;
+        self.crash(CrashPoint::Posted)?;
         self.store.release_lock(&lock_key, run_id).await.ok();
         let mut report = self
             .finish(
@@ -623,7 +699,7 @@ fn busy_message(owner: &str, until: DateTime<Utc>) -> String {
 
 fn conflict_message(other: &RunRecord, this: &RunRecord) -> String {
     format!(
-        "period {} was already posted by run {} (journals {}, Looker total {}); this extract (run {}) has different data, Looker total {}. Nothing was written. Reverse the earlier journal in D365 (or delete it while unposted), then run again.",
+        "period {} was already posted by run {} (journals {}, Looker total {}); this extract (run {}) has different data, Looker total {}. Nothing was written. Undo the earlier run with `ml-connector reverse {} --config FILE` (add `--delete-unposted` while its journal is unposted), then run again.",
         this.period,
         other.run_id,
         other
@@ -634,7 +710,8 @@ fn conflict_message(other: &RunRecord, this: &RunRecord) -> String {
             .join(", "),
         other.totals.source_total,
         this.run_id,
-        this.totals.source_total
+        this.totals.source_total,
+        other.run_id
     )
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 use rust_decimal::Decimal;
 
-use super::Engine;
+use super::{CrashPoint, Engine, EngineError};
 use crate::domain::config::{InstanceConfig, Posting};
 use crate::domain::mapping::{description_prefix, parse_line_ref, render_description};
 use crate::domain::reference::VoucherAllocation;
@@ -35,6 +35,8 @@ pub struct PostSummary {
 enum Stop {
     Failed(String),
     Conflict(String),
+    /// Injected crash: the engine stops without recording anything more.
+    Crashed(CrashPoint),
 }
 
 /// Attempts for a line whose create came back with an unknown outcome and was then confirmed
@@ -50,7 +52,7 @@ impl Engine<'_> {
         lines: Vec<LineRecord>,
         keys: &RunKeys,
         _earlier: &[RunRecord],
-    ) -> (RunStatus, String, Vec<PostSummary>) {
+    ) -> Result<(RunStatus, String, Vec<PostSummary>), EngineError> {
         let mut by_entity: BTreeMap<String, Vec<LineRecord>> = BTreeMap::new();
         for l in lines {
             by_entity.entry(l.legal_entity.clone()).or_default().push(l);
@@ -65,8 +67,9 @@ impl Engine<'_> {
                 .await
             {
                 Ok(s) => summaries.push(s),
-                Err(Stop::Failed(m)) => return (RunStatus::Failed, m, summaries),
-                Err(Stop::Conflict(m)) => return (RunStatus::Conflict, m, summaries),
+                Err(Stop::Failed(m)) => return Ok((RunStatus::Failed, m, summaries)),
+                Err(Stop::Conflict(m)) => return Ok((RunStatus::Conflict, m, summaries)),
+                Err(Stop::Crashed(p)) => return Err(EngineError::Crashed(p)),
             }
         }
         run.totals.created_debit = summaries.iter().map(|s| s.debit).sum();
@@ -98,17 +101,17 @@ impl Engine<'_> {
             .collect::<Vec<_>>()
             .join("; ");
         if nothing_new {
-            (
+            Ok((
                 RunStatus::AlreadyPosted,
                 format!("already posted, nothing new written: {journals}"),
                 summaries,
-            )
+            ))
         } else {
-            (
+            Ok((
                 RunStatus::Completed,
                 format!("journal(s) created and left unposted for review: {journals}"),
                 summaries,
-            )
+            ))
         }
     }
 
@@ -134,6 +137,14 @@ impl Engine<'_> {
             .find_headers(le, &period_prefix)
             .await
             .map_err(|e| failed("could not look up existing journals", e))?;
+        // Journals reversed by `ml-connector reverse` no longer count as postings of the period.
+        let reversed = crate::controls::reversed_batches(self.ledger, le, &keys.period_key)
+            .await
+            .map_err(|e| failed("could not look up reversal journals", e))?;
+        let headers: Vec<LedgerHeader> = headers
+            .into_iter()
+            .filter(|h| !reversed.contains(&h.batch_number))
+            .collect();
         let (mut ours, others): (Vec<LedgerHeader>, Vec<LedgerHeader>) = headers
             .into_iter()
             .partition(|h| h.description.starts_with(&ours_prefix));
@@ -214,6 +225,9 @@ impl Engine<'_> {
         }
         if let Err(e) = self.store.update_run(run).await {
             return Err(Stop::Failed(format!("audit store: {e}")));
+        }
+        if self.progress.crash_at(CrashPoint::HeaderCreated) {
+            return Err(Stop::Crashed(CrashPoint::HeaderCreated));
         }
         if header_created {
             self.event(
@@ -305,7 +319,14 @@ impl Engine<'_> {
                     }
                     Err(e) => {
                         let msg = self
-                            .refused(&run_id, le, &batch, std::slice::from_mut(rec), &e.to_string(), created + found)
+                            .refused(
+                                &run_id,
+                                le,
+                                &batch,
+                                std::slice::from_mut(rec),
+                                &e.to_string(),
+                                created + found,
+                            )
                             .await;
                         return Err(Stop::Failed(msg));
                     }
@@ -315,6 +336,9 @@ impl Engine<'_> {
                 }
                 *done += 1;
                 self.progress.line_posted(*done, total);
+                if self.progress.crash_at(CrashPoint::LinesWritten) {
+                    return Err(Stop::Crashed(CrashPoint::LinesWritten));
+                }
             }
         }
 
@@ -436,7 +460,17 @@ impl Engine<'_> {
                         let mut recs: Vec<LineRecord> =
                             idx.iter().map(|&i| lines[i].clone()).collect();
                         let msg = self
-                            .refused(run_id, le, batch, &mut recs, &format!("voucher {voucher}: {msg}"), lines.iter().filter(|l| l.status == LineStatus::Created).count())
+                            .refused(
+                                run_id,
+                                le,
+                                batch,
+                                &mut recs,
+                                &format!("voucher {voucher}: {msg}"),
+                                lines
+                                    .iter()
+                                    .filter(|l| l.status == LineStatus::Created)
+                                    .count(),
+                            )
                             .await;
                         for (&i, r) in idx.iter().zip(recs) {
                             lines[i] = r;
@@ -460,6 +494,9 @@ impl Engine<'_> {
                 return Err(Stop::Failed(format!("audit store: {e}")));
             }
             self.progress.line_posted(*done, total);
+            if self.progress.crash_at(CrashPoint::LinesWritten) {
+                return Err(Stop::Crashed(CrashPoint::LinesWritten));
+            }
             if let Some(detail) = unknown {
                 // Ask D365 what landed before sending anything again.
                 self.event(
@@ -472,11 +509,18 @@ impl Engine<'_> {
                 let present = self
                     .our_lines(le, batch, &keys.run_key)
                     .await
-                    .map_err(|e| Stop::Failed(format!("could not reconcile journal {le}/{batch}: {e}")))?;
+                    .map_err(|e| {
+                        Stop::Failed(format!("could not reconcile journal {le}/{batch}: {e}"))
+                    })?;
                 for rec in lines.iter_mut() {
                     if rec.status != LineStatus::Created {
                         if let Some(l) = present.get(&rec.line.line_no) {
-                            mark_created(rec, batch, l, "confirmed in D365 after an unknown outcome");
+                            mark_created(
+                                rec,
+                                batch,
+                                l,
+                                "confirmed in D365 after an unknown outcome",
+                            );
                             *created += 1;
                             *done += 1;
                         }

@@ -62,9 +62,7 @@ impl WebhookRequest {
         let received_at = Utc
             .timestamp_millis_opt(req.request_context.time_epoch)
             .single()
-            .filter(|t| {
-                t.timestamp() > 946_684_800 && *t < Utc::now() + chrono::Duration::days(1)
-            });
+            .filter(|t| t.timestamp() > 946_684_800 && *t < Utc::now() + chrono::Duration::days(1));
         WebhookRequest {
             method: http.method.clone().unwrap_or_default(),
             path: req

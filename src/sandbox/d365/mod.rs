@@ -12,6 +12,7 @@ mod entra;
 pub mod filter;
 mod fno;
 pub mod seed;
+mod tamper;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

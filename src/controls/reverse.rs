@@ -1,0 +1,778 @@
+//! Reversal of a run's journals, and deletion of a still-unposted one.
+//!
+//! Posted entries are never edited: a posted journal gets an inverse journal (same accounts and
+//! dimensions, debit and credit swapped, dated on the first day of the next open period after
+//! the original), recorded as its own run (trigger `reverse`) linked to the original by audit
+//! events on both. A journal that is still unposted can instead have the connector's lines (and
+//! then its header) deleted, on request.
+//!
+//! Idempotent: the reversal journal is found again by its header Description
+//! (`MLC-R {original run key} {original batch} …`) and its lines by their lineage references
+//! (`{reversal run key}.L0007`, same line numbers as the original), so a second `reverse`
+//! writes nothing new and an interrupted one resumes.
+
+use std::collections::BTreeMap;
+
+use chrono::{Duration, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+
+use super::{
+    record, reversal_description_prefix, ControlsError, KIND_DELETED_UNPOSTED, KIND_REVERSAL,
+    KIND_REVERSED, TRIGGER_REVERSE,
+};
+use crate::domain::config::InstanceConfig;
+use crate::domain::journal::{Journal, JournalLine};
+use crate::domain::mapping::{line_ref, parse_line_ref, truncate_chars};
+use crate::domain::money::CurrencyPrecision;
+use crate::domain::reference::{PeriodStatus, ReferenceData, VoucherAllocation};
+use crate::domain::run::{LineRecord, LineStatus, RunKeys, RunRecord, RunStatus, RunTotals};
+use crate::domain::validation::validate;
+use crate::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
+use crate::store::{LockOutcome, Store};
+
+/// Options of [`reverse()`].
+#[derive(Debug, Clone)]
+pub struct ReverseOptions {
+    /// Delete the connector's lines of journals that are still unposted (otherwise refused).
+    pub delete_unposted: bool,
+    /// How long the period lock may be held.
+    pub lease: Duration,
+}
+
+impl Default for ReverseOptions {
+    fn default() -> Self {
+        Self {
+            delete_unposted: false,
+            lease: Duration::minutes(30),
+        }
+    }
+}
+
+/// One original journal and its reversal.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JournalReversal {
+    pub legal_entity: String,
+    pub original_batch: String,
+    pub reversal_batch: String,
+    pub reversal_date: NaiveDate,
+    pub lines_created: usize,
+    pub lines_found: usize,
+    /// Debit and credit of the reversal as read back from D365.
+    pub debit: Decimal,
+    pub credit: Decimal,
+}
+
+/// One unposted original journal whose lines were deleted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JournalDeletion {
+    pub legal_entity: String,
+    pub batch: String,
+    pub lines_deleted: usize,
+    pub header_deleted: bool,
+    /// Lines not created by the run, left in place (the header then stays too).
+    pub foreign_lines: usize,
+}
+
+/// What [`reverse()`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReverseReport {
+    pub original_run_id: String,
+    /// The reversal run (absent when only deletions happened).
+    pub reversal: Option<RunRecord>,
+    pub reversed: Vec<JournalReversal>,
+    pub deleted: Vec<JournalDeletion>,
+    /// Nothing new was written (a repeated `reverse`).
+    pub nothing_new: bool,
+    pub message: String,
+}
+
+/// Run key of the reversal of `original` covering `journals`: `{period_key}-r{5 hex}`, stable
+/// for the same original and journals, different from any posting key (`{period_key}-{6 hex}`).
+pub fn reversal_run_key(original: &RunRecord, journals: &[(String, String)]) -> String {
+    let mut h = Sha256::new();
+    h.update(original.keys.run_key.as_bytes());
+    for (le, b) in journals {
+        h.update([0u8]);
+        h.update(le.as_bytes());
+        h.update([b'/']);
+        h.update(b.as_bytes());
+    }
+    format!(
+        "{}-r{}",
+        original.keys.period_key,
+        &hex::encode(h.finalize())[..5]
+    )
+}
+
+/// First day of the first open period after the period containing `after`.
+pub fn next_open_period_start(refd: &ReferenceData, after: NaiveDate) -> Option<NaiveDate> {
+    let current_end = refd.period_for(after).map(|p| p.end).unwrap_or(after);
+    refd.periods
+        .iter()
+        .filter(|p| p.start > current_end && p.status == PeriodStatus::Open)
+        .map(|p| p.start)
+        .min()
+}
+
+fn refused(m: impl Into<String>) -> ControlsError {
+    ControlsError::Refused(m.into())
+}
+
+/// Reverses (or, for unposted journals with `delete_unposted`, deletes) the journals of run
+/// `run_id`. See the module docs.
+pub async fn reverse(
+    store: &dyn Store,
+    ledger: &dyn LedgerGateway,
+    config: &InstanceConfig,
+    run_id: &str,
+    opts: &ReverseOptions,
+) -> Result<ReverseReport, ControlsError> {
+    let original = store
+        .get_run(run_id)
+        .await?
+        .ok_or_else(|| ControlsError::RunNotFound(run_id.to_string()))?;
+    if original.instance != config.instance {
+        return Err(refused(format!(
+            "run {run_id} belongs to instance `{}`, not `{}`",
+            original.instance, config.instance
+        )));
+    }
+    if original.trigger == TRIGGER_REVERSE {
+        return Err(refused(format!(
+            "run {run_id} is itself a reversal; to undo it, delete it in D365 while unposted, or re-post the original data"
+        )));
+    }
+    if original.journals.is_empty() {
+        return Err(refused(format!(
+            "run {run_id} ended `{}` and wrote no journal to D365: nothing to reverse",
+            original.status.as_str()
+        )));
+    }
+
+    // Where does each journal stand in D365?
+    let mut posted: Vec<(String, LedgerHeader)> = Vec::new();
+    let mut unposted: Vec<(String, LedgerHeader)> = Vec::new();
+    let mut gone: Vec<String> = Vec::new();
+    for (le, batch) in &original.journals {
+        match ledger.header(le, batch).await? {
+            Some(h) if h.is_posted => posted.push((le.clone(), h)),
+            Some(h) => unposted.push((le.clone(), h)),
+            None => gone.push(format!("{le}/{batch}")),
+        }
+    }
+    if !unposted.is_empty() && !opts.delete_unposted {
+        let list = unposted
+            .iter()
+            .map(|(le, h)| format!("{le}/{}", h.batch_number))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(refused(format!(
+            "journal(s) {list} of run {run_id} are not posted in D365. Nothing was written. An unposted journal is not reversed but deleted: run `ml-connector reverse {run_id} --config FILE --delete-unposted` to delete the connector's lines (posted entries are never edited), or post it in D365 first and then reverse it."
+        )));
+    }
+    if posted.is_empty() && unposted.is_empty() {
+        return Err(refused(format!(
+            "no journal of run {run_id} is in D365 any more ({}): nothing to reverse",
+            gone.join(", ")
+        )));
+    }
+
+    // One writer per period: the same lock the posting engine takes.
+    let lock_key = format!("post#{}#{}", original.instance, original.keys.period_key);
+    let owner = format!("reverse-{run_id}");
+    let until = Utc::now() + opts.lease;
+    match store
+        .acquire_lock(
+            &lock_key,
+            &owner,
+            Utc::now(),
+            until,
+            until + Duration::days(1),
+        )
+        .await?
+    {
+        LockOutcome::InProgress { owner: o, until } if o != owner => {
+            return Err(refused(format!(
+                "another run ({o}) is posting this period (lock held until {}); nothing was written — try again after it finishes",
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            )));
+        }
+        _ => {}
+    }
+    let result = reverse_locked(store, ledger, config, &original, posted, unposted).await;
+    store.release_lock(&lock_key, &owner).await.ok();
+    let mut report = result?;
+    if !gone.is_empty() {
+        report.message.push_str(&format!(
+            " Journal(s) {} are no longer in D365 and were skipped.",
+            gone.join(", ")
+        ));
+    }
+    Ok(report)
+}
+
+async fn reverse_locked(
+    store: &dyn Store,
+    ledger: &dyn LedgerGateway,
+    config: &InstanceConfig,
+    original: &RunRecord,
+    posted: Vec<(String, LedgerHeader)>,
+    unposted: Vec<(String, LedgerHeader)>,
+) -> Result<ReverseReport, ControlsError> {
+    let run_id = original.run_id.as_str();
+    let key = original.keys.run_key.as_str();
+    let mut deleted = Vec::new();
+    for (le, h) in &unposted {
+        deleted.push(delete_unposted(store, ledger, original, le, &h.batch_number).await?);
+    }
+
+    let mut reversed = Vec::new();
+    let mut reversal_run = None;
+    if !posted.is_empty() {
+        let journals: Vec<(String, String)> = posted
+            .iter()
+            .map(|(le, h)| (le.clone(), h.batch_number.clone()))
+            .collect();
+        let rev_key = reversal_run_key(original, &journals);
+        let records = store.lines(run_id).await?;
+        let by_no: BTreeMap<(String, u32), &LineRecord> = records
+            .iter()
+            .map(|r| ((r.legal_entity.clone(), r.line.line_no), r))
+            .collect();
+        let precision = CurrencyPrecision::with_overrides(config.currencies.clone());
+
+        // Plan every reversal journal (and validate it) before writing any of them.
+        let mut plans = Vec::new();
+        for (le, h) in &posted {
+            let back = ledger.lines(le, &h.batch_number).await?;
+            let (ours, foreign): (Vec<&LedgerLine>, Vec<&LedgerLine>) = back
+                .iter()
+                .partition(|l| matches!(parse_line_ref(&l.text), Some((k, _)) if k == key));
+            if !foreign.is_empty() {
+                return Err(refused(format!(
+                    "journal {le}/{} holds {} line(s) not created by run {run_id} (D365 line(s) {}); the connector only reverses its own lines. Reverse the journal in D365 (Reverse / Mass reversal) instead. Nothing was written.",
+                    h.batch_number,
+                    foreign.len(),
+                    foreign.iter().map(|l| l.line_number.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            if ours.is_empty() {
+                continue;
+            }
+            let refd = ledger.reference(le).await?;
+            let last = ours.iter().map(|l| l.trans_date).max().expect("not empty");
+            let date = next_open_period_start(&refd, last).ok_or_else(|| {
+                refused(format!(
+                    "{le} has no open fiscal period after the one containing {last}: open the next period in D365 (General ledger > Ledger calendar), then reverse again. Nothing was written."
+                ))
+            })?;
+            let mut lines = Vec::new();
+            for l in &ours {
+                let (_, n) = parse_line_ref(&l.text).expect("ours");
+                let rec = by_no.get(&(le.clone(), n)).ok_or_else(|| {
+                    refused(format!(
+                        "D365 line {} of {le}/{} carries {} but the audit trail of run {run_id} has no such line; nothing was written",
+                        l.line_number,
+                        h.batch_number,
+                        line_ref(key, n)
+                    ))
+                })?;
+                lines.push(JournalLine {
+                    line_no: n,
+                    voucher: rec.line.voucher,
+                    trans_date: date,
+                    account: rec.line.account.clone(),
+                    offset_account: rec.line.offset_account.clone(),
+                    currency: l.currency.clone(),
+                    // What D365 holds, negated (not what the run meant to send).
+                    amount: l.credit - l.debit,
+                    text: truncate_chars(
+                        &format!("{} reversal of {}", line_ref(&rev_key, n), line_ref(key, n)),
+                        config.journal.max_text_len,
+                    ),
+                    kind: rec.line.kind,
+                    source_rows: rec.line.source_rows.clone(),
+                });
+            }
+            let journal = Journal {
+                legal_entity: le.clone(),
+                journal_name: h.journal_name.clone(),
+                description: truncate_chars(
+                    &format!(
+                        "{}reversal of run {run_id}",
+                        reversal_description_prefix(key, &h.batch_number)
+                    ),
+                    config.journal.max_text_len,
+                ),
+                lines,
+            };
+            let refs = BTreeMap::from([(le.clone(), refd.clone())]);
+            let issues = validate(std::slice::from_ref(&journal), &refs, &precision);
+            if !issues.is_empty() {
+                return Err(refused(format!(
+                    "the reversal of {le}/{} would not be accepted; nothing was written: {}",
+                    h.batch_number,
+                    issues
+                        .iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )));
+            }
+            let manual = refd
+                .journal_names
+                .get(&h.journal_name)
+                .map(|j| j.voucher_allocation == VoucherAllocation::Manual)
+                .unwrap_or(false);
+            let display: BTreeMap<u32, (String, Option<String>)> = ours
+                .iter()
+                .map(|l| {
+                    (
+                        parse_line_ref(&l.text).expect("ours").1,
+                        (l.account_display.clone(), l.offset_display.clone()),
+                    )
+                })
+                .collect();
+            plans.push((
+                le.clone(),
+                h.batch_number.clone(),
+                date,
+                journal,
+                manual,
+                display,
+            ));
+        }
+
+        // The reversal run: found again (idempotent) or recorded before anything is written.
+        let mut rev = match store
+            .runs_for_period(&original.instance, &original.keys.period_key)
+            .await?
+            .into_iter()
+            .find(|r| r.trigger == TRIGGER_REVERSE && r.keys.run_key == rev_key)
+        {
+            Some(r) => r,
+            None => {
+                let now = Utc::now();
+                let r = RunRecord {
+                    run_id: format!("r-{}-{:04x}", now.format("%Y%m%d%H%M%S"), fastrand::u16(..)),
+                    instance: original.instance.clone(),
+                    keys: RunKeys {
+                        period_key: original.keys.period_key.clone(),
+                        run_key: rev_key.clone(),
+                    },
+                    source: original.source.clone(),
+                    period: original.period.clone(),
+                    run_date: plans.first().map(|p| p.2).unwrap_or(original.run_date),
+                    config_version: config.version(),
+                    trigger: TRIGGER_REVERSE.into(),
+                    status: RunStatus::Posting,
+                    totals: RunTotals {
+                        source_total: -original.totals.source_total,
+                        mapped_total: -original.totals.mapped_total,
+                        rounding_residue: -original.totals.rounding_residue,
+                        ..RunTotals::default()
+                    },
+                    journals: vec![],
+                    message: None,
+                    started_at: now,
+                    finished_at: None,
+                };
+                store.insert_run(&r).await?;
+                record(
+                    store,
+                    &r.run_id,
+                    "info",
+                    KIND_REVERSAL,
+                    format!(
+                        "reversal of run {run_id} (run key {key}), journals {}",
+                        journals
+                            .iter()
+                            .map(|(le, b)| format!("{le}/{b}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+                .await;
+                r
+            }
+        };
+        let recs: Vec<LineRecord> = plans
+            .iter()
+            .flat_map(|(le, _, _, j, _, display)| {
+                j.lines.iter().map(|l| LineRecord {
+                    run_id: rev.run_id.clone(),
+                    legal_entity: le.clone(),
+                    account_display: display[&l.line_no].0.clone(),
+                    offset_display: display[&l.line_no].1.clone().filter(|s| !s.is_empty()),
+                    line: l.clone(),
+                    status: LineStatus::Pending,
+                    journal_batch: None,
+                    d365_line_number: None,
+                    d365_response: None,
+                })
+            })
+            .collect();
+        // Keep what an earlier attempt recorded as created.
+        let known: BTreeMap<(String, u32), LineRecord> = store
+            .lines(&rev.run_id)
+            .await?
+            .into_iter()
+            .map(|r| ((r.legal_entity.clone(), r.line.line_no), r))
+            .collect();
+        let mut recs: Vec<LineRecord> = recs
+            .into_iter()
+            .map(|r| {
+                known
+                    .get(&(r.legal_entity.clone(), r.line.line_no))
+                    .filter(|k| k.status == LineStatus::Created)
+                    .cloned()
+                    .unwrap_or(r)
+            })
+            .collect();
+        store.put_lines(&recs).await?;
+
+        let mut failure = None;
+        for (le, batch, date, journal, manual, _) in &plans {
+            match write_reversal(
+                store, ledger, original, &mut rev, &rev_key, le, batch, *date, journal, *manual,
+                &mut recs,
+            )
+            .await
+            {
+                Ok(r) => reversed.push(r),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        rev.totals.journal_lines = recs.len() as u64;
+        rev.totals.created_lines = reversed
+            .iter()
+            .map(|r| (r.lines_created + r.lines_found) as u64)
+            .sum();
+        rev.totals.created_debit = reversed.iter().map(|r| r.debit).sum();
+        rev.totals.created_credit = reversed.iter().map(|r| r.credit).sum();
+        rev.finished_at = Some(Utc::now());
+        let summary = reversed
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{} reversed by {}/{} dated {} (debit {} = credit {})",
+                    r.legal_entity,
+                    r.original_batch,
+                    r.legal_entity,
+                    r.reversal_batch,
+                    r.reversal_date,
+                    r.debit,
+                    r.credit
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Some(e) = failure {
+            rev.status = RunStatus::Failed;
+            rev.message = Some(format!(
+                "reversal of run {run_id} stopped: {e}. Run `ml-connector reverse {run_id}` again to resume (nothing is written twice)."
+            ));
+            store.update_run(&rev).await?;
+            record(
+                store,
+                &rev.run_id,
+                "error",
+                KIND_REVERSAL,
+                rev.message.clone().unwrap_or_default(),
+            )
+            .await;
+            return Err(e);
+        }
+        rev.status = RunStatus::Completed;
+        rev.message = Some(format!(
+            "reversal journal(s) created and left unposted for review: {summary}"
+        ));
+        store.update_run(&rev).await?;
+        let already = store
+            .events(run_id)
+            .await?
+            .iter()
+            .any(|e| e.kind == KIND_REVERSED && e.message.contains(&rev.run_id));
+        if !already {
+            record(
+                store,
+                run_id,
+                "info",
+                KIND_REVERSED,
+                format!(
+                    "reversed by run {} (run key {rev_key}): {summary}; the period is free for a corrected re-post",
+                    rev.run_id
+                ),
+            )
+            .await;
+        }
+        reversal_run = Some(rev);
+    }
+
+    let nothing_new = deleted
+        .iter()
+        .all(|d| d.lines_deleted == 0 && !d.header_deleted)
+        && reversed.iter().all(|r| r.lines_created == 0);
+    let mut parts = Vec::new();
+    if let Some(rev) = &reversal_run {
+        parts.push(format!(
+            "{} reversal run {}: {}",
+            if nothing_new {
+                "already reversed by"
+            } else {
+                "created"
+            },
+            rev.run_id,
+            rev.message.clone().unwrap_or_default()
+        ));
+    }
+    for d in &deleted {
+        parts.push(format!(
+            "unposted journal {}/{}: {} line(s) deleted{}",
+            d.legal_entity,
+            d.batch,
+            d.lines_deleted,
+            if d.header_deleted {
+                ", journal deleted".to_string()
+            } else if d.foreign_lines > 0 {
+                format!(
+                    ", journal kept: it holds {} line(s) not created by the connector",
+                    d.foreign_lines
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    Ok(ReverseReport {
+        original_run_id: run_id.to_string(),
+        reversal: reversal_run,
+        reversed,
+        deleted,
+        nothing_new,
+        message: parts.join(". "),
+    })
+}
+
+/// Writes (or finds) one reversal journal and reads it back.
+#[allow(clippy::too_many_arguments)]
+async fn write_reversal(
+    store: &dyn Store,
+    ledger: &dyn LedgerGateway,
+    original: &RunRecord,
+    rev: &mut RunRecord,
+    rev_key: &str,
+    le: &str,
+    original_batch: &str,
+    date: NaiveDate,
+    journal: &Journal,
+    manual_vouchers: bool,
+    recs: &mut [LineRecord],
+) -> Result<JournalReversal, ControlsError> {
+    let prefix = reversal_description_prefix(&original.keys.run_key, original_batch);
+    let find = || async {
+        Ok::<_, LedgerError>(
+            ledger
+                .find_headers(le, &prefix)
+                .await?
+                .into_iter()
+                .filter(|h| h.description.starts_with(&prefix))
+                .min_by(|a, b| a.batch_number.cmp(&b.batch_number)),
+        )
+    };
+    let header = match find().await? {
+        Some(h) => h,
+        None => match ledger
+            .create_header(le, &journal.journal_name, &journal.description)
+            .await
+        {
+            Ok(h) => h,
+            Err(LedgerError::OutcomeUnknown(m)) => find().await?.ok_or_else(|| {
+                refused(format!(
+                    "creating the reversal journal in {le} had an unknown outcome ({m}) and it is not in D365; nothing was written"
+                ))
+            })?,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let batch = header.batch_number.clone();
+    if !rev.journals.iter().any(|(l, b)| l == le && *b == batch) {
+        rev.journals.push((le.to_string(), batch.clone()));
+        store.update_run(rev).await?;
+    }
+    let ours = |lines: Vec<LedgerLine>| -> BTreeMap<u32, LedgerLine> {
+        let mut m = BTreeMap::new();
+        for l in lines {
+            if let Some((k, n)) = parse_line_ref(&l.text) {
+                if k == rev_key {
+                    m.entry(n).or_insert(l);
+                }
+            }
+        }
+        m
+    };
+    let existing = ours(ledger.lines(le, &batch).await?);
+    let missing = journal
+        .lines
+        .iter()
+        .filter(|l| !existing.contains_key(&l.line_no))
+        .count();
+    if header.is_posted && missing > 0 {
+        return Err(refused(format!(
+            "reversal journal {le}/{batch} was posted before all its lines were written ({missing} missing); reverse the remainder in D365"
+        )));
+    }
+    let mut created = 0;
+    let mut found = 0;
+    for l in &journal.lines {
+        let rec = recs
+            .iter_mut()
+            .find(|r| r.legal_entity == le && r.line.line_no == l.line_no)
+            .expect("planned");
+        let got = if let Some(x) = existing.get(&l.line_no) {
+            found += 1;
+            x.clone()
+        } else {
+            let new = NewLedgerLine {
+                legal_entity: le.to_string(),
+                batch_number: batch.clone(),
+                trans_date: l.trans_date,
+                account_display: rec.account_display.clone(),
+                offset_display: rec.offset_display.clone(),
+                debit: l.debit(),
+                credit: l.credit(),
+                currency: l.currency.clone(),
+                text: l.text.clone(),
+                voucher: manual_vouchers
+                    .then(|| format!("MLR{}-{:04}", original.keys.period_key, l.voucher)),
+            };
+            let made = match ledger.create_line(&new).await {
+                Ok(x) => x,
+                Err(LedgerError::OutcomeUnknown(m)) => {
+                    match ours(ledger.lines(le, &batch).await?).remove(&l.line_no) {
+                        Some(x) => x,
+                        None => {
+                            return Err(refused(format!(
+                                "line {} of the reversal journal {le}/{batch} had an unknown outcome ({m}) and is not in D365",
+                                line_ref(rev_key, l.line_no)
+                            )))
+                        }
+                    }
+                }
+                Err(e) => {
+                    rec.status = LineStatus::Failed;
+                    rec.journal_batch = Some(batch.clone());
+                    rec.d365_response = Some(e.to_string());
+                    store.put_lines(std::slice::from_ref(rec)).await?;
+                    return Err(refused(format!(
+                        "D365 did not accept line {} of the reversal journal {le}/{batch}: {e}",
+                        line_ref(rev_key, l.line_no)
+                    )));
+                }
+            };
+            created += 1;
+            made
+        };
+        rec.status = LineStatus::Created;
+        rec.journal_batch = Some(batch.clone());
+        rec.d365_line_number = Some(got.line_number.clone());
+        rec.d365_response = Some(format!(
+            "reversal line {} voucher {}",
+            got.line_number, got.voucher
+        ));
+        store.put_lines(std::slice::from_ref(rec)).await?;
+    }
+    // Read back and tie out.
+    let back = ours(ledger.lines(le, &batch).await?);
+    let mut debit = Decimal::ZERO;
+    let mut credit = Decimal::ZERO;
+    for l in &journal.lines {
+        match back.get(&l.line_no) {
+            Some(x) if x.debit == l.debit() && x.credit == l.credit() => {
+                let off = !x.offset_display.as_deref().unwrap_or("").is_empty();
+                debit += x.debit + if off { x.credit } else { Decimal::ZERO };
+                credit += x.credit + if off { x.debit } else { Decimal::ZERO };
+            }
+            other => {
+                return Err(refused(format!(
+                    "reversal line {} of {le}/{batch} reads back as {:?}, expected debit {} / credit {}",
+                    line_ref(rev_key, l.line_no),
+                    other.map(|x| (x.debit, x.credit)),
+                    l.debit(),
+                    l.credit()
+                )))
+            }
+        }
+    }
+    record(
+        store,
+        &rev.run_id,
+        "info",
+        "post",
+        format!(
+            "reversal journal {le}/{batch} of {le}/{original_batch}: {created} line(s) created, {found} already present; dated {date}; D365 holds debit {debit}, credit {credit}"
+        ),
+    )
+    .await;
+    Ok(JournalReversal {
+        legal_entity: le.to_string(),
+        original_batch: original_batch.to_string(),
+        reversal_batch: batch,
+        reversal_date: date,
+        lines_created: created,
+        lines_found: found,
+        debit,
+        credit,
+    })
+}
+
+/// Deletes the run's lines from an unposted journal, then the journal if nothing else is in it.
+async fn delete_unposted(
+    store: &dyn Store,
+    ledger: &dyn LedgerGateway,
+    original: &RunRecord,
+    le: &str,
+    batch: &str,
+) -> Result<JournalDeletion, ControlsError> {
+    let key = original.keys.run_key.as_str();
+    let lines = ledger.lines(le, batch).await?;
+    let (ours, foreign): (Vec<&LedgerLine>, Vec<&LedgerLine>) = lines
+        .iter()
+        .partition(|l| matches!(parse_line_ref(&l.text), Some((k, _)) if k == key));
+    let mut n = 0;
+    for l in &ours {
+        // Refused by D365 if the journal was posted meanwhile: posted entries stay untouched.
+        if ledger.delete_line(le, batch, &l.line_number).await? {
+            n += 1;
+        }
+    }
+    let header_deleted = foreign.is_empty() && ledger.delete_header(le, batch).await?;
+    record(
+        store,
+        &original.run_id,
+        "warn",
+        KIND_DELETED_UNPOSTED,
+        format!(
+            "deleted {n} line(s) of unposted journal {le}/{batch} from D365{}; the period is free for a corrected re-post",
+            if header_deleted {
+                " and the journal itself".to_string()
+            } else if !foreign.is_empty() {
+                format!(" (journal kept: {} line(s) not created by the connector)", foreign.len())
+            } else {
+                String::new()
+            }
+        ),
+    )
+    .await;
+    Ok(JournalDeletion {
+        legal_entity: le.to_string(),
+        batch: batch.to_string(),
+        lines_deleted: n,
+        header_deleted,
+        foreign_lines: foreign.len(),
+    })
+}

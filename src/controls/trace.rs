@@ -1,0 +1,182 @@
+//! Lineage: a D365 line's reference (`{run_key}.L0007`, first in its Text) back to the run, the
+//! Look/query and its filters, the source row(s) and the config version.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::reconcile::rows_by_index;
+use super::{ControlsError, TRIGGER_REVERSE};
+use crate::domain::journal::LineKind;
+use crate::domain::mapping::parse_line_ref;
+use crate::domain::run::{LineRecord, RunRecord, SourceRowRecord};
+use crate::domain::source::SourceRef;
+use crate::store::Store;
+
+/// Where one journal line came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub reference: String,
+    pub run: RunRecord,
+    /// The Look/query as it ran (for an inline query: model, explore, fields, filters).
+    pub source_definition: serde_json::Value,
+    pub line: LineRecord,
+    /// The rows this line was mapped from (detail lines).
+    pub source_rows: Vec<SourceRowRecord>,
+    /// For a balancing or rounding line: the rows of the detail lines of its voucher.
+    pub voucher_rows: Vec<usize>,
+    /// For a line of a reversal run: the trace of the line it reverses.
+    pub reverses: Option<Box<Trace>>,
+}
+
+/// Resolves `reference` (e.g. `e809d1456a-161ac2.L0007`, or a whole D365 line Text starting
+/// with it) through the audit store.
+pub async fn trace(store: &dyn Store, reference: &str) -> Result<Trace, ControlsError> {
+    trace_depth(store, reference, 0).await
+}
+
+async fn trace_depth(
+    store: &dyn Store,
+    reference: &str,
+    depth: u8,
+) -> Result<Trace, ControlsError> {
+    let (key, n) = parse_line_ref(reference.trim()).ok_or_else(|| {
+        ControlsError::Refused(format!(
+            "`{reference}` is not a lineage reference (expected RUNKEY.L0001, as at the start of the D365 line Text)"
+        ))
+    })?;
+    let line = store.find_line_by_ref(key, n).await?.ok_or_else(|| {
+        ControlsError::Refused(format!(
+            "no run with run key {key} and line {n} in this audit store (is it the store of the instance that posted it? try --table)"
+        ))
+    })?;
+    let run = store
+        .get_run(&line.run_id)
+        .await?
+        .ok_or_else(|| ControlsError::RunNotFound(line.run_id.clone()))?;
+    let source_definition = match &run.source {
+        SourceRef::Query { definition, .. } => {
+            let mut v = serde_json::to_value(&run.source).unwrap_or_default();
+            if let (Some(obj), Ok(def)) = (
+                v.as_object_mut(),
+                serde_json::from_str::<serde_json::Value>(definition),
+            ) {
+                obj.insert("definition".into(), def);
+            }
+            v
+        }
+        other => serde_json::to_value(other).unwrap_or_default(),
+    };
+    let mut rows = rows_by_index(store.source_rows(&run.run_id).await?);
+    let source_rows: Vec<SourceRowRecord> = line
+        .line
+        .source_rows
+        .iter()
+        .filter_map(|r| rows.remove(r))
+        .collect();
+    let voucher_rows = if line.line.kind == LineKind::Detail {
+        vec![]
+    } else {
+        let mut v: Vec<usize> = store
+            .lines(&run.run_id)
+            .await?
+            .iter()
+            .filter(|l| l.legal_entity == line.legal_entity && l.line.voucher == line.line.voucher)
+            .flat_map(|l| l.line.source_rows.iter().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let reverses = if run.trigger == TRIGGER_REVERSE && depth == 0 {
+        match line.line.text.split_once(" reversal of ") {
+            Some((_, orig)) => Some(Box::new(
+                Box::pin(trace_depth(store, orig, depth + 1)).await?,
+            )),
+            None => None,
+        }
+    } else {
+        None
+    };
+    Ok(Trace {
+        reference: format!("{key}.L{n:04}"),
+        run,
+        source_definition,
+        line,
+        source_rows,
+        voucher_rows,
+        reverses,
+    })
+}
+
+impl Trace {
+    /// Human-readable lineage.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let r = &self.run;
+        let l = &self.line;
+        let _ = writeln!(s, "{}", self.reference);
+        let _ = writeln!(
+            s,
+            "  run             {} ({}, trigger {}, status {})",
+            r.run_id,
+            r.instance,
+            r.trigger,
+            r.status.as_str()
+        );
+        let _ = writeln!(
+            s,
+            "  period          {} (run date {})",
+            r.period, r.run_date
+        );
+        let _ = writeln!(s, "  config version  {}", r.config_version);
+        let _ = writeln!(s, "  source          {}", r.source.identity());
+        let _ = writeln!(
+            s,
+            "  definition      {}",
+            serde_json::to_string(&self.source_definition).unwrap_or_default()
+        );
+        let _ = writeln!(
+            s,
+            "  journal line    {}/{} D365 line {} voucher {} ({:?}) {} {} debit {} credit {} {}",
+            l.legal_entity,
+            l.journal_batch.as_deref().unwrap_or("-"),
+            l.d365_line_number.as_deref().unwrap_or("-"),
+            l.line.voucher,
+            l.line.kind,
+            l.line.trans_date,
+            l.account_display,
+            l.line.debit(),
+            l.line.credit(),
+            l.line.currency
+        );
+        let _ = writeln!(s, "  text            {}", l.line.text);
+        for row in &self.source_rows {
+            let cells = row
+                .cells
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                s,
+                "  source row {:<4} hash {}  {}",
+                row.row_index, row.row_hash, cells
+            );
+        }
+        if !self.voucher_rows.is_empty() {
+            let _ = writeln!(
+                s,
+                "  generated line of voucher {}; its detail lines came from source rows {:?}",
+                l.line.voucher, self.voucher_rows
+            );
+        }
+        if let Some(o) = &self.reverses {
+            let _ = writeln!(s, "  reverses:");
+            for line in o.render().lines() {
+                let _ = writeln!(s, "    {line}");
+            }
+        }
+        s
+    }
+}

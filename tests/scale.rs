@@ -1,0 +1,138 @@
+//! Scale: a 12,000-row Look becomes complete journals through Looker's async query-task path and
+//! batched posting; the same Look through a path capped at 5,000 rows is refused, not posted.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::World;
+use ml_connector::domain::config::{ExtractMode, InlineQuery};
+use ml_connector::domain::run::{LineStatus, RowStatus};
+use ml_connector::engine::{Mode, Outcome};
+use ml_connector::sandbox::looker::LookerSeed;
+use ml_connector::store::Store;
+use rust_decimal::Decimal;
+
+const ROWS: usize = 12_000;
+
+fn big_rows(week: &str) -> (String, Decimal) {
+    let channels = ["Amazon", "eBay", "Shopify"];
+    let ccs = ["022", "031"];
+    let fees = ["Marketplace fee", "Commission"];
+    let mut total = Decimal::ZERO;
+    let mut out = String::with_capacity(ROWS * 200);
+    out.push('[');
+    for i in 0..ROWS {
+        // Two decimals: every row maps to exactly one detail line, no residue lines.
+        let amount = format!("{}.{:02}", 10 + (i * 7919) % 5000, (i * 31) % 100);
+        total += amount.parse::<Decimal>().unwrap();
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#"{{"marketplace_fees.row_id":{i},"marketplace_fees.week_end_date":"{week}","marketplace_fees.channel":"{}","marketplace_fees.cost_center":"{}","marketplace_fees.fee_type":"{}","marketplace_fees.total_amount":{amount}}}"#,
+            channels[i % 3],
+            ccs[i % 2],
+            fees[(i / 2) % 2]
+        ));
+    }
+    out.push(']');
+    (out, total)
+}
+
+async fn big_world() -> (World, Decimal) {
+    let mut w = World::start_with(LookerSeed::empty()).await;
+    let week = w.period_end().to_string();
+    let (rows, total) = big_rows(&week);
+    w.looker.add_explore(
+        "finance",
+        "marketplace_fees",
+        &[
+            "marketplace_fees.row_id",
+            "marketplace_fees.week_end_date",
+            "marketplace_fees.channel",
+            "marketplace_fees.cost_center",
+            "marketplace_fees.fee_type",
+        ],
+        &["marketplace_fees.total_amount"],
+        &rows,
+    );
+    let mut query: InlineQuery = w.config.source.query.clone().unwrap();
+    query.fields.insert(0, "marketplace_fees.row_id".into());
+    query.sorts = vec!["marketplace_fees.row_id".into()];
+    query
+        .filters
+        .insert("marketplace_fees.week_end_date".into(), week.clone());
+    w.looker.add_look("77", "Daily fee summary by SKU", query);
+    w.config.source.look_id = Some("77".into());
+    w.config.source.query = None;
+    w.config.looker.max_rows = 20_000;
+    w.config.looker.extract = ExtractMode::Async;
+    w.config.looker.poll_interval_secs = 1;
+    (w, total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_12000_row_look_becomes_complete_journals_every_row_accounted_for() {
+    let (w, total) = big_world().await;
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+
+    // Every source row is audited as mapped to exactly one line.
+    let rows = w.store.source_rows(&report.run.run_id).await.unwrap();
+    assert_eq!(rows.len(), ROWS);
+    assert!(rows
+        .iter()
+        .all(|r| r.status == RowStatus::Mapped && r.line_nos.len() == 1));
+    let audited = w.store.lines(&report.run.run_id).await.unwrap();
+    assert!(audited.iter().all(|l| l.status == LineStatus::Created));
+
+    // D365 holds exactly the planned lines; every voucher balances; detail lines sum to Looker's total.
+    let lines = w.d365.lines();
+    assert_eq!(lines.len(), audited.len());
+    let mut vouchers: BTreeMap<String, (Decimal, usize)> = BTreeMap::new();
+    let mut detail = Decimal::ZERO;
+    for l in &lines {
+        let e = vouchers.entry(l.voucher.clone()).or_default();
+        e.0 += l.debit - l.credit;
+        e.1 += 1;
+        if !l.account_display.starts_with("200150") {
+            detail += l.debit - l.credit;
+        }
+    }
+    assert_eq!(detail, total);
+    assert!(vouchers.values().all(|(sum, n)| sum.is_zero() && *n <= 100));
+    let refs: std::collections::BTreeSet<_> = lines.iter().map(|l| l.text.clone()).collect();
+    assert_eq!(refs.len(), lines.len(), "no duplicate lines");
+
+    // Batched: far fewer requests than lines (≤ lines/100 + 10).
+    let batches = w.d365.batch_request_count();
+    assert!(
+        batches <= lines.len() / 100 + 10,
+        "{batches} $batch requests for {} lines",
+        lines.len()
+    );
+    // The async path was used (the sync run endpoints were not).
+    assert!(w
+        .looker
+        .request_log()
+        .iter()
+        .all(|r| !r.path.contains("/run/")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_look_through_a_path_capped_at_5000_is_refused() {
+    let (mut w, _) = big_world().await;
+    w.config.looker.extract = ExtractMode::Sync;
+    // Looker's run endpoints cap results at 5,000 rows (silently).
+    w.looker.set_sync_row_cap(Some(5000));
+    let report = w.run(Mode::Post).await;
+    assert_eq!(
+        report.outcome,
+        Outcome::Rejected,
+        "{:?}",
+        report.run.message
+    );
+    assert!(report.run.message.unwrap().contains("refused"));
+    assert!(w.d365.headers().is_empty(), "nothing posted");
+}
