@@ -108,7 +108,7 @@ async fn replay_request_writes_the_item_the_replay_function_listens_for() {
         .insert_run(&RunRecord {
             run_id: run_id.clone(),
             instance: "weekly-marketplace-fees".into(),
-            keys: RunKeys::derive("weekly-marketplace-fees", "look:42", "2026-W47", "x"),
+            keys: RunKeys::derive("weekly-marketplace-fees", "2026-W47", "x"),
             source: SourceRef::Look {
                 look_id: "42".into(),
             },

@@ -97,7 +97,7 @@ mod tests {
         RunRecord {
             run_id: "r-2".into(),
             instance: "fees".into(),
-            keys: RunKeys::derive("fees", "look:1", "2026-W47", "x"),
+            keys: RunKeys::derive("fees", "2026-W47", "x"),
             source: SourceRef::Look {
                 look_id: "1".into(),
             },

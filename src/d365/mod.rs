@@ -52,7 +52,15 @@ pub struct D365Settings {
     pub page_size: Option<u32>,
     /// Refresh tokens this long before they expire.
     pub token_margin: Duration,
+    /// Most F&O requests this client has open at a time (reads, writes and `$batch` alike,
+    /// across every task sharing the client; default [`DEFAULT_MAX_CONCURRENT_REQUESTS`];
+    /// 0 = no cap). F&O throttles per user/app under priority-based throttling; a cap keeps
+    /// parallel reads (reference data, paging) and concurrent runs from causing 429s.
+    pub max_concurrent_requests: usize,
 }
+
+/// Default of [`D365Settings::max_concurrent_requests`].
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 4;
 
 impl D365Settings {
     /// Validates both URLs (https except loopback) and normalizes the environment URL.
@@ -99,6 +107,7 @@ impl D365Settings {
             retry: RetryPolicy::default(),
             page_size: None,
             token_margin: Duration::from_secs(120),
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
         })
     }
 
@@ -139,6 +148,10 @@ impl D365Client {
                 retry: s.retry,
                 page_size: s.page_size,
                 tokens,
+                gate: tokio::sync::Semaphore::new(match s.max_concurrent_requests {
+                    0 => tokio::sync::Semaphore::MAX_PERMITS,
+                    n => n.min(tokio::sync::Semaphore::MAX_PERMITS),
+                }),
             },
         })
     }

@@ -257,6 +257,7 @@ pub struct HttpMessage {
 }
 
 impl HttpMessage {
+    #[cfg_attr(not(feature = "sandbox"), allow(dead_code))] // used by the simulator
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
     }
@@ -276,6 +277,7 @@ impl HttpMessage {
     }
 
     /// Method and target of a request start line (`POST url HTTP/1.1`).
+    #[cfg_attr(not(feature = "sandbox"), allow(dead_code))] // used by the simulator
     pub fn request_line(&self) -> Result<(&str, &str), FramingError> {
         let mut it = self.start_line.split(' ');
         match (it.next(), it.next(), it.next(), it.next()) {
@@ -367,6 +369,7 @@ pub fn nested_part(boundary: &str, parts: &[Part]) -> Part {
 }
 
 /// The reason phrase for the status codes a `$batch` answer uses.
+#[cfg_attr(not(feature = "sandbox"), allow(dead_code))] // used by the simulator
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",

@@ -205,9 +205,19 @@ pub(crate) struct OData {
     pub retry: RetryPolicy,
     pub page_size: Option<u32>,
     pub tokens: TokenCache,
+    /// Caps the requests open at a time ([`super::D365Settings::max_concurrent_requests`]).
+    /// A permit is held from sending until the answer's body is read (retries and the 401
+    /// refresh included); token requests to Entra are not counted.
+    pub gate: tokio::sync::Semaphore,
 }
 
 impl OData {
+    /// Waits for a free request slot. (The semaphore is never closed, so `None` cannot happen
+    /// in practice; it would only mean "no cap".)
+    async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.gate.acquire().await.ok()
+    }
+
     /// `{env}/data/{entity}?cross-company=true&...`
     fn url(&self, entity: &str, params: &[(&str, String)]) -> Url {
         let mut u = self.env.clone();
@@ -241,6 +251,7 @@ impl OData {
         let mut url = self.url(entity, &params);
         let mut rows = Vec::new();
         loop {
+            let _slot = self.slot().await;
             let resp = self.send(Method::GET, &url, None, entity).await?;
             let status = resp.status();
             let body = resp.bytes().await.map_err(|e| D365Error::Unreachable {
@@ -292,6 +303,7 @@ impl OData {
             content_type: "application/json; charset=utf-8".into(),
             accept: "application/json",
         };
+        let _slot = self.slot().await;
         let resp = self
             .send(Method::POST, &url, Some(&payload), entity)
             .await?;
@@ -345,6 +357,7 @@ impl OData {
         entity: &'static str,
     ) -> Result<RawResponse, D365Error> {
         let url = self.url_no_query(path);
+        let _slot = self.slot().await;
         let resp = self.send(Method::POST, &url, Some(payload), entity).await?;
         let status = resp.status();
         let content_type = resp
@@ -371,6 +384,7 @@ impl OData {
     /// reuses line numbers, so a blind second DELETE could remove a different line).
     pub async fn delete(&self, entity: &'static str, key_path: &str) -> Result<bool, D365Error> {
         let url = self.url_no_query(key_path);
+        let _slot = self.slot().await;
         let resp = self.send(Method::DELETE, &url, None, entity).await?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();

@@ -68,23 +68,23 @@ impl RunStatus {
     }
 }
 
-/// Natural keys of a run. `period_key` names *what* is being posted (instance, source, period);
-/// `run_key` adds the content, so the same data for the same period always has the same key and
-/// a retry can find what an earlier attempt already created in D365.
+/// Natural keys of a run. `period_key` names *what* is being posted: the instance and the
+/// period — deliberately not the source, so a scheduled query and a Looker delivery of the same
+/// week share one lock and one natural key in D365 (same data: already posted; different data:
+/// a conflict), never two journals. `run_key` adds the content, so the same data for the same
+/// period always has the same key and a retry can find what an earlier attempt already created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunKeys {
-    /// 10 hex chars of sha256(instance | source identity | period).
+    /// 10 hex chars of sha256(instance | period).
     pub period_key: String,
     /// `{period_key}-{6 hex chars of the content hash}`.
     pub run_key: String,
 }
 
 impl RunKeys {
-    pub fn derive(instance: &str, source_identity: &str, period: &str, content_hash: &str) -> Self {
+    pub fn derive(instance: &str, period: &str, content_hash: &str) -> Self {
         let mut h = Sha256::new();
         h.update(instance.as_bytes());
-        h.update([0u8]);
-        h.update(source_identity.as_bytes());
         h.update([0u8]);
         h.update(period.as_bytes());
         let period_key = hex::encode(&h.finalize()[..5]);
@@ -214,10 +214,12 @@ mod tests {
 
     #[test]
     fn keys_are_stable_and_content_sensitive() {
-        let a = RunKeys::derive("fees", "look:42", "2026-W47", "abc");
-        let b = RunKeys::derive("fees", "look:42", "2026-W47", "abc");
-        let c = RunKeys::derive("fees", "look:42", "2026-W47", "abd");
-        let d = RunKeys::derive("fees", "look:42", "2026-W48", "abc");
+        let a = RunKeys::derive("fees", "2026-W47", "abc");
+        let b = RunKeys::derive("fees", "2026-W47", "abc");
+        let c = RunKeys::derive("fees", "2026-W47", "abd");
+        let d = RunKeys::derive("fees", "2026-W48", "abc");
+        let e = RunKeys::derive("other", "2026-W47", "abc");
+        assert_ne!(a.period_key, e.period_key);
         assert_eq!(a, b);
         assert_eq!(a.period_key, c.period_key);
         assert_ne!(a.run_key, c.run_key);

@@ -222,12 +222,7 @@ impl<'a> Engine<'a> {
         extract: Extract,
     ) -> Result<RunReport, EngineError> {
         let now = Utc::now();
-        let keys = RunKeys::derive(
-            &config.instance,
-            &extract.source.identity(),
-            &period.label,
-            &extract.content_hash(),
-        );
+        let keys = RunKeys::derive(&config.instance, &period.label, &extract.content_hash());
         let precision = CurrencyPrecision::with_overrides(config.currencies.clone());
         let ctx = MappingContext {
             config,
@@ -438,6 +433,9 @@ impl<'a> Engine<'a> {
             .post_all(&mut run, config, lines, &keys, &earlier)
             .await?;
         self.crash(CrashPoint::Posted)?;
+        if matches!(status, RunStatus::Completed | RunStatus::AlreadyPosted) {
+            self.close_superseded(&run, &earlier).await?;
+        }
         if let Err(e) = self.store.release_lock(&lock_key, &run.run_id).await {
             self.event(
                 &run.run_id,
@@ -481,11 +479,16 @@ impl<'a> Engine<'a> {
                 "run finished: {message}"
             );
         } else {
+            // The SNS-ready notification rides on the same line, for alarms and subscribers.
+            let notification = crate::controls::RunNotification::for_run(&run)
+                .map(|n| n.to_json())
+                .unwrap_or_default();
             tracing::error!(
                 run_id = %run.run_id,
                 instance = %run.instance,
                 period = %run.period,
                 outcome = status.as_str(),
+                notification = %notification,
                 "run finished: {message}"
             );
         }
@@ -534,7 +537,7 @@ impl<'a> Engine<'a> {
                 definition: serde_json::to_string(q).unwrap_or_default(),
             },
         };
-        let keys = RunKeys::derive(&config.instance, &source.identity(), &period.label, "");
+        let keys = RunKeys::derive(&config.instance, &period.label, "");
         let status = match err {
             ExtractError::Truncated(_) | ExtractError::Invalid(_) => RunStatus::Rejected,
             _ => RunStatus::Failed,
@@ -586,6 +589,41 @@ impl<'a> Engine<'a> {
             issues,
         )
         .await
+    }
+
+    /// Closes runs of the same data and period that were interrupted (a killed process leaves
+    /// them `started`/`posting`): this run finished their journal. Only this run holds the
+    /// period lock, so any other open run is dead.
+    async fn close_superseded(
+        &self,
+        run: &RunRecord,
+        earlier: &[RunRecord],
+    ) -> Result<(), EngineError> {
+        for other in earlier.iter().filter(|r| {
+            r.run_id != run.run_id
+                && r.keys.run_key == run.keys.run_key
+                && matches!(r.status, RunStatus::Started | RunStatus::Posting)
+        }) {
+            let mut closed = other.clone();
+            closed.status = RunStatus::Failed;
+            closed.message = Some(format!(
+                "interrupted before it finished; run {} completed the same journal",
+                run.run_id
+            ));
+            closed.finished_at = Some(Utc::now());
+            self.store.update_run(&closed).await?;
+            self.event(
+                &other.run_id,
+                "warn",
+                "superseded",
+                format!(
+                    "closed: run {} completed the same data for this period",
+                    run.run_id
+                ),
+            )
+            .await;
+        }
+        Ok(())
     }
 
     /// Re-posts what a run did not get into D365, from its audited lines (no new extract).
@@ -660,11 +698,27 @@ impl<'a> Engine<'a> {
             "replay requested: reconciling with D365 and posting what is missing",
         )
         .await;
+        let was = (run.status, run.message.clone());
         run.status = RunStatus::Posting;
         self.store.update_run(&run).await?;
         let keys = run.keys.clone();
         let (status, message, posted) = self.post_all(&mut run, config, lines, &keys, &[]).await?;
         self.crash(CrashPoint::Posted)?;
+        // Replaying a completed run finds everything in place: it stays `completed` with its
+        // message, so the audit keeps showing which run created the journal.
+        let (status, message) = match (was, status) {
+            ((RunStatus::Completed, Some(m)), RunStatus::AlreadyPosted) => {
+                self.event(
+                    run_id,
+                    "info",
+                    "replay",
+                    format!("nothing missing: {message}"),
+                )
+                .await;
+                (RunStatus::Completed, m)
+            }
+            (_, s) => (s, message),
+        };
         self.store.release_lock(&lock_key, run_id).await.ok();
         let mut report = self
             .finish(

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::error::LookerError;
+use super::rate::RateLimiter;
 use super::settings::LookerSettings;
 use crate::http::{send_with_retry, Idempotency};
 use crate::secrets::Secret;
@@ -55,12 +56,14 @@ impl TokenCache {
         &self,
         http: &reqwest::Client,
         settings: &LookerSettings,
+        limiter: &RateLimiter,
     ) -> Result<Token, LookerError> {
         let mut slot = self.slot.lock().await;
         if let Some(t) = slot.as_ref().filter(|t| Instant::now() < t.valid_until) {
             return Ok(t.clone());
         }
         *slot = None;
+        limiter.acquire().await;
         let token = login(http, settings).await?;
         *slot = Some(token.clone());
         Ok(token)

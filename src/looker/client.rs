@@ -15,6 +15,7 @@ use url::Url;
 
 use super::auth::{refused_after_relogin, TokenCache, LOOKER_APP_ID};
 use super::error::LookerError;
+use super::rate::RateLimiter;
 use super::results::{describe_json_error, parse_json_detail, parse_json_rows_streaming};
 use super::settings::{ExtractPath, LookerSettings};
 use crate::domain::config::InlineQuery;
@@ -100,6 +101,8 @@ struct Inner {
     settings: LookerSettings,
     http: reqwest::Client,
     tokens: TokenCache,
+    /// [`LookerSettings::max_requests_per_minute`], shared by every call (and clone).
+    limiter: RateLimiter,
 }
 
 impl std::fmt::Debug for LookerClient {
@@ -124,9 +127,10 @@ impl LookerClient {
             .map_err(|e| LookerError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
-                settings,
                 http,
                 tokens: TokenCache::default(),
+                limiter: RateLimiter::per_minute(settings.max_requests_per_minute),
+                settings,
             }),
             deadline: None,
         })
@@ -163,7 +167,7 @@ impl LookerClient {
         self.inner.tokens.clear().await;
         self.inner
             .tokens
-            .get(&self.inner.http, &self.inner.settings)
+            .get(&self.inner.http, &self.inner.settings, &self.inner.limiter)
             .await
             .map(|_| ())
     }
@@ -603,13 +607,17 @@ impl LookerClient {
         let label = format!("{method} {}", url.path());
         let mut relogged = false;
         loop {
-            let token = inner.tokens.get(&inner.http, &inner.settings).await?;
+            let token = inner
+                .tokens
+                .get(&inner.http, &inner.settings, &inner.limiter)
+                .await?;
             let mut auth =
                 HeaderValue::from_str(&token.header()).map_err(|_| LookerError::Parse {
                     what: "login response".into(),
                     message: "the access token contains characters not allowed in a header".into(),
                 })?;
             auth.set_sensitive(true);
+            inner.limiter.acquire().await;
             let resp = send_with_retry(
                 || {
                     let rb = inner

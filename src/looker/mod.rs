@@ -17,6 +17,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 mod port;
+mod rate;
 pub mod results;
 pub mod settings;
 
@@ -24,4 +25,6 @@ pub use auth::LOOKER_APP_ID;
 pub use client::{ExploreField, ExploreInfo, LookInfo, LookQuery, LookerClient};
 pub use error::LookerError;
 pub use results::{parse_json_detail, parse_json_rows, parse_json_rows_streaming};
-pub use settings::{ExtractPath, LookerSettings, LOOKER_DEFAULT_ROW_CAP};
+pub use settings::{
+    ExtractPath, LookerSettings, DEFAULT_MAX_REQUESTS_PER_MINUTE, LOOKER_DEFAULT_ROW_CAP,
+};

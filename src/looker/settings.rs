@@ -12,6 +12,9 @@ use crate::secrets::Secret;
 /// Looker's own row cap for API runs without an explicit limit (and for Explores/Looks).
 pub const LOOKER_DEFAULT_ROW_CAP: usize = 5000;
 
+/// Default client-side rate limit (requests per minute) of [`LookerSettings`].
+pub const DEFAULT_MAX_REQUESTS_PER_MINUTE: u32 = 60;
+
 /// How an extract is fetched from Looker.
 ///
 /// - [`ExtractPath::Sync`] (default): one blocking run call (`GET /looks/{id}/run/json`,
@@ -76,6 +79,11 @@ pub struct LookerSettings {
     /// posting). The earlier of this and `max_wait` applies. See also
     /// [`crate::looker::LookerClient::with_deadline`] for a per-run deadline.
     pub poll_deadline: Option<Instant>,
+    /// Client-side rate limit: at most this many API requests (logins, runs, polls, downloads)
+    /// start within any 60 seconds, shared by all calls of one client and its clones
+    /// (default 60; 0 = off). Keeps the connector under the instance's API quota instead of
+    /// running into 429s.
+    pub max_requests_per_minute: u32,
 }
 
 impl LookerSettings {
@@ -103,6 +111,7 @@ impl LookerSettings {
             max_poll_interval: Duration::from_secs(10),
             max_wait: Duration::from_secs(600),
             poll_deadline: None,
+            max_requests_per_minute: DEFAULT_MAX_REQUESTS_PER_MINUTE,
         };
         s.validate()?;
         Ok(s)
@@ -231,6 +240,7 @@ mod tests {
         assert_eq!(st.server_row_cap, 5000);
         assert_eq!(st.token_margin, Duration::from_secs(10));
         assert_eq!(st.requested_limit(), 5001);
+        assert_eq!(st.max_requests_per_minute, 60);
         assert_eq!(st.base_url.as_str(), "https://acme.cloud.looker.com/");
         let st = s("https://acme.cloud.looker.com:19999/api/4.0/").unwrap();
         assert_eq!(st.base_url.as_str(), "https://acme.cloud.looker.com:19999/");

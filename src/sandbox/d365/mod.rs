@@ -9,6 +9,7 @@
 
 mod batch;
 mod entra;
+mod faults;
 pub mod filter;
 mod fno;
 pub mod seed;
@@ -30,6 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::domain::reference::PeriodStatus;
 
+pub use faults::PendingFaults;
 pub use seed::D365Seed;
 
 pub const SANDBOX_TENANT: &str = "sandbox-tenant";
