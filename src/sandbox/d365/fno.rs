@@ -1304,19 +1304,21 @@ fn create_line(st: &mut State, b: &Body, def: &EntityDef) -> Result<SimResponse,
     if !msgs.is_empty() {
         return Err(write_failed(et, &msgs));
     }
-    let journal_lines: Vec<&SimLine> = st
+    // Constant work per insert, not a scan of every stored line (which made large journals
+    // quadratic). The journal's balance is its header's running totals, which every change to
+    // its lines keeps in step (this insert, `delete`, `tamper_line`, a `$batch` rollback). Its
+    // last line is the one nearest the end of `st.lines`: lines are only appended here, each
+    // numbered one above the journal's highest, and deletions keep the order, so that line
+    // carries both the latest voucher and the highest line number. The search from the end
+    // stops at once when the journal is the one being written.
+    let balance = header.total_debit - header.total_credit;
+    let last_line = st
         .lines
         .iter()
-        .filter(|x| x.legal_entity == company && x.batch_number == batch)
-        .collect();
-    let balance: Decimal = journal_lines.iter().map(|x| x.debit - x.credit).sum();
-    let last_voucher = journal_lines.last().map(|x| x.voucher.clone());
-    let line_number = journal_lines
-        .iter()
-        .map(|x| x.line_number)
-        .max()
-        .unwrap_or(0)
-        + 1;
+        .rev()
+        .find(|x| x.legal_entity == company && x.batch_number == batch);
+    let last_voucher = last_line.map(|x| x.voucher.clone());
+    let line_number = last_line.map_or(0, |x| x.line_number) + 1;
     let voucher = match (sent_voucher, allocation, last_voucher) {
         (Some(v), _, _) => v,
         (None, VoucherAllocation::OneVoucherNumberOnly, Some(v)) => v,
