@@ -729,7 +729,7 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
             let cols: Vec<&str> = if x.columns.is_empty() {
                 x.rows
                     .first()
-                    .map(|r| r.cells.keys().map(String::as_str).collect())
+                    .map(|r| r.column_names().collect())
                     .unwrap_or_default()
             } else {
                 x.columns.iter().map(String::as_str).collect()

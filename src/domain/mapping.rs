@@ -5,7 +5,9 @@
 //! numbers and texts. That determinism is what lets a retry find, by lineage reference, exactly
 //! which lines an earlier attempt already created in D365.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -14,10 +16,10 @@ use super::config::{
     AmountRule, BalancingStyle, InstanceConfig, Period, RoundingTarget, SignConvention, TransDate,
     ValueSource, VoucherBy, ZeroAmounts,
 };
-use super::journal::{Journal, JournalLine, LedgerAccount, LineKind};
+use super::journal::{Dimensions, Journal, JournalLine, LedgerAccount, LineKind};
 use super::money::{parse_amount_text, round, CurrencyPrecision};
 use super::run::RowStatus;
-use super::source::{Cell, Extract, SourceRow};
+use super::source::{Cell, Columns, Extract, SourceRow};
 use super::validation::Issue;
 
 /// Inputs that are the same for every row of a run.
@@ -128,7 +130,7 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
         extract
             .rows
             .first()
-            .map(|r| r.cells.keys().map(String::as_str).collect())
+            .map(|r| r.column_names().collect())
             .unwrap_or_default()
     } else {
         extract.columns.iter().map(String::as_str).collect()
@@ -166,13 +168,14 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
 
     let mut source_total = Decimal::ZERO;
     let mut resolved: Vec<RowLine> = Vec::new();
+    let mut plan = RowPlan::new(extract, ctx);
     for row in &extract.rows {
         let mut errs: Vec<(String, String)> = Vec::new();
         let amount = read_amount(row, cfg, &mut errs);
         if let Some(a) = amount {
             source_total += a;
         }
-        let line = resolve_row(row, amount, ctx, &mut errs);
+        let line = resolve_row(row, amount, ctx, &mut plan, &mut errs);
         let status = if !errs.is_empty() {
             RowStatus::Rejected
         } else if line.is_none() {
@@ -276,37 +279,210 @@ fn read_amount(
     }
 }
 
-/// Resolves a value source for a row; the error names the field.
-fn resolve_value(
-    src: &ValueSource,
-    row: &SourceRow,
+/// A column the mapping reads, resolved once per extract to its position in the extract's
+/// shared column list (rows from the parsers share one; others fall back to the name).
+#[derive(Clone, Copy)]
+struct Col<'a> {
+    name: &'a str,
+    pos: Option<usize>,
+}
+
+/// A value source with its column resolved.
+struct ValuePlan<'a> {
+    src: &'a ValueSource,
+    col: Option<Col<'a>>,
+}
+
+/// One piece of the pre-parsed line-text template.
+enum Piece<'a> {
+    Literal(&'a str),
+    /// `{period}`, `{period_start}`, `{period_end}`, `{run_date}`: the same for every row.
+    Fixed(String),
+    Column(Col<'a>),
+}
+
+/// What every row of one extract needs, worked out once: column positions, the line-text
+/// template parsed, and interned dimension sets (a large extract repeats a handful, and each
+/// line then holds a shared `Arc` instead of its own map).
+struct RowPlan<'a> {
+    shared: Option<std::sync::Arc<Columns>>,
+    legal_entity: ValuePlan<'a>,
+    currency: ValuePlan<'a>,
+    account: ValuePlan<'a>,
+    dimensions: Vec<(&'a str, String, ValuePlan<'a>)>,
+    balancing_account: ValuePlan<'a>,
+    balancing_dimensions: Vec<(&'a str, String, ValuePlan<'a>)>,
+    trans_date: Option<Col<'a>>,
+    text: Vec<Piece<'a>>,
+    interned: HashMap<String, Dimensions>,
+    key_buf: String,
+}
+
+impl<'a> RowPlan<'a> {
+    fn new(extract: &Extract, ctx: &MappingContext<'a>) -> Self {
+        let cfg = ctx.config;
+        let shared = extract
+            .rows
+            .first()
+            .map(|r| std::sync::Arc::clone(r.columns()));
+        let col = |name: &'a str| Col {
+            name,
+            pos: shared.as_ref().and_then(|c| c.position(name)),
+        };
+        let value = |src: &'a ValueSource| ValuePlan {
+            src,
+            col: src.column.as_deref().map(col),
+        };
+        let dims = |map: &'a BTreeMap<String, ValueSource>, prefix: &str| {
+            map.iter()
+                .map(|(dim, src)| (dim.as_str(), format!("{prefix}{dim}"), value(src)))
+                .collect::<Vec<_>>()
+        };
+        let trans_date = match cfg.journal.trans_date.resolve() {
+            Ok(TransDate::Column(c)) => Some(col(c)),
+            _ => None,
+        };
+        Self {
+            legal_entity: value(&cfg.journal.legal_entity),
+            currency: value(&cfg.journal.currency),
+            account: value(&cfg.account),
+            dimensions: dims(&cfg.dimensions, "dimensions."),
+            balancing_account: value(&cfg.balancing.account),
+            balancing_dimensions: dims(&cfg.balancing.dimensions, "balancing.dimensions."),
+            trans_date,
+            text: parse_template(&cfg.journal.text, ctx, &col),
+            interned: HashMap::new(),
+            key_buf: String::new(),
+            shared,
+        }
+    }
+
+    fn cell<'r>(&self, row: &'r SourceRow, col: Col<'_>) -> Option<&'r Cell> {
+        match &self.shared {
+            Some(shared) if std::sync::Arc::ptr_eq(shared, row.columns()) => row.get_at(col.pos?),
+            _ => row.get(col.name),
+        }
+    }
+
+    /// The interned [`Dimensions`] for these values (in dimension-name order).
+    fn intern(&mut self, values: &[(&str, Cow<'_, str>)]) -> Dimensions {
+        self.key_buf.clear();
+        // Length-prefixed, so no value can make two different sets share a key.
+        for (dim, v) in values {
+            let _ = write!(self.key_buf, "{}:{dim}{}:{v}", dim.len(), v.len());
+        }
+        if let Some(d) = self.interned.get(self.key_buf.as_str()) {
+            return d.clone();
+        }
+        let d: Dimensions = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.interned.insert(self.key_buf.clone(), d.clone());
+        d
+    }
+}
+
+/// Splits a template into literals, fixed values and columns, with the same rules as the
+/// per-row rendering it replaces: an unknown `{name}` stays as written, an unclosed `{` is
+/// literal text.
+fn parse_template<'a>(
+    template: &'a str,
+    ctx: &MappingContext<'_>,
+    col: &dyn Fn(&'a str) -> Col<'a>,
+) -> Vec<Piece<'a>> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            break;
+        };
+        pieces.push(Piece::Literal(&rest[..open]));
+        let name = &after[..close];
+        pieces.push(match name {
+            "period" => Piece::Fixed(ctx.period.label.clone()),
+            "period_start" => Piece::Fixed(ctx.period.start.to_string()),
+            "period_end" => Piece::Fixed(ctx.period.end.to_string()),
+            "run_date" => Piece::Fixed(ctx.run_date.to_string()),
+            _ => Piece::Column(col(name)),
+        });
+        rest = &after[close + 1..];
+    }
+    pieces.push(Piece::Literal(rest));
+    pieces
+}
+
+fn render_text(plan: &RowPlan<'_>, row: &SourceRow) -> String {
+    let mut out = String::with_capacity(64);
+    for piece in &plan.text {
+        match piece {
+            Piece::Literal(s) => out.push_str(s),
+            Piece::Fixed(s) => out.push_str(s),
+            Piece::Column(c) => match plan.cell(row, *c) {
+                Some(cell) => push_display(&mut out, cell),
+                None => {
+                    out.push('{');
+                    out.push_str(c.name);
+                    out.push('}');
+                }
+            },
+        }
+    }
+    out
+}
+
+/// Appends [`Cell::display`] without its intermediate `String`.
+fn push_display(out: &mut String, cell: &Cell) {
+    match cell {
+        Cell::Null => {}
+        Cell::Number(d) => {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{d}");
+        }
+        Cell::Text(s) => out.push_str(s),
+        Cell::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+    }
+}
+
+/// Resolves a value source for a row; the error names the field. Borrowed wherever the value
+/// is already a string (constant, lookup entry, text cell).
+fn resolve_value<'v>(
+    plan: &RowPlan<'_>,
+    value: &ValuePlan<'v>,
+    row: &'v SourceRow,
     key: &str,
     errs: &mut Vec<(String, String)>,
-) -> Option<String> {
+) -> Option<Cow<'v, str>> {
+    let src = value.src;
     if let Some(c) = &src.constant {
-        return Some(c.clone());
+        return Some(Cow::Borrowed(c.as_str()));
     }
-    let col = src.column.as_deref()?;
-    let raw = match row.get(col) {
+    let col = value.col?;
+    let raw: Cow<'v, str> = match plan.cell(row, col) {
         None | Some(Cell::Null) => {
-            errs.push((col.to_string(), format!("{key}: value is empty")));
+            errs.push((col.name.to_string(), format!("{key}: value is empty")));
             return None;
         }
-        Some(c) => c.display(),
+        Some(Cell::Text(s)) => Cow::Borrowed(s.as_str()),
+        Some(c) => Cow::Owned(c.display()),
     };
     match &src.lookup {
         None => {
             if raw.trim().is_empty() {
-                errs.push((col.to_string(), format!("{key}: value is empty")));
+                errs.push((col.name.to_string(), format!("{key}: value is empty")));
                 return None;
             }
-            Some(raw.trim().to_string())
+            Some(match raw {
+                Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+                Cow::Owned(s) => Cow::Owned(s.trim().to_string()),
+            })
         }
-        Some(table) => match table.get(&raw).or(src.default.as_ref()) {
-            Some(v) => Some(v.clone()),
+        Some(table) => match table.get(raw.as_ref()).or(src.default.as_ref()) {
+            Some(v) => Some(Cow::Borrowed(v.as_str())),
             None => {
                 errs.push((
-                    col.to_string(),
+                    col.name.to_string(),
                     format!("{key}: no lookup entry for `{raw}` (add it to `{key}.lookup` or set a `default`)"),
                 ));
                 None
@@ -330,54 +506,48 @@ fn parse_date(cell: Option<&Cell>) -> Result<NaiveDate, String> {
         .map_err(|_| format!("`{text}` is not a date (expected YYYY-MM-DD)"))
 }
 
-fn render_template(template: &str, row: Option<&SourceRow>, ctx: &MappingContext<'_>) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            out.push_str(&rest[open..]);
-            return out;
-        };
-        let name = &after[..close];
-        let value = match name {
-            "period" => Some(ctx.period.label.clone()),
-            "period_start" => Some(ctx.period.start.to_string()),
-            "period_end" => Some(ctx.period.end.to_string()),
-            "run_date" => Some(ctx.run_date.to_string()),
-            col => row.and_then(|r| r.get(col)).map(Cell::display),
-        };
-        match value {
-            Some(v) => out.push_str(&v),
-            None => {
-                out.push('{');
-                out.push_str(name);
-                out.push('}');
-            }
-        }
-        rest = &after[close + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Cuts to `max` characters on a char boundary (the lineage reference comes first, so it stays).
 pub fn truncate_chars(s: &str, max: usize) -> String {
-    let t: String = s.chars().take(max).collect();
-    t.trim_end().to_string()
+    // One allocation: this runs for every line of a large journal.
+    let end = s.char_indices().nth(max).map_or(s.len(), |(i, _)| i);
+    s[..end].trim_end().to_string()
+}
+
+/// The dimension values of a row, interned.
+fn resolve_dims(
+    plan: &mut RowPlan<'_>,
+    balancing: bool,
+    row: &SourceRow,
+    errs: &mut Vec<(String, String)>,
+) -> Dimensions {
+    let list = if balancing {
+        &plan.balancing_dimensions
+    } else {
+        &plan.dimensions
+    };
+    if list.is_empty() {
+        return Dimensions::new();
+    }
+    let mut values = Vec::with_capacity(list.len());
+    for (dim, key, v) in list {
+        if let Some(value) = resolve_value(plan, v, row, key, errs) {
+            values.push((*dim, value));
+        }
+    }
+    plan.intern(&values)
 }
 
 fn resolve_row(
     row: &SourceRow,
     amount: Option<Decimal>,
     ctx: &MappingContext<'_>,
+    plan: &mut RowPlan<'_>,
     errs: &mut Vec<(String, String)>,
 ) -> Option<RowLine> {
     let cfg = ctx.config;
-    let legal_entity = resolve_value(&cfg.journal.legal_entity, row, "journal.legal_entity", errs)
+    let legal_entity = resolve_value(plan, &plan.legal_entity, row, "journal.legal_entity", errs)
         .map(|s| s.to_ascii_lowercase());
-    let currency = resolve_value(&cfg.journal.currency, row, "journal.currency", errs)
+    let currency = resolve_value(plan, &plan.currency, row, "journal.currency", errs)
         .map(|s| s.to_ascii_uppercase());
     let decimals = currency.as_ref().and_then(|c| {
         let d = ctx.precision.decimals(c);
@@ -392,40 +562,39 @@ fn resolve_row(
     let trans_date = match cfg.journal.trans_date.resolve() {
         Ok(TransDate::PeriodEnd) => Some(ctx.period.end),
         Ok(TransDate::RunDate) => Some(ctx.run_date),
-        Ok(TransDate::Column(col)) => match parse_date(row.get(col)) {
-            Ok(d) if d < ctx.period.start || d > ctx.period.end => {
-                errs.push((
-                    col.to_string(),
-                    format!(
-                        "date {d} is outside the period {} ({} to {})",
-                        ctx.period.label, ctx.period.start, ctx.period.end
-                    ),
-                ));
-                None
+        Ok(TransDate::Column(col)) => {
+            match parse_date(plan.trans_date.and_then(|c| plan.cell(row, c))) {
+                Ok(d) if d < ctx.period.start || d > ctx.period.end => {
+                    errs.push((
+                        col.to_string(),
+                        format!(
+                            "date {d} is outside the period {} ({} to {})",
+                            ctx.period.label, ctx.period.start, ctx.period.end
+                        ),
+                    ));
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(m) => {
+                    errs.push((col.to_string(), m));
+                    None
+                }
             }
-            Ok(d) => Some(d),
-            Err(m) => {
-                errs.push((col.to_string(), m));
-                None
-            }
-        },
+        }
         Err(_) => None,
     };
-    let main = resolve_value(&cfg.account, row, "account", errs);
-    let mut dims = BTreeMap::new();
-    for (dim, src) in &cfg.dimensions {
-        if let Some(v) = resolve_value(src, row, &format!("dimensions.{dim}"), errs) {
-            dims.insert(dim.clone(), v);
-        }
-    }
-    let bal_main = resolve_value(&cfg.balancing.account, row, "balancing.account", errs);
-    let mut bal_dims = BTreeMap::new();
-    for (dim, src) in &cfg.balancing.dimensions {
-        if let Some(v) = resolve_value(src, row, &format!("balancing.dimensions.{dim}"), errs) {
-            bal_dims.insert(dim.clone(), v);
-        }
-    }
-    let text = render_template(&cfg.journal.text, Some(row), ctx);
+    let main = resolve_value(plan, &plan.account, row, "account", errs).map(Cow::into_owned);
+    let dims = resolve_dims(plan, false, row, errs);
+    let bal_main = resolve_value(
+        plan,
+        &plan.balancing_account,
+        row,
+        "balancing.account",
+        errs,
+    )
+    .map(Cow::into_owned);
+    let bal_dims = resolve_dims(plan, true, row, errs);
+    let text = render_text(plan, row);
 
     let amount = amount?;
     if amount.is_zero() {
@@ -507,8 +676,11 @@ fn build_journals(
                 let reserve = balancing_accounts.len()
                     + usize::from(cfg.rounding.book_to == RoundingTarget::Account);
                 let per_voucher = cfg.journal.max_voucher_lines.saturating_sub(reserve).max(1);
-                for chunk in rows.chunks(per_voucher) {
-                    chunks.push(((le.clone(), cur.clone(), date), chunk.to_vec()));
+                // Moved into chunks, not cloned: a large group would otherwise exist twice.
+                let mut rows = rows.into_iter().peekable();
+                while rows.peek().is_some() {
+                    let chunk: Vec<RowLine> = rows.by_ref().take(per_voucher).collect();
+                    chunks.push(((le.clone(), cur.clone(), date), chunk));
                 }
             }
             for ((le, cur, date), rows) in chunks {
@@ -720,7 +892,7 @@ fn book_residue(
                 trans_date: v.trans_date,
                 account: LedgerAccount {
                     main_account: acct,
-                    dimensions: cfg.rounding.dimensions.clone(),
+                    dimensions: cfg.rounding.dimensions.clone().into(),
                 },
                 offset_account: offset,
                 currency: v.currency.clone(),
@@ -1095,6 +1267,52 @@ mod tests {
         assert!(per_voucher.values().all(|n| *n <= 10), "{per_voucher:?}");
         // Every row still became exactly one line.
         assert!(m.rows.iter().all(|r| r.line_nos.len() == 1));
+    }
+
+    #[test]
+    fn rows_sharing_columns_map_like_rows_with_their_own() {
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        let own: Vec<SourceRow> = (0..30)
+            .map(|i| {
+                row(
+                    i,
+                    "2026-11-22",
+                    ["Amazon", "eBay"][i % 2],
+                    if i % 3 == 0 { "022" } else { "031" },
+                    "Commission",
+                    Cell::Number(Decimal::new(1000 + i as i64 * 37, 3)),
+                )
+            })
+            .collect();
+        // The same rows as the parsers build them: one shared column list, read by position.
+        let mut builder = crate::domain::source::RowsBuilder::default();
+        for r in &own {
+            for (k, v) in r.iter() {
+                builder.push(k, v.clone()).unwrap();
+            }
+            builder.finish_row();
+        }
+        let (_, shared) = builder.finish();
+        let a = run(&cfg, &extract(own));
+        let b = run(&cfg, &extract(shared));
+        assert!(a.issues.is_empty(), "{:?}", a.issues);
+        assert_eq!(a.journals, b.journals);
+        assert_eq!(a.rows, b.rows);
+        // Detail lines with the same dimension values share one interned set.
+        let detail: Vec<&JournalLine> = b
+            .journals
+            .iter()
+            .flat_map(|j| &j.lines)
+            .filter(|l| l.kind == LineKind::Detail)
+            .collect();
+        let first = &detail[0].account.dimensions;
+        assert!(!first.is_empty());
+        let same: Vec<_> = detail
+            .iter()
+            .filter(|l| l.account.dimensions == *first)
+            .collect();
+        assert!(same.len() > 1);
+        assert!(same.iter().all(|l| l.account.dimensions.shares_with(first)));
     }
 
     #[test]

@@ -292,7 +292,8 @@ fn check_account(
         }
     }
     for (dim, value) in &acct.dimensions {
-        let dim_field = match (line.kind, offset) {
+        // Only formatted when there is an issue to report (this runs for every line).
+        let dim_field = || match (line.kind, offset) {
             (LineKind::Detail, false) => format!("dimensions.{dim}"),
             (LineKind::Rounding, false) => format!("rounding.dimensions.{dim}"),
             _ => format!("balancing.dimensions.{dim}"),
@@ -301,7 +302,7 @@ fn check_account(
             issues.push(Issue::for_line(
                 line,
                 le,
-                dim_field,
+                dim_field(),
                 format!(
                     "dimension `{dim}` is not in the active ledger dimension format `{}` ({})",
                     rd.format.name,
@@ -314,7 +315,7 @@ fn check_account(
             None => issues.push(Issue::for_line(
                 line,
                 le,
-                dim_field,
+                dim_field(),
                 format!("{dim} value `{value}` does not exist"),
             )),
             Some(dv) => {
@@ -333,7 +334,7 @@ fn check_account(
                     issues.push(Issue::for_line(
                         line,
                         le,
-                        dim_field,
+                        dim_field(),
                         format!("{dim} value `{value}` {p} ({date})"),
                     ));
                 }

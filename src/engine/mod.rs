@@ -21,7 +21,7 @@ use crate::domain::run::{
     AuditEvent, LineRecord, LineStatus, RowStatus, RunKeys, RunRecord, RunStatus, RunTotals,
     SourceRowRecord,
 };
-use crate::domain::source::{Extract, SourceRef};
+use crate::domain::source::{Extract, SourceRef, SourceRow};
 use crate::domain::validation::{validate, Issue};
 use crate::ports::{ExtractError, ExtractRequest, Extractor, LedgerGateway};
 use crate::store::{LockOutcome, Store, StoreError};
@@ -324,7 +324,9 @@ impl<'a> Engine<'a> {
             ),
         )
         .await;
-        let rows = row_records(&run.run_id, &extract, &mapped, &issues);
+        // Consumes the rows: each is dropped as its audit record is made, so the extract and
+        // its audit copy are not both alive in full.
+        let rows = row_records(&run.run_id, extract.rows, &mapped, &issues);
         self.store.put_source_rows(&rows).await?;
         let lines = line_records(&run.run_id, &mapped.journals, &formats);
         self.store.put_lines(&lines).await?;
@@ -784,14 +786,12 @@ fn totals_of(m: &Mapped, rows: usize) -> RunTotals {
 
 fn row_records(
     run_id: &str,
-    extract: &Extract,
+    rows: Vec<SourceRow>,
     m: &Mapped,
     issues: &[Issue],
 ) -> Vec<SourceRowRecord> {
     let outcomes: BTreeMap<usize, _> = m.rows.iter().map(|r| (r.index, r)).collect();
-    extract
-        .rows
-        .iter()
+    rows.into_iter()
         .map(|row| {
             let o = outcomes.get(&row.index);
             let mut errors: Vec<String> = o.map(|o| o.errors.clone()).unwrap_or_default();
@@ -811,7 +811,7 @@ fn row_records(
                 run_id: run_id.to_string(),
                 row_index: row.index,
                 row_hash: row.hash(),
-                cells: row.cells.clone(),
+                cells: row.to_map(),
                 status,
                 line_nos: o.map(|o| o.line_nos.clone()).unwrap_or_default(),
                 errors,

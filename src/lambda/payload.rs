@@ -32,13 +32,13 @@
 //! webhook answers it as 400 (or 422 for a delivery that may be truncated). Parsing never panics
 //! on any input (property-tested in `tests/lambda.rs`).
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::domain::source::{Cell, Extract, SourceRef, SourceRow};
+use crate::domain::source::{Cell, Columns, Extract, SourceRef, SourceRow};
 use crate::looker::results::{convert_json_rows, describe_json_error, RawRows};
 use crate::looker::{parse_json_detail, LookerError};
 
@@ -714,6 +714,7 @@ fn csv_rows(
             )));
         }
     }
+    let shared = Columns::new(columns.clone());
     let mut rows = Vec::new();
     for (index, record) in iter.enumerate() {
         if record.len() != columns.len() {
@@ -723,12 +724,8 @@ fn csv_rows(
                 columns.len()
             )));
         }
-        let cells: BTreeMap<String, Cell> = columns
-            .iter()
-            .cloned()
-            .zip(record.into_iter().map(Cell::Text))
-            .collect();
-        rows.push(SourceRow::new(index, cells));
+        let cells = record.into_iter().map(|v| Some(Cell::Text(v))).collect();
+        rows.push(SourceRow::from_cells(index, Arc::clone(&shared), cells));
     }
     Ok((columns, rows))
 }

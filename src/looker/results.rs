@@ -4,7 +4,6 @@
 //! [`Cell::from_json_number_literal`], never through `f64`. Row objects are read in document
 //! order (not via a sorted map) so column order for Looks can follow what Looker sent.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -12,7 +11,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::error::LookerError;
-use crate::domain::source::{Cell, SourceRow};
+use crate::domain::source::{Cell, RowsBuilder, SourceRow};
 
 /// One result row as Looker sent it: `(field, raw JSON value)` in document order.
 #[derive(Debug)]
@@ -114,24 +113,22 @@ fn looker_error_of(row: &RawRow) -> Option<String> {
 pub(crate) fn convert_json_rows(
     raw: RawRows,
 ) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
-    let mut columns: Vec<String> = Vec::new();
-    let mut rows = Vec::with_capacity(raw.0.len());
+    let mut rows = RowsBuilder::default();
     for (index, row) in raw.0.into_iter().enumerate() {
         if let Some(msg) = looker_error_of(&row) {
             return Err(LookerError::QueryFailed(msg));
         }
-        let mut cells = BTreeMap::new();
         for (field, value) in row.0 {
             let cell = raw_to_cell(&value)
                 .map_err(|found| cell_error("json result", index, &field, found))?;
-            if !columns.contains(&field) {
-                columns.push(field.clone());
-            }
-            cells.insert(field, cell);
+            rows.push(&field, cell).map_err(|e| LookerError::Parse {
+                what: "json result".into(),
+                message: e.to_string(),
+            })?;
         }
-        rows.push(SourceRow::new(index, cells));
+        rows.finish_row();
     }
-    Ok((columns, rows))
+    Ok(rows.finish())
 }
 
 /// Parses a `json` result body (an array of flat objects keyed by `view.field`).
@@ -164,13 +161,12 @@ pub fn parse_json_rows_streaming(
         what: "json result".into(),
         message: describe_json_error(body, &e),
     })?;
-    Ok((state.columns, state.rows))
+    Ok(state.rows.finish())
 }
 
 #[derive(Default)]
 struct StreamState {
-    columns: Vec<String>,
-    rows: Vec<SourceRow>,
+    rows: RowsBuilder,
     /// A row-level failure with its proper [`LookerError`] kind; serde only carries text.
     failure: Option<LookerError>,
 }
@@ -180,16 +176,6 @@ impl StreamState {
         let text = e.to_string();
         self.failure = Some(e);
         E::custom(text)
-    }
-
-    /// Records `field` as a column (rows usually repeat the same order: check that first).
-    fn note_column(&mut self, position: usize, field: &str) {
-        if self.columns.get(position).is_some_and(|c| c == field) {
-            return;
-        }
-        if !self.columns.iter().any(|c| c == field) {
-            self.columns.push(field.to_string());
-        }
     }
 }
 
@@ -239,8 +225,6 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let state = self.state;
         let index = state.rows.len();
-        let mut cells = BTreeMap::new();
-        let mut position = 0;
         while let Some(field) = map.next_key::<String>()? {
             let raw: &'de RawValue = map.next_value()?;
             if field == "looker_error" {
@@ -248,20 +232,15 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                     .unwrap_or_else(|_| raw.get().to_string());
                 return Err(state.fail(LookerError::QueryFailed(msg)));
             }
-            if cells.contains_key(&field) {
-                return Err(de::Error::custom(format!("duplicate field `{field}`")));
-            }
             let cell = match raw_to_cell(raw) {
                 Ok(c) => c,
                 Err(found) => {
                     return Err(state.fail(cell_error("json result", index, &field, found)))
                 }
             };
-            state.note_column(position, &field);
-            position += 1;
-            cells.insert(field, cell);
+            state.rows.push(&field, cell).map_err(de::Error::custom)?;
         }
-        state.rows.push(SourceRow::new(index, cells));
+        state.rows.finish_row();
         Ok(())
     }
 }
@@ -345,16 +324,18 @@ pub fn parse_json_detail(body: &[u8]) -> Result<(Vec<String>, Vec<SourceRow>), L
         what: WHAT.into(),
         message: "no `data` array".into(),
     })?;
-    let mut rows = Vec::with_capacity(data.0.len());
+    let mut rows = RowsBuilder::with_columns(columns.clone());
     for (index, row) in data.0.into_iter().enumerate() {
-        let mut cells = BTreeMap::new();
         for (field, raw) in row.0 {
             let cell = detail_cell(&raw).map_err(|found| cell_error(WHAT, index, &field, found))?;
-            cells.insert(field, cell);
+            rows.push(&field, cell).map_err(|e| LookerError::Parse {
+                what: WHAT.into(),
+                message: e.to_string(),
+            })?;
         }
-        rows.push(SourceRow::new(index, cells));
+        rows.finish_row();
     }
-    Ok((columns, rows))
+    Ok((columns, rows.finish().1))
 }
 
 /// A `json_detail` cell is `{value, rendered?, html?, links?}`; a pivoted measure is an object
