@@ -35,9 +35,14 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Journal {}/{}  name {}  \"{}\"",
+        "Journal {}/{}{}  name {}  \"{}\"",
         j.legal_entity,
         batch.unwrap_or("(new)"),
+        if j.part.is_split() {
+            format!(" ({})", j.part)
+        } else {
+            String::new()
+        },
         j.journal_name,
         j.description
     );
@@ -135,11 +140,20 @@ pub fn run_report(r: &RunReport, store: &Path) -> String {
     }
     let fallback = fallback_format();
     for j in &r.journals {
-        let batch = run
-            .journals
+        // A legal entity may have several headers (parts): match the part, falling back to
+        // the recorded order (parts are posted in order).
+        let batch = r
+            .posted
             .iter()
-            .find(|(le, _)| *le == j.legal_entity)
-            .map(|(_, b)| b.as_str());
+            .find(|p| p.legal_entity == j.legal_entity && p.part == j.part)
+            .map(|p| p.batch_number.as_str())
+            .or_else(|| {
+                run.journals
+                    .iter()
+                    .filter(|(le, _)| *le == j.legal_entity)
+                    .nth(j.part.part.saturating_sub(1) as usize)
+                    .map(|(_, b)| b.as_str())
+            });
         let _ = writeln!(s);
         s.push_str(&journal_table(
             j,

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::domain::config::{AmountRule, InstanceConfig, SignConvention, ValueSource};
 use crate::domain::journal::LineKind;
-use crate::domain::mapping::{description_prefix, line_ref, parse_line_ref};
+use crate::domain::mapping::{description_prefix, header_of_run, line_ref, parse_line_ref};
 use crate::domain::money::{parse_amount_text, round, CurrencyPrecision};
 use crate::domain::run::{LineRecord, RunStatus, SourceRowRecord};
 use crate::domain::source::Cell;
@@ -515,19 +515,22 @@ async fn compute(
     if !nothing_expected {
         let entities: BTreeSet<String> = lines.iter().map(|l| l.legal_entity.clone()).collect();
         for le in entities {
-            if journals.contains_key(&le) {
-                continue;
-            }
-            // Not recorded (e.g. the run stopped right after creating the header): ask D365.
+            // Headers not recorded (the run stopped right after creating one, e.g. part 2 of a
+            // split journal): ask D365 for every header carrying this run's key, any part.
             let prefix = description_prefix(&key);
             let found: Vec<String> = ledger
                 .find_headers(&le, &prefix)
                 .await?
                 .into_iter()
-                .filter(|h| h.description.starts_with(&format!("{prefix} ")))
+                .filter(|h| header_of_run(&h.description, &key).is_some())
                 .map(|h| h.batch_number)
                 .collect();
-            journals.insert(le, found);
+            let known = journals.entry(le).or_default();
+            for b in found {
+                if !known.contains(&b) {
+                    known.push(b);
+                }
+            }
         }
     }
     let mut journal_state: BTreeMap<String, Vec<(String, Option<bool>)>> = BTreeMap::new();

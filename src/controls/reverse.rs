@@ -22,7 +22,7 @@ use super::{
     KIND_REVERSED, TRIGGER_REVERSE,
 };
 use crate::domain::config::InstanceConfig;
-use crate::domain::journal::{Journal, JournalLine};
+use crate::domain::journal::{Journal, JournalLine, JournalPart};
 use crate::domain::mapping::{line_ref, parse_line_ref, truncate_chars};
 use crate::domain::money::CurrencyPrecision;
 use crate::domain::reference::{PeriodStatus, ReferenceData, VoucherAllocation};
@@ -305,6 +305,8 @@ async fn reverse_locked(
                     ),
                     config.journal.max_text_len,
                 ),
+                // One reversal header per original header (each part has its own).
+                part: JournalPart::default(),
                 lines,
             };
             let refs = BTreeMap::from([(le.clone(), refd.clone())]);
@@ -403,6 +405,7 @@ async fn reverse_locked(
                 j.lines.iter().map(|l| LineRecord {
                     run_id: rev.run_id.clone(),
                     legal_entity: le.clone(),
+                    part: JournalPart::default(),
                     account_display: display[&l.line_no].0.clone(),
                     offset_display: display[&l.line_no].1.clone().filter(|s| !s.is_empty()),
                     line: l.clone(),

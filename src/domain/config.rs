@@ -377,10 +377,20 @@ pub struct JournalConfig {
     /// one `$batch` changeset, so it must not exceed `d365.batch_operations`.
     #[serde(default = "default_voucher_lines")]
     pub max_voucher_lines: usize,
+    /// Most lines under one journal header. A legal entity's journal with more lines is split
+    /// into several headers of whole vouchers (each balances on its own), each with its own
+    /// natural key: F&O validates and posts very large journals slowly, and a few thousand lines
+    /// per journal is common practice (Microsoft's DMF guidance stays under about 10,000).
+    #[serde(default = "default_journal_lines")]
+    pub max_journal_lines: usize,
 }
 
 fn default_voucher_lines() -> usize {
     100
+}
+
+fn default_journal_lines() -> usize {
+    2000
 }
 
 fn default_description() -> String {
@@ -615,6 +625,15 @@ impl InstanceConfig {
                 ),
             ));
         }
+        if self.journal.max_journal_lines < self.journal.max_voucher_lines {
+            return Err(invalid(
+                "journal.max_journal_lines",
+                format!(
+                    "must be at least journal.max_voucher_lines ({}): a voucher is never split across two journal headers",
+                    self.journal.max_voucher_lines
+                ),
+            ));
+        }
         if self.looker.max_rows == 0 {
             return Err(invalid("looker.max_rows", "must be at least 1"));
         }
@@ -769,6 +788,32 @@ mod tests {
         let bad = EXAMPLE.replace("journal_name = \"GenJrn\"", "journal_nam = \"GenJrn\"");
         let e = InstanceConfig::from_toml(&bad).unwrap_err().to_string();
         assert!(e.contains("journal_nam"), "{e}");
+    }
+
+    #[test]
+    fn max_journal_lines_defaults_and_must_hold_a_voucher() {
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        assert_eq!(cfg.journal.max_journal_lines, 2000);
+        let small = EXAMPLE.replace(
+            "max_voucher_lines = 100",
+            "max_voucher_lines = 100\nmax_journal_lines = 99",
+        );
+        let e = InstanceConfig::from_toml(&small).unwrap_err().to_string();
+        assert!(
+            e.contains("journal.max_journal_lines") && e.contains("max_voucher_lines (100)"),
+            "{e}"
+        );
+        let ok = EXAMPLE.replace(
+            "max_voucher_lines = 100",
+            "max_voucher_lines = 100\nmax_journal_lines = 100",
+        );
+        assert_eq!(
+            InstanceConfig::from_toml(&ok)
+                .unwrap()
+                .journal
+                .max_journal_lines,
+            100
+        );
     }
 
     #[test]

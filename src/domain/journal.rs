@@ -209,14 +209,46 @@ impl JournalLine {
     }
 }
 
-/// One journal header and its lines, for one legal entity.
+/// Which of a legal entity's journal headers a line belongs to: a large journal is split into
+/// several headers (`journal.max_journal_lines`) of whole vouchers, each with its own natural key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JournalPart {
+    /// 1-based.
+    pub part: u32,
+    /// How many parts the legal entity's journal has.
+    pub of: u32,
+}
+
+impl Default for JournalPart {
+    /// A journal that was not split (also what audit records from before splitting read as).
+    fn default() -> Self {
+        JournalPart { part: 1, of: 1 }
+    }
+}
+
+impl JournalPart {
+    pub fn is_split(&self) -> bool {
+        self.of > 1
+    }
+}
+
+impl std::fmt::Display for JournalPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "part {} of {}", self.part, self.of)
+    }
+}
+
+/// One journal header and its lines, for one legal entity (or one part of its journal).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
     /// dataAreaId, lower case.
     pub legal_entity: String,
     pub journal_name: String,
-    /// Header `Description`; starts with the run's natural key.
+    /// Header `Description`; starts with the part's natural key (see `mapping::part_key`).
     pub description: String,
+    /// Which part of the legal entity's journal this header is.
+    #[serde(default)]
+    pub part: JournalPart,
     pub lines: Vec<JournalLine>,
 }
 

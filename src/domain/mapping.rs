@@ -16,7 +16,7 @@ use super::config::{
     AmountRule, BalancingStyle, InstanceConfig, Period, RoundingTarget, SignConvention, TransDate,
     ValueSource, VoucherBy, ZeroAmounts,
 };
-use super::journal::{Dimensions, Journal, JournalLine, LedgerAccount, LineKind};
+use super::journal::{Dimensions, Journal, JournalLine, JournalPart, LedgerAccount, LineKind};
 use super::money::{parse_amount_text, round, CurrencyPrecision};
 use super::run::RowStatus;
 use super::source::{Cell, Columns, Extract, SourceRow};
@@ -44,8 +44,9 @@ pub struct RowOutcome {
 /// The result of mapping an extract.
 #[derive(Debug, Clone)]
 pub struct Mapped {
-    /// One journal per legal entity, in legal-entity order. Built from the rows that mapped,
-    /// so a preview can show them even when other rows have issues.
+    /// One journal per legal entity — or, above `journal.max_journal_lines`, one per part of
+    /// it — in legal-entity then part order. Built from the rows that mapped, so a preview can
+    /// show them even when other rows have issues.
     pub journals: Vec<Journal>,
     pub rows: Vec<RowOutcome>,
     pub issues: Vec<Issue>,
@@ -86,22 +87,73 @@ pub fn parse_line_ref(text: &str) -> Option<(&str, u32)> {
     Some((key, n.parse().ok()?))
 }
 
-/// Header description prefix that identifies a run in D365.
+/// Header description prefix that identifies a run (or, given a part key, one part) in D365.
+/// Matching a header needs the whole key token ([`description_key`]): `MLC {run_key}` is also
+/// a prefix of the descriptions of that run's parts.
 pub fn description_prefix(run_key: &str) -> String {
     format!("MLC {run_key}")
 }
 
-/// The header Description of a run's journals: `MLC {run_key} ` + the configured template with
-/// `{period}` filled in, cut to the field length. A replay renders the same text.
-pub fn render_description(cfg: &InstanceConfig, run_key: &str, period_label: &str) -> String {
-    truncate_chars(
+/// Natural key of one journal header: the run key itself for a journal that was not split (so
+/// descriptions and data from before splitting stay valid), `{run_key}/P{part}of{of}` for a
+/// part. `of` is part of the key so `P1` never matches `P10`, and a header written under a
+/// different split is recognized as such.
+pub fn part_key(run_key: &str, part: JournalPart) -> String {
+    if part.is_split() {
+        format!("{run_key}/P{}of{}", part.part, part.of)
+    } else {
+        run_key.to_string()
+    }
+}
+
+/// The natural key a header Description carries: the token after `MLC `.
+pub fn description_key(description: &str) -> Option<&str> {
+    description.strip_prefix("MLC ")?.split_whitespace().next()
+}
+
+/// Splits a header key into run key and part (a plain run key is part 1 of 1).
+pub fn parse_part_key(key: &str) -> (&str, JournalPart) {
+    let parsed = key.rsplit_once("/P").and_then(|(run, p)| {
+        let (n, of) = p.split_once("of")?;
+        let digits = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
+        if run.is_empty() || !digits(n) || !digits(of) {
+            return None;
+        }
+        Some((
+            run,
+            JournalPart {
+                part: n.parse().ok()?,
+                of: of.parse().ok()?,
+            },
+        ))
+    });
+    parsed.unwrap_or((key, JournalPart::default()))
+}
+
+/// Whether a header Description belongs to run `run_key` (any of its parts); with the part of
+/// that run it is.
+pub fn header_of_run(description: &str, run_key: &str) -> Option<JournalPart> {
+    let (run, part) = parse_part_key(description_key(description)?);
+    (run == run_key).then_some(part)
+}
+
+/// The header Description of a journal: `MLC {key} ` + the configured template with `{period}`
+/// filled in, cut to the field length; `key` is a [`part_key`]. The key itself is never cut
+/// (a cut key would not be found again). A replay renders the same text.
+pub fn render_description(cfg: &InstanceConfig, key: &str, period_label: &str) -> String {
+    let head = description_prefix(key);
+    let room = cfg
+        .journal
+        .max_text_len
+        .saturating_sub(head.chars().count());
+    let tail = truncate_chars(
         &format!(
-            "{} {}",
-            description_prefix(run_key),
+            " {}",
             cfg.journal.description.replace("{period}", period_label)
         ),
-        cfg.journal.max_text_len,
-    )
+        room,
+    );
+    format!("{head}{tail}")
 }
 
 /// A row after its values were resolved, before lines are numbered.
@@ -812,6 +864,7 @@ fn build_journals(
                 legal_entity: v.legal_entity.clone(),
                 journal_name: cfg.journal.journal_name.clone(),
                 description: description.clone(),
+                part: JournalPart::default(),
                 lines: vec![],
             });
         for mut l in v.lines {
@@ -825,11 +878,78 @@ fn build_journals(
             j.lines.push(l);
         }
     }
+    let max_lines = cfg.journal.max_journal_lines;
     (
-        journals.into_values().collect(),
+        journals
+            .into_values()
+            .flat_map(|j| split_journal(j, max_lines, ctx))
+            .collect(),
         mapped_total,
         residue_total,
     )
+}
+
+/// Groups consecutive vouchers, given as line counts in voucher order, into parts of at most
+/// `max_lines` lines. A voucher is never split (each part balances on its own); one larger than
+/// the limit gets a part of its own. Greedy in voucher order, so the same vouchers always give
+/// the same parts and a retry finds the headers an earlier attempt created.
+pub fn partition_vouchers(sizes: &[usize], max_lines: usize) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut lines = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > start && lines + n > max_lines {
+            parts.push(start..i);
+            start = i;
+            lines = 0;
+        }
+        lines += n;
+    }
+    if start < sizes.len() {
+        parts.push(start..sizes.len());
+    }
+    parts
+}
+
+/// Splits one legal entity's journal into parts of whole vouchers (see [`partition_vouchers`]),
+/// each with its own description key. A journal within the limit stays one unsplit header.
+fn split_journal(j: Journal, max_lines: usize, ctx: &MappingContext<'_>) -> Vec<Journal> {
+    if j.lines.len() <= max_lines {
+        return vec![j];
+    }
+    // Lines are numbered voucher by voucher, so a voucher's lines are contiguous.
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut last = None;
+    for l in &j.lines {
+        match sizes.last_mut() {
+            Some(n) if last == Some(l.voucher) => *n += 1,
+            _ => sizes.push(1),
+        }
+        last = Some(l.voucher);
+    }
+    let ranges = partition_vouchers(&sizes, max_lines);
+    let of = ranges.len() as u32;
+    let mut lines = j.lines.into_iter();
+    let mut out = Vec::with_capacity(ranges.len());
+    for (i, r) in ranges.into_iter().enumerate() {
+        let n: usize = sizes[r].iter().sum();
+        let part = JournalPart {
+            part: i as u32 + 1,
+            of,
+        };
+        out.push(Journal {
+            legal_entity: j.legal_entity.clone(),
+            journal_name: j.journal_name.clone(),
+            description: render_description(
+                ctx.config,
+                &part_key(ctx.run_key, part),
+                &ctx.period.label,
+            ),
+            part,
+            lines: lines.by_ref().take(n).collect(),
+        });
+    }
+    out
 }
 
 fn detail_line(r: &RowLine, rounded: Decimal, offset: Option<LedgerAccount>) -> JournalLine {
@@ -1267,6 +1387,140 @@ mod tests {
         assert!(per_voucher.values().all(|n| *n <= 10), "{per_voucher:?}");
         // Every row still became exactly one line.
         assert!(m.rows.iter().all(|r| r.line_nos.len() == 1));
+    }
+
+    #[test]
+    fn partition_keeps_vouchers_whole_within_the_limit() {
+        assert!(partition_vouchers(&[], 10).is_empty());
+        assert_eq!(partition_vouchers(&[4, 4, 4], 12), vec![0..3]);
+        assert_eq!(partition_vouchers(&[4, 4, 4], 8), vec![0..2, 2..3]);
+        assert_eq!(partition_vouchers(&[4, 4, 4], 7), vec![0..1, 1..2, 2..3]);
+        // A voucher above the limit is never split: it gets a part of its own.
+        assert_eq!(partition_vouchers(&[2, 9, 2], 5), vec![0..1, 1..2, 2..3]);
+        let sizes: Vec<usize> = (0..500).map(|i| 1 + (i * 7) % 10).collect();
+        let parts = partition_vouchers(&sizes, 37);
+        assert_eq!(parts, partition_vouchers(&sizes, 37), "deterministic");
+        let mut next = 0;
+        for r in &parts {
+            assert_eq!(r.start, next, "contiguous, nothing skipped");
+            next = r.end;
+            assert!(sizes[r.clone()].iter().sum::<usize>() <= 37);
+        }
+        assert_eq!(next, sizes.len());
+    }
+
+    fn many_rows(n: usize) -> Extract {
+        let channels = ["Amazon", "eBay", "Shopify"];
+        extract(
+            (0..n)
+                .map(|i| {
+                    row(
+                        i,
+                        "2026-11-22",
+                        channels[i % 3],
+                        if i % 2 == 0 { "022" } else { "031" },
+                        "Commission",
+                        Cell::Number(d(&format!("{}.{:03}", 1 + i % 17, (i * 37) % 1000))),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn large_journals_split_into_balanced_parts_of_whole_vouchers() {
+        let mut cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        cfg.journal.max_voucher_lines = 10;
+        cfg.journal.max_journal_lines = 25;
+        let ex = many_rows(250);
+        let m = run(&cfg, &ex);
+        assert!(m.issues.is_empty(), "{:?}", m.issues);
+        let total_lines: usize = m.journals.iter().map(|j| j.lines.len()).sum();
+        let of = m.journals.len() as u32;
+        assert!(of >= 12, "{total_lines} lines in {of} parts");
+        let mut voucher_part: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut next_line = 1;
+        for (i, j) in m.journals.iter().enumerate() {
+            let part = JournalPart {
+                part: i as u32 + 1,
+                of,
+            };
+            assert_eq!(j.part, part);
+            assert_eq!(j.legal_entity, "usmf");
+            assert!(
+                !j.lines.is_empty() && j.lines.len() <= 25,
+                "{}",
+                j.lines.len()
+            );
+            // Its own natural key, found again from the description.
+            let key = format!("abcdef0123-a1b2c3/P{}of{of}", i + 1);
+            assert!(
+                j.description
+                    .starts_with(&format!("MLC {key} Marketplace fees")),
+                "{}",
+                j.description
+            );
+            assert_eq!(description_key(&j.description), Some(key.as_str()));
+            assert_eq!(
+                header_of_run(&j.description, "abcdef0123-a1b2c3"),
+                Some(part)
+            );
+            // Each part balances on its own, voucher by voucher and in total.
+            let mut sums: BTreeMap<u32, Decimal> = BTreeMap::new();
+            for l in &j.lines {
+                *sums.entry(l.voucher).or_default() += l.amount;
+                assert_eq!(l.line_no, next_line, "line numbers run on across parts");
+                next_line += 1;
+                assert!(l
+                    .text
+                    .starts_with(&line_ref("abcdef0123-a1b2c3", l.line_no)));
+                if let Some(p) = voucher_part.insert(l.voucher, part.part) {
+                    assert_eq!(p, part.part, "voucher {} spans two parts", l.voucher);
+                }
+            }
+            assert!(sums.values().all(|s| s.is_zero()), "{sums:?}");
+        }
+        assert!(m.rows.iter().all(|r| r.line_nos.len() == 1));
+        // Same extract, same parts.
+        assert_eq!(run(&cfg, &ex).journals, m.journals);
+        // At or under the limit: one unsplit header with the plain run key.
+        cfg.journal.max_journal_lines = total_lines;
+        let one = run(&cfg, &ex);
+        assert_eq!(one.journals.len(), 1);
+        assert_eq!(one.journals[0].part, JournalPart::default());
+        assert_eq!(
+            description_key(&one.journals[0].description),
+            Some("abcdef0123-a1b2c3")
+        );
+    }
+
+    #[test]
+    fn part_keys_do_not_collide() {
+        let k = "abcdef0123-a1b2c3";
+        let p = |part, of| JournalPart { part, of };
+        assert_eq!(part_key(k, p(1, 1)), k);
+        assert_eq!(part_key(k, p(2, 12)), format!("{k}/P2of12"));
+        for (part, of) in [(1, 1), (1, 3), (10, 12), (1, 10)] {
+            let key = part_key(k, p(part, of));
+            assert_eq!(parse_part_key(&key), (k, p(part, of)));
+        }
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        let d1 = render_description(&cfg, &part_key(k, p(1, 3)), "2026-W47");
+        let d10 = render_description(&cfg, &part_key(k, p(1, 30)), "2026-W47");
+        let plain = render_description(&cfg, k, "2026-W47");
+        // `MLC k/P1of3` is a string prefix of `MLC k/P1of30 …` and `MLC k` of every part: the
+        // whole key token decides.
+        assert_eq!(header_of_run(&d1, k), Some(p(1, 3)));
+        assert_eq!(header_of_run(&d10, k), Some(p(1, 30)));
+        assert_eq!(header_of_run(&plain, k), Some(p(1, 1)));
+        assert_eq!(header_of_run(&d1, "abcdef0123-a1b2c4"), None);
+        assert_eq!(header_of_run("MLC abcdef0123-a1b2c3x Looker", k), None);
+        assert_eq!(header_of_run("MLC-R abcdef0123-a1b2c3 00012 x", k), None);
+        // The key is never cut, even by a short field length.
+        let mut short = cfg.clone();
+        short.journal.max_text_len = 30;
+        let d = render_description(&short, &part_key(k, p(100, 120)), "2026-W47");
+        assert_eq!(description_key(&d), Some(format!("{k}/P100of120").as_str()));
     }
 
     #[test]

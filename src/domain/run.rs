@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::journal::JournalLine;
+use super::journal::{JournalLine, JournalPart};
 use super::source::{Cell, SourceRef};
 
 /// Lifecycle of a run.
@@ -184,6 +184,11 @@ pub enum LineStatus {
 pub struct LineRecord {
     pub run_id: String,
     pub legal_entity: String,
+    /// Which journal header of the legal entity the line goes to; recorded so a replay posts
+    /// into the same parts without re-mapping (absent in records from before splitting: part 1
+    /// of 1).
+    #[serde(default)]
+    pub part: JournalPart,
     pub line: JournalLine,
     /// `AccountDisplayValue` as sent.
     pub account_display: String,

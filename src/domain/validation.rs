@@ -465,6 +465,7 @@ mod tests {
             legal_entity: "usmf".into(),
             journal_name: "GenJrn".into(),
             description: "x".into(),
+            part: Default::default(),
             lines,
         }
     }

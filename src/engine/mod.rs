@@ -240,6 +240,9 @@ impl<'a> Engine<'a> {
         let mut refs: BTreeMap<String, ReferenceData> = BTreeMap::new();
         let mut failure: Option<String> = None;
         for j in &mapped.journals {
+            if refs.contains_key(&j.legal_entity) {
+                continue; // another part of the same entity's journal
+            }
             self.progress.step(&format!(
                 "Reading accounts, dimensions, journal names and periods of {} from D365",
                 j.legal_entity
@@ -837,6 +840,7 @@ fn line_records(
             out.push(LineRecord {
                 run_id: run_id.to_string(),
                 legal_entity: j.legal_entity.clone(),
+                part: j.part,
                 account_display: l.account.display_value(f),
                 offset_display: l.offset_account.as_ref().map(|o| o.display_value(f)),
                 line: l.clone(),

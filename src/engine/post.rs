@@ -12,7 +12,10 @@ use rust_decimal::Decimal;
 
 use super::{CrashPoint, Engine, EngineError};
 use crate::domain::config::{InstanceConfig, Posting};
-use crate::domain::mapping::{description_prefix, parse_line_ref, render_description};
+use crate::domain::journal::JournalPart;
+use crate::domain::mapping::{
+    description_prefix, header_of_run, parse_line_ref, part_key, render_description,
+};
 use crate::domain::reference::VoucherAllocation;
 use crate::domain::run::{LineRecord, LineStatus, RunKeys, RunRecord, RunStatus};
 use crate::ports::{LedgerError, LedgerHeader, LedgerLine, NewLedgerLine, VoucherOutcome};
@@ -21,6 +24,8 @@ use crate::ports::{LedgerError, LedgerHeader, LedgerLine, NewLedgerLine, Voucher
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostSummary {
     pub legal_entity: String,
+    /// Which part of the legal entity's journal (part 1 of 1 when it was not split).
+    pub part: JournalPart,
     pub batch_number: String,
     pub header_created: bool,
     pub lines_created: usize,
@@ -53,17 +58,22 @@ impl Engine<'_> {
         keys: &RunKeys,
         _earlier: &[RunRecord],
     ) -> Result<(RunStatus, String, Vec<PostSummary>), EngineError> {
-        let mut by_entity: BTreeMap<String, Vec<LineRecord>> = BTreeMap::new();
+        // One journal header per legal entity and part, in that order (parts as recorded at
+        // mapping time, so a replay writes into the same headers).
+        let mut by_journal: BTreeMap<(String, JournalPart), Vec<LineRecord>> = BTreeMap::new();
         for l in lines {
-            by_entity.entry(l.legal_entity.clone()).or_default().push(l);
+            by_journal
+                .entry((l.legal_entity.clone(), l.part))
+                .or_default()
+                .push(l);
         }
-        let total: usize = by_entity.values().map(Vec::len).sum();
+        let total: usize = by_journal.values().map(Vec::len).sum();
         let mut done = 0usize;
         let mut summaries = Vec::new();
-        for (le, mut lines) in by_entity {
+        for ((le, part), mut lines) in by_journal {
             lines.sort_by_key(|l| l.line.line_no);
             match self
-                .post_journal(run, config, keys, &le, &mut lines, &mut done, total)
+                .post_journal(run, config, keys, (&le, part), &mut lines, &mut done, total)
                 .await
             {
                 Ok(s) => summaries.push(s),
@@ -85,9 +95,14 @@ impl Engine<'_> {
             .iter()
             .map(|s| {
                 format!(
-                    "{}/{} ({} lines, debit {} = credit {}{})",
+                    "{}/{} ({}{} lines, debit {} = credit {}{})",
                     s.legal_entity,
                     s.batch_number,
+                    if s.part.is_split() {
+                        format!("{}, ", s.part)
+                    } else {
+                        String::new()
+                    },
                     s.lines_created + s.lines_found,
                     s.debit,
                     s.credit,
@@ -121,17 +136,24 @@ impl Engine<'_> {
         run: &mut RunRecord,
         config: &InstanceConfig,
         keys: &RunKeys,
-        le: &str,
+        (le, part): (&str, JournalPart),
         lines: &mut [LineRecord],
         done: &mut usize,
         total: usize,
     ) -> Result<PostSummary, Stop> {
         let run_id = run.run_id.clone();
         let failed = |what: &str, e: LedgerError| Stop::Failed(format!("{what} in {le}: {e}"));
+        // This header's own natural key: the run key, or `{run_key}/P2of3` for a part.
+        let key = part_key(&keys.run_key, part);
+        let ours_prefix = description_prefix(&key);
+        let of_part = if part.is_split() {
+            format!(" ({part})")
+        } else {
+            String::new()
+        };
 
         // 1. What does D365 already hold for this period?
         let period_prefix = format!("{}-", description_prefix(&keys.period_key));
-        let ours_prefix = description_prefix(&keys.run_key);
         let headers = self
             .ledger
             .find_headers(le, &period_prefix)
@@ -145,11 +167,34 @@ impl Engine<'_> {
             .into_iter()
             .filter(|h| !reversed.contains(&h.batch_number))
             .collect();
-        let (mut ours, others): (Vec<LedgerHeader>, Vec<LedgerHeader>) = headers
-            .into_iter()
-            .partition(|h| h.description.starts_with(&ours_prefix));
+        // By whole key token (`MLC k` is a string prefix of `MLC k/P1of3`, and `P1of3` of
+        // `P1of30`): this part's header, other parts of this run (ours too, never a conflict),
+        // this run's data split another way, and other data.
+        let mut ours = Vec::new();
+        let mut our_other_parts = 0usize;
+        let mut split_otherwise = Vec::new();
+        let mut others = Vec::new();
+        for h in headers {
+            match header_of_run(&h.description, &keys.run_key) {
+                Some(p) if p == part => ours.push(h),
+                Some(p) if p.of == part.of => our_other_parts += 1,
+                Some(_) => split_otherwise.push(h),
+                None => others.push(h),
+            }
+        }
         ours.sort_by(|a, b| a.batch_number.cmp(&b.batch_number));
-        if ours.is_empty() && !others.is_empty() {
+        if !split_otherwise.is_empty() {
+            let list = split_otherwise
+                .iter()
+                .map(|h| format!("{} \"{}\"", h.batch_number, h.description))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Stop::Conflict(format!(
+                "D365 already holds journal(s) of this data for period {} in {le} split into a different number of parts: {list}; this attempt splits it into {} (was journal.max_journal_lines changed?). Nothing more was written. Restore the setting, or reverse or delete those journals and run again.",
+                run.period, part.of
+            )));
+        }
+        if ours.is_empty() && our_other_parts == 0 && !others.is_empty() {
             let list = others
                 .iter()
                 .map(|h| format!("{} \"{}\"", h.batch_number, h.description))
@@ -166,10 +211,13 @@ impl Engine<'_> {
                 "warn",
                 "post",
                 format!(
-                    "{} journals in {le} carry run key {}: {}; using {} — delete the others if empty",
+                    "{} journals in {le} carry key {}: {}; using {} — delete the others if empty",
                     ours.len(),
-                    keys.run_key,
-                    ours.iter().map(|h| h.batch_number.as_str()).collect::<Vec<_>>().join(", "),
+                    key,
+                    ours.iter()
+                        .map(|h| h.batch_number.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     ours[0].batch_number
                 ),
             )
@@ -184,7 +232,7 @@ impl Engine<'_> {
                     "info",
                     "post",
                     format!(
-                        "found journal {le}/{} from an earlier attempt; reconciling its lines",
+                        "found journal {le}/{}{of_part} from an earlier attempt; reconciling its lines",
                         h.batch_number
                     ),
                 )
@@ -192,7 +240,7 @@ impl Engine<'_> {
                 (h, false)
             }
             None => {
-                let description = render_description(config, &keys.run_key, &run.period);
+                let description = render_description(config, &key, &run.period);
                 match self
                     .ledger
                     .create_header(le, &config.journal.journal_name, &description)
@@ -206,11 +254,14 @@ impl Engine<'_> {
                             .find_headers(le, &ours_prefix)
                             .await
                             .map_err(|e| failed("could not reconcile the journal header", e))?;
-                        match found.into_iter().next() {
+                        match found
+                            .into_iter()
+                            .find(|h| header_of_run(&h.description, &keys.run_key) == Some(part))
+                        {
                             Some(h) => (h, true),
                             None => {
                                 return Err(Stop::Failed(format!(
-                                    "creating the journal header in {le} had an unknown outcome ({m}) and it is not in D365; nothing was written — replay {run_id} to try again"
+                                    "creating the journal header{of_part} in {le} had an unknown outcome ({m}) and it is not in D365; nothing of it was written — replay {run_id} to try again"
                                 )))
                             }
                         }
@@ -235,7 +286,7 @@ impl Engine<'_> {
                 "info",
                 "post",
                 format!(
-                    "created journal {le}/{batch} ({})",
+                    "created journal {le}/{batch}{of_part} ({})",
                     config.journal.journal_name
                 ),
             )
@@ -382,12 +433,13 @@ impl Engine<'_> {
             "info",
             "post",
             format!(
-                "journal {le}/{batch}: {created} line(s) created, {found} already present; D365 holds debit {debit}, credit {credit}"
+                "journal {le}/{batch}{of_part}: {created} line(s) created, {found} already present; D365 holds debit {debit}, credit {credit}"
             ),
         )
         .await;
         Ok(PostSummary {
             legal_entity: le.to_string(),
+            part,
             batch_number: batch,
             header_created,
             lines_created: created,

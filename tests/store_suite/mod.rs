@@ -24,7 +24,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use ml_connector::domain::journal::{JournalLine, LedgerAccount, LineKind};
+use ml_connector::domain::journal::{JournalLine, JournalPart, LedgerAccount, LineKind};
 use ml_connector::domain::run::{
     AuditEvent, LineRecord, LineStatus, RowStatus, RunKeys, RunRecord, RunStatus, RunTotals,
     SourceRowRecord,
@@ -163,6 +163,8 @@ pub fn line(run_id: &str, legal_entity: &str, line_no: u32, amount: &str) -> Lin
     LineRecord {
         run_id: run_id.to_string(),
         legal_entity: legal_entity.to_string(),
+        // Not the default, so the stores must round-trip it.
+        part: JournalPart { part: 2, of: 3 },
         line: JournalLine {
             line_no,
             voucher: 1,

@@ -1,0 +1,338 @@
+//! Large journals split across several journal headers (`journal.max_journal_lines`), each with
+//! its own natural key, against the simulators over real sockets: every part balances, every row
+//! is audited, a re-run posts nothing new, a crash between parts resumes without a second header
+//! for any part, and `reverse` undoes every part once.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::World;
+use ml_connector::controls::{reconcile, reverse, trace, ReverseOptions};
+use ml_connector::domain::config::{InlineQuery, Posting};
+use ml_connector::domain::journal::JournalPart;
+use ml_connector::domain::mapping::{description_key, header_of_run, part_key};
+use ml_connector::domain::run::{LineStatus, RowStatus, RunRecord, RunStatus};
+use ml_connector::engine::{CrashPoint, Engine, EngineError, Mode, Outcome, Progress};
+use ml_connector::sandbox::d365::{SimHeader, SimLine};
+use ml_connector::sandbox::looker::LookerSeed;
+use ml_connector::store::Store;
+use rust_decimal::Decimal;
+
+/// `rows` Looker rows of one week, two decimals each (one detail line per row).
+fn rows_json(rows: usize, week: &str) -> (String, Decimal) {
+    let channels = ["Amazon", "eBay", "Shopify"];
+    let ccs = ["022", "031"];
+    let fees = ["Marketplace fee", "Commission"];
+    let mut total = Decimal::ZERO;
+    let mut out = String::from("[");
+    for i in 0..rows {
+        let amount = format!("{}.{:02}", 10 + (i * 7919) % 5000, (i * 31) % 100);
+        total += amount.parse::<Decimal>().unwrap();
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#"{{"marketplace_fees.row_id":{i},"marketplace_fees.week_end_date":"{week}","marketplace_fees.channel":"{}","marketplace_fees.cost_center":"{}","marketplace_fees.fee_type":"{}","marketplace_fees.total_amount":{amount}}}"#,
+            channels[i % 3],
+            ccs[i % 2],
+            fees[(i / 2) % 2]
+        ));
+    }
+    out.push(']');
+    (out, total)
+}
+
+/// A world whose Look returns `rows` rows, split at `max_journal_lines`.
+async fn world(rows: usize, max_voucher_lines: usize, max_journal_lines: usize) -> World {
+    let mut w = World::start_with(LookerSeed::empty()).await;
+    let week = w.period_end().to_string();
+    let (json, _) = rows_json(rows, &week);
+    w.looker.add_explore(
+        "finance",
+        "marketplace_fees",
+        &[
+            "marketplace_fees.row_id",
+            "marketplace_fees.week_end_date",
+            "marketplace_fees.channel",
+            "marketplace_fees.cost_center",
+            "marketplace_fees.fee_type",
+        ],
+        &["marketplace_fees.total_amount"],
+        &json,
+    );
+    let mut query: InlineQuery = w.config.source.query.clone().unwrap();
+    query.fields.insert(0, "marketplace_fees.row_id".into());
+    query.sorts = vec!["marketplace_fees.row_id".into()];
+    query
+        .filters
+        .insert("marketplace_fees.week_end_date".into(), week);
+    w.looker.add_look("78", "Fees by row", query);
+    w.config.source.look_id = Some("78".into());
+    w.config.source.query = None;
+    w.config.journal.max_voucher_lines = max_voucher_lines;
+    w.config.journal.max_journal_lines = max_journal_lines;
+    w.config.check().expect("valid config");
+    w
+}
+
+fn lines_of<'a>(lines: &'a [SimLine], batch: &str) -> Vec<&'a SimLine> {
+    lines.iter().filter(|l| l.batch_number == batch).collect()
+}
+
+/// Checks what D365 holds for a completed split run: `parts` headers with their own keys, each
+/// within the limit and balanced, no voucher across two headers, no duplicate line, every
+/// planned line present.
+async fn check_parts(w: &World, run: &RunRecord, parts: usize, max_journal_lines: usize) {
+    let headers: Vec<SimHeader> = w.d365.headers();
+    let lines = w.d365.lines();
+    assert_eq!(headers.len(), parts, "one header per part, no duplicate");
+    assert_eq!(run.journals.len(), parts, "{:?}", run.journals);
+    let mut keys = BTreeSet::new();
+    let mut voucher_batch: BTreeMap<String, String> = BTreeMap::new();
+    for h in &headers {
+        let part = header_of_run(&h.description, &run.keys.run_key)
+            .unwrap_or_else(|| panic!("header {} is not of the run: {}", h.batch_number, h.description));
+        assert_eq!(part.of as usize, parts);
+        assert_eq!(
+            description_key(&h.description),
+            Some(part_key(&run.keys.run_key, part).as_str())
+        );
+        assert!(keys.insert(part.part), "part {} twice", part.part);
+        assert!(run
+            .journals
+            .iter()
+            .any(|(le, b)| le == "usmf" && *b == h.batch_number));
+        let mine = lines_of(&lines, &h.batch_number);
+        assert!(!mine.is_empty() && mine.len() <= max_journal_lines);
+        let net: Decimal = mine.iter().map(|l| l.debit - l.credit).sum();
+        assert!(net.is_zero(), "part {} nets {net}", part.part);
+        for l in mine {
+            if let Some(b) = voucher_batch.insert(l.voucher.clone(), h.batch_number.clone()) {
+                assert_eq!(b, h.batch_number, "voucher {} spans two headers", l.voucher);
+            }
+        }
+    }
+    let refs: BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l.text.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(refs.len(), lines.len(), "no duplicate lines");
+    let audited = w.store.lines(&run.run_id).await.unwrap();
+    assert_eq!(audited.len(), lines.len());
+    assert!(audited.iter().all(|l| l.status == LineStatus::Created));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2500_row_journal_becomes_balanced_parts_and_a_rerun_posts_nothing() {
+    let w = world(2500, 100, 1000).await;
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    let run = report.run.clone();
+    // 2,500 detail lines + a balancing line per voucher of up to 98 rows: 3 parts of ≤ 1,000.
+    let parts = report.journals.len();
+    assert_eq!(parts, 3, "{:?}", report.journals.iter().map(|j| j.lines.len()).collect::<Vec<_>>());
+    assert!(report
+        .journals
+        .iter()
+        .enumerate()
+        .all(|(i, j)| j.part == JournalPart { part: i as u32 + 1, of: 3 }));
+    check_parts(&w, &run, parts, 1000).await;
+
+    // Every row audited, mapped to exactly one line.
+    let rows = w.store.source_rows(&run.run_id).await.unwrap();
+    assert_eq!(rows.len(), 2500);
+    assert!(rows
+        .iter()
+        .all(|r| r.status == RowStatus::Mapped && r.line_nos.len() == 1));
+    assert_eq!(
+        run.totals.created_lines as usize,
+        w.d365.lines().len(),
+        "created totals count every part"
+    );
+    assert_eq!(run.totals.created_debit, run.totals.created_credit);
+
+    // The reconciliation reads every part back.
+    let clients = w.clients();
+    let r = reconcile(&w.store, &clients.d365, &w.config, &run.run_id)
+        .await
+        .unwrap();
+    assert!(r.is_clean(), "{:#?}", r.differences);
+    assert_eq!(r.groups.len(), 1);
+    assert_eq!(r.groups[0].journals.len(), 3);
+    assert_eq!(r.d365_debit, run.totals.created_debit);
+
+    // A line of the last part traces back to its row.
+    let last = w
+        .d365
+        .lines()
+        .into_iter()
+        .filter(|l| l.batch_number == run.journals[2].1)
+        .find(|l| !l.account_display.starts_with("200150"))
+        .unwrap();
+    let t = trace(&w.store, &last.text).await.unwrap();
+    assert_eq!(t.run.run_id, run.run_id);
+    assert_eq!(t.source_rows.len(), 1);
+
+    // Same data again: every part is found, nothing new.
+    let writes_before = w.d365.lines().len();
+    let again = w.run(Mode::Post).await;
+    assert_eq!(again.outcome, Outcome::AlreadyPosted, "{:?}", again.run.message);
+    assert_eq!(w.d365.headers().len(), 3);
+    assert_eq!(w.d365.lines().len(), writes_before);
+    assert_eq!(again.run.journals, run.journals);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_line_path_splits_the_same_way() {
+    let mut w = world(240, 10, 100).await;
+    w.config.d365.posting = Posting::Lines;
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    let parts = report.journals.len();
+    assert!(parts >= 3, "{parts} parts");
+    check_parts(&w, &report.run, parts, 100).await;
+    assert_eq!(w.d365.batch_request_count(), 0, "per-line path");
+    let again = w.run(Mode::Post).await;
+    assert_eq!(again.outcome, Outcome::AlreadyPosted);
+    assert_eq!(w.d365.headers().len(), parts);
+}
+
+/// Crashes the engine (as a killed process would) the `nth` time it reaches `point`.
+struct CrashNth {
+    point: CrashPoint,
+    nth: usize,
+    seen: AtomicUsize,
+}
+
+impl Progress for CrashNth {
+    fn crash_at(&self, point: CrashPoint) -> bool {
+        point == self.point && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.nth
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_parts_resumes_with_only_the_missing_lines() {
+    let w = world(2500, 100, 1000).await;
+    let clients = w.clients();
+    // Part 1 complete, part 2's header created (and recorded), then the process dies.
+    let crash = CrashNth {
+        point: CrashPoint::HeaderCreated,
+        nth: 2,
+        seen: AtomicUsize::new(0),
+    };
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &w.store,
+        progress: &crash,
+    };
+    let err = engine
+        .run(&w.config, &w.options(Mode::Post))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Crashed(CrashPoint::HeaderCreated)), "{err}");
+    let headers = w.d365.headers();
+    assert_eq!(headers.len(), 2);
+    let part1 = w.d365.lines();
+    assert!(!part1.is_empty());
+    assert!(part1.iter().all(|l| l.batch_number == headers[0].batch_number));
+    let crashed: RunRecord = w
+        .store
+        .list_runs(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    assert_eq!(crashed.status, RunStatus::Posting);
+    assert_eq!(crashed.journals.len(), 2);
+
+    // Replay: part 1 found whole, part 2's header reused, only the missing lines written.
+    let engine = Engine {
+        progress: &ml_connector::engine::NoProgress,
+        ..engine
+    };
+    let replayed = engine
+        .replay(&w.config, &crashed.run_id, chrono::Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(replayed.outcome, Outcome::Posted, "{:?}", replayed.run.message);
+    check_parts(&w, &replayed.run, 3, 1000).await;
+    let after = w.d365.lines();
+    for l in &part1 {
+        assert!(
+            after
+                .iter()
+                .any(|a| a.line_number == l.line_number && a.batch_number == l.batch_number),
+            "part 1 line kept as is"
+        );
+    }
+    let found: usize = replayed.posted.iter().map(|p| p.lines_found).sum();
+    let created: usize = replayed.posted.iter().map(|p| p.lines_created).sum();
+    assert_eq!(found, part1.len(), "{:?}", replayed.posted);
+    assert_eq!(found + created, after.len());
+    assert!(!replayed.posted[1].header_created, "part 2's header reused");
+
+    // A fresh run of the same data finds all three parts.
+    let again = w.run(Mode::Post).await;
+    assert_eq!(again.outcome, Outcome::AlreadyPosted, "{:?}", again.run.message);
+    assert_eq!(w.d365.headers().len(), 3);
+    assert_eq!(w.d365.lines().len(), after.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_of_a_split_run_reverses_every_part_once() {
+    let w = world(240, 10, 100).await;
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    let run = report.run.clone();
+    let parts = run.journals.len();
+    assert!(parts >= 3);
+    for (le, batch) in &run.journals {
+        w.d365.post_journal(le, batch);
+    }
+    let original = w.d365.lines();
+    let clients = w.clients();
+    let opts = ReverseOptions::default();
+    let rep = reverse(&w.store, &clients.d365, &w.config, &run.run_id, &opts)
+        .await
+        .unwrap();
+    assert!(!rep.nothing_new);
+    assert_eq!(rep.reversed.len(), parts, "{}", rep.message);
+    let originals: BTreeSet<&str> = rep
+        .reversed
+        .iter()
+        .map(|r| r.original_batch.as_str())
+        .collect();
+    assert_eq!(originals.len(), parts);
+    for r in &rep.reversed {
+        assert_eq!(r.debit, r.credit);
+        assert_eq!(
+            r.lines_created,
+            original.iter().filter(|l| l.batch_number == r.original_batch).count()
+        );
+    }
+    assert_eq!(w.d365.headers().len(), 2 * parts);
+    // Everything nets to zero per account.
+    let mut net: BTreeMap<String, Decimal> = BTreeMap::new();
+    for l in w.d365.lines() {
+        *net.entry(l.account_display.clone()).or_default() += l.debit - l.credit;
+    }
+    assert!(net.values().all(|n| n.is_zero()), "{net:?}");
+
+    // Again: nothing new.
+    let total = w.d365.lines().len();
+    let again = reverse(&w.store, &clients.d365, &w.config, &run.run_id, &opts)
+        .await
+        .unwrap();
+    assert!(again.nothing_new, "{}", again.message);
+    assert_eq!(w.d365.headers().len(), 2 * parts);
+    assert_eq!(w.d365.lines().len(), total);
+
+    // The period is free again: the same data posts anew into fresh parts, no conflict with
+    // the reversed ones.
+    let repost = w.run(Mode::Post).await;
+    assert_eq!(repost.outcome, Outcome::Posted, "{:?}", repost.run.message);
+}
