@@ -1,5 +1,6 @@
 //! Scale: a 12,000-row Look becomes complete journals through Looker's async query-task path and
-//! batched posting; the same Look through a path capped at 5,000 rows is refused, not posted.
+//! batched posting, split into several journal headers at `journal.max_journal_lines`; the same
+//! Look through a path capped at 5,000 rows is refused, not posted.
 
 mod common;
 
@@ -7,6 +8,7 @@ use std::collections::BTreeMap;
 
 use common::World;
 use ml_connector::domain::config::{ExtractMode, InlineQuery};
+use ml_connector::domain::mapping::header_of_run;
 use ml_connector::domain::run::{LineStatus, RowStatus};
 use ml_connector::engine::{Mode, Outcome};
 use ml_connector::sandbox::looker::LookerSeed;
@@ -104,6 +106,41 @@ async fn a_12000_row_look_becomes_complete_journals_every_row_accounted_for() {
     assert!(vouchers.values().all(|(sum, n)| sum.is_zero() && *n <= 100));
     let refs: std::collections::BTreeSet<_> = lines.iter().map(|l| l.text.clone()).collect();
     assert_eq!(refs.len(), lines.len(), "no duplicate lines");
+
+    // Split at journal.max_journal_lines (default 2,000): several headers, each its own part
+    // key, within the limit, balanced, and no voucher across two of them.
+    let max = w.config.journal.max_journal_lines;
+    let headers = w.d365.headers();
+    let parts = lines.len().div_ceil(max);
+    assert!(
+        headers.len() >= parts && headers.len() <= parts + 1,
+        "{} headers for {} lines",
+        headers.len(),
+        lines.len()
+    );
+    assert_eq!(report.run.journals.len(), headers.len());
+    let mut seen = std::collections::BTreeSet::new();
+    let mut voucher_batch: BTreeMap<&str, &str> = BTreeMap::new();
+    for h in &headers {
+        let part = header_of_run(&h.description, &report.run.keys.run_key)
+            .unwrap_or_else(|| panic!("not of the run: {}", h.description));
+        assert_eq!(part.of as usize, headers.len());
+        assert!(seen.insert(part.part));
+        let mine: Vec<_> = lines
+            .iter()
+            .filter(|l| l.batch_number == h.batch_number)
+            .collect();
+        assert!(mine.len() <= max, "{} lines in part {}", mine.len(), part.part);
+        assert!(mine
+            .iter()
+            .map(|l| l.debit - l.credit)
+            .sum::<Decimal>()
+            .is_zero());
+        for l in mine {
+            let b = voucher_batch.entry(&l.voucher).or_insert(&h.batch_number);
+            assert_eq!(*b, h.batch_number, "voucher {} in two headers", l.voucher);
+        }
+    }
 
     // Batched: far fewer requests than lines (≤ lines/100 + 10).
     let batches = w.d365.batch_request_count();

@@ -867,6 +867,9 @@ async fn step_by_step(
     let c2 = process_cpu_ns();
     let mut refs = BTreeMap::new();
     for j in &mapped.journals {
+        if refs.contains_key(&j.legal_entity) {
+            continue; // another part of the same entity's journal (max_journal_lines)
+        }
         let r = d365
             .reference(&j.legal_entity)
             .await
