@@ -92,8 +92,12 @@ async fn check_parts(w: &World, run: &RunRecord, parts: usize, max_journal_lines
     let mut keys = BTreeSet::new();
     let mut voucher_batch: BTreeMap<String, String> = BTreeMap::new();
     for h in &headers {
-        let part = header_of_run(&h.description, &run.keys.run_key)
-            .unwrap_or_else(|| panic!("header {} is not of the run: {}", h.batch_number, h.description));
+        let part = header_of_run(&h.description, &run.keys.run_key).unwrap_or_else(|| {
+            panic!(
+                "header {} is not of the run: {}",
+                h.batch_number, h.description
+            )
+        });
         assert_eq!(part.of as usize, parts);
         assert_eq!(
             description_key(&h.description),
@@ -132,12 +136,21 @@ async fn a_2500_row_journal_becomes_balanced_parts_and_a_rerun_posts_nothing() {
     let run = report.run.clone();
     // 2,500 detail lines + a balancing line per voucher of up to 98 rows: 3 parts of ≤ 1,000.
     let parts = report.journals.len();
-    assert_eq!(parts, 3, "{:?}", report.journals.iter().map(|j| j.lines.len()).collect::<Vec<_>>());
-    assert!(report
-        .journals
-        .iter()
-        .enumerate()
-        .all(|(i, j)| j.part == JournalPart { part: i as u32 + 1, of: 3 }));
+    assert_eq!(
+        parts,
+        3,
+        "{:?}",
+        report
+            .journals
+            .iter()
+            .map(|j| j.lines.len())
+            .collect::<Vec<_>>()
+    );
+    assert!(report.journals.iter().enumerate().all(|(i, j)| j.part
+        == JournalPart {
+            part: i as u32 + 1,
+            of: 3
+        }));
     check_parts(&w, &run, parts, 1000).await;
 
     // Every row audited, mapped to exactly one line.
@@ -178,7 +191,12 @@ async fn a_2500_row_journal_becomes_balanced_parts_and_a_rerun_posts_nothing() {
     // Same data again: every part is found, nothing new.
     let writes_before = w.d365.lines().len();
     let again = w.run(Mode::Post).await;
-    assert_eq!(again.outcome, Outcome::AlreadyPosted, "{:?}", again.run.message);
+    assert_eq!(
+        again.outcome,
+        Outcome::AlreadyPosted,
+        "{:?}",
+        again.run.message
+    );
     assert_eq!(w.d365.headers().len(), 3);
     assert_eq!(w.d365.lines().len(), writes_before);
     assert_eq!(again.run.journals, run.journals);
@@ -232,12 +250,17 @@ async fn a_crash_between_parts_resumes_with_only_the_missing_lines() {
         .run(&w.config, &w.options(Mode::Post))
         .await
         .unwrap_err();
-    assert!(matches!(err, EngineError::Crashed(CrashPoint::HeaderCreated)), "{err}");
+    assert!(
+        matches!(err, EngineError::Crashed(CrashPoint::HeaderCreated)),
+        "{err}"
+    );
     let headers = w.d365.headers();
     assert_eq!(headers.len(), 2);
     let part1 = w.d365.lines();
     assert!(!part1.is_empty());
-    assert!(part1.iter().all(|l| l.batch_number == headers[0].batch_number));
+    assert!(part1
+        .iter()
+        .all(|l| l.batch_number == headers[0].batch_number));
     let crashed: RunRecord = w
         .store
         .list_runs(None, 10)
@@ -258,7 +281,12 @@ async fn a_crash_between_parts_resumes_with_only_the_missing_lines() {
         .replay(&w.config, &crashed.run_id, chrono::Duration::minutes(5))
         .await
         .unwrap();
-    assert_eq!(replayed.outcome, Outcome::Posted, "{:?}", replayed.run.message);
+    assert_eq!(
+        replayed.outcome,
+        Outcome::Posted,
+        "{:?}",
+        replayed.run.message
+    );
     check_parts(&w, &replayed.run, 3, 1000).await;
     let after = w.d365.lines();
     for l in &part1 {
@@ -277,7 +305,12 @@ async fn a_crash_between_parts_resumes_with_only_the_missing_lines() {
 
     // A fresh run of the same data finds all three parts.
     let again = w.run(Mode::Post).await;
-    assert_eq!(again.outcome, Outcome::AlreadyPosted, "{:?}", again.run.message);
+    assert_eq!(
+        again.outcome,
+        Outcome::AlreadyPosted,
+        "{:?}",
+        again.run.message
+    );
     assert_eq!(w.d365.headers().len(), 3);
     assert_eq!(w.d365.lines().len(), after.len());
 }
@@ -311,7 +344,10 @@ async fn reverse_of_a_split_run_reverses_every_part_once() {
         assert_eq!(r.debit, r.credit);
         assert_eq!(
             r.lines_created,
-            original.iter().filter(|l| l.batch_number == r.original_batch).count()
+            original
+                .iter()
+                .filter(|l| l.batch_number == r.original_batch)
+                .count()
         );
     }
     assert_eq!(w.d365.headers().len(), 2 * parts);
@@ -335,4 +371,67 @@ async fn reverse_of_a_split_run_reverses_every_part_once() {
     // the reversed ones.
     let repost = w.run(Mode::Post).await;
     assert_eq!(repost.outcome, Outcome::Posted, "{:?}", repost.run.message);
+}
+
+/// Arms "commit, then drop the connection" on the next single write (a header POST under
+/// `$batch` posting) the first time a header was created: part 2's header lands in D365 but the
+/// connector cannot know it.
+struct DropSecondHeader<'a> {
+    d365: &'a ml_connector::sandbox::d365::D365Sim,
+    armed: AtomicUsize,
+}
+
+impl Progress for DropSecondHeader<'_> {
+    fn crash_at(&self, point: CrashPoint) -> bool {
+        if point == CrashPoint::HeaderCreated && self.armed.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.d365.fail_next_writes(1, 0, true);
+        }
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_on_a_later_part_header_finds_that_part_not_another() {
+    let w = world(2500, 100, 1000).await;
+    let clients = w.clients();
+    let progress = DropSecondHeader {
+        d365: &w.d365,
+        armed: AtomicUsize::new(0),
+    };
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &w.store,
+        progress: &progress,
+    };
+    let report = engine.run(&w.config, &w.options(Mode::Post)).await.unwrap();
+    assert!(w.d365.pending_faults().is_empty(), "the fault fired");
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    check_parts(&w, &report.run, 3, 1000).await;
+    // Part 2's header was found again by its own key, not taken from part 1.
+    assert!(report.posted[1].header_created);
+    assert_ne!(report.posted[0].batch_number, report.posted[1].batch_number);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_data_split_another_way_stops_with_nothing_written() {
+    let mut w = world(2500, 100, 1000).await;
+    let first = w.run(Mode::Post).await;
+    assert_eq!(first.outcome, Outcome::Posted, "{:?}", first.run.message);
+    let (headers, lines) = (w.d365.headers().len(), w.d365.lines().len());
+    assert_eq!(headers, 3);
+    // Same extract (same run key), but now two parts: the three headers are not found as this
+    // attempt's parts, and must not be taken for other data either.
+    w.config.journal.max_journal_lines = 2000;
+    let second = w.run(Mode::Post).await;
+    assert_eq!(
+        second.outcome,
+        Outcome::Conflict,
+        "{:?}",
+        second.run.message
+    );
+    let msg = second.run.message.unwrap_or_default();
+    assert!(msg.contains("max_journal_lines"), "{msg}");
+    assert_eq!(w.d365.headers().len(), headers);
+    assert_eq!(w.d365.lines().len(), lines);
 }

@@ -130,7 +130,12 @@ async fn a_12000_row_look_becomes_complete_journals_every_row_accounted_for() {
             .iter()
             .filter(|l| l.batch_number == h.batch_number)
             .collect();
-        assert!(mine.len() <= max, "{} lines in part {}", mine.len(), part.part);
+        assert!(
+            mine.len() <= max,
+            "{} lines in part {}",
+            mine.len(),
+            part.part
+        );
         assert!(mine
             .iter()
             .map(|l| l.debit - l.credit)
