@@ -187,6 +187,19 @@ async fn a_2500_row_journal_becomes_balanced_parts_and_a_rerun_posts_nothing() {
     let t = trace(&w.store, &last.text).await.unwrap();
     assert_eq!(t.run.run_id, run.run_id);
     assert_eq!(t.source_rows.len(), 1);
+    assert_eq!(t.line.part, JournalPart { part: 3, of: 3 });
+    assert_eq!(
+        t.line.journal_batch.as_deref(),
+        Some(run.journals[2].1.as_str())
+    );
+    let text = t.render();
+    assert!(
+        text.contains(&format!(
+            "journal part    part 3 of 3 (header Description key {}/P3of3)",
+            run.keys.run_key
+        )),
+        "{text}"
+    );
 
     // Same data again: every part is found, nothing new.
     let writes_before = w.d365.lines().len();

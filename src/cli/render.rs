@@ -343,3 +343,34 @@ pub fn show_run(
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::journal::JournalPart;
+
+    fn journal(part: JournalPart) -> Journal {
+        Journal {
+            legal_entity: "usmf".into(),
+            journal_name: "GenJrn".into(),
+            description: "MLC k Looker".into(),
+            part,
+            lines: vec![],
+        }
+    }
+
+    #[test]
+    fn a_part_of_a_split_journal_is_named_and_an_unsplit_one_is_not() {
+        let f = fallback_format();
+        let split = journal_table(&journal(JournalPart { part: 2, of: 3 }), &f, Some("00042"));
+        assert!(
+            split.starts_with("Journal usmf/00042 (part 2 of 3)  name GenJrn"),
+            "{split}"
+        );
+        let whole = journal_table(&journal(JournalPart::default()), &f, None);
+        assert!(
+            whole.starts_with("Journal usmf/(new)  name GenJrn"),
+            "{whole}"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::reconcile::rows_by_index;
 use super::{ControlsError, TRIGGER_REVERSE};
 use crate::domain::journal::LineKind;
-use crate::domain::mapping::parse_line_ref;
+use crate::domain::mapping::{parse_line_ref, part_key};
 use crate::domain::run::{LineRecord, RunRecord, SourceRowRecord};
 use crate::domain::source::SourceRef;
 use crate::store::Store;
@@ -150,6 +150,15 @@ impl Trace {
             l.line.credit(),
             l.line.currency
         );
+        if l.part.is_split() {
+            // A split journal: which header (and its Description key) holds the line.
+            let _ = writeln!(
+                s,
+                "  journal part    {} (header Description key {})",
+                l.part,
+                part_key(&r.keys.run_key, l.part)
+            );
+        }
         let _ = writeln!(s, "  text            {}", l.line.text);
         for row in &self.source_rows {
             let cells = row
