@@ -4,6 +4,10 @@
 //! every line carries its lineage reference (`{run_key}.L0001`) at the start of its Text. Before
 //! writing, the engine asks D365 what already exists under those keys and writes only what is
 //! missing; after writing, it reads the lines back and ties them out against the plan.
+//!
+//! A journal split at `journal.max_journal_lines` is posted part by part, each part under its
+//! own header keyed `{run_key}/P2of3` (see `mapping::part_key`); lines record their part, so a
+//! retry or replay reconciles each part against its own header.
 
 use std::collections::BTreeMap;
 
