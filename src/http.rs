@@ -60,6 +60,10 @@ fn is_loopback(url: &Url) -> bool {
 /// How hard to try when a service throttles or hiccups.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
+    /// Never start a wait that would end after this instant (a Lambda's deadline minus a
+    /// margin): the last answer is returned instead, marked with [`OutOfTime`]. `None` = no
+    /// deadline.
+    pub deadline: Option<tokio::time::Instant>,
     /// Total attempts including the first.
     pub max_attempts: u32,
     /// First exponential-backoff delay (doubles per attempt, with jitter).
@@ -77,11 +81,54 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(60),
             fallback_retry_after: Duration::from_secs(10),
+            deadline: None,
         }
     }
 }
 
+/// Marker put in the extensions of a response that [`send_with_retry`] returned instead of
+/// waiting past the policy's deadline (a 429 or 5xx that would otherwise have been retried).
+/// Callers turn it into an "out of time" error rather than "retries exhausted".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfTime {
+    /// The wait that would have been needed (a `Retry-After` capped at `max_delay`, a backoff).
+    pub wanted: Duration,
+    /// The service's own `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+    /// Time that was left before the deadline.
+    pub left: Duration,
+}
+
+impl std::fmt::Display for OutOfTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a retry needed a {:.1}s wait{} but only {:.1}s were left before the deadline",
+            self.wanted.as_secs_f64(),
+            self.retry_after
+                .map(|d| format!(" (Retry-After: {:.1}s)", d.as_secs_f64()))
+                .unwrap_or_default(),
+            self.left.as_secs_f64()
+        )
+    }
+}
+
 impl RetryPolicy {
+    /// This policy with `deadline` (the earlier one wins if it already has one).
+    pub fn with_deadline(&self, deadline: tokio::time::Instant) -> Self {
+        Self {
+            deadline: Some(self.deadline.map_or(deadline, |d| d.min(deadline))),
+            ..self.clone()
+        }
+    }
+
+    /// `Some(left)` when waiting `wait` from now would end after the deadline.
+    fn too_late(&self, wait: Duration) -> Option<Duration> {
+        let d = self.deadline?;
+        let now = tokio::time::Instant::now();
+        (now + wait > d).then(|| d.saturating_duration_since(now))
+    }
+
     /// Exponential backoff with full jitter for `attempt` (1-based), capped.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let exp = self
@@ -142,43 +189,55 @@ where
     loop {
         let result = build().send().await;
         let last = attempt >= policy.max_attempts;
-        match result {
+        let (wait, why) = match result {
             Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS && !last => {
                 let wait = policy.throttle_wait(resp.headers());
-                on_retry(&format!(
-                    "throttled (429), waiting {:.1}s before attempt {}",
-                    wait.as_secs_f64(),
-                    attempt + 1
-                ));
-                tokio::time::sleep(wait).await;
+                (wait, Ok(resp))
             }
             Ok(resp)
                 if resp.status().is_server_error() && idempotency == Idempotency::Safe && !last =>
             {
-                let wait = policy.backoff(attempt);
-                on_retry(&format!(
-                    "server error {}, waiting {:.1}s before attempt {}",
-                    resp.status().as_u16(),
-                    wait.as_secs_f64(),
-                    attempt + 1
-                ));
-                tokio::time::sleep(wait).await;
+                (policy.backoff(attempt), Ok(resp))
             }
             Ok(resp) => return Ok(resp),
+            // Logged, so dropped of its URL (callers only ever show it without one).
             Err(e) if idempotency == Idempotency::Safe && !last && !e.is_builder() => {
-                let wait = policy.backoff(attempt);
-                on_retry(&format!(
-                    "transport error ({}), waiting {:.1}s before attempt {}",
-                    e.without_url(),
-                    wait.as_secs_f64(),
-                    attempt + 1
-                ));
-                tokio::time::sleep(wait).await;
+                (policy.backoff(attempt), Err(e.without_url()))
             }
             Err(e) => return Err(e),
+        };
+        let what = match &why {
+            Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => "throttled (429)".to_string(),
+            Ok(r) => format!("server error {}", r.status().as_u16()),
+            Err(e) => format!("transport error ({e})"),
+        };
+        if let Some(left) = policy.too_late(wait) {
+            // Sleeping would outlive the caller's time budget: hand back what we have.
+            let retry_after = why.as_ref().ok().and_then(|r| retry_after(r.headers()));
+            let mark = OutOfTime {
+                wanted: wait,
+                retry_after,
+                left,
+            };
+            on_retry(&format!("{what}; not retrying: {mark}"));
+            return why.map(|mut r| {
+                r.extensions_mut().insert(mark);
+                r
+            });
         }
+        on_retry(&format!(
+            "{what}, waiting {:.1}s before attempt {}",
+            wait.as_secs_f64(),
+            attempt + 1
+        ));
+        tokio::time::sleep(wait).await;
         attempt += 1;
     }
+}
+
+/// The [`OutOfTime`] marker of a response, if [`send_with_retry`] stopped for the deadline.
+pub fn out_of_time(resp: &Response) -> Option<OutOfTime> {
+    resp.extensions().get::<OutOfTime>().copied()
 }
 
 #[cfg(test)]
@@ -228,5 +287,25 @@ mod tests {
             let d10 = p.backoff(10);
             assert!(d10 >= Duration::from_millis(500) && d10 <= Duration::from_millis(1000));
         }
+    }
+
+    #[test]
+    fn deadline_refuses_long_waits() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let now = tokio::time::Instant::now();
+            let p = RetryPolicy::default().with_deadline(now + Duration::from_secs(3));
+            assert!(p.too_late(Duration::from_secs(120)).is_some());
+            assert!(p.too_late(Duration::from_millis(10)).is_none());
+            // An earlier deadline is kept.
+            let q = p.with_deadline(now + Duration::from_secs(60));
+            assert_eq!(q.deadline, Some(now + Duration::from_secs(3)));
+            assert!(RetryPolicy::default()
+                .too_late(Duration::from_secs(3600))
+                .is_none());
+        });
     }
 }

@@ -18,6 +18,7 @@ pub mod http;
 pub mod lambda;
 pub mod looker;
 pub mod ports;
+pub(crate) mod rate;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod secrets;

@@ -1,12 +1,11 @@
-//! Client-side rate limit for the Looker API: at most `n` requests in any 60-second window,
-//! shared by every call of one client (and its clones), applied before each request including
-//! logins and async-task polls.
+//! Client-side rate limit shared by the Looker and D365 clients: at most `n` requests in any
+//! window, shared by every call of one client (and its clones), applied before each request.
 //!
-//! Looker answers 429 when an instance is over its API quota, and on Looker (Google Cloud core)
-//! editions the quota is small; pacing ourselves keeps a long extract (many polls) or several
-//! runs sharing one client from being throttled at all. A sliding window (not a token bucket
-//! with a refill rate) so the limit means exactly what the setting says: never more than `n`
-//! requests started within any minute.
+//! Looker answers 429 when an instance is over its API quota (small on Looker (Google Cloud
+//! core) editions); F&O's service protection throttles per user/app over a sliding window.
+//! Pacing ourselves keeps a long extract or a big post from being throttled at all. A sliding
+//! window (not a token bucket with a refill rate) so the limit means exactly what the setting
+//! says: never more than `n` requests started within any window.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -14,14 +13,24 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-/// The window the limit counts requests in.
+/// The window the Looker limit counts requests in.
 pub const WINDOW: Duration = Duration::from_secs(60);
+
+/// The limiter would have to wait past the caller's deadline; nothing was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client-side rate limit needs a {wait:?} wait, but only {left:?} remain before the deadline")]
+pub struct PastDeadline {
+    pub wait: Duration,
+    pub left: Duration,
+}
 
 /// Sliding-window limiter; `max == 0` turns it off.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     max: usize,
     window: Duration,
+    /// Which service, for the log line (`looker`, `d365`).
+    service: &'static str,
     /// Start times of the requests in the current window, oldest first. The mutex is held while
     /// a caller waits, so waiters are served in order and never overshoot.
     started: Mutex<VecDeque<Instant>>,
@@ -34,17 +43,34 @@ impl RateLimiter {
     }
 
     pub(crate) fn new(max: usize, window: Duration) -> Self {
+        Self::for_service("looker", max, window)
+    }
+
+    /// A limiter whose log lines name `service`.
+    pub(crate) fn for_service(service: &'static str, max: usize, window: Duration) -> Self {
         RateLimiter {
             max,
             window,
+            service,
             started: Mutex::new(VecDeque::with_capacity(max.min(1024))),
         }
     }
 
     /// Waits until one more request may start, then counts it. Returns how long it waited.
+    #[cfg(test)]
     pub(crate) async fn acquire(&self) -> Duration {
+        // Without a deadline it never refuses.
+        self.acquire_until(None).await.unwrap_or_default()
+    }
+
+    /// [`Self::acquire`], but refuses (without waiting) a wait that would end after `deadline`,
+    /// so a caller with a time budget stops instead of sleeping into its timeout.
+    pub(crate) async fn acquire_until(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Duration, PastDeadline> {
         if self.max == 0 {
-            return Duration::ZERO;
+            return Ok(Duration::ZERO);
         }
         let mut started = self.started.lock().await;
         let begin = Instant::now();
@@ -58,15 +84,27 @@ impl RateLimiter {
             }
             if started.len() < self.max {
                 started.push_back(now);
-                return now.duration_since(begin);
+                return Ok(now.duration_since(begin));
             }
-            let oldest = *started.front().expect("window is full");
+            let Some(&oldest) = started.front() else {
+                continue;
+            };
             let wait = (oldest + self.window).saturating_duration_since(now);
+            if let Some(d) = deadline {
+                if now + wait > d {
+                    return Err(PastDeadline {
+                        wait,
+                        left: d.saturating_duration_since(now),
+                    });
+                }
+            }
             tracing::info!(
-                target: "looker",
+                target: "rate",
+                service = self.service,
                 limit_per_window = self.max,
+                window_ms = self.window.as_millis() as u64,
                 wait_ms = wait.as_millis() as u64,
-                "client-side Looker rate limit reached; waiting"
+                "client-side rate limit reached; waiting"
             );
             tokio::time::sleep(wait).await;
         }
@@ -130,5 +168,17 @@ mod tests {
         }
         windows.sort();
         assert_eq!(windows, vec![0, 0, 1, 1, 2, 2]);
+    }
+
+    #[tokio::test]
+    async fn refuses_a_wait_past_the_deadline() {
+        let rl = RateLimiter::for_service("d365", 1, Duration::from_secs(30));
+        let soon = Instant::now() + Duration::from_millis(200);
+        assert!(rl.acquire_until(Some(soon)).await.is_ok());
+        let t0 = Instant::now();
+        let e = rl.acquire_until(Some(soon)).await.unwrap_err();
+        assert!(t0.elapsed() < Duration::from_millis(100), "it waited");
+        assert!(e.wait > Duration::from_secs(29), "{e:?}");
+        assert!(e.to_string().contains("deadline"), "{e}");
     }
 }

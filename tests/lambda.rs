@@ -847,6 +847,7 @@ async fn half_posted_run(w: &World) -> String {
         trigger: "test".into(),
         mode: Mode::Post,
         lease: Duration::minutes(5),
+        deadline: None,
     };
     let report = engine.run(&w.config, &opts).await.unwrap();
     assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.run.message);

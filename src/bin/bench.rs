@@ -797,6 +797,7 @@ fn child_extract(config: &Path, path: LookerPath, breakdown: bool) -> anyhow::Re
             trigger: "bench".into(),
             mode: Mode::Preview,
             lease: chrono::Duration::minutes(10),
+            deadline: None,
         };
         let hwm_start_kib = proc_status_kib("VmHWM");
 

@@ -57,6 +57,7 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
         trigger: "demo".into(),
         mode: Mode::Post,
         lease: chrono::Duration::minutes(super::CLI_LEASE_MINUTES),
+        deadline: None,
     };
     println!(
         "\nRunning instance `{}` (config infra/config/weekly-marketplace-fees.toml) for the week before {today}",

@@ -517,9 +517,21 @@ fn apply_endpoints(cfg: &mut InstanceConfig, e: &Endpoints) {
 }
 
 /// The two clients an instance needs.
+#[derive(Clone)]
 pub struct Clients {
     pub looker: LookerClient,
     pub d365: D365Client,
+}
+
+impl Clients {
+    /// Views of both clients (sharing tokens, pools and limits) that start no wait ending after
+    /// `deadline`: what one Lambda invocation uses, with its deadline minus a margin.
+    pub fn with_deadline(&self, deadline: tokio::time::Instant) -> Clients {
+        Clients {
+            looker: self.looker.with_deadline(deadline.into_std()),
+            d365: self.d365.with_deadline(deadline),
+        }
+    }
 }
 
 /// Builds both clients from a config and credentials.
@@ -531,6 +543,9 @@ pub fn build_clients(cfg: &InstanceConfig, creds: &Credentials) -> anyhow::Resul
     )?;
     ls.max_rows = cfg.looker.max_rows;
     ls.timeout = Duration::from_secs(cfg.looker.timeout_secs.max(1));
+    ls.max_requests_per_minute = cfg.looker.max_requests_per_minute;
+    ls.retry.max_attempts = cfg.looker.max_retry_attempts.max(1);
+    ls.retry.max_delay = Duration::from_secs(cfg.looker.max_retry_wait_secs.max(1));
     if cfg.looker.extract == ExtractMode::Async {
         ls.extract_path = ExtractPath::Async;
         ls.max_wait = Duration::from_secs(cfg.looker.async_max_wait_secs.max(1));
@@ -545,6 +560,11 @@ pub fn build_clients(cfg: &InstanceConfig, creds: &Credentials) -> anyhow::Resul
         creds.d365_client_secret.clone(),
     )?;
     ds.timeout = Duration::from_secs(cfg.d365.timeout_secs.max(1));
+    ds.max_concurrent_requests = cfg.d365.max_concurrent_requests;
+    ds.max_requests_per_window = cfg.d365.max_requests_per_window;
+    ds.request_window = Duration::from_secs(cfg.d365.window_secs.max(1));
+    ds.retry.max_attempts = cfg.d365.max_retry_attempts.max(1);
+    ds.retry.max_delay = Duration::from_secs(cfg.d365.max_retry_wait_secs.max(1));
     Ok(Clients {
         looker: LookerClient::new(ls)?,
         d365: D365Client::new(ds)?,
@@ -640,6 +660,7 @@ async fn run_command(
         trigger: "cli".into(),
         mode,
         lease: chrono::Duration::minutes(CLI_LEASE_MINUTES),
+        deadline: None,
     };
     let report = engine.run(&cfg, &opts).await?;
     print!("{}", render::run_report(&report, store_path));

@@ -19,6 +19,7 @@ fn outcome_label(o: Outcome) -> &'static str {
         Outcome::Conflict => "CONFLICT (nothing written)",
         Outcome::Busy => "BUSY (nothing written)",
         Outcome::Failed => "FAILED",
+        Outcome::Interrupted => "INTERRUPTED (resumable with replay)",
     }
 }
 

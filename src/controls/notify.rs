@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::domain::run::{RunRecord, RunStatus};
 
-/// An SNS-ready event about a failed, conflicting, rejected or busy run.
+/// An SNS-ready event about a failed, conflicting, rejected, busy or interrupted run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunNotification {
     /// Short subject line (SNS `Subject` is limited to 100 characters).
@@ -52,6 +52,9 @@ impl RunNotification {
                 "Nothing was written. `ml-connector show {id}` names each row/field with a problem; fix the data or the config (`ml-connector preview --config FILE` to check), then run again."
             ),
             RunStatus::Busy => "Nothing was written: another run holds this period. Nothing to do unless this repeats after the other run's lock expires.".to_string(),
+            RunStatus::Interrupted => format!(
+                "The run stopped on purpose before its time ran out; what it wrote is recorded and the period lock is released. Finish it with `ml-connector replay {id} --config FILE` (in AWS: `ml-connector replay {id} --request --table TABLE`): it re-reads D365 and posts only what is missing."
+            ),
         };
         let outcome = run.status.as_str().to_string();
         let mut subject = format!(

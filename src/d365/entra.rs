@@ -109,6 +109,13 @@ impl TokenCache {
             detail: e.without_url().to_string(),
         })?;
         let status = resp.status();
+        if let Some(m) = crate::http::out_of_time(&resp) {
+            // Throttled or failing, and no time left to wait it out (see RetryPolicy::deadline).
+            return Err(AuthError::Unreachable {
+                authority: r.authority.to_string(),
+                detail: format!("HTTP {} and {m}", status.as_u16()),
+            });
+        }
         let body = resp.text().await.map_err(|e| AuthError::Unreachable {
             authority: r.authority.to_string(),
             detail: e.without_url().to_string(),

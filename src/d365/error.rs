@@ -72,6 +72,10 @@ pub enum D365Error {
     /// success body). It may or may not have been applied: reconcile by reading before retrying.
     #[error("the outcome of the write to D365 {entity} is unknown ({detail}); it may or may not have been saved. Check D365 before trying again — do not resend blindly.")]
     OutcomeUnknown { entity: String, detail: String },
+    /// A wait (a `Retry-After`, a backoff, the client-side limits) would have run past the
+    /// caller's deadline, so the request was not (re)sent: nothing was written by it.
+    #[error("out of time for D365 {entity}: {detail}; nothing more was sent, so the run can be resumed (replay) without risk of a duplicate")]
+    OutOfTime { entity: String, detail: String },
     /// F&O's answer did not have the expected shape.
     #[error("unexpected response from D365 {entity}: {detail}")]
     Protocol { entity: String, detail: String },
@@ -86,6 +90,7 @@ impl D365Error {
         matches!(
             self,
             D365Error::Throttled { .. }
+                | D365Error::OutOfTime { .. }
                 | D365Error::Unavailable { .. }
                 | D365Error::Unreachable { .. }
                 | D365Error::Auth(AuthError::Unreachable { .. })

@@ -57,10 +57,20 @@ pub struct D365Settings {
     /// 0 = no cap). F&O throttles per user/app under priority-based throttling; a cap keeps
     /// parallel reads (reference data, paging) and concurrent runs from causing 429s.
     pub max_concurrent_requests: usize,
+    /// Most F&O requests this client starts within any [`Self::request_window`] (0 = no
+    /// limit): throttle ourselves before F&O's service protection has to. Default
+    /// [`DEFAULT_MAX_REQUESTS_PER_WINDOW`] per [`DEFAULT_REQUEST_WINDOW`] — a conservative
+    /// guess, not a published F&O number (see `d365-fo-odata.md`, service protection).
+    pub max_requests_per_window: u32,
+    pub request_window: Duration,
 }
 
 /// Default of [`D365Settings::max_concurrent_requests`].
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 4;
+/// Default of [`D365Settings::max_requests_per_window`] (unverified; see its docs).
+pub const DEFAULT_MAX_REQUESTS_PER_WINDOW: u32 = 600;
+/// Default of [`D365Settings::request_window`].
+pub const DEFAULT_REQUEST_WINDOW: Duration = Duration::from_secs(60);
 
 impl D365Settings {
     /// Validates both URLs (https except loopback) and normalizes the environment URL.
@@ -108,6 +118,8 @@ impl D365Settings {
             page_size: None,
             token_margin: Duration::from_secs(120),
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_requests_per_window: DEFAULT_MAX_REQUESTS_PER_WINDOW,
+            request_window: DEFAULT_REQUEST_WINDOW,
         })
     }
 
@@ -120,8 +132,9 @@ impl D365Settings {
     }
 }
 
-/// Client for one F&O environment. Cheap to share (`&self` methods); the token is cached
-/// behind a mutex so concurrent calls reuse it.
+/// Client for one F&O environment. Cheap to share (`&self` methods) and to clone: clones share
+/// the token cache, the concurrency cap and the request throttle.
+#[derive(Clone)]
 pub struct D365Client {
     odata: odata::OData,
 }
@@ -147,13 +160,30 @@ impl D365Client {
                 env: s.environment_url,
                 retry: s.retry,
                 page_size: s.page_size,
-                tokens,
-                gate: tokio::sync::Semaphore::new(match s.max_concurrent_requests {
-                    0 => tokio::sync::Semaphore::MAX_PERMITS,
-                    n => n.min(tokio::sync::Semaphore::MAX_PERMITS),
-                }),
+                tokens: std::sync::Arc::new(tokens),
+                gate: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                    match s.max_concurrent_requests {
+                        0 => tokio::sync::Semaphore::MAX_PERMITS,
+                        n => n.min(tokio::sync::Semaphore::MAX_PERMITS),
+                    },
+                )),
+                limiter: std::sync::Arc::new(crate::rate::RateLimiter::for_service(
+                    "d365",
+                    s.max_requests_per_window as usize,
+                    s.request_window,
+                )),
             },
         })
+    }
+
+    /// A clone (same token, connections, cap and throttle) that never starts a wait ending
+    /// after `deadline` — retries, `Retry-After`, the request slot, the throttle, the Entra
+    /// token — and answers [`D365Error::OutOfTime`] instead. For a Lambda invocation: its
+    /// deadline minus a margin. An earlier deadline already set is kept.
+    pub fn with_deadline(&self, deadline: tokio::time::Instant) -> Self {
+        let mut c = self.clone();
+        c.odata.retry = self.odata.retry.with_deadline(deadline);
+        c
     }
 
     /// Gets a token and does one cheap authorized read (`DimensionParameters`, one row), so

@@ -19,6 +19,7 @@ use super::entra::TokenCache;
 use super::error::{parse_error_body, summarize_body, D365Error};
 use super::names;
 use crate::http::{send_with_retry, Idempotency, RetryPolicy};
+use crate::rate::RateLimiter;
 use crate::secrets::Secret;
 
 /// Dates F&O uses for "no date" (`1900-01-01`) and "never ends" (`2154-12-31`).
@@ -197,25 +198,45 @@ pub(crate) struct RawResponse {
     pub body: Result<Vec<u8>, String>,
 }
 
-/// The OData transport shared by all entity-specific calls.
+/// The OData transport shared by all entity-specific calls. Clones share the token cache, the
+/// concurrency cap and the rate limiter; only the retry policy (its deadline) is per clone.
+#[derive(Clone)]
 pub(crate) struct OData {
     pub http: Client,
     /// Environment URL, lower case, no trailing slash.
     pub env: Url,
     pub retry: RetryPolicy,
     pub page_size: Option<u32>,
-    pub tokens: TokenCache,
+    pub tokens: std::sync::Arc<TokenCache>,
     /// Caps the requests open at a time ([`super::D365Settings::max_concurrent_requests`]).
     /// A permit is held from sending until the answer's body is read (retries and the 401
     /// refresh included); token requests to Entra are not counted.
-    pub gate: tokio::sync::Semaphore,
+    pub gate: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Requests per window ([`super::D365Settings::max_requests_per_window`]), counted when a
+    /// request is first sent (its own 429 retries are paced by `Retry-After` instead).
+    pub limiter: std::sync::Arc<RateLimiter>,
 }
 
 impl OData {
-    /// Waits for a free request slot. (The semaphore is never closed, so `None` cannot happen
-    /// in practice; it would only mean "no cap".)
-    async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.gate.acquire().await.ok()
+    /// Waits for a free request slot, but not past the deadline. (The semaphore is never
+    /// closed, so `Ok(None)` cannot happen in practice; it would only mean "no cap".)
+    async fn slot(
+        &self,
+        entity: &'static str,
+    ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, D365Error> {
+        let permit = match self.retry.deadline {
+            None => self.gate.acquire().await.ok(),
+            Some(d) => tokio::time::timeout_at(d, self.gate.acquire())
+                .await
+                .map_err(|_| D365Error::OutOfTime {
+                    entity: entity.into(),
+                    detail: "the deadline passed while waiting for a free request slot \
+                             (max_concurrent_requests)"
+                        .into(),
+                })?
+                .ok(),
+        };
+        Ok(permit)
     }
 
     /// `{env}/data/{entity}?cross-company=true&...`
@@ -251,7 +272,7 @@ impl OData {
         let mut url = self.url(entity, &params);
         let mut rows = Vec::new();
         loop {
-            let _slot = self.slot().await;
+            let _slot = self.slot(entity).await?;
             let resp = self.send(Method::GET, &url, None, entity).await?;
             let status = resp.status();
             let body = resp.bytes().await.map_err(|e| D365Error::Unreachable {
@@ -303,7 +324,7 @@ impl OData {
             content_type: "application/json; charset=utf-8".into(),
             accept: "application/json",
         };
-        let _slot = self.slot().await;
+        let _slot = self.slot(entity).await?;
         let resp = self
             .send(Method::POST, &url, Some(&payload), entity)
             .await?;
@@ -357,7 +378,7 @@ impl OData {
         entity: &'static str,
     ) -> Result<RawResponse, D365Error> {
         let url = self.url_no_query(path);
-        let _slot = self.slot().await;
+        let _slot = self.slot(entity).await?;
         let resp = self.send(Method::POST, &url, Some(payload), entity).await?;
         let status = resp.status();
         let content_type = resp
@@ -384,7 +405,7 @@ impl OData {
     /// reuses line numbers, so a blind second DELETE could remove a different line).
     pub async fn delete(&self, entity: &'static str, key_path: &str) -> Result<bool, D365Error> {
         let url = self.url_no_query(key_path);
-        let _slot = self.slot().await;
+        let _slot = self.slot(entity).await?;
         let resp = self.send(Method::DELETE, &url, None, entity).await?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -426,6 +447,13 @@ impl OData {
         entity: &'static str,
     ) -> Result<Response, D365Error> {
         let token = self.tokens.token(&self.http, &self.retry).await?;
+        self.limiter
+            .acquire_until(self.retry.deadline)
+            .await
+            .map_err(|e| D365Error::OutOfTime {
+                entity: entity.into(),
+                detail: e.to_string(),
+            })?;
         let resp = self.send_once(&method, url, body, &token, entity).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
@@ -482,6 +510,14 @@ impl OData {
         .await;
         match result {
             Ok(r) => {
+                if let Some(mark) = crate::http::out_of_time(&r) {
+                    // A 429 (nothing written) or a 5xx on a read that would have been retried,
+                    // but the wait would outlive the deadline.
+                    return Err(D365Error::OutOfTime {
+                        entity: entity.into(),
+                        detail: format!("HTTP {} and {mark}", r.status().as_u16()),
+                    });
+                }
                 tracing::debug!(target: "d365::odata", entity, method = %method, status = r.status().as_u16(), "response");
                 Ok(r)
             }

@@ -114,6 +114,37 @@ pub struct LookerEndpoint {
     /// First wait between polls of an async query task (grows to 5× this).
     #[serde(default = "default_poll_interval")]
     pub poll_interval_secs: u64,
+    /// Client-side rate limit: at most this many Looker API requests (logins and polls
+    /// included) in any 60 s; 0 = off. Looker editions have small API quotas.
+    #[serde(default = "default_looker_rpm")]
+    pub max_requests_per_minute: u32,
+    /// Attempts per request on 429/5xx/network errors, including the first (1 = no retry).
+    #[serde(default = "default_retry_attempts")]
+    pub max_retry_attempts: u32,
+    /// Longest single wait between attempts, including an honoured `Retry-After`.
+    #[serde(default = "default_retry_wait")]
+    pub max_retry_wait_secs: u64,
+}
+
+fn default_looker_rpm() -> u32 {
+    60
+}
+fn default_retry_attempts() -> u32 {
+    5
+}
+fn default_retry_wait() -> u64 {
+    60
+}
+fn default_d365_concurrency() -> usize {
+    4
+}
+/// F&O publishes no fixed per-app request budget (service protection is resource based), so
+/// this is a conservative guess: see `d365-fo-odata.md`.
+fn default_d365_requests_per_window() -> u32 {
+    600
+}
+fn default_d365_window() -> u64 {
+    60
 }
 
 /// How the extract is run in Looker.
@@ -153,6 +184,21 @@ pub struct D365Endpoint {
     /// maintained client measured on a live environment.
     #[serde(default = "default_batch_operations")]
     pub batch_operations: usize,
+    /// Most requests open at a time (reads, writes, `$batch`), at least 1.
+    #[serde(default = "default_d365_concurrency")]
+    pub max_concurrent_requests: usize,
+    /// Throttle before D365 has to: at most this many requests started in any `window_secs`
+    /// (0 = off). The default (600 per 60 s) is an unverified, conservative guess.
+    #[serde(default = "default_d365_requests_per_window")]
+    pub max_requests_per_window: u32,
+    #[serde(default = "default_d365_window")]
+    pub window_secs: u64,
+    /// Attempts per request on 429 (and 5xx/network errors on reads), including the first.
+    #[serde(default = "default_retry_attempts")]
+    pub max_retry_attempts: u32,
+    /// Longest single wait between attempts, including an honoured `Retry-After`.
+    #[serde(default = "default_retry_wait")]
+    pub max_retry_wait_secs: u64,
 }
 
 /// How lines are written to D365.
@@ -637,6 +683,7 @@ impl InstanceConfig {
         if self.looker.max_rows == 0 {
             return Err(invalid("looker.max_rows", "must be at least 1"));
         }
+        self.check_budgets()?;
         self.journal.legal_entity.check("journal.legal_entity")?;
         self.journal.currency.check("journal.currency")?;
         self.journal.trans_date.resolve()?;
@@ -666,6 +713,69 @@ impl InstanceConfig {
                 "required when `rounding.book_to = \"account\"`",
             ));
         }
+        Ok(())
+    }
+
+    /// Request budgets and retry knobs of both services, each checked with its key named.
+    fn check_budgets(&self) -> Result<(), ConfigError> {
+        let range = |key: &str, v: u64, lo: u64, hi: u64, why: &str| {
+            if v < lo || v > hi {
+                Err(invalid(
+                    key,
+                    format!("is {v}; it must be between {lo} and {hi} ({why})"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let (l, d) = (&self.looker, &self.d365);
+        range(
+            "looker.max_requests_per_minute",
+            l.max_requests_per_minute.into(),
+            0,
+            10_000,
+            "0 turns the limit off",
+        )?;
+        for (svc, attempts, wait) in [
+            ("looker", l.max_retry_attempts, l.max_retry_wait_secs),
+            ("d365", d.max_retry_attempts, d.max_retry_wait_secs),
+        ] {
+            range(
+                &format!("{svc}.max_retry_attempts"),
+                attempts.into(),
+                1,
+                20,
+                "1 means no retry",
+            )?;
+            range(
+                &format!("{svc}.max_retry_wait_secs"),
+                wait,
+                1,
+                900,
+                "a Lambda runs at most 15 minutes",
+            )?;
+        }
+        range(
+            "d365.max_concurrent_requests",
+            d.max_concurrent_requests as u64,
+            1,
+            64,
+            "F&O throttles per user/app; keep it small",
+        )?;
+        range(
+            "d365.max_requests_per_window",
+            d.max_requests_per_window.into(),
+            0,
+            1_000_000,
+            "0 turns the throttle off",
+        )?;
+        range(
+            "d365.window_secs",
+            d.window_secs,
+            1,
+            3600,
+            "the throttle's sliding window",
+        )?;
         Ok(())
     }
 
@@ -838,5 +948,82 @@ mod tests {
             template_names("{a.b} x {period} {"),
             vec!["a.b".to_string(), "period".to_string()]
         );
+    }
+
+    #[test]
+    fn budget_keys_default_parse_and_are_checked() {
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        assert_eq!(cfg.looker.max_requests_per_minute, 60);
+        assert_eq!(cfg.d365.max_concurrent_requests, 4);
+        assert_eq!(
+            (cfg.d365.max_requests_per_window, cfg.d365.window_secs),
+            (600, 60)
+        );
+        assert_eq!(
+            (cfg.d365.max_retry_attempts, cfg.d365.max_retry_wait_secs),
+            (5, 60)
+        );
+        let set = |section: &str, line: &str| {
+            EXAMPLE.replacen(
+                &format!("[{section}]\n"),
+                &format!("[{section}]\n{line}\n"),
+                1,
+            )
+        };
+        let ok = InstanceConfig::from_toml(&set(
+            "d365",
+            "max_requests_per_window = 100\nwindow_secs = 10\nmax_concurrent_requests = 2",
+        ))
+        .unwrap();
+        assert_eq!(ok.d365.max_requests_per_window, 100);
+        assert_eq!(ok.d365.window_secs, 10);
+        assert_eq!(ok.d365.max_concurrent_requests, 2);
+        let ok = InstanceConfig::from_toml(&set(
+            "looker",
+            "max_requests_per_minute = 30\nmax_retry_attempts = 2\nmax_retry_wait_secs = 5",
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                ok.looker.max_requests_per_minute,
+                ok.looker.max_retry_attempts,
+                ok.looker.max_retry_wait_secs
+            ),
+            (30, 2, 5)
+        );
+        for (section, line, key) in [
+            (
+                "d365",
+                "max_concurrent_requests = 0",
+                "d365.max_concurrent_requests",
+            ),
+            ("d365", "window_secs = 0", "d365.window_secs"),
+            ("d365", "max_retry_attempts = 0", "d365.max_retry_attempts"),
+            (
+                "d365",
+                "max_retry_wait_secs = 3600",
+                "d365.max_retry_wait_secs",
+            ),
+            (
+                "looker",
+                "max_retry_attempts = 50",
+                "looker.max_retry_attempts",
+            ),
+            (
+                "looker",
+                "max_requests_per_minute = 100000",
+                "looker.max_requests_per_minute",
+            ),
+        ] {
+            let e = InstanceConfig::from_toml(&set(section, line))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{line}: {e}");
+        }
+        // A negative number is a type error naming the key, not a silent default.
+        let e = InstanceConfig::from_toml(&set("d365", "window_secs = -5"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("window_secs"), "{e}");
     }
 }

@@ -32,6 +32,9 @@ pub enum RunStatus {
     Conflict,
     /// Another run holds the posting lock for this period: stopped, nothing written.
     Busy,
+    /// Stopped on purpose before its time ran out (a Lambda's deadline): some lines may be in
+    /// D365, the lock is released, and a replay finishes it from the audit.
+    Interrupted,
 }
 
 impl RunStatus {
@@ -45,6 +48,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Conflict => "conflict",
             RunStatus::Busy => "busy",
+            RunStatus::Interrupted => "interrupted",
         }
     }
 
@@ -58,6 +62,7 @@ impl RunStatus {
             "failed" => RunStatus::Failed,
             "conflict" => RunStatus::Conflict,
             "busy" => RunStatus::Busy,
+            "interrupted" => RunStatus::Interrupted,
             _ => return None,
         })
     }

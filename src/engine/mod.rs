@@ -5,6 +5,7 @@
 //! can resume from, and a retry can never double-post (lines are found again by their lineage
 //! reference).
 
+mod budget;
 mod post;
 
 use std::collections::BTreeMap;
@@ -102,6 +103,9 @@ pub enum Outcome {
     Busy,
     /// Something failed; see the message. Lines may be partially in D365; replay resumes.
     Failed,
+    /// Stopped on purpose before the deadline; what was written is recorded, the lock is
+    /// released, and a replay finishes the run.
+    Interrupted,
 }
 
 impl Outcome {
@@ -110,7 +114,7 @@ impl Outcome {
         match self {
             Outcome::Posted | Outcome::AlreadyPosted | Outcome::Previewed => 0,
             Outcome::Rejected => 2,
-            Outcome::Conflict | Outcome::Busy | Outcome::Failed => 1,
+            Outcome::Conflict | Outcome::Busy | Outcome::Failed | Outcome::Interrupted => 1,
         }
     }
 }
@@ -137,6 +141,10 @@ pub struct RunOptions {
     /// How long this process may hold the period lock before another may take over
     /// (Lambda: its remaining time; CLI: a generous default).
     pub lease: Duration,
+    /// Stop posting cleanly (status `interrupted`, resumable by replay) when the next write
+    /// might not finish before this instant (Lambda: its deadline minus a margin). `None`: no
+    /// deadline.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// The pipeline with its ports.
@@ -434,8 +442,9 @@ impl<'a> Engine<'a> {
         run.status = RunStatus::Posting;
         self.store.update_run(&run).await?;
         self.crash(CrashPoint::Locked)?;
+        let budget = budget::Budget::new(opts.deadline);
         let (status, message, posted) = self
-            .post_all(&mut run, config, lines, &keys, &earlier)
+            .post_all(&mut run, config, lines, &keys, &earlier, &budget)
             .await?;
         self.crash(CrashPoint::Posted)?;
         if matches!(status, RunStatus::Completed | RunStatus::AlreadyPosted) {
@@ -510,6 +519,7 @@ impl<'a> Engine<'a> {
             RunStatus::Rejected => Outcome::Rejected,
             RunStatus::Conflict => Outcome::Conflict,
             RunStatus::Busy => Outcome::Busy,
+            RunStatus::Interrupted => Outcome::Interrupted,
             _ => Outcome::Failed,
         };
         Ok(RunReport {
@@ -607,7 +617,10 @@ impl<'a> Engine<'a> {
         for other in earlier.iter().filter(|r| {
             r.run_id != run.run_id
                 && r.keys.run_key == run.keys.run_key
-                && matches!(r.status, RunStatus::Started | RunStatus::Posting)
+                && matches!(
+                    r.status,
+                    RunStatus::Started | RunStatus::Posting | RunStatus::Interrupted
+                )
         }) {
             let mut closed = other.clone();
             closed.status = RunStatus::Failed;
@@ -638,6 +651,18 @@ impl<'a> Engine<'a> {
         run_id: &str,
         lease: Duration,
     ) -> Result<RunReport, EngineError> {
+        self.replay_until(config, run_id, lease, None).await
+    }
+
+    /// [`Self::replay`] that stops cleanly (`interrupted`, replayable again) when the next
+    /// write might not finish before `deadline`.
+    pub async fn replay_until(
+        &self,
+        config: &InstanceConfig,
+        run_id: &str,
+        lease: Duration,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<RunReport, EngineError> {
         let mut run = self
             .store
             .get_run(run_id)
@@ -656,6 +681,7 @@ impl<'a> Engine<'a> {
                 | RunStatus::Started
                 | RunStatus::Busy
                 | RunStatus::Completed
+                | RunStatus::Interrupted
         ) {
             let msg = format!(
                 "run {run_id} is `{}`; only failed, interrupted or busy runs can be replayed (a rejected or conflicting run needs a new run)",
@@ -707,7 +733,10 @@ impl<'a> Engine<'a> {
         run.status = RunStatus::Posting;
         self.store.update_run(&run).await?;
         let keys = run.keys.clone();
-        let (status, message, posted) = self.post_all(&mut run, config, lines, &keys, &[]).await?;
+        let budget = budget::Budget::new(deadline);
+        let (status, message, posted) = self
+            .post_all(&mut run, config, lines, &keys, &[], &budget)
+            .await?;
         self.crash(CrashPoint::Posted)?;
         // Replaying a completed run finds everything in place: it stays `completed` with its
         // message, so the audit keeps showing which run created the journal.

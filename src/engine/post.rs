@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 use rust_decimal::Decimal;
 
+use super::budget::Budget;
 use super::{CrashPoint, Engine, EngineError};
 use crate::domain::config::{InstanceConfig, Posting};
 use crate::domain::journal::JournalPart;
@@ -46,6 +47,8 @@ enum Stop {
     Conflict(String),
     /// Injected crash: the engine stops without recording anything more.
     Crashed(CrashPoint),
+    /// Stopped on purpose before the deadline, between two writes; the audit says where.
+    Interrupted(String),
 }
 
 /// Attempts for a line whose create came back with an unknown outcome and was then confirmed
@@ -61,6 +64,7 @@ impl Engine<'_> {
         lines: Vec<LineRecord>,
         keys: &RunKeys,
         _earlier: &[RunRecord],
+        budget: &Budget,
     ) -> Result<(RunStatus, String, Vec<PostSummary>), EngineError> {
         // One journal header per legal entity and part, in that order (parts as recorded at
         // mapping time, so a replay writes into the same headers).
@@ -76,11 +80,27 @@ impl Engine<'_> {
         let mut summaries = Vec::new();
         for ((le, part), mut lines) in by_journal {
             lines.sort_by_key(|l| l.line.line_no);
-            match self
-                .post_journal(run, config, keys, (&le, part), &mut lines, &mut done, total)
-                .await
-            {
+            // Boxed: the journal's state machine is large, and inlining it into every caller's
+            // future overflowed the 2 MiB stack of a test thread in debug builds.
+            let journal = Box::pin(self.post_journal(
+                run,
+                config,
+                keys,
+                (&le, part),
+                &mut lines,
+                &mut done,
+                total,
+                budget,
+            ));
+            match journal.await {
                 Ok(s) => summaries.push(s),
+                Err(Stop::Interrupted(m)) => {
+                    let run_id = &run.run_id;
+                    let msg = format!(
+                        "{m} In all {done} of {total} line(s) of this run are in D365. Nothing is half-written and the period lock is released: finish it with `ml-connector replay {run_id} --config FILE` (AWS: `ml-connector replay {run_id} --request --table TABLE`)."
+                    );
+                    return Ok((RunStatus::Interrupted, msg, summaries));
+                }
                 Err(Stop::Failed(m)) => return Ok((RunStatus::Failed, m, summaries)),
                 Err(Stop::Conflict(m)) => return Ok((RunStatus::Conflict, m, summaries)),
                 Err(Stop::Crashed(p)) => return Err(EngineError::Crashed(p)),
@@ -144,6 +164,7 @@ impl Engine<'_> {
         lines: &mut [LineRecord],
         done: &mut usize,
         total: usize,
+        budget: &Budget,
     ) -> Result<PostSummary, Stop> {
         let run_id = run.run_id.clone();
         let failed = |what: &str, e: LedgerError| Stop::Failed(format!("{what} in {le}: {e}"));
@@ -244,6 +265,11 @@ impl Engine<'_> {
                 (h, false)
             }
             None => {
+                if let Some(left) = budget.short() {
+                    return Err(self
+                        .interrupted(&run_id, le, None, &of_part, lines, left)
+                        .await);
+                }
                 let description = render_description(config, &key, &run.period);
                 match self
                     .ledger
@@ -344,30 +370,49 @@ impl Engine<'_> {
         let mut created = 0usize;
         let mut batched = false;
         if missing > 0 && config.d365.posting == Posting::Batch {
-            batched = self
-                .post_vouchers(
-                    &run_id,
-                    le,
-                    &batch,
-                    keys,
-                    lines,
-                    &voucher_of,
-                    config.d365.batch_operations,
-                    &mut created,
-                    (done, total),
-                )
-                .await?;
+            batched = Box::pin(self.post_vouchers(
+                &run_id,
+                le,
+                &batch,
+                keys,
+                lines,
+                &voucher_of,
+                config.d365.batch_operations,
+                &mut created,
+                (done, total),
+                (budget, &of_part),
+            ))
+            .await?;
         }
         if missing > 0 && !batched {
-            for rec in lines.iter_mut() {
-                if rec.status == LineStatus::Created {
+            for i in 0..lines.len() {
+                if lines[i].status == LineStatus::Created {
                     continue;
                 }
+                if let Some(left) = budget.short() {
+                    return Err(self
+                        .interrupted(&run_id, le, Some(&batch), &of_part, lines, left)
+                        .await);
+                }
+                let rec = &mut lines[i];
                 let new = new_line(le, &batch, rec, voucher_of(rec));
-                match self
+                let started = tokio::time::Instant::now();
+                let result = self
                     .create_line_reconciled(&new, &keys.run_key, rec.line.line_no)
-                    .await
-                {
+                    .await;
+                budget.took(started);
+                match result {
+                    // Not refused by D365 but out of time (e.g. a Retry-After past the
+                    // deadline): nothing of this line was written, so stop resumably.
+                    Err(e)
+                        if !matches!(e, LedgerError::Rejected(_)) && budget.short().is_some() =>
+                    {
+                        tracing::warn!(run_id = %run_id, "line {}: {e}", lines[i].line.line_no);
+                        let left = budget.short().unwrap_or_default();
+                        return Err(self
+                            .interrupted(&run_id, le, Some(&batch), &of_part, lines, left)
+                            .await);
+                    }
                     Ok(l) => {
                         created += 1;
                         mark_created(rec, &batch, &l, "created");
@@ -469,8 +514,11 @@ impl Engine<'_> {
         max_operations: usize,
         created: &mut usize,
         (done, total): (&mut usize, usize),
+        (budget, of_part): (&Budget, &str),
     ) -> Result<bool, Stop> {
-        for round in 1..=UNKNOWN_OUTCOME_ATTEMPTS {
+        // Rounds that ended with an unknown outcome (each followed by a reconciliation).
+        let mut round = 0;
+        while round < UNKNOWN_OUTCOME_ATTEMPTS {
             // Vouchers still to write, in line order, with the indexes of their lines.
             let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
             for (i, rec) in lines.iter().enumerate() {
@@ -485,6 +533,24 @@ impl Engine<'_> {
             if groups.is_empty() {
                 return Ok(true);
             }
+            if let Some(left) = budget.short() {
+                return Err(self
+                    .interrupted(run_id, le, Some(batch), of_part, lines, left)
+                    .await);
+            }
+            if budget.has_deadline() {
+                // Under a deadline, one `$batch` request's worth of vouchers at a time, so the
+                // time left is checked before each request.
+                let mut ops = 0;
+                let fit = groups
+                    .iter()
+                    .take_while(|(_, idx)| {
+                        ops += idx.len();
+                        ops <= max_operations
+                    })
+                    .count();
+                groups.truncate(fit.max(1));
+            }
             let vouchers: Vec<Vec<NewLedgerLine>> = groups
                 .iter()
                 .map(|(_, idx)| {
@@ -493,7 +559,10 @@ impl Engine<'_> {
                         .collect()
                 })
                 .collect();
-            let outcomes = match self.ledger.create_vouchers(&vouchers, max_operations).await {
+            let started = tokio::time::Instant::now();
+            let result = self.ledger.create_vouchers(&vouchers, max_operations).await;
+            budget.took(started);
+            let outcomes = match result {
                 Ok(None) => return Ok(false),
                 Ok(Some(o)) => o,
                 Err(e) => {
@@ -534,6 +603,18 @@ impl Engine<'_> {
                         let _ = self.store.put_lines(lines).await;
                         return Err(Stop::Failed(msg));
                     }
+                    VoucherOutcome::NotProcessed(reason)
+                        if unknown.is_none() && budget.short().is_some() =>
+                    {
+                        // Not sent for lack of time (a Retry-After past the deadline…): nothing
+                        // of it exists, so stop resumably rather than fail.
+                        tracing::warn!(run_id, "voucher {voucher} of {le}/{batch}: {reason}");
+                        let _ = self.store.put_lines(lines).await;
+                        let left = budget.short().unwrap_or_default();
+                        return Err(self
+                            .interrupted(run_id, le, Some(batch), of_part, lines, left)
+                            .await);
+                    }
                     VoucherOutcome::NotProcessed(reason) if unknown.is_none() => {
                         let _ = self.store.put_lines(lines).await;
                         return Err(Stop::Failed(format!(
@@ -554,6 +635,7 @@ impl Engine<'_> {
                 return Err(Stop::Crashed(CrashPoint::LinesWritten));
             }
             if let Some(detail) = unknown {
+                round += 1;
                 // Ask D365 what landed before sending anything again.
                 self.event(
                     run_id,
@@ -593,6 +675,55 @@ impl Engine<'_> {
         Err(Stop::Failed(format!(
             "the outcome of posting to journal {le}/{batch} stayed unknown after {UNKNOWN_OUTCOME_ATTEMPTS} attempts; replay run {run_id} once D365 answers normally"
         )))
+    }
+
+    /// Records where a run stopped for lack of time (audit event `interrupted`) and returns the
+    /// stop. Called only between writes, so every line is either in D365 or not sent.
+    async fn interrupted(
+        &self,
+        run_id: &str,
+        le: &str,
+        batch: Option<&str>,
+        of_part: &str,
+        lines: &[LineRecord],
+        left: std::time::Duration,
+    ) -> Stop {
+        let written: Vec<&LineRecord> = lines
+            .iter()
+            .filter(|l| l.status == LineStatus::Created)
+            .collect();
+        let rest: Vec<&LineRecord> = lines
+            .iter()
+            .filter(|l| l.status != LineStatus::Created)
+            .collect();
+        let vouchers = |ls: &[&LineRecord]| {
+            let mut v: Vec<u32> = ls.iter().map(|l| l.line.voucher).collect();
+            v.dedup();
+            v.len()
+        };
+        let next = rest
+            .first()
+            .map(|l| {
+                format!(
+                    "; next: line {} (voucher {})",
+                    l.line.line_no, l.line.voucher
+                )
+            })
+            .unwrap_or_default();
+        let journal = match batch {
+            Some(b) => format!("journal {le}/{b}{of_part}"),
+            None => format!("the journal of {le}{of_part} (header not created yet)"),
+        };
+        let msg = format!(
+            "stopped before the deadline ({:.1}s left) in {journal}: {} line(s) in {} voucher(s) written, {} line(s) in {} voucher(s) not sent{next}.",
+            left.as_secs_f64(),
+            written.len(),
+            vouchers(&written),
+            rest.len(),
+            vouchers(&rest),
+        );
+        self.event(run_id, "warn", "interrupted", msg.clone()).await;
+        Stop::Interrupted(msg)
     }
 
     /// Records lines D365 refused and returns the operator message.

@@ -21,11 +21,18 @@ pub const ENV_WEBHOOK_MAX_BODY_BYTES: &str = "WEBHOOK_MAX_BODY_BYTES";
 /// (default 86400).
 pub const ENV_IDEMPOTENCY_TTL_SECS: &str = "IDEMPOTENCY_TTL_SECS";
 
+/// Environment variable: seconds kept back from an invocation's deadline (default 10): the
+/// clients start no wait and the engine no write that would end later, so a run that runs out
+/// of time still records where it stopped and releases its lock before Lambda kills it.
+pub const ENV_DEADLINE_MARGIN_SECS: &str = "DEADLINE_MARGIN_SECS";
+
 /// Tunables read once at cold start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub max_body_bytes: usize,
     pub idempotency_ttl: Duration,
+    /// See [`ENV_DEADLINE_MARGIN_SECS`].
+    pub deadline_margin: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -33,6 +40,7 @@ impl Default for Settings {
         Settings {
             max_body_bytes: 6 * 1024 * 1024,
             idempotency_ttl: Duration::hours(24),
+            deadline_margin: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -54,6 +62,9 @@ impl Settings {
         };
         if let Some(n) = number(ENV_WEBHOOK_MAX_BODY_BYTES)? {
             s.max_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = number(ENV_DEADLINE_MARGIN_SECS)? {
+            s.deadline_margin = std::time::Duration::from_secs(n.min(900));
         }
         if let Some(n) = number(ENV_IDEMPOTENCY_TTL_SECS)? {
             s.idempotency_ttl = Duration::seconds(
@@ -97,6 +108,16 @@ impl Invocation {
             request_id: request_id.into(),
             deadline: Utc::now() + timeout,
         }
+    }
+
+    /// The instant this invocation's clients and engine must be done by: its deadline minus
+    /// `margin` (now, if that has passed already).
+    pub fn work_deadline(&self, margin: std::time::Duration) -> tokio::time::Instant {
+        let left = (self.deadline - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(margin);
+        tokio::time::Instant::now() + left
     }
 
     /// Time left before the deadline, at least one second (the lock lease of a run).

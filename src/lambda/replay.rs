@@ -231,7 +231,11 @@ async fn replay(
     };
     if !matches!(
         run.status,
-        RunStatus::Failed | RunStatus::Posting | RunStatus::Busy | RunStatus::Completed
+        RunStatus::Failed
+            | RunStatus::Posting
+            | RunStatus::Busy
+            | RunStatus::Completed
+            | RunStatus::Interrupted
     ) {
         return RecordResult::Permanent(format!(
             "run {run_id} is `{}`; only failed, interrupted or busy runs can be replayed",
@@ -253,14 +257,19 @@ async fn replay(
         ),
     )
     .await;
+    let deadline = inv.work_deadline(ctx.settings.deadline_margin);
+    let clients = inst.clients.with_deadline(deadline);
     let progress = LogProgress;
     let engine = Engine {
-        extractor: &inst.clients.looker,
-        ledger: &inst.clients.d365,
+        extractor: &clients.looker,
+        ledger: &clients.d365,
         store: ctx.store.as_ref(),
         progress: &progress,
     };
-    match engine.replay(&inst.config, run_id, inv.remaining()).await {
+    match engine
+        .replay_until(&inst.config, run_id, inv.remaining(), Some(deadline))
+        .await
+    {
         Ok(report) => {
             let summary = RunSummary::of(&report);
             match report.outcome {
@@ -268,11 +277,14 @@ async fn replay(
                     tracing::info!(run_id, status = %summary.status, lines_created = summary.lines_created, "replay finished");
                     RecordResult::Done
                 }
-                Outcome::Failed | Outcome::Busy => RecordResult::Retry(format!(
-                    "replay ended `{}`: {}",
-                    summary.status,
-                    summary.message.unwrap_or_default()
-                )),
+                // Interrupted: the stream retries the record, and the next replay continues.
+                Outcome::Failed | Outcome::Busy | Outcome::Interrupted => {
+                    RecordResult::Retry(format!(
+                        "replay ended `{}`: {}",
+                        summary.status,
+                        summary.message.unwrap_or_default()
+                    ))
+                }
                 _ => RecordResult::Permanent(format!(
                     "replay ended `{}`: {}",
                     summary.status,

@@ -68,7 +68,10 @@ pub async fn handle_schedule(
         Ok((summary, outcome)) => {
             let value = serde_json::to_value(&summary).unwrap_or(serde_json::Value::Null);
             match outcome {
-                Outcome::Failed | Outcome::Busy => {
+                // Interrupted (out of time): the retry starts a new run of the same data, which
+                // finds the journal by its natural key, posts only the rest and closes the
+                // interrupted run as superseded.
+                Outcome::Failed | Outcome::Busy | Outcome::Interrupted => {
                     release(ctx.store.as_ref(), &key, inv).await;
                     tracing::error!(%instance, run_id = %summary.run_id, status = %summary.status, "scheduled run did not finish; asking for a retry");
                     Err(LambdaError::Retryable(format!(
@@ -110,10 +113,13 @@ async fn run(
     inv: &Invocation,
 ) -> Result<(RunSummary, Outcome), LambdaError> {
     let inst = ctx.instance(instance, None).await?;
+    // Every wait of the clients and every write of the engine ends before this.
+    let deadline = inv.work_deadline(ctx.settings.deadline_margin);
+    let clients = inst.clients.with_deadline(deadline);
     let progress = LogProgress;
     let engine = Engine {
-        extractor: &inst.clients.looker,
-        ledger: &inst.clients.d365,
+        extractor: &clients.looker,
+        ledger: &clients.d365,
         store: ctx.store.as_ref(),
         progress: &progress,
     };
@@ -122,6 +128,7 @@ async fn run(
         trigger: "schedule".into(),
         mode: Mode::Post,
         lease: inv.remaining(),
+        deadline: Some(deadline),
     };
     let report = engine.run(&inst.config, &opts).await.map_err(|e| match e {
         EngineError::Store(s) => LambdaError::Store(s),

@@ -260,6 +260,12 @@ fn run_response(summary: &RunSummary, outcome: Outcome) -> WebhookResponse {
         Outcome::Conflict => WebhookResponse::json(409, body),
         Outcome::Busy => WebhookResponse::json(503, body).with_header("retry-after", "60".into()),
         Outcome::Failed => WebhookResponse::json(500, body),
+        // Recorded but not finished (out of time): 202, not a 5xx, since Looker need not send
+        // anything again — the run is `interrupted`, its outcome line raises the alarm and
+        // `replay` finishes it. The delivery's idempotency record is released, so should
+        // Looker redeliver anyway, that run finds the journal by its natural key and posts only
+        // the rest (never twice).
+        Outcome::Interrupted => WebhookResponse::json(202, body),
     }
 }
 
@@ -381,10 +387,13 @@ async fn ingest(
         }
     }
 
+    // Every wait of the clients and every write of the engine ends before this.
+    let deadline = inv.work_deadline(ctx.settings.deadline_margin);
+    let clients = inst.clients.with_deadline(deadline);
     let progress = super::LogProgress;
     let engine = Engine {
-        extractor: &inst.clients.looker,
-        ledger: &inst.clients.d365,
+        extractor: &clients.looker,
+        ledger: &clients.d365,
         store: ctx.store.as_ref(),
         progress: &progress,
     };
@@ -393,6 +402,7 @@ async fn ingest(
         trigger: "webhook".into(),
         mode: Mode::Post,
         lease: inv.remaining(),
+        deadline: Some(deadline),
     };
     let result = match work {
         Work::Rows(delivery) => {

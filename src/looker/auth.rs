@@ -57,14 +57,28 @@ impl TokenCache {
         http: &reqwest::Client,
         settings: &LookerSettings,
         limiter: &RateLimiter,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Token, LookerError> {
         let mut slot = self.slot.lock().await;
         if let Some(t) = slot.as_ref().filter(|t| Instant::now() < t.valid_until) {
             return Ok(t.clone());
         }
         *slot = None;
-        limiter.acquire().await;
-        let token = login(http, settings).await?;
+        limiter
+            .acquire_until(deadline)
+            .await
+            .map_err(|e| LookerError::OutOfTime {
+                what: "login".into(),
+                detail: e.to_string(),
+            })?;
+        let token = match deadline {
+            None => login(http, settings).await?,
+            Some(d) => {
+                let mut s = settings.clone();
+                s.retry = s.retry.with_deadline(d);
+                login(http, &s).await?
+            }
+        };
         *slot = Some(token.clone());
         Ok(token)
     }

@@ -140,8 +140,9 @@ impl LookerClient {
         &self.inner.settings
     }
 
-    /// A clone (same HTTP pool and token) whose async extracts must finish by `deadline`
-    /// (e.g. a Lambda's deadline minus a margin for posting). The earliest of this,
+    /// A clone (same HTTP pool, token and rate limit) that starts no wait ending after
+    /// `deadline` (retries, `Retry-After`, the rate limit: [`LookerError::OutOfTime`]) and
+    /// whose async extracts must finish by it (e.g. a Lambda's deadline minus a margin). The earliest of this,
     /// [`LookerSettings::poll_deadline`] and `max_wait` from the start of the run applies.
     pub fn with_deadline(&self, deadline: Instant) -> Self {
         Self {
@@ -167,7 +168,12 @@ impl LookerClient {
         self.inner.tokens.clear().await;
         self.inner
             .tokens
-            .get(&self.inner.http, &self.inner.settings, &self.inner.limiter)
+            .get(
+                &self.inner.http,
+                &self.inner.settings,
+                &self.inner.limiter,
+                self.deadline.map(tokio::time::Instant::from_std),
+            )
             .await
             .map(|_| ())
     }
@@ -606,10 +612,16 @@ impl LookerClient {
         let inner = &*self.inner;
         let label = format!("{method} {}", url.path());
         let mut relogged = false;
+        // Every wait of this call (backoff, Retry-After) ends before the run's deadline.
+        let deadline = self.deadline.map(tokio::time::Instant::from_std);
+        let retry = match deadline {
+            Some(d) => inner.settings.retry.with_deadline(d),
+            None => inner.settings.retry.clone(),
+        };
         loop {
             let token = inner
                 .tokens
-                .get(&inner.http, &inner.settings, &inner.limiter)
+                .get(&inner.http, &inner.settings, &inner.limiter, deadline)
                 .await?;
             let mut auth =
                 HeaderValue::from_str(&token.header()).map_err(|_| LookerError::Parse {
@@ -617,7 +629,14 @@ impl LookerClient {
                     message: "the access token contains characters not allowed in a header".into(),
                 })?;
             auth.set_sensitive(true);
-            inner.limiter.acquire().await;
+            inner
+                .limiter
+                .acquire_until(deadline)
+                .await
+                .map_err(|e| LookerError::OutOfTime {
+                    what: label.clone(),
+                    detail: e.to_string(),
+                })?;
             let resp = send_with_retry(
                 || {
                     let rb = inner
@@ -631,13 +650,19 @@ impl LookerClient {
                         None => rb,
                     }
                 },
-                &inner.settings.retry,
+                &retry,
                 Idempotency::Safe,
                 |msg| tracing::warn!(target: "looker", "{label}: {msg}"),
             )
             .await
             .map_err(|e| LookerError::transport(&label, e))?;
             let status = resp.status();
+            if let Some(mark) = crate::http::out_of_time(&resp) {
+                return Err(LookerError::OutOfTime {
+                    what: label,
+                    detail: format!("HTTP {} and {mark}", status.as_u16()),
+                });
+            }
             if status == StatusCode::UNAUTHORIZED && !relogged {
                 tracing::info!(target: "looker", "{label}: token refused (401), logging in again");
                 inner.tokens.invalidate(&token).await;

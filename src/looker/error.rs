@@ -53,6 +53,11 @@ pub enum LookerError {
         detail: String,
     },
 
+    /// A wait (a `Retry-After`, a backoff, the client-side rate limit) would have run past the
+    /// run's deadline, so the request was not (re)sent.
+    #[error("out of time for Looker ({what}): {detail}; nothing was posted, run it again (or replay) when there is time")]
+    OutOfTime { what: String, detail: String },
+
     /// An asynchronous query task ended without a usable result (`error`, `failure`,
     /// `expired`, `killed`, or its results are gone).
     #[error(
@@ -107,7 +112,8 @@ impl LookerError {
         match self {
             LookerError::Throttled { .. }
             | LookerError::Http { .. }
-            | LookerError::DeadlineExceeded { .. } => true,
+            | LookerError::DeadlineExceeded { .. }
+            | LookerError::OutOfTime { .. } => true,
             LookerError::TaskEnded { status, .. } => status == "expired",
             LookerError::Status { status, .. } => *status >= 500,
             _ => false,

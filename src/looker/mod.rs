@@ -17,7 +17,8 @@ pub mod auth;
 pub mod client;
 pub mod error;
 mod port;
-mod rate;
+// The rate limiter is shared with the D365 client; `super::rate` keeps working in here.
+use crate::rate;
 pub mod results;
 pub mod settings;
 

@@ -77,6 +77,7 @@ impl World {
             trigger: "test".into(),
             mode,
             lease: chrono::Duration::minutes(5),
+            deadline: None,
         }
     }
 

@@ -56,6 +56,19 @@ pub fn sandbox_secrets() -> InstanceSecrets {
     }
 }
 
+// The moto connection helpers (`AWS_ENDPOINT_URL`, set by `.ci/test`).
+#[path = "../common_aws/mod.rs"]
+mod common_aws;
+
+/// Where a world keeps its audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Backend {
+    /// A SQLite file (what the CLI uses).
+    Sqlite,
+    /// A fresh DynamoDB table on the local moto server (what the Lambdas use).
+    Dynamo,
+}
+
 #[derive(Default)]
 struct MemConfigs(Mutex<HashMap<String, (String, String)>>);
 
@@ -106,6 +119,11 @@ pub struct World {
 
 impl World {
     pub async fn start(adjust: impl FnOnce(&mut InstanceConfig)) -> World {
+        Self::start_on(Backend::Sqlite, adjust).await
+    }
+
+    /// [`World::start`] with the audit store on `backend`.
+    pub async fn start_on(backend: Backend, adjust: impl FnOnce(&mut InstanceConfig)) -> World {
         let looker = LookerSim::start(LookerSeed::demo(event_date()))
             .await
             .expect("looker sim");
@@ -126,13 +144,32 @@ impl World {
             .await
             .unwrap();
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.path().join("audit.sqlite")).expect("sqlite"));
+        let store: Arc<dyn Store> = match backend {
+            Backend::Sqlite => {
+                Arc::new(SqliteStore::open(&dir.path().join("audit.sqlite")).expect("sqlite"))
+            }
+            Backend::Dynamo => {
+                let client = common_aws::dynamodb().await;
+                let table = common_aws::unique("mlc-faults");
+                ml_connector::store::dynamodb::create_table_for_tests(&client, &table)
+                    .await
+                    .expect("create table");
+                Arc::new(ml_connector::store::dynamodb::DynamoStore::new(
+                    client, table,
+                ))
+            }
+        };
         let ctx = LambdaContext::new(
             store.clone(),
             Arc::new(configs),
             Arc::new(MemSecrets),
-            Settings::default(),
+            // The cases' invocations have 30 s (`inv` in faults.rs), not a deployed function's
+            // 300-900 s: keep the deadline margin in proportion so a fault's 10 s fallback
+            // wait still fits when the shared moto server is slow.
+            Settings {
+                deadline_margin: std::time::Duration::from_secs(2),
+                ..Settings::default()
+            },
         );
         World {
             looker,
