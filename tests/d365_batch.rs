@@ -42,6 +42,7 @@ fn client_with_timeout(sim: &D365Sim, timeout: Duration) -> D365Client {
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_secs(5),
         fallback_retry_after: Duration::from_millis(50),
+        deadline: None,
     };
     D365Client::new(s).unwrap()
 }

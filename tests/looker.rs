@@ -21,6 +21,7 @@ fn fast_retry() -> RetryPolicy {
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_secs(5),
         fallback_retry_after: Duration::from_millis(50),
+        deadline: None,
     }
 }
 
