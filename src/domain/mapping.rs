@@ -219,7 +219,7 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
     }
 
     let mut source_total = Decimal::ZERO;
-    let mut resolved: Vec<RowLine> = Vec::new();
+    let mut resolved: Vec<RowLine> = Vec::with_capacity(extract.rows.len());
     let mut plan = RowPlan::new(extract, ctx);
     for row in &extract.rows {
         let mut errs: Vec<(String, String)> = Vec::new();
@@ -252,19 +252,23 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
     }
 
     let (journals, mapped_total, residue) = build_journals(resolved, ctx, &mut issues);
-    // Tell each row which lines it became.
+    // Tell each row which lines it became. Rows normally sit at their own index: fill those
+    // in place; a map only for any that do not.
     let mut by_row: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
     for j in &journals {
         for l in &j.lines {
             for r in &l.source_rows {
-                by_row.entry(*r).or_default().push(l.line_no);
+                match rows_out.get_mut(*r) {
+                    Some(o) if o.index == *r => o.line_nos.push(l.line_no),
+                    _ => by_row.entry(*r).or_default().push(l.line_no),
+                }
             }
         }
     }
     for r in &mut rows_out {
         if let Some(nos) = by_row.remove(&r.index) {
             r.line_nos = nos;
-        } else if r.status == RowStatus::Mapped {
+        } else if r.line_nos.is_empty() && r.status == RowStatus::Mapped {
             // Rounded to zero: its exact amount lives on in the residue.
             r.status = RowStatus::Skipped;
         }
@@ -415,24 +419,6 @@ impl<'a> RowPlan<'a> {
             _ => row.get(col.name),
         }
     }
-
-    /// The interned [`Dimensions`] for these values (in dimension-name order).
-    fn intern(&mut self, values: &[(&str, Cow<'_, str>)]) -> Dimensions {
-        self.key_buf.clear();
-        // Length-prefixed, so no value can make two different sets share a key.
-        for (dim, v) in values {
-            let _ = write!(self.key_buf, "{}:{dim}{}:{v}", dim.len(), v.len());
-        }
-        if let Some(d) = self.interned.get(self.key_buf.as_str()) {
-            return d.clone();
-        }
-        let d: Dimensions = values
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.interned.insert(self.key_buf.clone(), d.clone());
-        d
-    }
 }
 
 /// Splits a template into literals, fixed values and columns, with the same rules as the
@@ -565,7 +551,7 @@ pub fn truncate_chars(s: &str, max: usize) -> String {
     s[..end].trim_end().to_string()
 }
 
-/// The dimension values of a row, interned.
+/// The dimension values of a row, interned: a hit costs no allocation.
 fn resolve_dims(
     plan: &mut RowPlan<'_>,
     balancing: bool,
@@ -580,13 +566,33 @@ fn resolve_dims(
     if list.is_empty() {
         return Dimensions::new();
     }
-    let mut values = Vec::with_capacity(list.len());
-    for (dim, key, v) in list {
-        if let Some(value) = resolve_value(plan, v, row, key, errs) {
-            values.push((*dim, value));
+    let mut key = std::mem::take(&mut plan.key_buf);
+    key.clear();
+    for (dim, field, v) in list {
+        if let Some(value) = resolve_value(plan, v, row, field, errs) {
+            // Length-prefixed, so no value can make two different sets share a key.
+            let _ = write!(key, "{}:{dim}{}:{value}", dim.len(), value.len());
         }
     }
-    plan.intern(&values)
+    let dims = match plan.interned.get(key.as_str()) {
+        Some(d) => d.clone(),
+        None => {
+            // First time these values are seen: resolve them again, owned (issues were
+            // recorded above).
+            let mut again = Vec::new();
+            let d: Dimensions = list
+                .iter()
+                .filter_map(|(dim, field, v)| {
+                    resolve_value(plan, v, row, field, &mut again)
+                        .map(|value| (dim.to_string(), value.into_owned()))
+                })
+                .collect();
+            plan.interned.insert(key.clone(), d.clone());
+            d
+        }
+    };
+    plan.key_buf = key;
+    dims
 }
 
 fn resolve_row(
@@ -745,10 +751,16 @@ fn build_journals(
                 };
                 let mut balancing: BTreeMap<LedgerAccount, Decimal> = BTreeMap::new();
                 for r in &rows {
-                    *balancing.entry(r.balancing.clone()).or_default() += r.exact;
+                    // Clone the account only for a new key (this runs for every row).
+                    match balancing.get_mut(&r.balancing) {
+                        Some(total) => *total += r.exact,
+                        None => {
+                            balancing.insert(r.balancing.clone(), r.exact);
+                        }
+                    }
                 }
                 let mut detail_sum = Decimal::ZERO;
-                for r in &rows {
+                for r in rows {
                     let rounded = round(r.exact, decimals);
                     if rounded.is_zero() {
                         continue;
@@ -803,7 +815,7 @@ fn build_journals(
                 let exact: Decimal = rows.iter().map(|r| r.exact).sum();
                 let mut group: Vec<DraftVoucher> = Vec::new();
                 let mut detail_sum = Decimal::ZERO;
-                for r in &rows {
+                for r in rows {
                     let rounded = round(r.exact, decimals);
                     if rounded.is_zero() {
                         continue;
@@ -871,10 +883,7 @@ fn build_journals(
             line_no += 1;
             l.line_no = line_no;
             l.voucher = voucher_no;
-            l.text = truncate_chars(
-                &format!("{} {}", line_ref(ctx.run_key, line_no), l.text),
-                cfg.journal.max_text_len,
-            );
+            l.text = numbered_text(ctx.run_key, line_no, &l.text, cfg.journal.max_text_len);
             j.lines.push(l);
         }
     }
@@ -952,16 +961,29 @@ fn split_journal(j: Journal, max_lines: usize, ctx: &MappingContext<'_>) -> Vec<
     out
 }
 
-fn detail_line(r: &RowLine, rounded: Decimal, offset: Option<LedgerAccount>) -> JournalLine {
+/// `{line_ref} {text}` cut to `max` characters, in one buffer (runs for every line).
+fn numbered_text(run_key: &str, line_no: u32, text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(run_key.len() + 8 + text.len());
+    // The same reference as `line_ref` (the mapping tests check every line starts with it).
+    let _ = write!(out, "{run_key}.L{line_no:04} {text}");
+    if let Some((end, _)) = out.char_indices().nth(max) {
+        out.truncate(end);
+    }
+    out.truncate(out.trim_end().len());
+    out
+}
+
+/// Takes the row by value: its strings move into the line instead of being copied.
+fn detail_line(r: RowLine, rounded: Decimal, offset: Option<LedgerAccount>) -> JournalLine {
     JournalLine {
         line_no: 0,
         voucher: 0,
         trans_date: r.trans_date,
-        account: r.account.clone(),
+        account: r.account,
         offset_account: offset,
-        currency: r.currency.clone(),
+        currency: r.currency,
         amount: rounded,
-        text: r.text.clone(),
+        text: r.text,
         kind: LineKind::Detail,
         source_rows: vec![r.index],
     }

@@ -4,7 +4,7 @@
 //! F&O itself lets an unbalanced voucher into an unposted journal and only complains at posting
 //! time; finance wants that caught here, with every bad row named, and nothing written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use chrono::NaiveDate;
@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, JournalLine, LedgerAccount, LineKind};
 use super::money::CurrencyPrecision;
-use super::reference::{active_on, PeriodStatus, ReferenceData, VoucherAllocation};
+use super::reference::{
+    active_on, DimensionValue, PeriodStatus, ReferenceData, VoucherAllocation,
+};
 
 /// One problem, naming where it is: a source row, a journal line, or a config key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,10 +161,16 @@ pub fn validate(
 
         let mut voucher_sums: BTreeMap<u32, Decimal> = BTreeMap::new();
         let mut voucher_dates: BTreeMap<u32, NaiveDate> = BTreeMap::new();
+        // Dimension values by borrowed (dimension, value): no key copies per line.
+        let dim_values: DimValues<'_> = rd
+            .dimension_values
+            .iter()
+            .map(|((d, v), dv)| ((d.as_str(), v.as_str()), dv))
+            .collect();
         for line in &j.lines {
-            check_account(&line.account, line, false, rd, &mut issues);
+            check_account(&line.account, line, false, rd, &dim_values, &mut issues);
             if let Some(off) = &line.offset_account {
-                check_account(off, line, true, rd, &mut issues);
+                check_account(off, line, true, rd, &dim_values, &mut issues);
             } else {
                 *voucher_sums.entry(line.voucher).or_default() += line.amount;
             }
@@ -241,11 +249,14 @@ pub fn validate(
     issues
 }
 
+type DimValues<'r> = HashMap<(&'r str, &'r str), &'r DimensionValue>;
+
 fn check_account(
     acct: &LedgerAccount,
     line: &JournalLine,
     offset: bool,
     rd: &ReferenceData,
+    dim_values: &DimValues<'_>,
     issues: &mut Vec<Issue>,
 ) {
     let le = &rd.legal_entity;
@@ -311,7 +322,7 @@ fn check_account(
             ));
             continue;
         }
-        match rd.dimension_values.get(&(dim.clone(), value.clone())) {
+        match dim_values.get(&(dim.as_str(), value.as_str())) {
             None => issues.push(Issue::for_line(
                 line,
                 le,
