@@ -315,6 +315,10 @@ async fn a_crash_between_parts_resumes_with_only_the_missing_lines() {
     assert_eq!(found, part1.len(), "{:?}", replayed.posted);
     assert_eq!(found + created, after.len());
     assert!(!replayed.posted[1].header_created, "part 2's header reused");
+    let r = reconcile(&w.store, &clients.d365, &w.config, &crashed.run_id)
+        .await
+        .unwrap();
+    assert!(r.is_clean(), "{:#?}", r.differences);
 
     // A fresh run of the same data finds all three parts.
     let again = w.run(Mode::Post).await;
@@ -384,6 +388,15 @@ async fn reverse_of_a_split_run_reverses_every_part_once() {
     // the reversed ones.
     let repost = w.run(Mode::Post).await;
     assert_eq!(repost.outcome, Outcome::Posted, "{:?}", repost.run.message);
+    assert_eq!(repost.run.journals.len(), parts);
+    // Same run key as the reversed run: each reconciliation reads only its own headers.
+    for id in [&repost.run.run_id, &run.run_id] {
+        let r = reconcile(&w.store, &clients.d365, &w.config, id)
+            .await
+            .unwrap();
+        assert!(r.is_clean(), "{id}: {:#?}", r.differences);
+        assert_eq!(r.groups[0].journals.len(), parts);
+    }
 }
 
 /// Arms "commit, then drop the connection" on the next single write (a header POST under

@@ -515,14 +515,27 @@ async fn compute(
     if !nothing_expected {
         let entities: BTreeSet<String> = lines.iter().map(|l| l.legal_entity.clone()).collect();
         for le in entities {
-            // Headers not recorded (the run stopped right after creating one, e.g. part 2 of a
-            // split journal): ask D365 for every header carrying this run's key, any part.
+            // Fewer headers recorded than the run planned parts (it stopped right after creating
+            // one, e.g. part 2 of a split journal): ask D365 for the headers carrying this run's
+            // key. Not when all are recorded: a later run of the same data after a reversal
+            // carries the same key, and its headers are not this run's.
+            let planned = lines
+                .iter()
+                .filter(|l| l.legal_entity == le)
+                .map(|l| l.part.of as usize)
+                .max()
+                .unwrap_or(1);
+            if journals.get(&le).map_or(0, Vec::len) >= planned {
+                continue;
+            }
+            let reversed = super::reversed_batches(ledger, &le, &run.keys.period_key).await?;
             let prefix = description_prefix(&key);
             let found: Vec<String> = ledger
                 .find_headers(&le, &prefix)
                 .await?
                 .into_iter()
                 .filter(|h| header_of_run(&h.description, &key).is_some())
+                .filter(|h| !reversed.contains(&h.batch_number))
                 .map(|h| h.batch_number)
                 .collect();
             let known = journals.entry(le).or_default();
