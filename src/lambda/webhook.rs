@@ -482,4 +482,23 @@ mod tests {
         assert_eq!(route("POST", "/ingest/../s"), None);
         assert_eq!(route("POST", "/other/a/s"), None);
     }
+
+    #[test]
+    fn an_interrupted_run_is_accepted_not_a_server_error() {
+        let summary = RunSummary {
+            run_id: "r-1".into(),
+            instance: "fees".into(),
+            status: "interrupted".into(),
+            period: "2026-W47".into(),
+            journals: vec![],
+            lines_created: 3,
+            message: Some("stopped before the deadline; ml-connector replay r-1".into()),
+            issues: vec![],
+        };
+        let r = run_response(&summary, Outcome::Interrupted);
+        assert_eq!(r.status, 202);
+        assert!(r.body.contains("interrupted") && r.body.contains("replay r-1"));
+        // Failed stays a 500 (Looker may redeliver; the run converges by natural key).
+        assert_eq!(run_response(&summary, Outcome::Failed).status, 500);
+    }
 }
