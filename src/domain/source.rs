@@ -170,27 +170,32 @@ impl SourceRow {
         hex::encode(self.hash_bytes())
     }
 
-    /// The first 16 bytes of SHA-256 over `name 0x00 tag value 0xff` for each present cell in
-    /// name order. Written straight into the hasher (no per-cell serialisation): 0xff never
-    /// occurs in UTF-8, so it ends a value unambiguously; the tag keeps `1`, `"1"`, `true`
-    /// and null apart.
+    /// The first 16 bytes of SHA-256 over `name 0x00 cell-json 0xff` for each present cell in
+    /// name order, where cell-json is the cell's tagged JSON (`{"t":"number","v":"10.5"}`).
+    /// Those are the bytes earlier versions hashed through `serde_json`, written straight
+    /// into the hasher instead: the same extract keeps the same run key across the upgrade.
     pub fn hash_bytes(&self) -> [u8; 16] {
         let mut h = Sha256::new();
         for (k, v) in self.iter() {
             h.update(k.as_bytes());
             h.update([0u8]);
             match v {
-                Cell::Null => h.update(b"z"),
-                Cell::Bool(true) => h.update(b"bt"),
-                Cell::Bool(false) => h.update(b"bf"),
+                Cell::Null => h.update(br#"{"t":"null"}"#),
+                Cell::Bool(b) => {
+                    h.update(br#"{"t":"bool","v":"#);
+                    h.update(if *b { &b"true"[..] } else { &b"false"[..] });
+                    h.update(b"}");
+                }
                 Cell::Text(s) => {
-                    h.update(b"s");
-                    h.update(s.as_bytes());
+                    h.update(br#"{"t":"text","v":""#);
+                    update_json_string(&mut h, s);
+                    h.update(br#""}"#);
                 }
                 Cell::Number(d) => {
-                    h.update(b"n");
-                    // Infallible: HashWriter never fails.
+                    h.update(br#"{"t":"number","v":""#);
+                    // Infallible: HashWriter never fails. Display is the decimal's string form.
                     let _ = write!(HashWriter(&mut h), "{d}");
+                    h.update(br#""}"#);
                 }
             }
             h.update([0xffu8]);
@@ -279,6 +284,43 @@ impl RowsBuilder {
             .collect();
         (self.columns, rows)
     }
+}
+
+/// The inside of a JSON string literal for `s`, escaped exactly as `serde_json` does (`"`,
+/// `\\`, the short escapes for b f n r t, `\u00xx` for other control characters; nothing else).
+fn update_json_string(h: &mut Sha256, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => {
+                h.update(&bytes[start..i]);
+                h.update([
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        h.update(&bytes[start..i]);
+        h.update(short);
+        start = i + 1;
+    }
+    h.update(&bytes[start..]);
 }
 
 /// Feeds `Display` output into a hasher without an intermediate `String`.
@@ -460,6 +502,55 @@ mod tests {
         let mut b = RowsBuilder::default();
         b.push("a.x", Cell::Null).unwrap();
         assert_eq!(b.push("a.x", Cell::Null), Err(DuplicateField("a.x".into())));
+    }
+
+    /// The hash earlier versions computed (serde_json per cell): run keys must not change.
+    fn serde_json_hash(row: &SourceRow) -> String {
+        let mut h = Sha256::new();
+        for (k, v) in row.to_map() {
+            h.update(k.as_bytes());
+            h.update([0u8]);
+            h.update(serde_json::to_vec(&v).unwrap());
+            h.update([0xffu8]);
+        }
+        hex::encode(&h.finalize()[..16])
+    }
+
+    #[test]
+    fn row_hash_is_the_earlier_serde_json_hash() {
+        let texts = [
+            "",
+            "plain",
+            "quote \" and backslash \\",
+            "new\nline\r\ttab",
+            "\u{0}\u{1}\u{8}\u{b}\u{c}\u{1f}\u{7f}",
+            "ünïcödé € 😀 /slash",
+        ];
+        let numbers = [
+            "0",
+            "-0",
+            "10.50",
+            "-1234.5678",
+            "0.30000000000000004",
+            "1.5e2",
+            "79228162514264337593543950335",
+        ];
+        let mut m = BTreeMap::new();
+        for (i, t) in texts.iter().enumerate() {
+            m.insert(format!("v.t{i}"), Cell::Text((*t).to_string()));
+        }
+        for (i, n) in numbers.iter().enumerate() {
+            m.insert(format!("v.n{i}"), Cell::from_json_number_literal(n));
+        }
+        m.insert("v.null".into(), Cell::Null);
+        m.insert("v.yes".into(), Cell::Bool(true));
+        m.insert("v.no".into(), Cell::Bool(false));
+        let row = SourceRow::new(0, m.clone());
+        assert_eq!(row.hash(), serde_json_hash(&row));
+        for (k, v) in m {
+            let one = SourceRow::new(0, [(k, v)].into());
+            assert_eq!(one.hash(), serde_json_hash(&one));
+        }
     }
 
     #[test]
