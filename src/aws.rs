@@ -8,6 +8,14 @@ use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_http_client::proxy::ProxyConfig;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_http_client::{Builder, ConnectorBuilder};
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_runtime_api::shared::IntoShared;
 
 /// How long one HTTP attempt to an AWS API may take before it is retried.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,8 +33,13 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(25);
 ///
 /// Outside AWS, set `AWS_REGION` (or `AWS_EC2_METADATA_DISABLED=true`): without a region the
 /// loader probes the EC2 instance metadata service, which can cost seconds per call.
+///
+/// Every client (DynamoDB, Secrets Manager, and STS inside the credential chain) shares one
+/// [`deferred_tls_https_client`], so the TLS set-up happens once, on the first AWS request,
+/// not during the Lambda init.
 pub async fn aws_sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(deferred_tls_https_client())
         .timeout_config(
             TimeoutConfig::builder()
                 .operation_attempt_timeout(ATTEMPT_TIMEOUT)
@@ -35,4 +48,51 @@ pub async fn aws_sdk_config() -> SdkConfig {
         )
         .load()
         .await
+}
+
+/// The SDK's default HTTPS client (hyper 1.x, rustls with aws-lc, proxy settings from the
+/// environment: the same recipe as `aws-smithy-runtime`'s `default_https_client`), except that
+/// the TLS root store is not built when a client is constructed.
+///
+/// Why: the SDK builds a connector in `validate_base_client_config`, i.e. inside
+/// `Client::new` and inside `aws_config::load` (the credential chain's STS client), "so that
+/// native certs load at client initialization time". Loading the native roots reads and parses
+/// every certificate of the OS store (a bundle and a directory of a few hundred files): most of
+/// the Lambdas' init beyond a hello-world. Deferred, it runs once per process on the first AWS
+/// request instead (the SDK caches the parsed roots process-wide), which the first invocation
+/// pays for anyway, and not at all in an init that fails before any request.
+pub fn deferred_tls_https_client() -> SharedHttpClient {
+    let inner = Builder::new().build_with_connector_fn(|settings, components| {
+        let mut conn =
+            ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
+        conn.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            conn.set_sleep_impl(components.sleep_impl());
+        }
+        conn.set_proxy_config(Some(ProxyConfig::from_env()));
+        conn.build()
+    });
+    DeferredTls(inner).into_shared()
+}
+
+/// Delegates to the inner client but skips its eager connector construction (see
+/// [`deferred_tls_https_client`]); connectors are built and cached by the inner client on the
+/// first request, as usual.
+#[derive(Debug)]
+struct DeferredTls(SharedHttpClient);
+
+impl HttpClient for DeferredTls {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    fn connector_metadata(
+        &self,
+    ) -> Option<aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
 }

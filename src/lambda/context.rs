@@ -299,7 +299,10 @@ impl LambdaContext {
             })?,
         };
         let settings = Settings::from_env()?;
+        // Init time is billed and delays the first event: its steps are logged at DEBUG.
+        let started = std::time::Instant::now();
         let sdk = crate::aws::aws_sdk_config().await;
+        let sdk_loaded = started.elapsed();
         let store = Arc::new(crate::store::dynamodb::DynamoStore::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             table,
@@ -308,6 +311,11 @@ impl LambdaContext {
             aws_sdk_secretsmanager::Client::new(&sdk),
             prefix,
             std::time::Duration::from_secs(ttl_secs),
+        );
+        tracing::debug!(
+            sdk_config_us = sdk_loaded.as_micros() as u64,
+            clients_us = (started.elapsed() - sdk_loaded).as_micros() as u64,
+            "cold-start init steps"
         );
         Ok(LambdaContext::new(
             store.clone(),

@@ -154,22 +154,39 @@ impl crate::engine::Progress for LogProgress {
 /// Initialises JSON logs for a Lambda binary (level from `AWS_LAMBDA_LOG_LEVEL`, else
 /// `RUST_LOG`, else INFO; no ANSI colours, no timestamps: CloudWatch adds them). Never logs
 /// raw events (see below).
+///
+/// The filter is a [`Targets`](tracing_subscriber::filter::Targets) (`level` and
+/// `target=level` directives), not an `EnvFilter`: the latter's span and field-value matching
+/// links a regex engine into the binaries (~0.2 MB), which nothing here needs. A value it cannot
+/// parse (say a `[span]` directive, or Lambda's `FATAL`) falls back to INFO.
 pub fn init_tracing() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_string())
         .to_lowercase();
     // The runtime logs each raw event at TRACE; a webhook event's path holds the ingest secret,
     // so that module is capped at DEBUG whatever the level.
-    const CAP: &str = "lambda_runtime::layers::api_response=debug";
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},{CAP}"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{CAP}")));
+    const CAPPED: &str = "lambda_runtime::layers::api_response";
+    let filter = format!("{level},{CAPPED}=debug")
+        .parse::<Targets>()
+        .unwrap_or_else(|_| {
+            Targets::new()
+                .with_default(LevelFilter::INFO)
+                .with_target(CAPPED, LevelFilter::DEBUG)
+        });
     let _ = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(filter)
         .with_current_span(false)
         .with_ansi(false)
         .without_time()
         .with_target(false)
+        // Everything reaches `filter`, which decides.
+        .with_max_level(LevelFilter::TRACE)
+        .finish()
+        .with(filter)
         .try_init();
 }
