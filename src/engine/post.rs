@@ -97,7 +97,7 @@ impl Engine<'_> {
                 Err(Stop::Interrupted(m)) => {
                     let run_id = &run.run_id;
                     let msg = format!(
-                        "{m} In all {done} of {total} line(s) of this run are in D365. Nothing is half-written and the period lock is released: finish it with `ml-connector replay {run_id} --config FILE` (AWS: `ml-connector replay {run_id} --request --table TABLE`)."
+                        "{m} In all {done} of {total} line(s) of this run are in D365, each recorded in the audit, and the period lock is released: finish it with `ml-connector replay {run_id} --config FILE` (AWS: `ml-connector replay {run_id} --request --table TABLE`)."
                     );
                     return Ok((RunStatus::Interrupted, msg, summaries));
                 }
