@@ -396,7 +396,8 @@ impl ValueSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JournalConfig {
-    /// dataAreaId per row or constant; one journal is created per legal entity.
+    /// dataAreaId per row or constant; one journal is created per legal entity (split into
+    /// several headers above `max_journal_lines`).
     pub legal_entity: ValueSource,
     /// `JournalNames.Name`, e.g. `GenJrn`.
     pub journal_name: String,
