@@ -16,7 +16,9 @@ use url::Url;
 use super::auth::{refused_after_relogin, TokenCache, LOOKER_APP_ID};
 use super::error::LookerError;
 use super::rate::RateLimiter;
-use super::results::{describe_json_error, parse_json_detail, parse_json_rows_streaming};
+use super::results::{
+    describe_json_error, parse_json_detail, parse_json_rows_streaming, read_json_rows, ParsedRows,
+};
 use super::settings::{ExtractPath, LookerSettings};
 use crate::domain::config::InlineQuery;
 use crate::domain::source::{Extract, SourceRef, SourceRow};
@@ -201,9 +203,9 @@ impl LookerClient {
         let mut url = self.settings().api_url(&["looks", look_id, "run", "json"]);
         self.add_run_params(&mut url);
         let body = self
-            .call(Method::GET, url, None, &format!("Look {look_id}"))
+            .call_rows(Method::GET, url, None, &format!("Look {look_id}"))
             .await?;
-        let (seen, rows) = self.complete_rows(&body)?;
+        let (seen, rows) = self.complete_rows(body)?;
         Ok(Extract {
             source: SourceRef::Look {
                 look_id: look_id.to_string(),
@@ -233,8 +235,10 @@ impl LookerClient {
         let mut url = self.settings().api_url(&["queries", "run", "json"]);
         self.add_run_params(&mut url);
         let what = format!("Model `{}` or explore `{}`", q.model, q.explore);
-        let bytes = self.call(Method::POST, url, Some(&body), &what).await?;
-        let (seen, rows) = self.complete_rows(&bytes)?;
+        let result = self
+            .call_rows(Method::POST, url, Some(&body), &what)
+            .await?;
+        let (seen, rows) = self.complete_rows(result)?;
         let definition =
             serde_json::to_string(q).map_err(|e| LookerError::Config(e.to_string()))?;
         Ok(Extract {
@@ -412,9 +416,8 @@ impl LookerClient {
                 TaskState::Complete => {
                     if let Some(body) = self.task_results(&id).await? {
                         task.finished = true;
-                        tracing::info!(target: "looker", "query task {id}: {} bytes of results after {polls} polls", body.len());
-                        let (seen, rows) = parse_json_rows_streaming(&body)?;
-                        drop(body);
+                        let (seen, rows) = body.into_rows()?;
+                        tracing::info!(target: "looker", "query task {id}: {} rows of results after {polls} polls", rows.len());
                         check_task_complete(s, rows.len())?;
                         return Ok((seen, rows));
                     }
@@ -456,10 +459,10 @@ impl LookerClient {
     }
 
     /// `GET /query_tasks/{id}/results`: `Some(body)` when ready, `None` on 202 (not yet).
-    async fn task_results(&self, id: &str) -> Result<Option<Vec<u8>>, LookerError> {
+    async fn task_results(&self, id: &str) -> Result<Option<Body>, LookerError> {
         let url = self.settings().api_url(&["query_tasks", id, "results"]);
         match self
-            .call_status(Method::GET, url, None, &format!("Query task {id}"))
+            .call_body(Method::GET, url, None, &format!("Query task {id}"), true)
             .await
         {
             Ok((StatusCode::ACCEPTED, _)) => Ok(None),
@@ -581,8 +584,8 @@ impl LookerClient {
 
     /// Parses a `json` result and refuses it unless it is provably complete. (Conversion runs
     /// first so a `looker_error` result is reported as the query failure it is.)
-    fn complete_rows(&self, body: &[u8]) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
-        let (cols, rows) = parse_json_rows_streaming(body)?;
+    fn complete_rows(&self, body: Body) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
+        let (cols, rows) = body.into_rows()?;
         check_complete(self.settings(), rows.len())?;
         Ok((cols, rows))
     }
@@ -609,6 +612,36 @@ impl LookerClient {
         json: Option<&serde_json::Value>,
         what: &str,
     ) -> Result<(StatusCode, Vec<u8>), LookerError> {
+        match self.call_body(method, url, json, what, false).await? {
+            (status, Body::Bytes(bytes)) => Ok((status, bytes)),
+            // Not asked for: `rows` is false.
+            (status, Body::Rows(_)) => Ok((status, Vec::new())),
+        }
+    }
+
+    /// A call whose 200 answer is a `json` result: its rows, parsed while the body arrives.
+    async fn call_rows(
+        &self,
+        method: Method,
+        url: Url,
+        json: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<Body, LookerError> {
+        self.call_body(method, url, json, what, true)
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// [`Self::call_status`]; with `rows`, a 200 body is streamed into the row parser
+    /// ([`read_json_rows`]) instead of being read whole.
+    async fn call_body(
+        &self,
+        method: Method,
+        url: Url,
+        json: Option<&serde_json::Value>,
+        what: &str,
+        rows: bool,
+    ) -> Result<(StatusCode, Body), LookerError> {
         let inner = &*self.inner;
         let label = format!("{method} {}", url.path());
         let mut relogged = false;
@@ -674,13 +707,18 @@ impl LookerClient {
                 .get(LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            if rows && status == StatusCode::OK {
+                let parsed = read_json_rows(resp, &label).await?;
+                tracing::debug!(target: "looker", "{label}: {status}, rows read while streaming");
+                return Ok((status, Body::Rows(parsed)));
+            }
             let body = resp
                 .bytes()
                 .await
                 .map_err(|e| LookerError::transport(&label, e))?;
             if status.is_success() {
                 tracing::debug!(target: "looker", "{label}: {status} {} bytes", body.len());
-                return Ok((status, body.into()));
+                return Ok((status, Body::Bytes(body.into())));
             }
             return Err(classify(
                 status,
@@ -690,6 +728,22 @@ impl LookerClient {
                 location,
                 &inner.settings,
             ));
+        }
+    }
+}
+
+/// A successful answer: the bytes, or (for a `json` result read while streaming) its rows.
+enum Body {
+    Bytes(Vec<u8>),
+    Rows(ParsedRows),
+}
+
+impl Body {
+    /// The result's columns and rows, parsing the bytes when the body was not streamed.
+    fn into_rows(self) -> ParsedRows {
+        match self {
+            Body::Bytes(bytes) => parse_json_rows_streaming(&bytes),
+            Body::Rows(parsed) => parsed,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! order (not via a sorted map) so column order for Looks can follow what Looker sent.
 
 use std::fmt;
+use std::io::{BufReader, Read};
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -151,7 +152,7 @@ pub fn parse_json_rows_streaming(
 ) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
     let mut state = StreamState::default();
     let mut de = serde_json::Deserializer::from_slice(body);
-    let outcome = RowsSeed { state: &mut state }
+    let outcome = RowsSeed::<false> { state: &mut state }
         .deserialize(&mut de)
         .and_then(|()| de.end());
     if let Some(failure) = state.failure.take() {
@@ -163,6 +164,137 @@ pub fn parse_json_rows_streaming(
     })?;
     Ok(state.rows.finish())
 }
+
+/// Parses a `json` result from a reader (the network body as it arrives), with the same rules
+/// and errors as [`parse_json_rows_streaming`]; only the rows and a small read buffer are
+/// held, never the whole body.
+pub fn parse_json_rows_from_reader<R: Read>(
+    reader: R,
+) -> Result<(Vec<String>, Vec<SourceRow>), LookerError> {
+    let mut head = HeadRecorder {
+        inner: reader,
+        head: Vec::new(),
+    };
+    let mut state = StreamState::default();
+    let outcome = {
+        let mut de =
+            serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, &mut head));
+        RowsSeed::<true> { state: &mut state }
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
+    };
+    if let Some(failure) = state.failure.take() {
+        return Err(failure);
+    }
+    outcome.map_err(|e| {
+        // The parser may have stopped within the first bytes: read up to what is quoted.
+        let mut scratch = [0u8; HEAD_BYTES];
+        while head.head.len() < HEAD_BYTES {
+            match head.read(&mut scratch[..HEAD_BYTES - head.head.len()]) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        LookerError::Parse {
+            what: "json result".into(),
+            message: describe_json_error(&head.head, &e),
+        }
+    })?;
+    Ok(state.rows.finish())
+}
+
+/// Keeps the first bytes read, for the "body starts with" part of error messages.
+struct HeadRecorder<R> {
+    inner: R,
+    head: Vec<u8>,
+}
+
+impl<R: Read> Read for HeadRecorder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let room = HEAD_BYTES.saturating_sub(self.head.len()).min(n);
+        self.head.extend_from_slice(&buf[..room]);
+        Ok(n)
+    }
+}
+
+/// How much of a body error messages quote.
+const HEAD_BYTES: usize = 120;
+
+/// A blocking [`Read`] over body chunks sent from the async side through a bounded channel.
+struct ChunkReader<B> {
+    rx: tokio::sync::mpsc::Receiver<B>,
+    current: Option<B>,
+    pos: usize,
+}
+
+impl<B: AsRef<[u8]>> Read for ChunkReader<B> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(chunk) = &self.current {
+                let rest = &chunk.as_ref()[self.pos..];
+                if !rest.is_empty() {
+                    let n = rest.len().min(buf.len());
+                    buf[..n].copy_from_slice(&rest[..n]);
+                    self.pos += n;
+                    return Ok(n);
+                }
+            }
+            match self.rx.blocking_recv() {
+                Some(chunk) => {
+                    self.current = Some(chunk);
+                    self.pos = 0;
+                }
+                // Sender dropped: the body ended (or the transfer failed; the caller knows).
+                None => return Ok(0),
+            }
+        }
+    }
+}
+
+/// Reads a `json` result body from the network into rows as it arrives: chunks go through a
+/// small bounded channel to [`parse_json_rows_from_reader`] on a blocking thread, so at most
+/// a few chunks of the body are in memory, never all of it. The outer error is a transfer
+/// failure (`label` names the request), reported before any parse error it caused; the inner
+/// result is the parse, like [`parse_json_rows_streaming`]'s.
+pub(crate) async fn read_json_rows(
+    mut resp: reqwest::Response,
+    label: &str,
+) -> Result<ParsedRows, LookerError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let parser = tokio::task::spawn_blocking(move || {
+        parse_json_rows_from_reader(ChunkReader {
+            rx,
+            current: None,
+            pos: 0,
+        })
+    });
+    let mut transfer = Ok(());
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if tx.send(chunk).await.is_err() {
+                    break; // the parser stopped early: its error says why
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                transfer = Err(LookerError::transport(label, e));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let parsed = parser.await.map_err(|e| LookerError::Parse {
+        what: "json result".into(),
+        message: format!("the row parser stopped: {e}"),
+    });
+    transfer?;
+    Ok(parsed.and_then(|r| r))
+}
+
+/// A parse result: the columns seen and the rows, or why the body is not a result.
+pub(crate) type ParsedRows = Result<(Vec<String>, Vec<SourceRow>), LookerError>;
 
 #[derive(Default)]
 struct StreamState {
@@ -179,25 +311,27 @@ impl StreamState {
     }
 }
 
-struct RowsSeed<'a> {
+/// `OWNED`: cells are read as owned raw literals (a reader cannot lend its buffer); otherwise
+/// they are borrowed from the body slice.
+struct RowsSeed<'a, const OWNED: bool> {
     state: &'a mut StreamState,
 }
 
-impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
+impl<'de, const OWNED: bool> DeserializeSeed<'de> for RowsSeed<'_, OWNED> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for RowsSeed<'_> {
+impl<'de, const OWNED: bool> Visitor<'de> for RowsSeed<'_, OWNED> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON array of row objects")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq
-            .next_element_seed(RowSeed {
+            .next_element_seed(RowSeed::<OWNED> {
                 state: &mut *self.state,
             })?
             .is_some()
@@ -206,18 +340,18 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
     }
 }
 
-struct RowSeed<'a> {
+struct RowSeed<'a, const OWNED: bool> {
     state: &'a mut StreamState,
 }
 
-impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+impl<'de, const OWNED: bool> DeserializeSeed<'de> for RowSeed<'_, OWNED> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for RowSeed<'_> {
+impl<'de, const OWNED: bool> Visitor<'de> for RowSeed<'_, OWNED> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a row object keyed by field name")
@@ -226,7 +360,13 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         let state = self.state;
         let index = state.rows.len();
         while let Some(field) = map.next_key::<String>()? {
-            let raw: &'de RawValue = map.next_value()?;
+            let owned: Box<RawValue>;
+            let raw: &RawValue = if OWNED {
+                owned = map.next_value()?;
+                &owned
+            } else {
+                map.next_value::<&'de RawValue>()?
+            };
             if field == "looker_error" {
                 let msg = serde_json::from_str::<String>(raw.get())
                     .unwrap_or_else(|_| raw.get().to_string());
@@ -439,6 +579,70 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("duplicate field `a`"), "{e}");
+    }
+
+    /// Hands out one byte per read: the reader parser must not depend on chunk boundaries.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match (self.0.split_first(), buf.first_mut()) {
+                (Some((b, rest)), Some(slot)) => {
+                    *slot = *b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    fn without_position(message: &str) -> String {
+        match (message.find(" at line "), message.find(" (body starts")) {
+            (Some(at), Some(body)) if at < body => {
+                format!("{}{}", &message[..at], &message[body..])
+            }
+            _ => message.to_string(),
+        }
+    }
+
+    #[test]
+    fn reader_parser_matches_the_slice_parser() {
+        let bodies: [&[u8]; 9] = [
+            br#"[
+              {"a.amount": 0.30000000000000004, "a.name": "x\"y\u00e9", "a.flag": true, "a.n": null},
+              {"a.name": "", "a.amount": 1e3, "a.extra": -0.0001}
+            ]"#,
+            b"[]",
+            br#"{"message":"Not found","documentation_url":"x"}"#,
+            b"<html>proxy error</html>",
+            b"[1,2]",
+            br#"[{"a":1}"#,
+            br#"[{"a":1,"a":2}]"#,
+            br#"[{"a":{"pivot":1}}]"#,
+            br#"[{"looker_error":"SQL Error: invalid identifier"}]"#,
+        ];
+        for body in bodies {
+            let from_slice = parse_json_rows_streaming(body);
+            let from_reader = parse_json_rows_from_reader(Trickle(body));
+            match (&from_slice, &from_reader) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                // The same error and quote; a reader may report the column one byte apart.
+                (Err(a), Err(b)) => assert_eq!(
+                    without_position(&a.to_string()),
+                    without_position(&b.to_string())
+                ),
+                _ => panic!("{from_slice:?} vs {from_reader:?}"),
+            }
+        }
+        let (columns, rows) = parse_json_rows_from_reader(Trickle(bodies[0])).unwrap();
+        assert_eq!(columns, ["a.amount", "a.name", "a.flag", "a.n", "a.extra"]);
+        assert_eq!(rows[1].get("a.amount"), Some(&dec("1000")));
+        assert_eq!(
+            rows[0].get("a.name"),
+            Some(&Cell::Text("x\"y\u{e9}".into()))
+        );
+        assert_eq!(rows[1].get("a.flag"), None);
     }
 
     #[test]
