@@ -130,19 +130,43 @@ impl Progress for SlowAfterFirstWrite<'_> {
     }
 }
 
-fn many_vouchers(c: &mut InstanceConfig) {
-    // Every row its own voucher, one voucher per `$batch`: many small requests.
-    c.journal.voucher_by = VoucherBy::Row;
-    c.journal.max_voucher_lines = 3;
-    c.d365.batch_operations = 3;
-    c.d365.posting = Posting::Batch;
+fn many_vouchers(posting: Posting) -> impl Fn(&mut InstanceConfig) + Copy {
+    move |c: &mut InstanceConfig| {
+        // Every row its own voucher, one voucher per `$batch`: many small requests.
+        c.journal.voucher_by = VoucherBy::Row;
+        c.journal.max_voucher_lines = 3;
+        c.d365.batch_operations = 3;
+        c.d365.posting = posting;
+    }
+}
+
+/// Line writes D365 received: `$batch` requests, or single line POSTs.
+fn line_writes(w: &World, posting: Posting) -> usize {
+    match posting {
+        Posting::Batch => w.d365.batch_request_count(),
+        Posting::Lines => w
+            .d365
+            .request_log()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/LedgerJournalLines"))
+            .count(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_mid_post_interrupts_cleanly_and_replay_finishes_exactly_once() {
+    interrupt_then_replay(Posting::Batch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_mid_post_line_by_line_interrupts_and_replay_finishes() {
+    interrupt_then_replay(Posting::Lines).await;
+}
+
+async fn interrupt_then_replay(posting: Posting) {
     // What a run without any deadline leaves in D365.
     let expected = {
-        let r = World::start(many_vouchers).await;
+        let r = World::start(many_vouchers(posting)).await;
         let clients = build_clients(&r.config, &creds()).expect("clients");
         let engine = Engine {
             extractor: &clients.looker,
@@ -158,7 +182,7 @@ async fn deadline_mid_post_interrupts_cleanly_and_replay_finishes_exactly_once()
         e
     };
 
-    let w = World::start(many_vouchers).await;
+    let w = World::start(many_vouchers(posting)).await;
     let clients = build_clients(&w.config, &creds()).expect("clients");
     let progress = SlowAfterFirstWrite {
         world: &w,
@@ -252,7 +276,7 @@ async fn deadline_mid_post_interrupts_cleanly_and_replay_finishes_exactly_once()
         .iter()
         .map(|l| (l.batch_number.clone(), l.voucher.clone()))
         .collect();
-    let writes_before = w.d365.batch_request_count();
+    let writes_before = line_writes(&w, posting);
     let replayed = engine
         .replay(&w.config, &run_id, ChronoDuration::minutes(5))
         .await
@@ -265,13 +289,14 @@ async fn deadline_mid_post_interrupts_cleanly_and_replay_finishes_exactly_once()
     );
     let problems = check(&w, &expected, &run_id, &[RunStatus::Completed]).await;
     assert!(problems.is_empty(), "{problems:#?}");
-    // Only the missing vouchers were sent again (one `$batch` each).
-    let sent = w.d365.batch_request_count() - writes_before;
-    assert_eq!(
-        sent,
-        expected.vouchers.len() - vouchers_before.len(),
-        "replay re-sent vouchers that were already in D365"
-    );
+    // Only what was missing was sent again: one `$batch` per missing voucher, or one POST per
+    // missing line.
+    let sent = line_writes(&w, posting) - writes_before;
+    let missing = match posting {
+        Posting::Batch => expected.vouchers.len() - vouchers_before.len(),
+        Posting::Lines => expected.lines.len() - in_d365,
+    };
+    assert_eq!(sent, missing, "replay re-sent what was already in D365");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
