@@ -180,10 +180,32 @@ pub async fn send_with_retry<F>(
     build: F,
     policy: &RetryPolicy,
     idempotency: Idempotency,
-    mut on_retry: impl FnMut(&str),
+    on_retry: impl FnMut(&str),
 ) -> Result<Response, reqwest::Error>
 where
     F: Fn() -> RequestBuilder,
+{
+    send_with_retry_paced(build, policy, idempotency, on_retry, || async {
+        Ok::<(), Duration>(())
+    })
+    .await
+}
+
+/// [`send_with_retry`] that also calls `pace` before every retry, after its wait (e.g. a
+/// client-side rate limit, so each attempt counts, not only the first). `pace` answers
+/// `Err(wait it would need)` when that wait would end past the deadline: the last answer is then
+/// returned marked [`OutOfTime`], as for a wait of the retry policy itself.
+pub async fn send_with_retry_paced<F, P, Fut>(
+    build: F,
+    policy: &RetryPolicy,
+    idempotency: Idempotency,
+    mut on_retry: impl FnMut(&str),
+    mut pace: P,
+) -> Result<Response, reqwest::Error>
+where
+    F: Fn() -> RequestBuilder,
+    P: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Duration>>,
 {
     let mut attempt = 1;
     loop {
@@ -231,6 +253,24 @@ where
             attempt + 1
         ));
         tokio::time::sleep(wait).await;
+        if let Err(needed) = pace().await {
+            let left = policy
+                .deadline
+                .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+                .unwrap_or_default();
+            let mark = OutOfTime {
+                wanted: needed,
+                retry_after: None,
+                left,
+            };
+            on_retry(&format!(
+                "{what}; not retrying: the client-side limit: {mark}"
+            ));
+            return why.map(|mut r| {
+                r.extensions_mut().insert(mark);
+                r
+            });
+        }
         attempt += 1;
     }
 }

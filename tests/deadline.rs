@@ -385,3 +385,32 @@ fn lambda_deadline_margin_is_configurable_and_bounds_the_work_deadline() {
         assert_eq!(left, Duration::ZERO);
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d365_throttle_counts_every_retry() {
+    let w = World::start(|c| {
+        c.d365.max_requests_per_window = 2;
+        c.d365.window_secs = 1;
+    })
+    .await;
+    let clients = build_clients(&w.config, &creds()).expect("clients");
+    clients
+        .d365
+        .token_check()
+        .await
+        .expect("token and a first read");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // that read leaves the window
+    let before = w.d365.fno_request_count();
+    // Two 429s that ask for no wait at all: three attempts, but only two fit in a window.
+    w.d365.throttle_next(2, Some(0));
+    let t0 = Instant::now();
+    within(Duration::from_secs(20), clients.d365.token_check())
+        .await
+        .expect("third attempt succeeds");
+    let elapsed = t0.elapsed();
+    assert_eq!(w.d365.fno_request_count() - before, 3);
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "the retry was not throttled: {elapsed:?}"
+    );
+}

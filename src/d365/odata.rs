@@ -18,7 +18,7 @@ use url::Url;
 use super::entra::TokenCache;
 use super::error::{parse_error_body, summarize_body, D365Error};
 use super::names;
-use crate::http::{send_with_retry, Idempotency, RetryPolicy};
+use crate::http::{send_with_retry_paced, Idempotency, RetryPolicy};
 use crate::rate::RateLimiter;
 use crate::secrets::Secret;
 
@@ -212,8 +212,8 @@ pub(crate) struct OData {
     /// A permit is held from sending until the answer's body is read (retries and the 401
     /// refresh included); token requests to Entra are not counted.
     pub gate: std::sync::Arc<tokio::sync::Semaphore>,
-    /// Requests per window ([`super::D365Settings::max_requests_per_window`]), counted when a
-    /// request is first sent (its own 429 retries are paced by `Retry-After` instead).
+    /// Requests per window ([`super::D365Settings::max_requests_per_window`]), counted for
+    /// every attempt, retries included.
     pub limiter: std::sync::Arc<RateLimiter>,
 }
 
@@ -501,11 +501,21 @@ impl OData {
             }
             rb
         };
-        let result = send_with_retry(
+        // Every retry counts against the request throttle too (the first attempt was counted
+        // in `send`).
+        let pace = || async {
+            self.limiter
+                .acquire_until(self.retry.deadline)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.wait)
+        };
+        let result = send_with_retry_paced(
             build,
             &self.retry,
             idempotency,
             |msg| tracing::warn!(target: "d365::odata", entity, method = %method, "{msg}"),
+            pace,
         )
         .await;
         match result {
