@@ -22,7 +22,7 @@ use super::results::{
 use super::settings::{ExtractPath, LookerSettings};
 use crate::domain::config::InlineQuery;
 use crate::domain::source::{Extract, SourceRef, SourceRow};
-use crate::http::{send_with_retry, Idempotency};
+use crate::http::{send_with_retry_paced, Idempotency};
 
 /// A saved Look and the query behind it (`GET /looks/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -670,7 +670,7 @@ impl LookerClient {
                     what: label.clone(),
                     detail: e.to_string(),
                 })?;
-            let resp = send_with_retry(
+            let resp = send_with_retry_paced(
                 || {
                     let rb = inner
                         .http
@@ -686,6 +686,15 @@ impl LookerClient {
                 &retry,
                 Idempotency::Safe,
                 |msg| tracing::warn!(target: "looker", "{label}: {msg}"),
+                // Retries count against the rate limit too, not only the first attempt.
+                || async {
+                    inner
+                        .limiter
+                        .acquire_until(deadline)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.wait)
+                },
             )
             .await
             .map_err(|e| LookerError::transport(&label, e))?;
