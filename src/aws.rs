@@ -38,16 +38,33 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(25);
 /// [`deferred_tls_https_client`], so the TLS set-up happens once, on the first AWS request,
 /// not during the Lambda init.
 pub async fn aws_sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+    let loader = aws_config::defaults(BehaviorVersion::latest())
         .http_client(deferred_tls_https_client())
         .timeout_config(
             TimeoutConfig::builder()
                 .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .operation_timeout(OPERATION_TIMEOUT)
                 .build(),
+        );
+    // Lambda puts the function role's credentials in the environment. The default chain would
+    // return exactly those (the environment is its first source) but first builds every other
+    // provider (profile files, web identity with its STS client, ECS, IMDS) at init.
+    let loader = if env_has_credentials(|k| std::env::var(k).ok()) {
+        loader.credentials_provider(
+            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
         )
-        .load()
-        .await
+    } else {
+        loader
+    };
+    loader.load().await
+}
+
+/// Whether `env` holds the static credentials the SDK's environment provider accepts: an
+/// access key id and a secret key (`AWS_SECRET_ACCESS_KEY`, or its older name
+/// `SECRET_ACCESS_KEY`), both non-empty.
+fn env_has_credentials(env: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
+    set("AWS_ACCESS_KEY_ID") && (set("AWS_SECRET_ACCESS_KEY") || set("SECRET_ACCESS_KEY"))
 }
 
 /// The SDK's default HTTPS client (hyper 1.x, rustls with aws-lc, proxy settings from the
@@ -94,5 +111,36 @@ impl HttpClient for DeferredTls {
         &self,
     ) -> Option<aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata> {
         self.0.connector_metadata()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::env_has_credentials;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn static_credentials_in_the_environment() {
+        assert!(env_has_credentials(env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("AWS_SECRET_ACCESS_KEY", "s")
+        ])));
+        assert!(env_has_credentials(env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("SECRET_ACCESS_KEY", "s")
+        ])));
+        assert!(!env_has_credentials(env(&[("AWS_ACCESS_KEY_ID", "AKIA")])));
+        assert!(!env_has_credentials(env(&[
+            ("AWS_ACCESS_KEY_ID", " "),
+            ("AWS_SECRET_ACCESS_KEY", "s")
+        ])));
+        assert!(!env_has_credentials(env(&[])));
     }
 }
