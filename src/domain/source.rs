@@ -4,7 +4,7 @@
 //! such as `0.30000000000000004` arrives exactly as Looker wrote it.
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -175,33 +175,39 @@ impl SourceRow {
     /// Those are the bytes earlier versions hashed through `serde_json`, written straight
     /// into the hasher instead: the same extract keeps the same run key across the upgrade.
     pub fn hash_bytes(&self) -> [u8; 16] {
-        let mut h = Sha256::new();
+        self.hash_bytes_with(&mut Vec::new())
+    }
+
+    /// [`Self::hash_bytes`] with a caller's scratch buffer: the row's bytes are gathered first
+    /// and hashed in one call (many small `update` calls cost more than the hashing itself).
+    pub fn hash_bytes_with(&self, buf: &mut Vec<u8>) -> [u8; 16] {
+        buf.clear();
         for (k, v) in self.iter() {
-            h.update(k.as_bytes());
-            h.update([0u8]);
+            buf.extend_from_slice(k.as_bytes());
+            buf.push(0);
             match v {
-                Cell::Null => h.update(br#"{"t":"null"}"#),
+                Cell::Null => buf.extend_from_slice(br#"{"t":"null"}"#),
                 Cell::Bool(b) => {
-                    h.update(br#"{"t":"bool","v":"#);
-                    h.update(if *b { &b"true"[..] } else { &b"false"[..] });
-                    h.update(b"}");
+                    buf.extend_from_slice(br#"{"t":"bool","v":"#);
+                    buf.extend_from_slice(if *b { b"true" } else { b"false" });
+                    buf.push(b'}');
                 }
                 Cell::Text(s) => {
-                    h.update(br#"{"t":"text","v":""#);
-                    update_json_string(&mut h, s);
-                    h.update(br#""}"#);
+                    buf.extend_from_slice(br#"{"t":"text","v":""#);
+                    push_json_string(buf, s);
+                    buf.extend_from_slice(br#""}"#);
                 }
                 Cell::Number(d) => {
-                    h.update(br#"{"t":"number","v":""#);
-                    // Infallible: HashWriter never fails. Display is the decimal's string form.
-                    let _ = write!(HashWriter(&mut h), "{d}");
-                    h.update(br#""}"#);
+                    buf.extend_from_slice(br#"{"t":"number","v":""#);
+                    // Writing to a Vec cannot fail. Display is the decimal's string form.
+                    let _ = std::io::Write::write_fmt(buf, format_args!("{d}"));
+                    buf.extend_from_slice(br#""}"#);
                 }
             }
-            h.update([0xffu8]);
+            buf.push(0xff);
         }
         let mut out = [0u8; 16];
-        out.copy_from_slice(&h.finalize()[..16]);
+        out.copy_from_slice(&Sha256::digest(&buf[..])[..16]);
         out
     }
 }
@@ -288,7 +294,7 @@ impl RowsBuilder {
 
 /// The inside of a JSON string literal for `s`, escaped exactly as `serde_json` does (`"`,
 /// `\\`, the short escapes for b f n r t, `\u00xx` for other control characters; nothing else).
-fn update_json_string(h: &mut Sha256, s: &str) {
+fn push_json_string(buf: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -302,8 +308,8 @@ fn update_json_string(h: &mut Sha256, s: &str) {
             0x08 => b"\\b",
             0x0c => b"\\f",
             0x00..=0x1f => {
-                h.update(&bytes[start..i]);
-                h.update([
+                buf.extend_from_slice(&bytes[start..i]);
+                buf.extend_from_slice(&[
                     b'\\',
                     b'u',
                     b'0',
@@ -316,21 +322,11 @@ fn update_json_string(h: &mut Sha256, s: &str) {
             }
             _ => continue,
         };
-        h.update(&bytes[start..i]);
-        h.update(short);
+        buf.extend_from_slice(&bytes[start..i]);
+        buf.extend_from_slice(short);
         start = i + 1;
     }
-    h.update(&bytes[start..]);
-}
-
-/// Feeds `Display` output into a hasher without an intermediate `String`.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl fmt::Write for HashWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.update(s.as_bytes());
-        Ok(())
-    }
+    buf.extend_from_slice(&bytes[start..]);
 }
 
 /// Rows compare by position and content, not by how their column lists are laid out.
@@ -434,9 +430,10 @@ impl Extract {
     pub fn content_hash(&self) -> String {
         let mut h = Sha256::new();
         let mut hex_buf = [0u8; 32];
+        let mut scratch = Vec::with_capacity(512);
         for r in &self.rows {
             // Infallible: the buffer is exactly twice the 16 hashed bytes.
-            let _ = hex::encode_to_slice(r.hash_bytes(), &mut hex_buf);
+            let _ = hex::encode_to_slice(r.hash_bytes_with(&mut scratch), &mut hex_buf);
             h.update(hex_buf);
         }
         hex::encode(h.finalize())
