@@ -397,11 +397,18 @@ async fn throttling_is_honoured() {
 struct FailAfter<'a> {
     inner: &'a dyn LedgerGateway,
     ok_lines: std::sync::atomic::AtomicUsize,
+    /// Reading reference data (accounts, dimensions, periods) fails: nothing can be validated.
+    reference_fails: bool,
 }
 
 #[async_trait]
 impl LedgerGateway for FailAfter<'_> {
     async fn reference(&self, le: &str) -> Result<ReferenceData, LedgerError> {
+        if self.reference_fails {
+            return Err(LedgerError::Other(
+                "simulated outage while reading reference data".into(),
+            ));
+        }
         self.inner.reference(le).await
     }
     async fn find_headers(&self, le: &str, p: &str) -> Result<Vec<LedgerHeader>, LedgerError> {
@@ -430,6 +437,7 @@ async fn a_run_that_failed_midway_is_replayed_posting_exactly_the_missing_lines(
     let failing = FailAfter {
         inner: &clients.d365,
         ok_lines: std::sync::atomic::AtomicUsize::new(5),
+        reference_fails: false,
     };
     let engine = Engine {
         extractor: &clients.looker,
@@ -598,4 +606,47 @@ async fn an_environment_refusing_the_batch_request_gets_lines_one_by_one() {
         1,
         "one refused $batch, then single POSTs"
     );
+}
+
+/// A run that failed before validation (D365's reference data could not be read) has its lines
+/// recorded but never checked: replaying it must refuse, not post unvalidated lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_failed_before_validation_is_not_replayed() {
+    let w = World::start().await;
+    let clients = w.clients();
+    let outage = FailAfter {
+        inner: &clients.d365,
+        ok_lines: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        reference_fails: true,
+    };
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &outage,
+        store: &w.store,
+        progress: &NoProgress,
+    };
+    let report = engine.run(&w.config, &w.options(Mode::Post)).await.unwrap();
+    assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.run.message);
+    let run_id = report.run.run_id.clone();
+    let healthy = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &w.store,
+        progress: &NoProgress,
+    };
+    let err = match healthy
+        .replay(&w.config, &run_id, chrono::Duration::minutes(5))
+        .await
+    {
+        Ok(r) => panic!("replay of an unvalidated run was accepted: {:?}", r.outcome),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("before its validation"), "{err}");
+    assert!(w.d365.headers().is_empty() && w.d365.lines().is_empty());
+    // A fresh run with D365 reachable validates and posts.
+    let again = healthy
+        .run(&w.config, &w.options(Mode::Post))
+        .await
+        .unwrap();
+    assert_eq!(again.outcome, Outcome::Posted, "{:?}", again.run.message);
 }

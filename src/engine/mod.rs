@@ -689,13 +689,15 @@ impl<'a> Engine<'a> {
             );
             return Err(EngineError::Config(msg));
         }
-        if run.status == RunStatus::Started
-            && !self
-                .store
-                .events(run_id)
-                .await?
-                .iter()
-                .any(|e| e.kind == VALIDATED_EVENT)
+        // Only lines that passed validation may ever be sent: a run that failed while reading
+        // D365's reference data (or was killed before validating) has its lines recorded but
+        // never checked, whatever its status says.
+        if !self
+            .store
+            .events(run_id)
+            .await?
+            .iter()
+            .any(|e| e.kind == VALIDATED_EVENT)
         {
             return Err(EngineError::Config(format!(
                 "run {run_id} stopped before its validation finished; nothing of it was posted — start a new run instead of replaying it"
