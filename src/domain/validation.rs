@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, JournalLine, LedgerAccount, LineKind};
 use super::money::CurrencyPrecision;
-use super::reference::{
-    active_on, DimensionValue, PeriodStatus, ReferenceData, VoucherAllocation,
-};
+use super::reference::{active_on, DimensionValue, PeriodStatus, ReferenceData, VoucherAllocation};
 
 /// One problem, naming where it is: a source row, a journal line, or a config key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
