@@ -10,6 +10,10 @@ use tokio::time::Instant;
 /// Time always kept back for recording the stop (audit event, run status, lock release).
 pub const STOP_RESERVE: Duration = Duration::from_secs(1);
 
+/// The least a write step is assumed to take, so the first write (nothing measured yet) is not
+/// started with only the reserve left.
+pub const MIN_STEP_ESTIMATE: Duration = Duration::from_secs(2);
+
 /// A deadline plus what the slowest write so far took (the estimate of the next one).
 #[derive(Debug)]
 pub(crate) struct Budget {
@@ -36,11 +40,13 @@ impl Budget {
     }
 
     /// `Some(time left)` when the next step might not finish before the deadline: time left is
-    /// below the slowest step so far (×1.5) plus [`STOP_RESERVE`]. `None`: go ahead.
+    /// below the slowest step so far (at least [`MIN_STEP_ESTIMATE`], ×1.5) plus
+    /// [`STOP_RESERVE`]. `None`: go ahead.
     pub(crate) fn short(&self) -> Option<Duration> {
         let deadline = self.deadline?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let slowest = Duration::from_millis(self.slowest_ms.load(Ordering::Relaxed));
+        let slowest =
+            Duration::from_millis(self.slowest_ms.load(Ordering::Relaxed)).max(MIN_STEP_ESTIMATE);
         let needed = slowest + slowest / 2 + STOP_RESERVE;
         (left < needed).then_some(left)
     }
@@ -64,5 +70,14 @@ mod tests {
 
         let b = Budget::new(Some(Instant::now() + Duration::from_millis(500)));
         assert!(b.short().is_some(), "less than the reserve left");
+
+        // Nothing measured yet: the first write still needs the minimum estimate (2 s × 1.5 + 1 s).
+        let b = Budget::new(Some(Instant::now() + Duration::from_millis(3500)));
+        assert!(
+            b.short().is_some(),
+            "3.5 s is less than the first write's 4 s"
+        );
+        let b = Budget::new(Some(Instant::now() + Duration::from_millis(4500)));
+        assert_eq!(b.short(), None);
     }
 }

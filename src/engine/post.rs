@@ -78,6 +78,9 @@ impl Engine<'_> {
         let total: usize = by_journal.values().map(Vec::len).sum();
         let mut done = 0usize;
         let mut summaries = Vec::new();
+        // Whether each entity's journal name wants manual vouchers: read once per entity, not
+        // once per part (the reference read pages through every account and dimension value).
+        let mut manual_vouchers: BTreeMap<String, bool> = BTreeMap::new();
         for ((le, part), mut lines) in by_journal {
             lines.sort_by_key(|l| l.line.line_no);
             // Boxed: the journal's state machine is large, and inlining it into every caller's
@@ -91,6 +94,7 @@ impl Engine<'_> {
                 &mut done,
                 total,
                 budget,
+                &mut manual_vouchers,
             ));
             match journal.await {
                 Ok(s) => summaries.push(s),
@@ -165,6 +169,7 @@ impl Engine<'_> {
         done: &mut usize,
         total: usize,
         budget: &Budget,
+        manual_cache: &mut BTreeMap<String, bool>,
     ) -> Result<PostSummary, Stop> {
         let run_id = run.run_id.clone();
         let failed = |what: &str, e: LedgerError| Stop::Failed(format!("{what} in {le}: {e}"));
@@ -271,11 +276,13 @@ impl Engine<'_> {
                         .await);
                 }
                 let description = render_description(config, &key, &run.period);
-                match self
+                let started = tokio::time::Instant::now();
+                let created = self
                     .ledger
                     .create_header(le, &config.journal.journal_name, &description)
-                    .await
-                {
+                    .await;
+                budget.took(started);
+                match created {
                     Ok(h) => (h, true),
                     Err(LedgerError::OutcomeUnknown(m)) => {
                         // Did it land? Ask D365 before anything else.
@@ -348,17 +355,21 @@ impl Engine<'_> {
                 "journal {le}/{batch} was posted in D365 before all lines were written ({missing} missing); posted journals cannot be changed — reverse it and run again"
             )));
         }
-        let manual_vouchers = if missing > 0 {
-            match self.ledger.reference(le).await {
-                Ok(r) => r
-                    .journal_names
-                    .get(&config.journal.journal_name)
-                    .map(|j| j.voucher_allocation == VoucherAllocation::Manual)
-                    .unwrap_or(false),
+        let manual_vouchers = match manual_cache.get(le) {
+            _ if missing == 0 => false,
+            Some(&manual) => manual,
+            None => match self.ledger.reference(le).await {
+                Ok(r) => {
+                    let manual = r
+                        .journal_names
+                        .get(&config.journal.journal_name)
+                        .map(|j| j.voucher_allocation == VoucherAllocation::Manual)
+                        .unwrap_or(false);
+                    manual_cache.insert(le.to_string(), manual);
+                    manual
+                }
                 Err(e) => return Err(failed("could not read the journal name", e)),
-            }
-        } else {
-            false
+            },
         };
         let voucher_of = |rec: &LineRecord| {
             manual_vouchers.then(|| format!("MLC{}-{:04}", keys.period_key, rec.line.voucher))
@@ -571,6 +582,19 @@ impl Engine<'_> {
                     )))
                 }
             };
+            // One outcome per voucher, one created row per line: anything else would leave lines
+            // unmarked and the next round would send them again. Stop; replay reconciles first.
+            let shape_ok = outcomes.len() == groups.len()
+                && groups.iter().zip(&outcomes).all(|((_, idx), o)| match o {
+                    VoucherOutcome::Created(rows) => rows.len() == idx.len(),
+                    _ => true,
+                });
+            if !shape_ok {
+                return Err(Stop::Failed(format!(
+                    "D365 answered the `$batch` for journal {le}/{batch} with outcomes that do not match the {} voucher(s) sent; nothing is re-sent — replay run {run_id} to reconcile",
+                    groups.len()
+                )));
+            }
             let mut unknown = None;
             for ((voucher, idx), outcome) in groups.iter().zip(outcomes) {
                 match outcome {
