@@ -96,6 +96,11 @@ pub enum LedgerError {
     /// Anything else on a read (network, throttling exhausted, unexpected response).
     #[error("{0}")]
     Other(String),
+    /// The caller's deadline came first: the request was not sent, or was refused before
+    /// processing (429) and its retry would have outlived the deadline. Nothing was applied; the
+    /// run stops resumably (`interrupted`), not as a failure.
+    #[error("{0}")]
+    OutOfTime(String),
 }
 
 /// What happened to one voucher posted atomically (an OData `$batch` changeset).
@@ -108,6 +113,9 @@ pub enum VoucherOutcome {
     /// Not sent or not processed (an earlier voucher failed, or throttling persisted): nothing
     /// of it exists; safe to send again later.
     NotProcessed(String),
+    /// Not sent, or refused before processing, because the caller's deadline came first: nothing
+    /// of it exists; send it again in a later invocation.
+    OutOfTime(String),
     /// The outcome is unknown (timeout, 5xx, dropped connection): read D365 before anything else.
     Unknown(String),
 }

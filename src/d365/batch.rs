@@ -90,6 +90,9 @@ pub enum ChangesetOutcome {
     /// has an unknown outcome, or the request was refused before processing (throttling
     /// exhausted, unreachable, authentication). `reason` says which.
     NotProcessed { reason: String },
+    /// Not applied: the request was not sent, or was throttled and its retry would have outlived
+    /// the client's deadline ([`D365Error::OutOfTime`]). Safe to send again later.
+    OutOfTime { reason: String },
     /// The request's outcome is unknown (5xx, timeout, dropped connection, unreadable answer):
     /// the lines may or may not exist. Read the journal back before doing anything else.
     Unknown { detail: String },
@@ -201,6 +204,12 @@ impl D365Client {
                 return all(&sets, || ChangesetOutcome::Unknown {
                     detail: detail.clone(),
                 })
+            }
+            Err(e @ D365Error::OutOfTime { .. }) => {
+                let reason = e.to_string();
+                return all(&sets, || ChangesetOutcome::OutOfTime {
+                    reason: reason.clone(),
+                });
             }
             Err(e) => {
                 // Unreachable, auth, configuration: refused before anything was processed.

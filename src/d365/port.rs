@@ -18,6 +18,7 @@ impl From<D365Error> for LedgerError {
                 LedgerError::Rejected(e.to_string())
             }
             D365Error::OutcomeUnknown { .. } => LedgerError::OutcomeUnknown(e.to_string()),
+            D365Error::OutOfTime { .. } => LedgerError::OutOfTime(e.to_string()),
             D365Error::Auth(_) | D365Error::NotAuthorized { .. } | D365Error::Config(_) => {
                 LedgerError::Auth(e.to_string())
             }
@@ -135,6 +136,7 @@ impl LedgerGateway for D365Client {
                     ChangesetOutcome::NotProcessed { reason } => {
                         VoucherOutcome::NotProcessed(reason)
                     }
+                    ChangesetOutcome::OutOfTime { reason } => VoucherOutcome::OutOfTime(reason),
                     ChangesetOutcome::Refused { status, messages } => {
                         VoucherOutcome::NotProcessed(format!(
                             "the $batch request was refused (HTTP {status}): {}",

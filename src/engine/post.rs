@@ -303,6 +303,13 @@ impl Engine<'_> {
                             }
                         }
                     }
+                    Err(LedgerError::OutOfTime(m)) => {
+                        tracing::warn!(run_id = %run_id, "journal header in {le}: {m}");
+                        let left = budget.short().unwrap_or_default();
+                        return Err(self
+                            .interrupted(&run_id, le, None, &of_part, lines, left)
+                            .await);
+                    }
                     Err(e) => return Err(failed("D365 refused the journal header", e)),
                 }
             }
@@ -415,9 +422,7 @@ impl Engine<'_> {
                 match result {
                     // Not refused by D365 but out of time (e.g. a Retry-After past the
                     // deadline): nothing of this line was written, so stop resumably.
-                    Err(e)
-                        if !matches!(e, LedgerError::Rejected(_)) && budget.short().is_some() =>
-                    {
+                    Err(e @ LedgerError::OutOfTime(_)) => {
                         tracing::warn!(run_id = %run_id, "line {}: {e}", lines[i].line.line_no);
                         let left = budget.short().unwrap_or_default();
                         return Err(self
@@ -627,9 +632,7 @@ impl Engine<'_> {
                         let _ = self.store.put_lines(lines).await;
                         return Err(Stop::Failed(msg));
                     }
-                    VoucherOutcome::NotProcessed(reason)
-                        if unknown.is_none() && budget.short().is_some() =>
-                    {
+                    VoucherOutcome::OutOfTime(reason) if unknown.is_none() => {
                         // Not sent for lack of time (a Retry-After past the deadline…): nothing
                         // of it exists, so stop resumably rather than fail.
                         tracing::warn!(run_id, "voucher {voucher} of {le}/{batch}: {reason}");
@@ -645,7 +648,7 @@ impl Engine<'_> {
                             "D365 did not process voucher {voucher} of journal {le}/{batch} ({reason}); nothing of it was written. Replay run {run_id} to post the rest."
                         )));
                     }
-                    VoucherOutcome::NotProcessed(_) => {}
+                    VoucherOutcome::NotProcessed(_) | VoucherOutcome::OutOfTime(_) => {}
                     VoucherOutcome::Unknown(detail) => {
                         unknown.get_or_insert(detail);
                     }
