@@ -82,6 +82,44 @@ impl Settings {
     }
 }
 
+/// `Lambda-Runtime-Deadline-Ms` as a point in time. AWS sends epoch milliseconds; the local
+/// emulator of `cargo lambda watch` sends the function's timeout instead (600000 = 10 minutes),
+/// which read as epoch time is 1970 and would leave every invocation out of time. A value
+/// before 2001 (below 10^12 ms) is therefore read as a duration from now.
+fn deadline_from_header(ms: u64, now: DateTime<Utc>) -> DateTime<Utc> {
+    const EPOCH_MS_FLOOR: u64 = 1_000_000_000_000;
+    if ms < EPOCH_MS_FLOOR {
+        return now + Duration::milliseconds(i64::try_from(ms).unwrap_or(60_000));
+    }
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        .unwrap_or_else(|| now + Duration::minutes(1))
+}
+
+#[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    #[test]
+    fn epoch_deadlines_are_kept_and_emulator_timeouts_count_from_now() {
+        let now = Utc
+            .timestamp_millis_opt(1_795_000_000_000)
+            .single()
+            .unwrap();
+        // AWS: an absolute epoch deadline 15 minutes ahead.
+        assert_eq!(
+            deadline_from_header(1_795_000_900_000, now),
+            now + Duration::minutes(15)
+        );
+        // cargo lambda watch: the 10-minute timeout itself.
+        assert_eq!(
+            deadline_from_header(600_000, now),
+            now + Duration::minutes(10)
+        );
+    }
+}
+
 /// The invocation being served: its id (idempotency lock owner) and its deadline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
@@ -92,10 +130,7 @@ pub struct Invocation {
 impl Invocation {
     /// From the runtime's context (`deadline` is epoch milliseconds).
     pub fn from_lambda(ctx: &lambda_runtime::Context) -> Self {
-        let deadline = i64::try_from(ctx.deadline)
-            .ok()
-            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            .unwrap_or_else(|| Utc::now() + Duration::minutes(1));
+        let deadline = deadline_from_header(ctx.deadline, Utc::now());
         Invocation {
             request_id: ctx.request_id.clone(),
             deadline,

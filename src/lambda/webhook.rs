@@ -389,6 +389,13 @@ async fn ingest(
 
     // Every wait of the clients and every write of the engine ends before this.
     let deadline = inv.work_deadline(ctx.settings.deadline_margin);
+    tracing::info!(
+        time_left_ms = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis() as u64,
+        invocation_deadline = %inv.deadline,
+        "work deadline: the invocation's deadline minus DEADLINE_MARGIN_SECS"
+    );
     let clients = inst.clients.with_deadline(deadline);
     let progress = super::LogProgress;
     let engine = Engine {
