@@ -10,67 +10,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::World;
 use ml_connector::controls::{reconcile, reverse, trace, ReverseOptions};
-use ml_connector::domain::config::{InlineQuery, Posting};
+use ml_connector::domain::config::Posting;
 use ml_connector::domain::journal::JournalPart;
 use ml_connector::domain::mapping::{description_key, header_of_run, part_key};
 use ml_connector::domain::run::{LineStatus, RowStatus, RunRecord, RunStatus};
 use ml_connector::engine::{CrashPoint, Engine, EngineError, Mode, Outcome, Progress};
 use ml_connector::sandbox::d365::{SimHeader, SimLine};
-use ml_connector::sandbox::looker::LookerSeed;
 use ml_connector::store::Store;
 use rust_decimal::Decimal;
 
-/// `rows` Looker rows of one week, two decimals each (one detail line per row).
-fn rows_json(rows: usize, week: &str) -> (String, Decimal) {
-    let channels = ["Amazon", "eBay", "Shopify"];
-    let ccs = ["022", "031"];
-    let fees = ["Marketplace fee", "Commission"];
-    let mut total = Decimal::ZERO;
-    let mut out = String::from("[");
-    for i in 0..rows {
-        let amount = format!("{}.{:02}", 10 + (i * 7919) % 5000, (i * 31) % 100);
-        total += amount.parse::<Decimal>().unwrap();
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&format!(
-            r#"{{"marketplace_fees.row_id":{i},"marketplace_fees.week_end_date":"{week}","marketplace_fees.channel":"{}","marketplace_fees.cost_center":"{}","marketplace_fees.fee_type":"{}","marketplace_fees.total_amount":{amount}}}"#,
-            channels[i % 3],
-            ccs[i % 2],
-            fees[(i / 2) % 2]
-        ));
-    }
-    out.push(']');
-    (out, total)
-}
-
 /// A world whose Look returns `rows` rows, split at `max_journal_lines`.
 async fn world(rows: usize, max_voucher_lines: usize, max_journal_lines: usize) -> World {
-    let mut w = World::start_with(LookerSeed::empty()).await;
-    let week = w.period_end().to_string();
-    let (json, _) = rows_json(rows, &week);
-    w.looker.add_explore(
-        "finance",
-        "marketplace_fees",
-        &[
-            "marketplace_fees.row_id",
-            "marketplace_fees.week_end_date",
-            "marketplace_fees.channel",
-            "marketplace_fees.cost_center",
-            "marketplace_fees.fee_type",
-        ],
-        &["marketplace_fees.total_amount"],
-        &json,
-    );
-    let mut query: InlineQuery = w.config.source.query.clone().unwrap();
-    query.fields.insert(0, "marketplace_fees.row_id".into());
-    query.sorts = vec!["marketplace_fees.row_id".into()];
-    query
-        .filters
-        .insert("marketplace_fees.week_end_date".into(), week);
-    w.looker.add_look("78", "Fees by row", query);
-    w.config.source.look_id = Some("78".into());
-    w.config.source.query = None;
+    let (mut w, _) = World::with_fee_rows_look(rows, "78", "Fees by row").await;
     w.config.journal.max_voucher_lines = max_voucher_lines;
     w.config.journal.max_journal_lines = max_journal_lines;
     w.config.check().expect("valid config");

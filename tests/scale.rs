@@ -7,67 +7,17 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::World;
-use ml_connector::domain::config::{ExtractMode, InlineQuery};
+use ml_connector::domain::config::ExtractMode;
 use ml_connector::domain::mapping::header_of_run;
 use ml_connector::domain::run::{LineStatus, RowStatus};
 use ml_connector::engine::{Mode, Outcome};
-use ml_connector::sandbox::looker::LookerSeed;
 use ml_connector::store::Store;
 use rust_decimal::Decimal;
 
 const ROWS: usize = 12_000;
 
-fn big_rows(week: &str) -> (String, Decimal) {
-    let channels = ["Amazon", "eBay", "Shopify"];
-    let ccs = ["022", "031"];
-    let fees = ["Marketplace fee", "Commission"];
-    let mut total = Decimal::ZERO;
-    let mut out = String::with_capacity(ROWS * 200);
-    out.push('[');
-    for i in 0..ROWS {
-        // Two decimals: every row maps to exactly one detail line, no residue lines.
-        let amount = format!("{}.{:02}", 10 + (i * 7919) % 5000, (i * 31) % 100);
-        total += amount.parse::<Decimal>().unwrap();
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&format!(
-            r#"{{"marketplace_fees.row_id":{i},"marketplace_fees.week_end_date":"{week}","marketplace_fees.channel":"{}","marketplace_fees.cost_center":"{}","marketplace_fees.fee_type":"{}","marketplace_fees.total_amount":{amount}}}"#,
-            channels[i % 3],
-            ccs[i % 2],
-            fees[(i / 2) % 2]
-        ));
-    }
-    out.push(']');
-    (out, total)
-}
-
 async fn big_world() -> (World, Decimal) {
-    let mut w = World::start_with(LookerSeed::empty()).await;
-    let week = w.period_end().to_string();
-    let (rows, total) = big_rows(&week);
-    w.looker.add_explore(
-        "finance",
-        "marketplace_fees",
-        &[
-            "marketplace_fees.row_id",
-            "marketplace_fees.week_end_date",
-            "marketplace_fees.channel",
-            "marketplace_fees.cost_center",
-            "marketplace_fees.fee_type",
-        ],
-        &["marketplace_fees.total_amount"],
-        &rows,
-    );
-    let mut query: InlineQuery = w.config.source.query.clone().unwrap();
-    query.fields.insert(0, "marketplace_fees.row_id".into());
-    query.sorts = vec!["marketplace_fees.row_id".into()];
-    query
-        .filters
-        .insert("marketplace_fees.week_end_date".into(), week.clone());
-    w.looker.add_look("77", "Daily fee summary by SKU", query);
-    w.config.source.look_id = Some("77".into());
-    w.config.source.query = None;
+    let (mut w, total) = World::with_fee_rows_look(ROWS, "77", "Daily fee summary by SKU").await;
     w.config.looker.max_rows = 20_000;
     w.config.looker.extract = ExtractMode::Async;
     w.config.looker.poll_interval_secs = 1;

@@ -4,7 +4,7 @@
 
 use chrono::NaiveDate;
 use ml_connector::cli::{build_clients, Clients};
-use ml_connector::domain::config::InstanceConfig;
+use ml_connector::domain::config::{InlineQuery, InstanceConfig};
 use ml_connector::engine::{Engine, Mode, NoProgress, RunOptions, RunReport};
 use ml_connector::sandbox::d365::{
     D365Seed, D365Sim, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
@@ -14,6 +14,7 @@ use ml_connector::sandbox::looker::{
 };
 use ml_connector::secrets::{Credentials, Secret};
 use ml_connector::store::sqlite::SqliteStore;
+use rust_decimal::Decimal;
 
 pub const EXAMPLE: &str = include_str!("../../infra/config/weekly-marketplace-fees.toml");
 
@@ -100,4 +101,61 @@ impl World {
     pub fn period_end(&self) -> NaiveDate {
         self.config.period.kind.period_for(today()).end
     }
+
+    /// A world whose configured source is Look `look_id`: `rows` fee rows of this period's week
+    /// (see [`fee_rows_json`]), sorted by a `row_id` column. Returns the rows' exact total.
+    pub async fn with_fee_rows_look(rows: usize, look_id: &str, title: &str) -> (World, Decimal) {
+        let mut w = World::start_with(LookerSeed::empty()).await;
+        let week = w.period_end().to_string();
+        let (json, total) = fee_rows_json(rows, &week);
+        w.looker.add_explore(
+            "finance",
+            "marketplace_fees",
+            &[
+                "marketplace_fees.row_id",
+                "marketplace_fees.week_end_date",
+                "marketplace_fees.channel",
+                "marketplace_fees.cost_center",
+                "marketplace_fees.fee_type",
+            ],
+            &["marketplace_fees.total_amount"],
+            &json,
+        );
+        let mut query: InlineQuery = w.config.source.query.clone().expect("example query");
+        query.fields.insert(0, "marketplace_fees.row_id".into());
+        query.sorts = vec!["marketplace_fees.row_id".into()];
+        query
+            .filters
+            .insert("marketplace_fees.week_end_date".into(), week);
+        w.looker.add_look(look_id, title, query);
+        w.config.source.look_id = Some(look_id.into());
+        w.config.source.query = None;
+        (w, total)
+    }
+}
+
+/// `rows` Looker rows of the week ending `week` as a JSON array, and their exact total. Amounts
+/// have two decimals, so every row maps to exactly one detail line (no rounding residue).
+pub fn fee_rows_json(rows: usize, week: &str) -> (String, Decimal) {
+    let channels = ["Amazon", "eBay", "Shopify"];
+    let ccs = ["022", "031"];
+    let fees = ["Marketplace fee", "Commission"];
+    let mut total = Decimal::ZERO;
+    let mut out = String::with_capacity(rows * 200 + 2);
+    out.push('[');
+    for i in 0..rows {
+        let amount = format!("{}.{:02}", 10 + (i * 7919) % 5000, (i * 31) % 100);
+        total += amount.parse::<Decimal>().expect("generated amount");
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#"{{"marketplace_fees.row_id":{i},"marketplace_fees.week_end_date":"{week}","marketplace_fees.channel":"{}","marketplace_fees.cost_center":"{}","marketplace_fees.fee_type":"{}","marketplace_fees.total_amount":{amount}}}"#,
+            channels[i % 3],
+            ccs[i % 2],
+            fees[(i / 2) % 2]
+        ));
+    }
+    out.push(']');
+    (out, total)
 }
