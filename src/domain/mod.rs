@@ -4,6 +4,7 @@
 //! what it decides, so every rule a finance team relies on can be unit-tested in isolation.
 
 pub mod config;
+pub mod converge;
 pub mod journal;
 pub mod mapping;
 pub mod money;
