@@ -176,6 +176,17 @@ pub trait LedgerGateway: Send + Sync {
             "this ledger gateway cannot delete journal lines".into(),
         ))
     }
+    /// Deletes lines of one unposted journal in one atomic changeset: all of them or none
+    /// (`Rejected`: none, e.g. a line was already gone; `OutcomeUnknown`: read again).
+    /// `Ok(false)`: this gateway cannot delete atomically; the caller deletes line by line.
+    async fn delete_lines_atomic(
+        &self,
+        _legal_entity: &str,
+        _batch_number: &str,
+        _line_numbers: &[String],
+    ) -> Result<bool, LedgerError> {
+        Ok(false)
+    }
     /// Deletes an unposted journal header (with any lines left); `Ok(false)`: no such journal.
     /// The default says unsupported.
     async fn delete_header(

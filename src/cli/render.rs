@@ -20,6 +20,7 @@ fn outcome_label(o: Outcome) -> &'static str {
         Outcome::Busy => "BUSY (nothing written)",
         Outcome::Failed => "FAILED",
         Outcome::Interrupted => "INTERRUPTED (resumable with replay)",
+        Outcome::DuplicatePosted => "DUPLICATE POSTED IN D365 (reverse needed)",
     }
 }
 

@@ -45,6 +45,9 @@ impl RunNotification {
                     None => "Nothing was written. Undo the earlier journal named above with `ml-connector reverse RUN_ID --config FILE` (the run that created it: `ml-connector trace` on one of its line texts), then run again.".to_string(),
                 }
             }
+            RunStatus::DuplicatePosted => format!(
+                "D365 holds posted duplicates of this journal (named above); the connector never edits posted entries. Reverse the run's journals with `ml-connector reverse {id} --config FILE`, then run the period again: it posts exactly one copy."
+            ),
             RunStatus::Failed => format!(
                 "Fix the cause named above, then `ml-connector replay {id} --config FILE`: it re-reads D365 and posts only what is missing (never twice). `ml-connector show {id}` lists every line's state."
             ),

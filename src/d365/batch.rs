@@ -757,3 +757,147 @@ mod tests {
             .contains("mixes journals"));
     }
 }
+
+/// What happened to an atomic delete of journal lines ([`D365Client::delete_lines_atomic`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// Every line is gone.
+    Deleted,
+    /// F&O refused the changeset (a line was no longer there, the journal was posted…):
+    /// nothing of it was applied.
+    Failed { status: u16, messages: Vec<String> },
+    /// F&O refused the `$batch` request as a whole (e.g. an environment without `$batch`):
+    /// nothing was applied; the caller may delete line by line instead.
+    Refused { status: u16, messages: Vec<String> },
+    /// Not applied and safe to try again (throttling, unreachable, out of time).
+    NotProcessed { reason: String },
+    /// Unknown (5xx, timeout, unreadable answer): read the journal again.
+    Unknown { detail: String },
+}
+
+impl D365Client {
+    /// Deletes `line_numbers` of one unposted journal in one `$batch` changeset: all or none.
+    /// Used to remove a duplicate or incomplete voucher without ever leaving half of it.
+    pub async fn delete_lines_atomic(
+        &self,
+        legal_entity: &str,
+        batch: &str,
+        line_numbers: &[String],
+    ) -> Result<DeleteOutcome, D365Error> {
+        if line_numbers.is_empty() {
+            return Ok(DeleteOutcome::Deleted);
+        }
+        let mut ops = Vec::with_capacity(line_numbers.len());
+        for (i, n) in line_numbers.iter().enumerate() {
+            let key = super::journal::line_key_path(legal_entity, batch, n)?;
+            let msg = HttpMessage {
+                start_line: format!("DELETE {} HTTP/1.1", self.odata.url_no_query(&key)),
+                headers: vec![("Accept".into(), "application/json".into())],
+                body: Vec::new(),
+            };
+            ops.push(http_part(Some(&(i + 1).to_string()), &msg));
+        }
+        let top = vec![nested_part(&new_boundary("changeset"), &ops)];
+        let boundary = new_boundary("batch");
+        let payload = Payload {
+            bytes: write_multipart(&boundary, &top),
+            content_type: format!("multipart/mixed; boundary={boundary}"),
+            accept: "multipart/mixed",
+        };
+        let resp = match self.odata.post_raw(BATCH_PATH, &payload, ENTITY).await {
+            Ok(r) => r,
+            Err(D365Error::OutcomeUnknown { detail, .. }) => {
+                return Ok(DeleteOutcome::Unknown { detail })
+            }
+            Err(e) => {
+                return Ok(DeleteOutcome::NotProcessed {
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let code = resp.status.as_u16();
+        let text = |b: &Result<Vec<u8>, String>| match b {
+            Ok(b) => String::from_utf8_lossy(b).into_owned(),
+            Err(e) => e.clone(),
+        };
+        if resp.status == StatusCode::TOO_MANY_REQUESTS {
+            return Ok(DeleteOutcome::NotProcessed {
+                reason: "D365 is still throttling $batch requests (HTTP 429) after all retries"
+                    .into(),
+            });
+        }
+        if resp.status.is_server_error() {
+            return Ok(DeleteOutcome::Unknown {
+                detail: format!(
+                    "HTTP {code} on $batch: {}",
+                    summarize_body(code, &text(&resp.body))
+                ),
+            });
+        }
+        if !resp.status.is_success() {
+            return Ok(DeleteOutcome::Refused {
+                status: code,
+                messages: parse_error_body(code, &text(&resp.body)),
+            });
+        }
+        let unknown = |detail: String| Ok(DeleteOutcome::Unknown { detail });
+        let body = match resp.body {
+            Ok(b) => b,
+            Err(e) => return unknown(format!("HTTP {code} on $batch but {e}")),
+        };
+        let Some(b) = resp.content_type.as_deref().and_then(multipart_boundary) else {
+            return unknown("the $batch answer is not multipart".into());
+        };
+        let parts = match parse_multipart(&body, &b) {
+            Ok(p) if p.len() == 1 => p,
+            Ok(p) => return unknown(format!("{} parts for one changeset", p.len())),
+            Err(e) => return unknown(e.to_string()),
+        };
+        let part = &parts[0];
+        let responses = if let Some(cb) = part.multipart_boundary() {
+            match parse_multipart(&part.body, &cb) {
+                Ok(inner) => inner
+                    .iter()
+                    .map(|p| HttpMessage::parse(&p.body))
+                    .collect::<Result<Vec<_>, _>>(),
+                Err(e) => return unknown(e.to_string()),
+            }
+        } else {
+            HttpMessage::parse(&part.body).map(|m| vec![m])
+        };
+        let responses = match responses {
+            Ok(r) => r,
+            Err(e) => return unknown(e.to_string()),
+        };
+        for m in &responses {
+            let status = match m.status() {
+                Ok(s) => s,
+                Err(e) => return unknown(e.to_string()),
+            };
+            if (200..300).contains(&status) {
+                continue;
+            }
+            let t = m.body_text();
+            return Ok(match status {
+                429 => DeleteOutcome::NotProcessed {
+                    reason: format!("D365 throttled the changeset: {}", summarize_body(429, &t)),
+                },
+                s if s >= 500 => DeleteOutcome::Unknown {
+                    detail: format!("HTTP {s} inside the $batch: {}", summarize_body(s, &t)),
+                },
+                s => DeleteOutcome::Failed {
+                    status: s,
+                    messages: parse_error_body(s, &t),
+                },
+            });
+        }
+        if responses.len() != line_numbers.len() {
+            return unknown(format!(
+                "{} responses for {} deletions",
+                responses.len(),
+                line_numbers.len()
+            ));
+        }
+        Ok(DeleteOutcome::Deleted)
+    }
+}

@@ -257,21 +257,7 @@ impl D365Client {
         batch: &str,
         line_number: &str,
     ) -> Result<bool, D365Error> {
-        let c = company(legal_entity)?;
-        key_value(batch)?;
-        let n: Decimal = line_number.trim().parse().map_err(|_| {
-            D365Error::InvalidInput(format!("line number `{line_number}` is not a number"))
-        })?;
-        let key = format!(
-            "{}({}={},{}={},{}={})",
-            l::SET,
-            names::DATA_AREA_ID,
-            quote(&c),
-            l::BATCH_NUMBER,
-            quote(batch),
-            l::LINE_NUMBER,
-            n.normalize()
-        );
+        let key = line_key_path(legal_entity, batch, line_number)?;
         self.odata.delete(l::SET, &key).await
     }
 
@@ -290,6 +276,30 @@ impl D365Client {
         );
         self.odata.delete(h::SET, &key).await
     }
+}
+
+/// `LedgerJournalLines(dataAreaId='…',JournalBatchNumber='…',LineNumber=n)`: the key path of
+/// one line, for a DELETE on its own or inside a `$batch` changeset.
+pub(crate) fn line_key_path(
+    legal_entity: &str,
+    batch: &str,
+    line_number: &str,
+) -> Result<String, D365Error> {
+    let c = company(legal_entity)?;
+    key_value(batch)?;
+    let n: Decimal = line_number.trim().parse().map_err(|_| {
+        D365Error::InvalidInput(format!("line number `{line_number}` is not a number"))
+    })?;
+    Ok(format!(
+        "{}({}={},{}={},{}={})",
+        l::SET,
+        names::DATA_AREA_ID,
+        quote(&c),
+        l::BATCH_NUMBER,
+        quote(batch),
+        l::LINE_NUMBER,
+        n.normalize()
+    ))
 }
 
 /// A key value that can go into a URL path as-is (F&O mis-handles encoded `/`, T7).

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use batch::{BatchSettings, ChangesetOutcome};
+pub use batch::{BatchSettings, ChangesetOutcome, DeleteOutcome};
 pub use error::{AuthError, D365Error};
 pub use journal::{JournalHeader, JournalLineRow, NewJournalLine};
 

@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 
 use super::{
-    BatchSettings, ChangesetOutcome, D365Client, D365Error, JournalHeader, JournalLineRow,
-    NewJournalLine,
+    BatchSettings, ChangesetOutcome, D365Client, D365Error, DeleteOutcome, JournalHeader,
+    JournalLineRow, NewJournalLine,
 };
 use crate::domain::reference::ReferenceData;
 use crate::ports::{
@@ -171,6 +171,34 @@ impl LedgerGateway for D365Client {
         line_number: &str,
     ) -> Result<bool, LedgerError> {
         Ok(D365Client::delete_line(self, legal_entity, batch_number, line_number).await?)
+    }
+
+    async fn delete_lines_atomic(
+        &self,
+        legal_entity: &str,
+        batch_number: &str,
+        line_numbers: &[String],
+    ) -> Result<bool, LedgerError> {
+        match D365Client::delete_lines_atomic(self, legal_entity, batch_number, line_numbers)
+            .await?
+        {
+            DeleteOutcome::Deleted => Ok(true),
+            DeleteOutcome::Refused { status, messages } => {
+                tracing::warn!(
+                    status,
+                    "D365 refused the $batch delete as a whole ({}); deleting line by line instead",
+                    messages.join("; ")
+                );
+                Ok(false)
+            }
+            DeleteOutcome::Failed { status, messages } => Err(LedgerError::Rejected(format!(
+                "D365 refused to delete lines {} of journal {batch_number} (HTTP {status}): {}",
+                line_numbers.join(", "),
+                messages.join("; ")
+            ))),
+            DeleteOutcome::NotProcessed { reason } => Err(LedgerError::Other(reason)),
+            DeleteOutcome::Unknown { detail } => Err(LedgerError::OutcomeUnknown(detail)),
+        }
     }
 
     async fn delete_header(

@@ -32,6 +32,9 @@ pub enum RunStatus {
     Conflict,
     /// Another run holds the posting lock for this period: stopped, nothing written.
     Busy,
+    /// D365 holds more than one *posted* copy of this journal (or a posted journal holds a line
+    /// twice): the connector cannot remove posted entries; finance reverses the duplicate.
+    DuplicatePosted,
     /// Stopped on purpose before its time ran out (a Lambda's deadline): some lines may be in
     /// D365, the lock is released, and a replay finishes it from the audit.
     Interrupted,
@@ -49,6 +52,7 @@ impl RunStatus {
             RunStatus::Conflict => "conflict",
             RunStatus::Busy => "busy",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::DuplicatePosted => "duplicate_posted",
         }
     }
 
@@ -63,6 +67,7 @@ impl RunStatus {
             "conflict" => RunStatus::Conflict,
             "busy" => RunStatus::Busy,
             "interrupted" => RunStatus::Interrupted,
+            "duplicate_posted" => RunStatus::DuplicatePosted,
             _ => return None,
         })
     }
@@ -249,6 +254,8 @@ mod tests {
             RunStatus::Failed,
             RunStatus::Conflict,
             RunStatus::Busy,
+            RunStatus::Interrupted,
+            RunStatus::DuplicatePosted,
         ] {
             assert_eq!(RunStatus::parse(s.as_str()), Some(s));
         }

@@ -106,6 +106,8 @@ pub enum Outcome {
     /// Stopped on purpose before the deadline; what was written is recorded, the lock is
     /// released, and a replay finishes the run.
     Interrupted,
+    /// D365 holds a posted duplicate of the journal: finance must reverse it.
+    DuplicatePosted,
 }
 
 impl Outcome {
@@ -114,7 +116,11 @@ impl Outcome {
         match self {
             Outcome::Posted | Outcome::AlreadyPosted | Outcome::Previewed => 0,
             Outcome::Rejected => 2,
-            Outcome::Conflict | Outcome::Busy | Outcome::Failed | Outcome::Interrupted => 1,
+            Outcome::Conflict
+            | Outcome::Busy
+            | Outcome::Failed
+            | Outcome::Interrupted
+            | Outcome::DuplicatePosted => 1,
         }
     }
 }
@@ -520,6 +526,7 @@ impl<'a> Engine<'a> {
             RunStatus::Conflict => Outcome::Conflict,
             RunStatus::Busy => Outcome::Busy,
             RunStatus::Interrupted => Outcome::Interrupted,
+            RunStatus::DuplicatePosted => Outcome::DuplicatePosted,
             _ => Outcome::Failed,
         };
         Ok(RunReport {

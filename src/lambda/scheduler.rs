@@ -82,7 +82,10 @@ pub async fn handle_schedule(
                     )))
                 }
                 _ => {
-                    let level_error = matches!(outcome, Outcome::Rejected | Outcome::Conflict);
+                    let level_error = matches!(
+                        outcome,
+                        Outcome::Rejected | Outcome::Conflict | Outcome::DuplicatePosted
+                    );
                     if level_error {
                         tracing::error!(%instance, run_id = %summary.run_id, status = %summary.status, "scheduled run recorded without posting");
                     } else {

@@ -257,7 +257,7 @@ fn run_response(summary: &RunSummary, outcome: Outcome) -> WebhookResponse {
             WebhookResponse::json(200, body)
         }
         Outcome::Rejected => WebhookResponse::json(422, body),
-        Outcome::Conflict => WebhookResponse::json(409, body),
+        Outcome::Conflict | Outcome::DuplicatePosted => WebhookResponse::json(409, body),
         Outcome::Busy => WebhookResponse::json(503, body).with_header("retry-after", "60".into()),
         Outcome::Failed => WebhookResponse::json(500, body),
         // Recorded but not finished (out of time): 202, not a 5xx, since Looker need not send

@@ -182,7 +182,10 @@ fn process(st: &mut State, req: &SimRequest) -> SimResponse {
     for item in &items {
         match item {
             Item::Changeset(ops) => {
-                let saved = Snapshot::take(st);
+                let saved = Snapshot::take(
+                    st,
+                    ops.iter().any(|o| o.method.eq_ignore_ascii_case("DELETE")),
+                );
                 let mut responses = Vec::with_capacity(ops.len());
                 let mut failed = None;
                 for op in ops {
@@ -273,6 +276,26 @@ fn apply(st: &mut State, op: &Op) -> SimResponse {
             None,
         );
     };
+    // `DELETE LedgerJournalLines(key)` inside a changeset: the same delete as on its own
+    // (F&O removes lines of unposted journals only, and 404 for a line that is gone).
+    if op.method.eq_ignore_ascii_case("DELETE") {
+        if let Some((name, rest)) = set.split_once('(') {
+            if let (Some(def), Some(key)) = (
+                entity(name).filter(|d| d.set == h::SET || d.set == l::SET),
+                rest.strip_suffix(')'),
+            ) {
+                return fno::delete(st, def, &fno::percent_decode(key));
+            }
+        }
+        return odata_error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "No HTTP resource was found that matches the request URI '{}'.",
+                op.target
+            ),
+            None,
+        );
+    }
     let Some(def) = entity(set).filter(|d| d.set == h::SET || d.set == l::SET) else {
         return odata_error(
             StatusCode::NOT_FOUND,
@@ -339,15 +362,18 @@ fn header_case(k: &str) -> String {
 /// What a changeset can change, to undo it when one of its operations fails.
 struct Snapshot {
     lines: usize,
+    /// A full copy when the changeset deletes (a delete is not undone by truncating).
+    all_lines: Option<Vec<super::SimLine>>,
     headers: Vec<super::SimHeader>,
     next_batch: std::collections::BTreeMap<String, u64>,
     next_voucher: std::collections::BTreeMap<String, u64>,
 }
 
 impl Snapshot {
-    fn take(st: &State) -> Self {
+    fn take(st: &State, deletes: bool) -> Self {
         Snapshot {
             lines: st.lines.len(),
+            all_lines: deletes.then(|| st.lines.clone()),
             headers: st.headers.clone(),
             next_batch: st.next_batch.clone(),
             next_voucher: st.next_voucher.clone(),
@@ -355,7 +381,10 @@ impl Snapshot {
     }
 
     fn restore(self, st: &mut State) {
-        st.lines.truncate(self.lines);
+        match self.all_lines {
+            Some(all) => st.lines = all,
+            None => st.lines.truncate(self.lines),
+        }
         st.headers = self.headers;
         st.next_batch = self.next_batch;
         st.next_voucher = self.next_voucher;

@@ -642,7 +642,7 @@ fn parse_key(key: &str) -> Result<Vec<(String, String)>, String> {
 
 /// `DELETE /data/LedgerJournalHeaders(dataAreaId='…',JournalBatchNumber='…')` (with its lines)
 /// or `DELETE /data/LedgerJournalLines(…,LineNumber=n)`; refused on posted journals.
-fn delete(st: &mut State, def: &EntityDef, key: &str) -> SimResponse {
+pub(super) fn delete(st: &mut State, def: &EntityDef, key: &str) -> SimResponse {
     let pairs = match parse_key(key) {
         Ok(p) => p,
         Err(m) => return bad_query(&m),
