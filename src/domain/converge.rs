@@ -12,10 +12,12 @@
 //!    one with the lowest `JournalBatchNumber` ([`batch_order`]). Every other header carrying
 //!    the key is unposted and is deleted whole (F&O deletes its lines with it).
 //! 2. In the canonical header the canonical copy of a line reference is the one with the lowest
-//!    `LineNumber`. Extra copies, and the lines of a planned voucher that is only partly there
-//!    (a crash in `posting = "lines"`, or a cleanup), are removed. Deletions never leave a D365
-//!    voucher unbalanced: if removing only the bad lines would, the whole D365 voucher goes (in
-//!    one atomic changeset) and its planned vouchers are written again whole.
+//!    `LineNumber`. Extra copies are removed. A planned voucher that is only partly there (a
+//!    crash or a deadline in `posting = "lines"`) is completed first when its lines are the
+//!    last of the journal (its missing lines then join the same D365 voucher), and removed
+//!    otherwise. Deletions never leave a D365 voucher unbalanced: if removing only the bad lines
+//!    would, the whole D365 voucher goes (in one atomic changeset) and its planned vouchers are
+//!    written again whole.
 //! 3. Only then are missing planned vouchers written, whole, into the canonical header.
 //! 4. The journal is [`Assessment::Converged`] only when a read shows one header and exactly one
 //!    copy of every planned line and nothing else of ours: only then may a run say POSTED or
@@ -209,8 +211,12 @@ pub enum Step {
     Clean(Vec<Deletion>),
     /// No header carries the key yet.
     CreateHeader,
-    /// Write these planned vouchers, whole, into the canonical header.
-    Write { batch: String, vouchers: Vec<u32> },
+    /// Write these lines into the canonical header, one group per planned voucher (whole
+    /// vouchers, or the missing rest of the journal's last, incomplete voucher).
+    Write {
+        batch: String,
+        vouchers: Vec<Vec<u32>>,
+    },
 }
 
 /// Where the journal stands.
@@ -238,6 +244,11 @@ pub enum Assessment {
 /// is fixed and still a total order every poster computes alike where it is not.
 pub fn batch_order(a: &str, b: &str) -> Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// A D365 `LineNumber` as a number (unparsable ones sort last).
+fn line_number_value(n: &str) -> Decimal {
+    n.trim().parse().unwrap_or(Decimal::MAX)
 }
 
 /// Order of D365 `LineNumber`s (decimals as text): numerically when both parse.
@@ -428,6 +439,37 @@ pub fn assess(plan: &[PlannedLine], fingerprint: Option<&str>, held: &[HeldHeade
         })
         .flat_map(|(_, nos)| nos.iter().copied())
         .collect();
+    // The journal's last voucher cut short (its lines are the journal's highest): complete it
+    // before anything else, so its missing lines join the same open D365 voucher.
+    let half_vouchers: BTreeSet<u32> = plan
+        .iter()
+        .filter(|l| half.contains(&l.line_no))
+        .map(|l| l.voucher)
+        .collect();
+    if extra.is_empty() && half_vouchers.len() == 1 {
+        let present: Vec<Decimal> = copies
+            .iter()
+            .filter(|(n, _)| half.contains(n))
+            .map(|(_, c)| line_number_value(&c[0].line_number))
+            .collect();
+        let first_present = present.iter().min().copied().unwrap_or(Decimal::ZERO);
+        let trailing = canonical
+            .lines
+            .iter()
+            .filter(|l| !l.line_no.is_some_and(|n| half.contains(&n)))
+            .all(|l| line_number_value(&l.line_number) < first_present);
+        if trailing {
+            let rest: Vec<u32> = plan
+                .iter()
+                .filter(|l| half.contains(&l.line_no) && missing_set.contains(&l.line_no))
+                .map(|l| l.line_no)
+                .collect();
+            return Assessment::Act(Step::Write {
+                batch: canonical.batch.clone(),
+                vouchers: vec![rest],
+            });
+        }
+    }
     let mut bad: BTreeSet<&str> = extra.iter().map(|l| l.line_number.as_str()).collect();
     for (n, c) in &copies {
         if half.contains(n) {
@@ -488,7 +530,10 @@ pub fn assess(plan: &[PlannedLine], fingerprint: Option<&str>, held: &[HeldHeade
             .collect();
         return Assessment::Act(Step::Write {
             batch: canonical.batch.clone(),
-            vouchers: vouchers.into_iter().collect(),
+            vouchers: vouchers
+                .into_iter()
+                .filter_map(|v| planned_vouchers.get(&v).cloned())
+                .collect(),
         });
     }
     Assessment::Converged {
@@ -589,7 +634,7 @@ mod tests {
             assess(&plan(), Some(&fp()), &[header("00042", vec![])]),
             Assessment::Act(Step::Write {
                 batch: "00042".into(),
-                vouchers: vec![1, 2]
+                vouchers: vec![vec![1, 2], vec![3, 4]]
             })
         );
     }
@@ -688,8 +733,9 @@ mod tests {
     }
 
     #[test]
-    fn a_half_voucher_is_removed_before_anything_is_written() {
-        // A crash in lines mode after the debit of voucher 2.
+    fn the_last_voucher_cut_short_is_completed_before_anything_else() {
+        // A crash in lines mode after the debit of voucher 2: its credit is written next, into
+        // the same open D365 voucher.
         let p = plan();
         let h = header(
             "00042",
@@ -701,22 +747,43 @@ mod tests {
         );
         assert_eq!(
             assess(&p, Some(&fp()), &[h]),
-            Assessment::Act(Step::Clean(vec![Deletion::Lines {
+            Assessment::Act(Step::Write {
                 batch: "00042".into(),
-                line_numbers: vec!["3".into()],
-                why: "duplicate or incomplete voucher lines (voucher V2)".into()
-            }]))
+                vouchers: vec![vec![4]]
+            })
         );
-        // Once removed, voucher 2 is written again whole.
+    }
+
+    #[test]
+    fn a_half_voucher_that_is_not_last_is_removed_then_written_whole() {
+        // Voucher 1 cut short, voucher 2 written after it (another poster): voucher 1's line
+        // goes, then voucher 1 is written again whole.
+        let p = plan();
         let h = header(
             "00042",
-            vec![held_line(1, "V1", &p[0]), held_line(2, "V1", &p[1])],
+            vec![
+                held_line(1, "V1", &p[0]),
+                held_line(2, "V2", &p[2]),
+                held_line(3, "V2", &p[3]),
+            ],
+        );
+        assert_eq!(
+            assess(&p, Some(&fp()), &[h]),
+            Assessment::Act(Step::Clean(vec![Deletion::Lines {
+                batch: "00042".into(),
+                line_numbers: vec!["1".into()],
+                why: "duplicate or incomplete voucher lines (voucher V1)".into()
+            }]))
+        );
+        let h = header(
+            "00042",
+            vec![held_line(2, "V2", &p[2]), held_line(3, "V2", &p[3])],
         );
         assert_eq!(
             assess(&p, Some(&fp()), &[h]),
             Assessment::Act(Step::Write {
                 batch: "00042".into(),
-                vouchers: vec![2]
+                vouchers: vec![vec![1, 2]]
             })
         );
     }

@@ -137,11 +137,22 @@ pub fn header_of_run(description: &str, run_key: &str) -> Option<JournalPart> {
     (run == run_key).then_some(part)
 }
 
-/// The header Description of a journal: `MLC {key} ` + the configured template with `{period}`
-/// filled in, cut to the field length; `key` is a [`part_key`]. The key itself is never cut
-/// (a cut key would not be found again). A replay renders the same text.
-pub fn render_description(cfg: &InstanceConfig, key: &str, period_label: &str) -> String {
-    let head = description_prefix(key);
+/// The header Description of a journal: `MLC {key} #{fingerprint} ` + the configured template
+/// with `{period}` filled in, cut to the field length; `key` is a [`part_key`], `fingerprint`
+/// the plan's ([`crate::domain::converge::fingerprint`]): the header says which lines it was
+/// created for, so a poster with another mapping sees a conflict before writing a line. The
+/// key and fingerprint are never cut (a cut key would not be found again). A replay renders the
+/// same text.
+pub fn render_description(
+    cfg: &InstanceConfig,
+    key: &str,
+    fingerprint: Option<&str>,
+    period_label: &str,
+) -> String {
+    let head = match fingerprint {
+        Some(f) => format!("{} #{f}", description_prefix(key)),
+        None => description_prefix(key),
+    };
     let room = cfg
         .journal
         .max_text_len
@@ -867,7 +878,7 @@ fn build_journals(
     let mut line_no = 0u32;
     let mut ordered: Vec<DraftVoucher> = vouchers;
     ordered.sort_by(|a, b| a.legal_entity.cmp(&b.legal_entity));
-    let description = render_description(cfg, ctx.run_key, &ctx.period.label);
+    let description = render_description(cfg, ctx.run_key, None, &ctx.period.label);
     for v in ordered {
         voucher_no += 1;
         let j = journals
@@ -952,6 +963,7 @@ fn split_journal(j: Journal, max_lines: usize, ctx: &MappingContext<'_>) -> Vec<
             description: render_description(
                 ctx.config,
                 &part_key(ctx.run_key, part),
+                None,
                 &ctx.period.label,
             ),
             part,
@@ -1527,9 +1539,9 @@ mod tests {
             assert_eq!(parse_part_key(&key), (k, p(part, of)));
         }
         let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
-        let d1 = render_description(&cfg, &part_key(k, p(1, 3)), "2026-W47");
-        let d10 = render_description(&cfg, &part_key(k, p(1, 30)), "2026-W47");
-        let plain = render_description(&cfg, k, "2026-W47");
+        let d1 = render_description(&cfg, &part_key(k, p(1, 3)), Some("0a1b2c3d"), "2026-W47");
+        let d10 = render_description(&cfg, &part_key(k, p(1, 30)), None, "2026-W47");
+        let plain = render_description(&cfg, k, Some("0a1b2c3d"), "2026-W47");
         // `MLC k/P1of3` is a string prefix of `MLC k/P1of30 …` and `MLC k` of every part: the
         // whole key token decides.
         assert_eq!(header_of_run(&d1, k), Some(p(1, 3)));
@@ -1541,7 +1553,12 @@ mod tests {
         // The key is never cut, even by a short field length.
         let mut short = cfg.clone();
         short.journal.max_text_len = 30;
-        let d = render_description(&short, &part_key(k, p(100, 120)), "2026-W47");
+        let d = render_description(
+            &short,
+            &part_key(k, p(100, 120)),
+            Some("0a1b2c3d"),
+            "2026-W47",
+        );
         assert_eq!(description_key(&d), Some(format!("{k}/P100of120").as_str()));
     }
 

@@ -7,6 +7,7 @@
 
 mod budget;
 mod post;
+pub mod writer;
 
 use std::collections::BTreeMap;
 

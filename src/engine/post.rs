@@ -11,19 +11,20 @@
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use rust_decimal::Decimal;
 
 use super::budget::Budget;
+use super::writer::{content_of_new, HeaderKey, JournalSpec, JournalWriter, WriteEnd, WriterHooks};
 use super::{CrashPoint, Engine, EngineError};
-use crate::domain::config::{InstanceConfig, Posting};
+use crate::domain::config::InstanceConfig;
+use crate::domain::converge::{fingerprint, ConflictReport, Deletion, PlannedLine};
 use crate::domain::journal::JournalPart;
-use crate::domain::mapping::{
-    description_prefix, header_of_run, parse_line_ref, part_key, render_description,
-};
+use crate::domain::mapping::{description_prefix, header_of_run, part_key, render_description};
 use crate::domain::reference::VoucherAllocation;
 use crate::domain::run::{LineRecord, LineStatus, RunKeys, RunRecord, RunStatus};
-use crate::ports::{LedgerError, LedgerHeader, LedgerLine, NewLedgerLine, VoucherOutcome};
+use crate::ports::{LedgerError, LedgerHeader, LedgerLine, NewLedgerLine};
 
 /// What happened to one journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,8 @@ pub struct PostSummary {
     pub debit: Decimal,
     pub credit: Decimal,
     pub is_posted: bool,
+    /// Duplicate headers or line groups this run removed from D365 (other posters' copies).
+    pub cleaned: usize,
 }
 
 /// Why posting one journal stopped.
@@ -49,11 +52,9 @@ enum Stop {
     Crashed(CrashPoint),
     /// Stopped on purpose before the deadline, between two writes; the audit says where.
     Interrupted(String),
+    /// D365 holds posted duplicates: only a reversal fixes it.
+    DuplicatePosted(String),
 }
-
-/// Attempts for a line whose create came back with an unknown outcome and was then confirmed
-/// absent by reading D365 (the re-send is not blind: it follows a reconciliation).
-const UNKNOWN_OUTCOME_ATTEMPTS: u32 = 3;
 
 impl Engine<'_> {
     /// Posts every line of `run`; returns the final status, a message and per-journal summaries.
@@ -107,6 +108,9 @@ impl Engine<'_> {
                 }
                 Err(Stop::Failed(m)) => return Ok((RunStatus::Failed, m, summaries)),
                 Err(Stop::Conflict(m)) => return Ok((RunStatus::Conflict, m, summaries)),
+                Err(Stop::DuplicatePosted(m)) => {
+                    return Ok((RunStatus::DuplicatePosted, m, summaries))
+                }
                 Err(Stop::Crashed(p)) => return Err(EngineError::Crashed(p)),
             }
         }
@@ -175,14 +179,13 @@ impl Engine<'_> {
         let failed = |what: &str, e: LedgerError| Stop::Failed(format!("{what} in {le}: {e}"));
         // This header's own natural key: the run key, or `{run_key}/P2of3` for a part.
         let key = part_key(&keys.run_key, part);
-        let ours_prefix = description_prefix(&key);
         let of_part = if part.is_split() {
             format!(" ({part})")
         } else {
             String::new()
         };
 
-        // 1. What does D365 already hold for this period?
+        // 1. Does D365 hold this period under another key (other data, another split)?
         let period_prefix = format!("{}-", description_prefix(&keys.period_key));
         let headers = self
             .ledger
@@ -198,21 +201,18 @@ impl Engine<'_> {
             .filter(|h| !reversed.contains(&h.batch_number))
             .collect();
         // By whole key token (`MLC k` is a string prefix of `MLC k/P1of3`, and `P1of3` of
-        // `P1of30`): this part's header, other parts of this run (ours too, never a conflict),
-        // this run's data split another way, and other data.
-        let mut ours = Vec::new();
-        let mut our_other_parts = 0usize;
+        // `P1of30`): this run's headers (any part, ours), this run's data split another way,
+        // and other data.
+        let mut ours = 0usize;
         let mut split_otherwise = Vec::new();
         let mut others = Vec::new();
         for h in headers {
             match header_of_run(&h.description, &keys.run_key) {
-                Some(p) if p == part => ours.push(h),
-                Some(p) if p.of == part.of => our_other_parts += 1,
+                Some(p) if p.of == part.of => ours += 1,
                 Some(_) => split_otherwise.push(h),
                 None => others.push(h),
             }
         }
-        ours.sort_by(|a, b| a.batch_number.cmp(&b.batch_number));
         if !split_otherwise.is_empty() {
             let list = split_otherwise
                 .iter()
@@ -224,7 +224,7 @@ impl Engine<'_> {
                 run.period, part.of
             )));
         }
-        if ours.is_empty() && our_other_parts == 0 && !others.is_empty() {
+        if ours == 0 && !others.is_empty() {
             let list = others
                 .iter()
                 .map(|h| format!("{} \"{}\"", h.batch_number, h.description))
@@ -235,135 +235,9 @@ impl Engine<'_> {
                 run.period
             )));
         }
-        if ours.len() > 1 {
-            self.event(
-                &run_id,
-                "warn",
-                "post",
-                format!(
-                    "{} journals in {le} carry key {}: {}; using {} — delete the others if empty",
-                    ours.len(),
-                    key,
-                    ours.iter()
-                        .map(|h| h.batch_number.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    ours[0].batch_number
-                ),
-            )
-            .await;
-        }
 
-        // 2. Header: reuse ours, or create it.
-        let (header, header_created) = match ours.into_iter().next() {
-            Some(h) => {
-                self.event(
-                    &run_id,
-                    "info",
-                    "post",
-                    format!(
-                        "found journal {le}/{}{of_part} from an earlier attempt; reconciling its lines",
-                        h.batch_number
-                    ),
-                )
-                .await;
-                (h, false)
-            }
-            None => {
-                if let Some(left) = budget.short() {
-                    return Err(self
-                        .interrupted(&run_id, le, None, &of_part, lines, left)
-                        .await);
-                }
-                let description = render_description(config, &key, &run.period);
-                let started = tokio::time::Instant::now();
-                let created = self
-                    .ledger
-                    .create_header(le, &config.journal.journal_name, &description)
-                    .await;
-                budget.took(started);
-                match created {
-                    Ok(h) => (h, true),
-                    Err(LedgerError::OutcomeUnknown(m)) => {
-                        // Did it land? Ask D365 before anything else.
-                        let found = self
-                            .ledger
-                            .find_headers(le, &ours_prefix)
-                            .await
-                            .map_err(|e| failed("could not reconcile the journal header", e))?;
-                        match found
-                            .into_iter()
-                            .find(|h| header_of_run(&h.description, &keys.run_key) == Some(part))
-                        {
-                            Some(h) => (h, true),
-                            None => {
-                                return Err(Stop::Failed(format!(
-                                    "creating the journal header{of_part} in {le} had an unknown outcome ({m}) and it is not in D365; nothing of it was written — replay {run_id} to try again"
-                                )))
-                            }
-                        }
-                    }
-                    Err(LedgerError::OutOfTime(m)) => {
-                        tracing::warn!(run_id = %run_id, "journal header in {le}: {m}");
-                        let left = budget.short().unwrap_or_default();
-                        return Err(self
-                            .interrupted(&run_id, le, None, &of_part, lines, left)
-                            .await);
-                    }
-                    Err(e) => return Err(failed("D365 refused the journal header", e)),
-                }
-            }
-        };
-        let batch = header.batch_number.clone();
-        if !run.journals.iter().any(|(l, b)| l == le && *b == batch) {
-            run.journals.push((le.to_string(), batch.clone()));
-        }
-        if let Err(e) = self.store.update_run(run).await {
-            return Err(Stop::Failed(format!("audit store: {e}")));
-        }
-        if self.progress.crash_at(CrashPoint::HeaderCreated) {
-            return Err(Stop::Crashed(CrashPoint::HeaderCreated));
-        }
-        if header_created {
-            self.event(
-                &run_id,
-                "info",
-                "post",
-                format!(
-                    "created journal {le}/{batch}{of_part} ({})",
-                    config.journal.journal_name
-                ),
-            )
-            .await;
-        }
-
-        // 3. Which of our lines does the journal already hold?
-        let existing = self
-            .our_lines(le, &batch, &keys.run_key)
-            .await
-            .map_err(|e| failed("could not read the journal's lines", e))?;
-        let mut found = 0usize;
-        for rec in lines.iter_mut() {
-            if let Some(l) = existing.get(&rec.line.line_no) {
-                found += 1;
-                mark_created(rec, &batch, l, "already in D365");
-                *done += 1;
-            }
-        }
-        if found > 0 {
-            if let Err(e) = self.store.put_lines(lines).await {
-                return Err(Stop::Failed(format!("audit store: {e}")));
-            }
-            self.progress.line_posted(*done, total);
-        }
-        let missing = lines.len() - found;
-        if header.is_posted && missing > 0 {
-            return Err(Stop::Failed(format!(
-                "journal {le}/{batch} was posted in D365 before all lines were written ({missing} missing); posted journals cannot be changed — reverse it and run again"
-            )));
-        }
+        // 2. The plan: exactly these lines, once, under this key.
         let manual_vouchers = match manual_cache.get(le) {
-            _ if missing == 0 => false,
             Some(&manual) => manual,
             None => match self.ledger.reference(le).await {
                 Ok(r) => {
@@ -378,112 +252,57 @@ impl Engine<'_> {
                 Err(e) => return Err(failed("could not read the journal name", e)),
             },
         };
-        let voucher_of = |rec: &LineRecord| {
-            manual_vouchers.then(|| format!("MLC{}-{:04}", keys.period_key, rec.line.voucher))
+        let spec = journal_spec(config, keys, le, part, &run.period, lines, manual_vouchers);
+
+        // 3. Converge D365 on one copy (see `writer` and `domain::converge`).
+        let writer = JournalWriter {
+            ledger: self.ledger,
         };
-
-        // 4. Write what is missing: whole vouchers per `$batch` changeset (atomic), or one line
-        // per request where `$batch` is off or unavailable. Writes to one journal go one after
-        // another (F&O serializes them anyway; parallel inserts conflict on the header).
-        let mut created = 0usize;
-        let mut batched = false;
-        if missing > 0 && config.d365.posting == Posting::Batch {
-            batched = Box::pin(self.post_vouchers(
-                &run_id,
-                le,
-                &batch,
-                keys,
-                lines,
-                &voucher_of,
-                config.d365.batch_operations,
-                &mut created,
-                (done, total),
-                (budget, &of_part),
-            ))
-            .await?;
+        let mut hooks = PostHooks {
+            engine: self,
+            run,
+            lines,
+            done,
+            total,
+            budget,
+            le,
+            of_part: &of_part,
+            journal_name: &config.journal.journal_name,
+            removed: Vec::new(),
+        };
+        let end = writer.converge(&spec, &mut hooks).await;
+        let removed = std::mem::take(&mut hooks.removed);
+        let done_now = *hooks.done;
+        drop(hooks);
+        // Duplicates removed from D365 are no journals of this run any more.
+        if !removed.is_empty() {
+            run.journals
+                .retain(|(l, b)| !(l == le && removed.contains(b)));
         }
-        if missing > 0 && !batched {
-            for i in 0..lines.len() {
-                if lines[i].status == LineStatus::Created {
-                    continue;
+        match end {
+            WriteEnd::Converged {
+                header,
+                header_created,
+                lines: held,
+                created,
+                cleaned,
+            } => {
+                let batch = header.batch_number.clone();
+                if !run.journals.iter().any(|(l, b)| l == le && *b == batch) {
+                    run.journals.push((le.to_string(), batch.clone()));
                 }
-                if let Some(left) = budget.short() {
-                    return Err(self
-                        .interrupted(&run_id, le, Some(&batch), &of_part, lines, left)
-                        .await);
-                }
-                let rec = &mut lines[i];
-                let new = new_line(le, &batch, rec, voucher_of(rec));
-                let started = tokio::time::Instant::now();
-                let result = self
-                    .create_line_reconciled(&new, &keys.run_key, rec.line.line_no)
-                    .await;
-                budget.took(started);
-                match result {
-                    // Not refused by D365 but out of time (e.g. a Retry-After past the
-                    // deadline): nothing of this line was written, so stop resumably.
-                    Err(e @ LedgerError::OutOfTime(_)) => {
-                        tracing::warn!(run_id = %run_id, "line {}: {e}", lines[i].line.line_no);
-                        let left = budget.short().unwrap_or_default();
-                        return Err(self
-                            .interrupted(&run_id, le, Some(&batch), &of_part, lines, left)
-                            .await);
+                let mut debit = Decimal::ZERO;
+                let mut credit = Decimal::ZERO;
+                for rec in lines.iter_mut() {
+                    let Some(l) = held.get(&rec.line.line_no) else {
+                        continue; // cannot happen: converged means every planned line is there
+                    };
+                    if rec.status != LineStatus::Created
+                        || rec.journal_batch.as_deref() != Some(batch.as_str())
+                        || rec.d365_line_number.as_deref() != Some(l.line_number.as_str())
+                    {
+                        mark_created(rec, &batch, l, "already in D365");
                     }
-                    Ok(l) => {
-                        created += 1;
-                        mark_created(rec, &batch, &l, "created");
-                    }
-                    Err(e) => {
-                        let msg = self
-                            .refused(
-                                &run_id,
-                                le,
-                                &batch,
-                                std::slice::from_mut(rec),
-                                &e.to_string(),
-                                created + found,
-                            )
-                            .await;
-                        return Err(Stop::Failed(msg));
-                    }
-                }
-                if let Err(e) = self.store.put_lines(std::slice::from_ref(rec)).await {
-                    return Err(Stop::Failed(format!("audit store: {e}")));
-                }
-                *done += 1;
-                self.progress.line_posted(*done, total);
-                if self.progress.crash_at(CrashPoint::LinesWritten) {
-                    return Err(Stop::Crashed(CrashPoint::LinesWritten));
-                }
-            }
-        }
-
-        // 5. Read back and tie out against the plan.
-        let back = self
-            .our_lines(le, &batch, &keys.run_key)
-            .await
-            .map_err(|e| failed("could not read the journal back", e))?;
-        let mut debit = Decimal::ZERO;
-        let mut credit = Decimal::ZERO;
-        for rec in lines.iter() {
-            match back.get(&rec.line.line_no) {
-                None => {
-                    return Err(Stop::Failed(format!(
-                        "line {} is missing from journal {le}/{batch} after posting; replay run {run_id}",
-                        rec.line.line_no
-                    )))
-                }
-                Some(l) if l.debit != rec.line.debit() || l.credit != rec.line.credit() => {
-                    return Err(Stop::Failed(format!(
-                        "line {} of journal {le}/{batch} holds debit {} / credit {} in D365 but the connector sent {} / {}",
-                        rec.line.line_no,
-                        l.debit,
-                        l.credit,
-                        rec.line.debit(),
-                        rec.line.credit()
-                    )))
-                }
-                Some(l) => {
                     debit += l.debit;
                     credit += l.credit;
                     if rec.offset_display.is_some() {
@@ -491,217 +310,155 @@ impl Engine<'_> {
                         credit += l.debit;
                     }
                 }
-            }
-        }
-        self.event(
-            &run_id,
-            "info",
-            "post",
-            format!(
-                "journal {le}/{batch}{of_part}: {created} line(s) created, {found} already present; D365 holds debit {debit}, credit {credit}"
-            ),
-        )
-        .await;
-        Ok(PostSummary {
-            legal_entity: le.to_string(),
-            part,
-            batch_number: batch,
-            header_created,
-            lines_created: created,
-            lines_found: found,
-            debit,
-            credit,
-            is_posted: header.is_posted,
-        })
-    }
-
-    /// Posts the journal's missing lines voucher by voucher through `$batch`. Returns `false`
-    /// when the gateway has no atomic batch posting (the caller then posts line by line).
-    /// After an unknown outcome it reads D365 and sends only vouchers confirmed absent.
-    #[allow(clippy::too_many_arguments)]
-    async fn post_vouchers(
-        &self,
-        run_id: &str,
-        le: &str,
-        batch: &str,
-        keys: &RunKeys,
-        lines: &mut [LineRecord],
-        voucher_of: &(dyn Fn(&LineRecord) -> Option<String> + Sync),
-        max_operations: usize,
-        created: &mut usize,
-        (done, total): (&mut usize, usize),
-        (budget, of_part): (&Budget, &str),
-    ) -> Result<bool, Stop> {
-        // Rounds that ended with an unknown outcome (each followed by a reconciliation).
-        let mut round = 0;
-        while round < UNKNOWN_OUTCOME_ATTEMPTS {
-            // Vouchers still to write, in line order, with the indexes of their lines.
-            let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
-            for (i, rec) in lines.iter().enumerate() {
-                if rec.status == LineStatus::Created {
-                    continue;
-                }
-                match groups.last_mut() {
-                    Some((v, idx)) if *v == rec.line.voucher => idx.push(i),
-                    _ => groups.push((rec.line.voucher, vec![i])),
-                }
-            }
-            if groups.is_empty() {
-                return Ok(true);
-            }
-            if let Some(left) = budget.short() {
-                return Err(self
-                    .interrupted(run_id, le, Some(batch), of_part, lines, left)
-                    .await);
-            }
-            if budget.has_deadline() {
-                // Under a deadline, one `$batch` request's worth of vouchers at a time, so the
-                // time left is checked before each request.
-                let mut ops = 0;
-                let fit = groups
-                    .iter()
-                    .take_while(|(_, idx)| {
-                        ops += idx.len();
-                        ops <= max_operations
-                    })
-                    .count();
-                groups.truncate(fit.max(1));
-            }
-            let vouchers: Vec<Vec<NewLedgerLine>> = groups
-                .iter()
-                .map(|(_, idx)| {
-                    idx.iter()
-                        .map(|&i| new_line(le, batch, &lines[i], voucher_of(&lines[i])))
-                        .collect()
-                })
-                .collect();
-            let started = tokio::time::Instant::now();
-            let result = self.ledger.create_vouchers(&vouchers, max_operations).await;
-            budget.took(started);
-            let outcomes = match result {
-                Ok(None) => return Ok(false),
-                Ok(Some(o)) => o,
-                Err(e) => {
-                    return Err(Stop::Failed(format!(
-                        "posting the lines of journal {le}/{batch} failed: {e}; replay run {run_id}"
-                    )))
-                }
-            };
-            // One outcome per voucher, one created row per line: anything else would leave lines
-            // unmarked and the next round would send them again. Stop; replay reconciles first.
-            let shape_ok = outcomes.len() == groups.len()
-                && groups.iter().zip(&outcomes).all(|((_, idx), o)| match o {
-                    VoucherOutcome::Created(rows) => rows.len() == idx.len(),
-                    _ => true,
-                });
-            if !shape_ok {
-                return Err(Stop::Failed(format!(
-                    "D365 answered the `$batch` for journal {le}/{batch} with outcomes that do not match the {} voucher(s) sent; nothing is re-sent — replay run {run_id} to reconcile",
-                    groups.len()
-                )));
-            }
-            let mut unknown = None;
-            for ((voucher, idx), outcome) in groups.iter().zip(outcomes) {
-                match outcome {
-                    VoucherOutcome::Created(rows) => {
-                        for (&i, row) in idx.iter().zip(rows.iter()) {
-                            mark_created(&mut lines[i], batch, row, "created");
-                            *created += 1;
-                            *done += 1;
-                        }
-                    }
-                    VoucherOutcome::Failed(msg) => {
-                        let mut recs: Vec<LineRecord> =
-                            idx.iter().map(|&i| lines[i].clone()).collect();
-                        let msg = self
-                            .refused(
-                                run_id,
-                                le,
-                                batch,
-                                &mut recs,
-                                &format!("voucher {voucher}: {msg}"),
-                                lines
-                                    .iter()
-                                    .filter(|l| l.status == LineStatus::Created)
-                                    .count(),
-                            )
-                            .await;
-                        for (&i, r) in idx.iter().zip(recs) {
-                            lines[i] = r;
-                        }
-                        let _ = self.store.put_lines(lines).await;
-                        return Err(Stop::Failed(msg));
-                    }
-                    VoucherOutcome::OutOfTime(reason) if unknown.is_none() => {
-                        // Not sent for lack of time (a Retry-After past the deadline…): nothing
-                        // of it exists, so stop resumably rather than fail.
-                        tracing::warn!(run_id, "voucher {voucher} of {le}/{batch}: {reason}");
-                        let _ = self.store.put_lines(lines).await;
-                        let left = budget.short().unwrap_or_default();
-                        return Err(self
-                            .interrupted(run_id, le, Some(batch), of_part, lines, left)
-                            .await);
-                    }
-                    VoucherOutcome::NotProcessed(reason) if unknown.is_none() => {
-                        let _ = self.store.put_lines(lines).await;
-                        return Err(Stop::Failed(format!(
-                            "D365 did not process voucher {voucher} of journal {le}/{batch} ({reason}); nothing of it was written. Replay run {run_id} to post the rest."
-                        )));
-                    }
-                    VoucherOutcome::NotProcessed(_) | VoucherOutcome::OutOfTime(_) => {}
-                    VoucherOutcome::Unknown(detail) => {
-                        unknown.get_or_insert(detail);
-                    }
-                }
-            }
-            if let Err(e) = self.store.put_lines(lines).await {
-                return Err(Stop::Failed(format!("audit store: {e}")));
-            }
-            self.progress.line_posted(*done, total);
-            if self.progress.crash_at(CrashPoint::LinesWritten) {
-                return Err(Stop::Crashed(CrashPoint::LinesWritten));
-            }
-            if let Some(detail) = unknown {
-                round += 1;
-                // Ask D365 what landed before sending anything again.
-                self.event(
-                    run_id,
-                    "warn",
-                    "post",
-                    format!("batch outcome unknown in {le}/{batch} ({detail}); reconciling with D365 (round {round})"),
-                )
-                .await;
-                let present = self
-                    .our_lines(le, batch, &keys.run_key)
-                    .await
-                    .map_err(|e| {
-                        Stop::Failed(format!("could not reconcile journal {le}/{batch}: {e}"))
-                    })?;
-                for rec in lines.iter_mut() {
-                    if rec.status != LineStatus::Created {
-                        if let Some(l) = present.get(&rec.line.line_no) {
-                            mark_created(
-                                rec,
-                                batch,
-                                l,
-                                "confirmed in D365 after an unknown outcome",
-                            );
-                            *created += 1;
-                            *done += 1;
-                        }
-                    }
-                }
                 if let Err(e) = self.store.put_lines(lines).await {
                     return Err(Stop::Failed(format!("audit store: {e}")));
                 }
+                if let Err(e) = self.store.update_run(run).await {
+                    return Err(Stop::Failed(format!("audit store: {e}")));
+                }
+                *done = done_now.max(*done);
+                let lines_found = lines.len().saturating_sub(created);
+                self.event(
+                    &run_id,
+                    "info",
+                    "post",
+                    format!(
+                        "journal {le}/{batch}{of_part}: {created} line(s) created, {lines_found} already present{}; read back: exactly one copy of each line, D365 holds debit {debit}, credit {credit}",
+                        if cleaned > 0 {
+                            format!(", {cleaned} duplicate(s) or incomplete voucher(s) removed")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                )
+                .await;
+                Ok(PostSummary {
+                    legal_entity: le.to_string(),
+                    part,
+                    batch_number: batch,
+                    header_created,
+                    lines_created: created,
+                    lines_found,
+                    debit,
+                    credit,
+                    is_posted: header.is_posted,
+                    cleaned,
+                })
             }
+            WriteEnd::Conflict(c) => {
+                let msg = self.changed_mapping_message(run, le, &of_part, &c).await;
+                self.event(&run_id, "error", "conflict", msg.clone()).await;
+                Err(Stop::Conflict(msg))
+            }
+            WriteEnd::DuplicatePosted { batches, detail } => {
+                for b in &batches {
+                    if !run.journals.iter().any(|(l, x)| l == le && x == b) {
+                        run.journals.push((le.to_string(), b.clone()));
+                    }
+                }
+                let _ = self.store.update_run(run).await;
+                let list = batches
+                    .iter()
+                    .map(|b| format!("{le}/{b}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
+                let msg = format!(
+                    "D365 holds posted duplicates of journal key {key}{of_part}: {list} ({detail}). Posted entries are never changed by the connector and nothing was written. Reverse them with `ml-connector reverse {run_id} --config FILE`, then run the period again to post exactly one copy."
+                );
+                self.event(&run_id, "error", "duplicate_posted", msg.clone())
+                    .await;
+                Err(Stop::DuplicatePosted(msg))
+            }
+            WriteEnd::Refused { line_no, message } => {
+                let batch = run
+                    .journals
+                    .iter()
+                    .rev()
+                    .find(|(l, _)| l == le)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
+                let in_d365 = lines
+                    .iter()
+                    .filter(|l| l.status == LineStatus::Created)
+                    .count();
+                let idx: Vec<usize> = lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| {
+                        r.line.line_no == line_no
+                            || (r.status != LineStatus::Created
+                                && lines
+                                    .iter()
+                                    .find(|x| x.line.line_no == line_no)
+                                    .is_some_and(|x| x.line.voucher == r.line.voucher))
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                let mut recs: Vec<LineRecord> = idx.iter().map(|&i| lines[i].clone()).collect();
+                let msg = self
+                    .refused(&run_id, le, &batch, &mut recs, &message, in_d365)
+                    .await;
+                for (&i, r) in idx.iter().zip(recs) {
+                    lines[i] = r;
+                }
+                Err(Stop::Failed(msg))
+            }
+            WriteEnd::Failed(m) => {
+                let _ = self.store.put_lines(lines).await;
+                Err(Stop::Failed(format!(
+                    "{m}; replay run {run_id} to finish it"
+                )))
+            }
+            WriteEnd::Interrupted { left, batch } => {
+                let _ = self.store.put_lines(lines).await;
+                Err(self
+                    .interrupted(&run_id, le, batch.as_deref(), &of_part, lines, left)
+                    .await)
+            }
+            WriteEnd::Crashed(p) => Err(Stop::Crashed(p)),
         }
-        if lines.iter().all(|l| l.status == LineStatus::Created) {
-            return Ok(true);
-        }
-        Err(Stop::Failed(format!(
-            "the outcome of posting to journal {le}/{batch} stayed unknown after {UNKNOWN_OUTCOME_ATTEMPTS} attempts; replay run {run_id} once D365 answers normally"
-        )))
+    }
+
+    /// The CONFLICT message for a journal whose key D365 holds with other lines: what differs,
+    /// and the commands that resolve it (only commands that work as printed).
+    async fn changed_mapping_message(
+        &self,
+        run: &RunRecord,
+        le: &str,
+        of_part: &str,
+        c: &ConflictReport,
+    ) -> String {
+        // The run that created it, if this store knows it.
+        let creator = self
+            .store
+            .runs_for_period(&run.instance, &run.keys.period_key)
+            .await
+            .ok()
+            .and_then(|rs| {
+                rs.into_iter().find(|r| {
+                    r.run_id != run.run_id
+                        && r.keys.run_key == run.keys.run_key
+                        && r.journals.iter().any(|(l, b)| l == le && *b == c.batch)
+                })
+            });
+        let fix = match (&creator, c.posted) {
+            (Some(r), true) => format!(
+                "If the new mapping is right: `ml-connector reverse {} --config FILE`, then run again.",
+                r.run_id
+            ),
+            (Some(r), false) => format!(
+                "If the new mapping is right: run again with `--supersede` to replace the unposted journal, or `ml-connector reverse {} --config FILE --delete-unposted` and run again.",
+                r.run_id
+            ),
+            (None, true) => "If the new mapping is right: reverse the posted journal (`ml-connector reverse RUN_ID --config FILE` with the run that created it, found with `ml-connector trace` on one of its line texts), then run again.".to_string(),
+            (None, false) => "If the new mapping is right: run again with `--supersede` to replace the unposted journal.".to_string(),
+        };
+        format!(
+            "D365 already holds journal {le}/{}{of_part} ({}) for this data and period, but the lines differ from what the config maps now: {}. Nothing was written. {fix}",
+            c.batch,
+            if c.posted { "posted" } else { "unposted" },
+            c.describe(8)
+        )
     }
 
     /// Records where a run stopped for lack of time (audit event `interrupted`) and returns the
@@ -781,55 +538,6 @@ impl Engine<'_> {
         self.event(run_id, "error", "post", msg.clone()).await;
         msg
     }
-
-    /// Lines of a journal that carry `run_key`, by our line number.
-    async fn our_lines(
-        &self,
-        le: &str,
-        batch: &str,
-        run_key: &str,
-    ) -> Result<BTreeMap<u32, LedgerLine>, LedgerError> {
-        let lines = self.ledger.lines(le, batch).await?;
-        let mut out = BTreeMap::new();
-        for l in lines {
-            if let Some((k, n)) = parse_line_ref(&l.text) {
-                if k == run_key {
-                    out.entry(n).or_insert(l);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Creates a line; when the outcome is unknown, looks for it in D365 before trying again.
-    async fn create_line_reconciled(
-        &self,
-        new: &NewLedgerLine,
-        run_key: &str,
-        line_no: u32,
-    ) -> Result<LedgerLine, LedgerError> {
-        let mut attempt = 1;
-        loop {
-            match self.ledger.create_line(new).await {
-                Ok(l) => return Ok(l),
-                Err(LedgerError::OutcomeUnknown(m)) => {
-                    let present = self
-                        .our_lines(&new.legal_entity, &new.batch_number, run_key)
-                        .await?;
-                    if let Some(l) = present.get(&line_no) {
-                        return Ok(l.clone());
-                    }
-                    if attempt >= UNKNOWN_OUTCOME_ATTEMPTS {
-                        return Err(LedgerError::OutcomeUnknown(format!(
-                            "{m} (confirmed absent after {attempt} attempts)"
-                        )));
-                    }
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
 fn new_line(le: &str, batch: &str, rec: &LineRecord, voucher: Option<String>) -> NewLedgerLine {
@@ -857,4 +565,173 @@ fn mark_created(rec: &mut LineRecord, batch: &str, l: &LedgerLine, how: &str) {
         l.line_number,
         l.voucher
     ));
+}
+
+/// The plan of one journal part, as the writer needs it.
+fn journal_spec(
+    config: &InstanceConfig,
+    keys: &RunKeys,
+    le: &str,
+    part: JournalPart,
+    period: &str,
+    lines: &[LineRecord],
+    manual_vouchers: bool,
+) -> JournalSpec {
+    let key = part_key(&keys.run_key, part);
+    let news: BTreeMap<u32, NewLedgerLine> = lines
+        .iter()
+        .map(|r| {
+            let voucher =
+                manual_vouchers.then(|| format!("MLC{}-{:04}", keys.period_key, r.line.voucher));
+            (r.line.line_no, new_line(le, "", r, voucher))
+        })
+        .collect();
+    let plan: Vec<PlannedLine> = lines
+        .iter()
+        .filter_map(|r| {
+            news.get(&r.line.line_no).map(|n| PlannedLine {
+                line_no: r.line.line_no,
+                voucher: r.line.voucher,
+                content: content_of_new(n),
+            })
+        })
+        .collect();
+    let fp = fingerprint(&plan);
+    JournalSpec {
+        legal_entity: le.to_string(),
+        journal_name: config.journal.journal_name.clone(),
+        key: HeaderKey::Part {
+            run_key: keys.run_key.clone(),
+            part,
+        },
+        description: render_description(config, &key, Some(&fp), period),
+        line_key: keys.run_key.clone(),
+        fingerprint: Some(fp),
+        plan,
+        lines: news,
+        posting: config.d365.posting,
+        batch_operations: config.d365.batch_operations,
+    }
+}
+
+/// What the engine records while the writer converges one journal.
+struct PostHooks<'e, 'a> {
+    engine: &'e Engine<'a>,
+    run: &'e mut RunRecord,
+    lines: &'e mut [LineRecord],
+    done: &'e mut usize,
+    total: usize,
+    budget: &'e Budget,
+    le: &'e str,
+    of_part: &'e str,
+    journal_name: &'e str,
+    /// Duplicate headers the writer removed.
+    removed: Vec<String>,
+}
+
+#[async_trait]
+impl WriterHooks for PostHooks<'_, '_> {
+    async fn header(&mut self, batch: &str, created: bool) {
+        let le = self.le;
+        if !self.run.journals.iter().any(|(l, b)| l == le && b == batch) {
+            self.run.journals.push((le.to_string(), batch.to_string()));
+            if let Err(e) = self.engine.store.update_run(self.run).await {
+                tracing::error!(run_id = %self.run.run_id, "audit store: {e}");
+            }
+        }
+        let (of_part, run_id) = (self.of_part, self.run.run_id.clone());
+        let msg = if created {
+            format!(
+                "created journal {le}/{batch}{of_part} ({})",
+                self.journal_name
+            )
+        } else {
+            format!("found journal {le}/{batch}{of_part} from an earlier attempt; reconciling its lines")
+        };
+        self.engine.event(&run_id, "info", "post", msg).await;
+    }
+
+    async fn written(&mut self, batch: &str, rows: &[(u32, LedgerLine)]) {
+        let mut changed = Vec::with_capacity(rows.len());
+        for (n, row) in rows {
+            if let Some(rec) = self.lines.iter_mut().find(|r| r.line.line_no == *n) {
+                mark_created(rec, batch, row, "created");
+                changed.push(rec.clone());
+            }
+        }
+        if let Err(e) = self.engine.store.put_lines(&changed).await {
+            tracing::error!(run_id = %self.run.run_id, "audit store: {e}");
+        }
+        *self.done += rows.len();
+        self.engine.progress.line_posted(*self.done, self.total);
+    }
+
+    async fn cleaned(&mut self, deletion: &Deletion, result: &str) {
+        // Lines the audit shows in D365 that are gone now are pending again (rewritten whole).
+        let mut changed = Vec::new();
+        match deletion {
+            Deletion::Header { batch } => {
+                self.removed.push(batch.clone());
+                for rec in self.lines.iter_mut() {
+                    if rec.journal_batch.as_deref() == Some(batch.as_str()) {
+                        unmark(rec, result);
+                        changed.push(rec.clone());
+                    }
+                }
+            }
+            Deletion::Lines {
+                batch,
+                line_numbers,
+                ..
+            } => {
+                for rec in self.lines.iter_mut() {
+                    if rec.journal_batch.as_deref() == Some(batch.as_str())
+                        && rec
+                            .d365_line_number
+                            .as_ref()
+                            .is_some_and(|n| line_numbers.contains(n))
+                    {
+                        unmark(rec, result);
+                        changed.push(rec.clone());
+                    }
+                }
+            }
+        }
+        if !changed.is_empty() {
+            *self.done = self.done.saturating_sub(changed.len());
+            if let Err(e) = self.engine.store.put_lines(&changed).await {
+                tracing::error!(run_id = %self.run.run_id, "audit store: {e}");
+            }
+        }
+        let run_id = self.run.run_id.clone();
+        self.engine.event(&run_id, "warn", "cleanup", result).await;
+    }
+
+    async fn unknown(&mut self, what: &str) {
+        let run_id = self.run.run_id.clone();
+        self.engine.event(&run_id, "warn", "post", what).await;
+    }
+
+    fn crash_at(&self, point: CrashPoint) -> bool {
+        self.engine.progress.crash_at(point)
+    }
+
+    fn short(&self) -> Option<std::time::Duration> {
+        self.budget.short()
+    }
+
+    fn took(&self, started: tokio::time::Instant) {
+        self.budget.took(started)
+    }
+
+    fn has_deadline(&self) -> bool {
+        self.budget.has_deadline()
+    }
+}
+
+fn unmark(rec: &mut LineRecord, why: &str) {
+    rec.status = LineStatus::Pending;
+    rec.journal_batch = None;
+    rec.d365_line_number = None;
+    rec.d365_response = Some(why.to_string());
 }
