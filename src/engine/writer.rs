@@ -275,6 +275,9 @@ impl JournalWriter<'_> {
                     };
                     if announced.as_deref() != Some(batch.as_str()) {
                         hooks.header(&batch, false).await;
+                        if hooks.crash_at(CrashPoint::HeaderCreated) {
+                            return WriteEnd::Crashed(CrashPoint::HeaderCreated);
+                        }
                     }
                     return WriteEnd::Converged {
                         header,
@@ -371,6 +374,9 @@ impl JournalWriter<'_> {
                     if announced.as_deref() != Some(batch.as_str()) {
                         hooks.header(&batch, false).await;
                         announced = Some(batch.clone());
+                        if hooks.crash_at(CrashPoint::HeaderCreated) {
+                            return WriteEnd::Crashed(CrashPoint::HeaderCreated);
+                        }
                     }
                     let groups: Vec<Vec<NewLedgerLine>> = vouchers
                         .iter()

@@ -338,6 +338,44 @@ impl LedgerGateway for FaultLedger<'_> {
             r => r,
         }
     }
+
+    async fn header(&self, le: &str, batch: &str) -> Result<Option<LedgerHeader>, LedgerError> {
+        self.inner.header(le, batch).await
+    }
+
+    // A naive poster never cleans up after itself: it has none of the deletes the convergent
+    // writer uses to remove duplicates (the trait's defaults refuse them).
+    async fn delete_line(&self, le: &str, batch: &str, n: &str) -> Result<bool, LedgerError> {
+        if self.fault == LedgerFault::Naive {
+            return Err(LedgerError::Other(
+                "the naive poster does not delete".into(),
+            ));
+        }
+        self.inner.delete_line(le, batch, n).await
+    }
+
+    async fn delete_lines_atomic(
+        &self,
+        le: &str,
+        batch: &str,
+        numbers: &[String],
+    ) -> Result<bool, LedgerError> {
+        if self.fault == LedgerFault::Naive {
+            return Err(LedgerError::Other(
+                "the naive poster does not delete".into(),
+            ));
+        }
+        self.inner.delete_lines_atomic(le, batch, numbers).await
+    }
+
+    async fn delete_header(&self, le: &str, batch: &str) -> Result<bool, LedgerError> {
+        if self.fault == LedgerFault::Naive {
+            return Err(LedgerError::Other(
+                "the naive poster does not delete".into(),
+            ));
+        }
+        self.inner.delete_header(le, batch).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
