@@ -22,14 +22,20 @@ use super::{
     KIND_REVERSED, TRIGGER_REVERSE,
 };
 use crate::domain::config::InstanceConfig;
+use crate::domain::converge::{Deletion, PlannedLine};
 use crate::domain::journal::{Journal, JournalLine, JournalPart};
 use crate::domain::mapping::{line_ref, parse_line_ref, truncate_chars};
 use crate::domain::money::CurrencyPrecision;
 use crate::domain::reference::{PeriodStatus, ReferenceData, VoucherAllocation};
 use crate::domain::run::{LineRecord, LineStatus, RunKeys, RunRecord, RunStatus, RunTotals};
 use crate::domain::validation::validate;
-use crate::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
+use crate::engine::writer::{
+    content_of_new, HeaderKey, JournalSpec, JournalWriter, WriteEnd, WriterHooks,
+};
+use crate::engine::CrashPoint;
+use crate::ports::{LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
 use crate::store::{LockOutcome, Store};
+use async_trait::async_trait;
 
 /// Options of [`reverse()`].
 #[derive(Debug, Clone)]
@@ -438,8 +444,8 @@ async fn reverse_locked(
         let mut failure = None;
         for (le, batch, date, journal, manual, _) in &plans {
             match write_reversal(
-                store, ledger, original, &mut rev, &rev_key, le, batch, *date, journal, *manual,
-                &mut recs,
+                store, ledger, config, original, &mut rev, &rev_key, le, batch, *date, journal,
+                *manual, &mut recs,
             )
             .await
             {
@@ -561,11 +567,13 @@ async fn reverse_locked(
     })
 }
 
-/// Writes (or finds) one reversal journal and reads it back.
+/// Writes (or finds) one reversal journal through the convergent writer, which leaves exactly
+/// one copy in D365 whoever else reverses the same run, and reads it back.
 #[allow(clippy::too_many_arguments)]
 async fn write_reversal(
     store: &dyn Store,
     ledger: &dyn LedgerGateway,
+    config: &InstanceConfig,
     original: &RunRecord,
     rev: &mut RunRecord,
     rev_key: &str,
@@ -576,161 +584,219 @@ async fn write_reversal(
     manual_vouchers: bool,
     recs: &mut [LineRecord],
 ) -> Result<JournalReversal, ControlsError> {
-    let prefix = reversal_description_prefix(&original.keys.run_key, original_batch);
-    let find = || async {
-        Ok::<_, LedgerError>(
-            ledger
-                .find_headers(le, &prefix)
-                .await?
-                .into_iter()
-                .filter(|h| h.description.starts_with(&prefix))
-                .min_by(|a, b| a.batch_number.cmp(&b.batch_number)),
-        )
-    };
-    let header = match find().await? {
-        Some(h) => h,
-        None => match ledger
-            .create_header(le, &journal.journal_name, &journal.description)
-            .await
-        {
-            Ok(h) => h,
-            Err(LedgerError::OutcomeUnknown(m)) => find().await?.ok_or_else(|| {
-                refused(format!(
-                    "creating the reversal journal in {le} had an unknown outcome ({m}) and it is not in D365; nothing was written"
-                ))
-            })?,
-            Err(e) => return Err(e.into()),
-        },
-    };
-    let batch = header.batch_number.clone();
-    if !rev.journals.iter().any(|(l, b)| l == le && *b == batch) {
-        rev.journals.push((le.to_string(), batch.clone()));
-        store.update_run(rev).await?;
-    }
-    let ours = |lines: Vec<LedgerLine>| -> BTreeMap<u32, LedgerLine> {
-        let mut m = BTreeMap::new();
-        for l in lines {
-            if let Some((k, n)) = parse_line_ref(&l.text) {
-                if k == rev_key {
-                    m.entry(n).or_insert(l);
-                }
-            }
-        }
-        m
-    };
-    let existing = ours(ledger.lines(le, &batch).await?);
-    let missing = journal
-        .lines
-        .iter()
-        .filter(|l| !existing.contains_key(&l.line_no))
-        .count();
-    if header.is_posted && missing > 0 {
-        return Err(refused(format!(
-            "reversal journal {le}/{batch} was posted before all its lines were written ({missing} missing); reverse the remainder in D365"
-        )));
-    }
-    let mut created = 0;
-    let mut found = 0;
+    let mut news = BTreeMap::new();
+    let mut plan = Vec::with_capacity(journal.lines.len());
     for l in &journal.lines {
-        let rec = recs
-            .iter_mut()
+        let Some(rec) = recs
+            .iter()
             .find(|r| r.legal_entity == le && r.line.line_no == l.line_no)
-            .expect("planned");
-        let got = if let Some(x) = existing.get(&l.line_no) {
-            found += 1;
-            x.clone()
-        } else {
-            let new = NewLedgerLine {
-                legal_entity: le.to_string(),
-                batch_number: batch.clone(),
-                trans_date: l.trans_date,
-                account_display: rec.account_display.clone(),
-                offset_display: rec.offset_display.clone(),
-                debit: l.debit(),
-                credit: l.credit(),
-                currency: l.currency.clone(),
-                text: l.text.clone(),
-                voucher: manual_vouchers
-                    .then(|| format!("MLR{}-{:04}", original.keys.period_key, l.voucher)),
-            };
-            let made = match ledger.create_line(&new).await {
-                Ok(x) => x,
-                Err(LedgerError::OutcomeUnknown(m)) => {
-                    match ours(ledger.lines(le, &batch).await?).remove(&l.line_no) {
-                        Some(x) => x,
-                        None => {
-                            return Err(refused(format!(
-                                "line {} of the reversal journal {le}/{batch} had an unknown outcome ({m}) and is not in D365",
-                                line_ref(rev_key, l.line_no)
-                            )))
-                        }
-                    }
-                }
-                Err(e) => {
-                    rec.status = LineStatus::Failed;
-                    rec.journal_batch = Some(batch.clone());
-                    rec.d365_response = Some(e.to_string());
-                    store.put_lines(std::slice::from_ref(rec)).await?;
-                    return Err(refused(format!(
-                        "D365 did not accept line {} of the reversal journal {le}/{batch}: {e}",
-                        line_ref(rev_key, l.line_no)
-                    )));
-                }
-            };
-            created += 1;
-            made
+        else {
+            continue;
         };
-        rec.status = LineStatus::Created;
-        rec.journal_batch = Some(batch.clone());
-        rec.d365_line_number = Some(got.line_number.clone());
-        rec.d365_response = Some(format!(
-            "reversal line {} voucher {}",
-            got.line_number, got.voucher
-        ));
-        store.put_lines(std::slice::from_ref(rec)).await?;
+        let new = NewLedgerLine {
+            legal_entity: le.to_string(),
+            batch_number: String::new(),
+            trans_date: l.trans_date,
+            account_display: rec.account_display.clone(),
+            offset_display: rec.offset_display.clone(),
+            debit: l.debit(),
+            credit: l.credit(),
+            currency: l.currency.clone(),
+            text: l.text.clone(),
+            voucher: manual_vouchers
+                .then(|| format!("MLR{}-{:04}", original.keys.period_key, l.voucher)),
+        };
+        plan.push(PlannedLine {
+            line_no: l.line_no,
+            voucher: l.voucher,
+            content: content_of_new(&new),
+        });
+        news.insert(l.line_no, new);
     }
-    // Read back and tie out.
-    let back = ours(ledger.lines(le, &batch).await?);
-    let mut debit = Decimal::ZERO;
-    let mut credit = Decimal::ZERO;
-    for l in &journal.lines {
-        match back.get(&l.line_no) {
-            Some(x) if x.debit == l.debit() && x.credit == l.credit() => {
+    let spec = JournalSpec {
+        legal_entity: le.to_string(),
+        journal_name: journal.journal_name.clone(),
+        key: HeaderKey::Prefix(reversal_description_prefix(
+            &original.keys.run_key,
+            original_batch,
+        )),
+        description: journal.description.clone(),
+        line_key: rev_key.to_string(),
+        fingerprint: None,
+        plan,
+        lines: news,
+        posting: config.d365.posting,
+        batch_operations: config.d365.batch_operations,
+        exclude: Default::default(),
+    };
+    let mut hooks = ReverseHooks {
+        store,
+        rev,
+        recs,
+        le,
+    };
+    let end = JournalWriter { ledger }.converge(&spec, &mut hooks).await;
+    let ReverseHooks { rev, recs, .. } = hooks;
+    let refs = |n: u32| line_ref(rev_key, n);
+    match end {
+        WriteEnd::Converged {
+            header,
+            lines,
+            created,
+            ..
+        } => {
+            let batch = header.batch_number.clone();
+            let mut debit = Decimal::ZERO;
+            let mut credit = Decimal::ZERO;
+            for rec in recs.iter_mut().filter(|r| r.legal_entity == le) {
+                let Some(x) = lines.get(&rec.line.line_no) else {
+                    continue;
+                };
+                if rec.status != LineStatus::Created {
+                    rec.status = LineStatus::Created;
+                    rec.journal_batch = Some(batch.clone());
+                    rec.d365_line_number = Some(x.line_number.clone());
+                    rec.d365_response = Some(format!(
+                        "reversal line {} voucher {} (already in D365)",
+                        x.line_number, x.voucher
+                    ));
+                }
                 let off = !x.offset_display.as_deref().unwrap_or("").is_empty();
                 debit += x.debit + if off { x.credit } else { Decimal::ZERO };
                 credit += x.credit + if off { x.debit } else { Decimal::ZERO };
             }
-            other => {
-                return Err(refused(format!(
-                    "reversal line {} of {le}/{batch} reads back as {:?}, expected debit {} / credit {}",
-                    line_ref(rev_key, l.line_no),
-                    other.map(|x| (x.debit, x.credit)),
-                    l.debit(),
-                    l.credit()
-                )))
+            store.put_lines(recs).await?;
+            let found = spec.plan.len().saturating_sub(created);
+            record(
+                store,
+                &rev.run_id,
+                "info",
+                "post",
+                format!(
+                    "reversal journal {le}/{batch} of {le}/{original_batch}: {created} line(s) created, {found} already present; dated {date}; read back: exactly one copy of each line, D365 holds debit {debit}, credit {credit}"
+                ),
+            )
+            .await;
+            Ok(JournalReversal {
+                legal_entity: le.to_string(),
+                original_batch: original_batch.to_string(),
+                reversal_batch: batch,
+                reversal_date: date,
+                lines_created: created,
+                lines_found: found,
+                debit,
+                credit,
+            })
+        }
+        WriteEnd::Conflict(c) => Err(refused(format!(
+            "D365 holds reversal journal {le}/{} of {le}/{original_batch} with other lines than the reversal planned now ({}); nothing was written. Check it in D365 (delete it while unposted), then reverse again",
+            c.batch,
+            c.describe(8)
+        ))),
+        WriteEnd::DuplicatePosted { batches, detail } => Err(refused(format!(
+            "D365 holds posted duplicates of the reversal of {le}/{original_batch}: {} ({detail}); reverse the extra one in D365",
+            batches.join(", ")
+        ))),
+        WriteEnd::Refused { lines, message } => {
+            for rec in recs
+                .iter_mut()
+                .filter(|r| r.legal_entity == le && lines.contains(&r.line.line_no))
+            {
+                rec.status = LineStatus::Failed;
+                rec.d365_response = Some(message.clone());
+                store.put_lines(std::slice::from_ref(rec)).await?;
+            }
+            Err(refused(format!(
+                "D365 did not accept line {} of the reversal journal in {le}: {message}",
+                refs(lines.first().copied().unwrap_or_default())
+            )))
+        }
+        WriteEnd::Failed(m) => Err(refused(m)),
+        WriteEnd::Interrupted { .. } => Err(refused(format!(
+            "the reversal of {le}/{original_batch} stopped before its deadline"
+        ))),
+        WriteEnd::Crashed(p) => Err(refused(format!("crashed (injected) at {p:?}"))),
+    }
+}
+
+/// What a reversal records while the writer converges its journal.
+struct ReverseHooks<'a> {
+    store: &'a dyn Store,
+    rev: &'a mut RunRecord,
+    recs: &'a mut [LineRecord],
+    le: &'a str,
+}
+
+#[async_trait]
+impl WriterHooks for ReverseHooks<'_> {
+    async fn header(&mut self, batch: &str, _created: bool) {
+        let le = self.le;
+        if !self.rev.journals.iter().any(|(l, b)| l == le && b == batch) {
+            self.rev.journals.push((le.to_string(), batch.to_string()));
+            if let Err(e) = self.store.update_run(self.rev).await {
+                tracing::error!(run_id = %self.rev.run_id, "audit store: {e}");
             }
         }
     }
-    record(
-        store,
-        &rev.run_id,
-        "info",
-        "post",
-        format!(
-            "reversal journal {le}/{batch} of {le}/{original_batch}: {created} line(s) created, {found} already present; dated {date}; D365 holds debit {debit}, credit {credit}"
-        ),
-    )
-    .await;
-    Ok(JournalReversal {
-        legal_entity: le.to_string(),
-        original_batch: original_batch.to_string(),
-        reversal_batch: batch,
-        reversal_date: date,
-        lines_created: created,
-        lines_found: found,
-        debit,
-        credit,
-    })
+
+    async fn written(&mut self, batch: &str, rows: &[(u32, LedgerLine)]) {
+        let mut changed = Vec::new();
+        for (n, got) in rows {
+            if let Some(rec) = self
+                .recs
+                .iter_mut()
+                .find(|r| r.legal_entity == self.le && r.line.line_no == *n)
+            {
+                rec.status = LineStatus::Created;
+                rec.journal_batch = Some(batch.to_string());
+                rec.d365_line_number = Some(got.line_number.clone());
+                rec.d365_response = Some(format!(
+                    "reversal line {} voucher {}",
+                    got.line_number, got.voucher
+                ));
+                changed.push(rec.clone());
+            }
+        }
+        if let Err(e) = self.store.put_lines(&changed).await {
+            tracing::error!(run_id = %self.rev.run_id, "audit store: {e}");
+        }
+    }
+
+    async fn cleaned(&mut self, _deletion: &Deletion, result: &str) {
+        record(
+            self.store,
+            &self.rev.run_id,
+            "warn",
+            "cleanup",
+            result.to_string(),
+        )
+        .await;
+    }
+
+    async fn unknown(&mut self, what: &str) {
+        record(
+            self.store,
+            &self.rev.run_id,
+            "warn",
+            "post",
+            what.to_string(),
+        )
+        .await;
+    }
+
+    fn crash_at(&self, _point: CrashPoint) -> bool {
+        false
+    }
+
+    fn short(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    fn took(&self, _started: tokio::time::Instant) {}
+
+    fn has_deadline(&self) -> bool {
+        false
+    }
 }
 
 /// Deletes the run's lines from an unposted journal, then the journal if nothing else is in it.

@@ -252,7 +252,8 @@ impl Engine<'_> {
                 Err(e) => return Err(failed("could not read the journal name", e)),
             },
         };
-        let spec = journal_spec(config, keys, le, part, &run.period, lines, manual_vouchers);
+        let mut spec = journal_spec(config, keys, le, part, &run.period, lines, manual_vouchers);
+        spec.exclude = reversed;
 
         // 3. Converge D365 on one copy (see `writer` and `domain::converge`).
         let writer = JournalWriter {
@@ -369,7 +370,10 @@ impl Engine<'_> {
                     .await;
                 Err(Stop::DuplicatePosted(msg))
             }
-            WriteEnd::Refused { line_no, message } => {
+            WriteEnd::Refused {
+                lines: refused_lines,
+                message,
+            } => {
                 let batch = run
                     .journals
                     .iter()
@@ -384,14 +388,7 @@ impl Engine<'_> {
                 let idx: Vec<usize> = lines
                     .iter()
                     .enumerate()
-                    .filter(|(_, r)| {
-                        r.line.line_no == line_no
-                            || (r.status != LineStatus::Created
-                                && lines
-                                    .iter()
-                                    .find(|x| x.line.line_no == line_no)
-                                    .is_some_and(|x| x.line.voucher == r.line.voucher))
-                    })
+                    .filter(|(_, r)| refused_lines.contains(&r.line.line_no))
                     .map(|(i, _)| i)
                     .collect();
                 let mut recs: Vec<LineRecord> = idx.iter().map(|&i| lines[i].clone()).collect();
@@ -611,6 +608,7 @@ fn journal_spec(
         lines: news,
         posting: config.d365.posting,
         batch_operations: config.d365.batch_operations,
+        exclude: Default::default(),
     }
 }
 

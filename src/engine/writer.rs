@@ -11,7 +11,7 @@
 //! The caller's [`WriterHooks`] record every header and line in the audit trail as it lands,
 //! decide crash points (fault injection) and say whether there is time for another write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -85,6 +85,9 @@ pub struct JournalSpec {
     pub posting: Posting,
     /// Operations per `$batch` request.
     pub batch_operations: usize,
+    /// Headers that carry the key but no longer count (journals reversed by `reverse`: the
+    /// period may be posted again under the same key).
+    pub exclude: BTreeSet<String>,
 }
 
 /// What the caller records and decides while the writer works.
@@ -128,8 +131,8 @@ pub enum WriteEnd {
         batches: Vec<String>,
         detail: String,
     },
-    /// D365 refused a line or voucher (validation): `line_no` is its first line.
-    Refused { line_no: u32, message: String },
+    /// D365 refused a line or a voucher (validation): its line numbers.
+    Refused { lines: Vec<u32>, message: String },
     /// Anything else that stops the journal (the message says why and what to do).
     Failed(String),
     /// No time for the next write; `lines_written` were written by this writer.
@@ -191,7 +194,7 @@ impl JournalWriter<'_> {
             .find_headers(le, &spec.key.search_prefix())
             .await?
             .into_iter()
-            .filter(|h| spec.key.matches(&h.description))
+            .filter(|h| spec.key.matches(&h.description) && !spec.exclude.contains(&h.batch_number))
             .collect();
         headers.sort_by(|a, b| batch_order(&a.batch_number, &b.batch_number));
         let mut held = Vec::with_capacity(headers.len());
@@ -548,12 +551,12 @@ impl JournalWriter<'_> {
                         });
                     }
                     VoucherOutcome::Failed(msg) => {
-                        let line_no = group
-                            .first()
-                            .and_then(|g| parse_line_ref(&g.text))
-                            .map_or(0, |(_, n)| n);
+                        let lines = group
+                            .iter()
+                            .filter_map(|g| parse_line_ref(&g.text).map(|(_, n)| n))
+                            .collect();
                         return Some(Err(WriteStop::End(WriteEnd::Refused {
-                            line_no,
+                            lines,
                             message: msg,
                         })));
                     }
@@ -634,7 +637,7 @@ impl JournalWriter<'_> {
                     }
                     Err(LedgerError::Rejected(m)) => {
                         return Some(Err(WriteStop::End(WriteEnd::Refused {
-                            line_no: n,
+                            lines: vec![n],
                             message: m,
                         })))
                     }
