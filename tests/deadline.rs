@@ -32,6 +32,7 @@ fn opts(deadline: Option<Instant>) -> RunOptions {
         mode: Mode::Post,
         lease: ChronoDuration::minutes(5),
         deadline,
+        supersede: false,
     }
 }
 

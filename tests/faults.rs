@@ -392,6 +392,7 @@ fn opts(trigger: &str, crash_lease: bool) -> RunOptions {
             Duration::minutes(5)
         },
         deadline: None,
+        supersede: false,
     }
 }
 

@@ -848,6 +848,7 @@ async fn half_posted_run(w: &World) -> String {
         mode: Mode::Post,
         lease: Duration::minutes(5),
         deadline: None,
+        supersede: false,
     };
     let report = engine.run(&w.config, &opts).await.unwrap();
     assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.run.message);

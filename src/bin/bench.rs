@@ -798,6 +798,7 @@ fn child_extract(config: &Path, path: LookerPath, breakdown: bool) -> anyhow::Re
             mode: Mode::Preview,
             lease: chrono::Duration::minutes(10),
             deadline: None,
+            supersede: false,
         };
         let hwm_start_kib = proc_status_kib("VmHWM");
 

@@ -58,6 +58,7 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
         mode: Mode::Post,
         lease: chrono::Duration::minutes(super::CLI_LEASE_MINUTES),
         deadline: None,
+        supersede: false,
     };
     println!(
         "\nRunning instance `{}` (config infra/config/weekly-marketplace-fees.toml) for the week before {today}",

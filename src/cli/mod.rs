@@ -97,6 +97,12 @@ enum Command {
         /// Run as if today were this date (the period is derived from it).
         #[arg(long)]
         run_date: Option<NaiveDate>,
+        /// When D365 holds an *unposted* journal for this data under the same key but with
+        /// other lines (the mapping changed), delete it whole and post this one instead.
+        /// Without it such a run is a CONFLICT and writes nothing. Posted journals are never
+        /// replaced: reverse them.
+        #[arg(long)]
+        supersede: bool,
     },
     /// Everything but the write: the exact journal lines and the validation report.
     Preview {
@@ -217,11 +223,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Demo => demo_command(&store_path).await,
         Command::Sandbox { write_config } => sandbox_command(&write_config).await,
-        Command::Run { cfg, run_date } => {
-            run_command(&store_path, table.as_deref(), &cfg, run_date, Mode::Post).await
+        Command::Run {
+            cfg,
+            run_date,
+            supersede,
+        } => {
+            let mode = Mode::Post;
+            run_command(
+                &store_path,
+                table.as_deref(),
+                &cfg,
+                run_date,
+                (mode, supersede),
+            )
+            .await
         }
         Command::Preview { cfg, run_date } => {
-            run_command(&store_path, table.as_deref(), &cfg, run_date, Mode::Preview).await
+            let mode = Mode::Preview;
+            run_command(&store_path, table.as_deref(), &cfg, run_date, (mode, false)).await
         }
         Command::Check { cfg } => check_command(&cfg).await,
         Command::Replay {
@@ -644,7 +663,7 @@ async fn run_command(
     table: Option<&str>,
     args: &ConfigArgs,
     run_date: Option<NaiveDate>,
-    mode: Mode,
+    (mode, supersede): (Mode, bool),
 ) -> anyhow::Result<i32> {
     let (cfg, clients) = load_instance(args)?;
     let store = any_store(store_path, table).await?;
@@ -661,6 +680,7 @@ async fn run_command(
         mode,
         lease: chrono::Duration::minutes(CLI_LEASE_MINUTES),
         deadline: None,
+        supersede,
     };
     let report = engine.run(&cfg, &opts).await?;
     print!("{}", render::run_report(&report, store_path));

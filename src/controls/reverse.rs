@@ -628,6 +628,7 @@ async fn write_reversal(
         posting: config.d365.posting,
         batch_operations: config.d365.batch_operations,
         exclude: Default::default(),
+        supersede: false,
     };
     let mut hooks = ReverseHooks {
         store,

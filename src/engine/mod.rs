@@ -152,6 +152,10 @@ pub struct RunOptions {
     /// might not finish before this instant (Lambda: its deadline minus a margin). `None`: no
     /// deadline.
     pub deadline: Option<tokio::time::Instant>,
+    /// Replace an *unposted* journal that D365 holds under this data's key with other lines
+    /// (the mapping changed): delete it whole, then post this one. Without it such a run is a
+    /// conflict and writes nothing. Posted journals are never replaced (reverse them).
+    pub supersede: bool,
 }
 
 /// The pipeline with its ports.
@@ -451,7 +455,7 @@ impl<'a> Engine<'a> {
         self.crash(CrashPoint::Locked)?;
         let budget = budget::Budget::new(opts.deadline);
         let (status, message, posted) = self
-            .post_all(&mut run, config, lines, &keys, &earlier, &budget)
+            .post_all(&mut run, config, lines, &keys, opts.supersede, &budget)
             .await?;
         self.crash(CrashPoint::Posted)?;
         if matches!(status, RunStatus::Completed | RunStatus::AlreadyPosted) {
@@ -745,7 +749,7 @@ impl<'a> Engine<'a> {
         let keys = run.keys.clone();
         let budget = budget::Budget::new(deadline);
         let (status, message, posted) = self
-            .post_all(&mut run, config, lines, &keys, &[], &budget)
+            .post_all(&mut run, config, lines, &keys, false, &budget)
             .await?;
         self.crash(CrashPoint::Posted)?;
         // Replaying a completed run finds everything in place: it stays `completed` with its

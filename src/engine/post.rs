@@ -64,7 +64,7 @@ impl Engine<'_> {
         config: &InstanceConfig,
         lines: Vec<LineRecord>,
         keys: &RunKeys,
-        _earlier: &[RunRecord],
+        supersede: bool,
         budget: &Budget,
     ) -> Result<(RunStatus, String, Vec<PostSummary>), EngineError> {
         // One journal header per legal entity and part, in that order (parts as recorded at
@@ -94,7 +94,7 @@ impl Engine<'_> {
                 &mut lines,
                 &mut done,
                 total,
-                budget,
+                (budget, supersede),
                 &mut manual_vouchers,
             ));
             match journal.await {
@@ -172,7 +172,7 @@ impl Engine<'_> {
         lines: &mut [LineRecord],
         done: &mut usize,
         total: usize,
-        budget: &Budget,
+        (budget, supersede): (&Budget, bool),
         manual_cache: &mut BTreeMap<String, bool>,
     ) -> Result<PostSummary, Stop> {
         let run_id = run.run_id.clone();
@@ -254,6 +254,7 @@ impl Engine<'_> {
         };
         let mut spec = journal_spec(config, keys, le, part, &run.period, lines, manual_vouchers);
         spec.exclude = reversed;
+        spec.supersede = supersede;
 
         // 3. Converge D365 on one copy (see `writer` and `domain::converge`).
         let writer = JournalWriter {
@@ -609,6 +610,7 @@ fn journal_spec(
         posting: config.d365.posting,
         batch_operations: config.d365.batch_operations,
         exclude: Default::default(),
+        supersede: false,
     }
 }
 

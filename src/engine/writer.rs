@@ -88,6 +88,10 @@ pub struct JournalSpec {
     /// Headers that carry the key but no longer count (journals reversed by `reverse`: the
     /// period may be posted again under the same key).
     pub exclude: BTreeSet<String>,
+    /// On a conflict with an *unposted* journal, delete every header of the key (each whole,
+    /// with its lines) once, then post this plan: a crash in between leaves nothing under the
+    /// key, and the next run posts afresh.
+    pub supersede: bool,
 }
 
 /// What the caller records and decides while the writer works.
@@ -248,6 +252,7 @@ impl JournalWriter<'_> {
         let mut cleaned = 0usize;
         let mut announced: Option<String> = None;
         let mut line_by_line = spec.posting == Posting::Lines;
+        let mut superseded = false;
         for _round in 0..MAX_ROUNDS {
             let seen = match self.observe(spec).await {
                 Ok(s) => s,
@@ -289,6 +294,22 @@ impl JournalWriter<'_> {
                         created,
                         cleaned,
                     };
+                }
+                Assessment::Conflict(c)
+                    if spec.supersede
+                        && !superseded
+                        && !c.posted
+                        && seen.held.iter().all(|h| !h.posted) =>
+                {
+                    superseded = true;
+                    Step::Clean(
+                        seen.held
+                            .iter()
+                            .map(|h| Deletion::Header {
+                                batch: h.batch.clone(),
+                            })
+                            .collect(),
+                    )
                 }
                 Assessment::Conflict(c) => return WriteEnd::Conflict(c),
                 Assessment::DuplicatePosted { batches, detail } => {

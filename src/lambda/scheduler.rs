@@ -132,6 +132,7 @@ async fn run(
         mode: Mode::Post,
         lease: inv.remaining(),
         deadline: Some(deadline),
+        supersede: false,
     };
     let report = engine.run(&inst.config, &opts).await.map_err(|e| match e {
         EngineError::Store(s) => LambdaError::Store(s),

@@ -410,6 +410,7 @@ async fn ingest(
         mode: Mode::Post,
         lease: inv.remaining(),
         deadline: Some(deadline),
+        supersede: false,
     };
     let result = match work {
         Work::Rows(delivery) => {

@@ -79,6 +79,7 @@ impl World {
             mode,
             lease: chrono::Duration::minutes(5),
             deadline: None,
+            supersede: false,
         }
     }
 
