@@ -261,7 +261,7 @@ pub fn row_amount(cfg: &InstanceConfig, cells: &BTreeMap<String, Cell>) -> Optio
     let num = |col: &str| -> Option<Decimal> {
         match cells.get(col)? {
             Cell::Number(d) => Some(*d),
-            Cell::Text(t) => parse_amount_text(t),
+            Cell::Text(t) => parse_amount_text(t).ok(),
             _ => None,
         }
     };
