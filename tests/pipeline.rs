@@ -301,6 +301,14 @@ async fn huge_amounts_are_rejected_as_out_of_range_nothing_written_and_audited()
             r.errors
         );
     }
+    // `show RUN_ID --config` reconciles the rejected run without tripping over the amounts.
+    let clients = w.clients();
+    let rec =
+        ml_connector::controls::reconcile(&w.store, &clients.d365, &w.config, &report.run.run_id)
+            .await
+            .expect("reconciled");
+    assert_eq!(rec.source_total, Decimal::ZERO);
+
     // Too large for a decimal at all: out of range as well, never "not a number".
     add_rows(&["1e400", "-1e29", "10.5"]);
     let report = assert_rejected_nothing_written(
@@ -316,6 +324,56 @@ async fn huge_amounts_are_rejected_as_out_of_range_nothing_written_and_audited()
         text.iter().all(|t| !t.contains("not a number")),
         "{text:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amount_sum_that_overflows_is_a_row_error_not_a_crash() {
+    // With `amount.max_abs` raised to the largest decimal, every 5e28 is in range, but their
+    // sum is not: the rows that overflow the total are rejected, named; nothing is written.
+    let mut w = World::start_with(LookerSeed::empty()).await;
+    w.config.amount.max_abs = Decimal::MAX;
+    let week = w.period_end().to_string();
+    w.looker.add_explore(
+        "finance",
+        "marketplace_fees",
+        &DIMS,
+        &["marketplace_fees.total_amount"],
+        &small_explore_rows(&week, &["5e28", "5e28", "5e28"]),
+    );
+    let report = assert_rejected_nothing_written(
+        &w,
+        "row 1, `marketplace_fees.total_amount`: amount `50000000000000000000000000000` cannot be added to the Looker total of the rows before it: amount overflow: a total is out of range",
+    )
+    .await;
+    let text: Vec<String> = report.issues.iter().map(|i| i.to_string()).collect();
+    assert_eq!(text.len(), 2, "{text:#?}");
+    assert!(
+        text[1].starts_with("row 2, `marketplace_fees.total_amount`"),
+        "{text:#?}"
+    );
+    let rows = w.store.source_rows(&report.run.run_id).await.unwrap();
+    let status: Vec<RowStatus> = rows.iter().map(|r| r.status).collect();
+    assert_eq!(
+        status,
+        [RowStatus::Mapped, RowStatus::Rejected, RowStatus::Rejected]
+    );
+    assert!(
+        rows[1].errors[0].contains("amount overflow"),
+        "{:?}",
+        rows[1].errors
+    );
+    let run = w.store.get_run(&report.run.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        run.totals.source_total,
+        Decimal::from_scientific("5e28").unwrap()
+    );
+    // The reconciliation totals the audited rows as mapping did: no panic, no difference.
+    let clients = w.clients();
+    let rec =
+        ml_connector::controls::reconcile(&w.store, &clients.d365, &w.config, &report.run.run_id)
+            .await
+            .expect("reconciled");
+    assert!(rec.differences.is_empty(), "{:#?}", rec.differences);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
