@@ -254,6 +254,129 @@ async fn null_amount_is_rejected_naming_row_and_column() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_amounts_are_rejected_as_out_of_range_nothing_written_and_audited() {
+    // Issue 10: two rows of 5e28 panicked the process (no audit record, lock left behind), 9e27
+    // was posted as a 28-digit journal. Both are row errors now: rejected, exit 2, audited.
+    let w = World::start_with(LookerSeed::empty()).await;
+    let week = w.period_end().to_string();
+    let add_rows = |amounts: &[&str]| {
+        w.looker.add_explore(
+            "finance",
+            "marketplace_fees",
+            &DIMS,
+            &["marketplace_fees.total_amount"],
+            &small_explore_rows(&week, amounts),
+        )
+    };
+    add_rows(&["5e28", "5e28", "9e27"]);
+    // Row 0 is Amazon in any collation.
+    let report = assert_rejected_nothing_written(
+        &w,
+        "row 0, `marketplace_fees.total_amount`: amount `50000000000000000000000000000` is out of range: its absolute value exceeds amount.max_abs = 1000000000000",
+    )
+    .await;
+    let text: Vec<String> = report.issues.iter().map(|i| i.to_string()).collect();
+    assert_eq!(text.len(), 3, "{text:#?}");
+    for (r, t) in text.iter().enumerate() {
+        assert!(
+            t.starts_with(&format!(
+                "row {r}, `marketplace_fees.total_amount`: amount `"
+            )),
+            "{text:#?}"
+        );
+        assert!(t.contains("is out of range"), "{text:#?}");
+    }
+    assert!(
+        text.iter()
+            .any(|t| t.contains("`9000000000000000000000000000` is out of range")),
+        "{text:#?}"
+    );
+    let rows = w.store.source_rows(&report.run.run_id).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        assert_eq!(r.status, RowStatus::Rejected, "row {}", r.row_index);
+        assert!(
+            r.errors.iter().any(|e| e.contains("out of range")),
+            "{:?}",
+            r.errors
+        );
+    }
+    // `show RUN_ID --config` reconciles the rejected run without tripping over the amounts.
+    let clients = w.clients();
+    let rec =
+        ml_connector::controls::reconcile(&w.store, &clients.d365, &w.config, &report.run.run_id)
+            .await
+            .expect("reconciled");
+    assert_eq!(rec.source_total, Decimal::ZERO);
+
+    // Too large for a decimal at all: out of range as well, never "not a number".
+    add_rows(&["1e400", "-1e29", "10.5"]);
+    let report = assert_rejected_nothing_written(
+        &w,
+        "row 0, `marketplace_fees.total_amount`: amount `1e400` is out of range",
+    )
+    .await;
+    let text: Vec<String> = report.issues.iter().map(|i| i.to_string()).collect();
+    assert_eq!(text.len(), 2, "{text:#?}");
+    // -1e29 is row 1 or 2, depending on how the collation orders eBay and Shopify.
+    assert!(text[1].contains("`-1e29` is out of range"), "{text:#?}");
+    assert!(
+        text.iter().all(|t| !t.contains("not a number")),
+        "{text:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amount_sum_that_overflows_is_a_row_error_not_a_crash() {
+    // With `amount.max_abs` raised to the largest decimal, every 5e28 is in range, but their
+    // sum is not: the rows that overflow the total are rejected, named; nothing is written.
+    let mut w = World::start_with(LookerSeed::empty()).await;
+    w.config.amount.max_abs = Decimal::MAX;
+    let week = w.period_end().to_string();
+    w.looker.add_explore(
+        "finance",
+        "marketplace_fees",
+        &DIMS,
+        &["marketplace_fees.total_amount"],
+        &small_explore_rows(&week, &["5e28", "5e28", "5e28"]),
+    );
+    let report = assert_rejected_nothing_written(
+        &w,
+        "row 1, `marketplace_fees.total_amount`: amount `50000000000000000000000000000` cannot be added to the Looker total of the rows before it: amount overflow: a total is out of range",
+    )
+    .await;
+    let text: Vec<String> = report.issues.iter().map(|i| i.to_string()).collect();
+    assert_eq!(text.len(), 2, "{text:#?}");
+    assert!(
+        text[1].starts_with("row 2, `marketplace_fees.total_amount`"),
+        "{text:#?}"
+    );
+    let rows = w.store.source_rows(&report.run.run_id).await.unwrap();
+    let status: Vec<RowStatus> = rows.iter().map(|r| r.status).collect();
+    assert_eq!(
+        status,
+        [RowStatus::Mapped, RowStatus::Rejected, RowStatus::Rejected]
+    );
+    assert!(
+        rows[1].errors[0].contains("amount overflow"),
+        "{:?}",
+        rows[1].errors
+    );
+    let run = w.store.get_run(&report.run.run_id).await.unwrap().unwrap();
+    assert_eq!(
+        run.totals.source_total,
+        Decimal::from_scientific("5e28").unwrap()
+    );
+    // The reconciliation totals the audited rows as mapping did: no panic, no difference.
+    let clients = w.clients();
+    let rec =
+        ml_connector::controls::reconcile(&w.store, &clients.d365, &w.config, &report.run.run_id)
+            .await
+            .expect("reconciled");
+    assert!(rec.differences.is_empty(), "{:#?}", rec.differences);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_extract_is_refused() {
     // Like real Looker, the simulator aggregates rows with equal dimension values, so the rows
     // here differ by channel: three distinct rows.

@@ -53,15 +53,18 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
         "  {:>4} {:>4} {:<10} {:<24} {:<10} {:>14} {:>14} {:<3}  Text",
         "Line", "Vchr", "Date", "Account", "Offset", "Debit", "Credit", "Cur"
     );
-    let mut debit = Decimal::ZERO;
-    let mut credit = Decimal::ZERO;
+    // Checked: a rejected run's journal (shown by `preview`/`run`) under a very large
+    // `amount.max_abs` may add up past a decimal; the total then says so instead of panicking.
+    let mut totals: Option<(Decimal, Decimal)> = Some((Decimal::ZERO, Decimal::ZERO));
     for l in &j.lines {
-        debit += l.debit();
-        credit += l.credit();
-        if l.offset_account.is_some() {
-            debit += l.credit();
-            credit += l.debit();
-        }
+        totals = totals.and_then(|(d, c)| {
+            let (d, c) = (d.checked_add(l.debit())?, c.checked_add(l.credit())?);
+            if l.offset_account.is_some() {
+                Some((d.checked_add(l.credit())?, c.checked_add(l.debit())?))
+            } else {
+                Some((d, c))
+            }
+        });
         let _ = writeln!(
             s,
             "  {:>4} {:>4} {:<10} {:<24} {:<10} {:>14} {:>14} {:<3}  {}",
@@ -95,12 +98,12 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
         "Total",
         format!("{} lines, {} vouchers", j.lines.len(), j.voucher_count()),
         "",
-        debit,
-        credit,
-        if debit == credit {
-            "balanced"
-        } else {
-            "NOT BALANCED"
+        totals.map_or("out of range".to_string(), |t| t.0.to_string()),
+        totals.map_or("out of range".to_string(), |t| t.1.to_string()),
+        match totals {
+            None => "totals out of range",
+            Some((d, c)) if d == c => "balanced",
+            Some(_) => "NOT BALANCED",
         }
     );
     s
@@ -373,6 +376,33 @@ mod tests {
         assert!(
             whole.starts_with("Journal usmf/(new)  name GenJrn"),
             "{whole}"
+        );
+    }
+
+    #[test]
+    fn totals_beyond_a_decimal_are_shown_as_out_of_range() {
+        use crate::domain::journal::{JournalLine, LedgerAccount, LineKind};
+        let line = |line_no, amount: &str| JournalLine {
+            line_no,
+            voucher: line_no,
+            trans_date: chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap(),
+            account: LedgerAccount::new("618100"),
+            offset_account: Some(LedgerAccount::new("200150")),
+            currency: "USD".into(),
+            amount: amount.parse().unwrap(),
+            text: String::new(),
+            kind: LineKind::Detail,
+            source_rows: vec![],
+        };
+        let mut j = journal(JournalPart::default());
+        j.lines = vec![line(1, "50000000000000000000000000000")];
+        let t = journal_table(&j, &fallback_format(), None);
+        assert!(t.contains("balanced"), "{t}");
+        j.lines.push(line(2, "-50000000000000000000000000000"));
+        let t = journal_table(&j, &fallback_format(), None);
+        assert!(
+            t.contains("out of range") && t.contains("totals out of range"),
+            "{t}"
         );
     }
 }

@@ -58,6 +58,9 @@ pub enum ControlsError {
     /// A precondition is not met; nothing was written. The message says what to do.
     #[error("{0}")]
     Refused(String),
+    /// A total of a run's amounts (audited, or as D365 holds them) does not fit a decimal.
+    #[error("cannot total the run's amounts: {0}")]
+    Overflow(#[from] crate::domain::money::Overflow),
 }
 
 /// Appends an audit event (also logged). A failure to record is logged, not fatal.

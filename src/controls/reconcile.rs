@@ -16,7 +16,7 @@ use super::{
 use crate::domain::config::{AmountRule, InstanceConfig, SignConvention, ValueSource};
 use crate::domain::journal::LineKind;
 use crate::domain::mapping::{description_prefix, header_of_run, line_ref, parse_line_ref};
-use crate::domain::money::{parse_amount_text, round, CurrencyPrecision};
+use crate::domain::money::{self, parse_amount_text, round, CurrencyPrecision, Overflow};
 use crate::domain::run::{LineRecord, RunStatus, SourceRowRecord};
 use crate::domain::source::Cell;
 use crate::ports::{LedgerGateway, LedgerLine};
@@ -256,14 +256,16 @@ impl Reconciliation {
     }
 }
 
-/// The signed exact amount of an audited row under `cfg`'s amount rule (as mapping reads it).
+/// The signed exact amount of an audited row under `cfg`'s amount rule (as mapping reads it:
+/// `None` for an amount mapping refuses, `amount.max_abs` included).
 pub fn row_amount(cfg: &InstanceConfig, cells: &BTreeMap<String, Cell>) -> Option<Decimal> {
     let num = |col: &str| -> Option<Decimal> {
-        match cells.get(col)? {
-            Cell::Number(d) => Some(*d),
-            Cell::Text(t) => parse_amount_text(t),
-            _ => None,
-        }
+        let d = match cells.get(col)? {
+            Cell::Number(d) => *d,
+            Cell::Text(t) => parse_amount_text(t).ok()?,
+            _ => return None,
+        };
+        (d.abs() <= cfg.amount.max_abs).then_some(d)
     };
     match cfg.amount.resolve().ok()? {
         AmountRule::Signed { column, sign } => {
@@ -273,7 +275,7 @@ pub fn row_amount(cfg: &InstanceConfig, cells: &BTreeMap<String, Cell>) -> Optio
                 SignConvention::CreditPositive => -v,
             })
         }
-        AmountRule::DebitCredit { debit, credit } => Some(num(debit)? - num(credit)?),
+        AmountRule::DebitCredit { debit, credit } => num(debit)?.checked_sub(num(credit)?),
     }
 }
 
@@ -293,11 +295,15 @@ fn resolve(src: &ValueSource, cells: &BTreeMap<String, Cell>) -> Option<String> 
 }
 
 /// Debit and credit a line contributes, the offset side included.
-fn sides(debit: Decimal, credit: Decimal, has_offset: bool) -> (Decimal, Decimal) {
+fn sides(
+    debit: Decimal,
+    credit: Decimal,
+    has_offset: bool,
+) -> Result<(Decimal, Decimal), Overflow> {
     if has_offset {
-        (debit + credit, credit + debit)
+        Ok((money::add(debit, credit)?, money::add(credit, debit)?))
     } else {
-        (debit, credit)
+        Ok((debit, credit))
     }
 }
 
@@ -420,12 +426,15 @@ async fn compute(
         ));
     }
 
-    // Exact Looker amounts of the audited rows.
-    let amounts: BTreeMap<usize, Decimal> = rows
+    // Exact Looker amounts of the audited rows (`sign` is ±1: the product cannot overflow).
+    let mut amounts: BTreeMap<usize, Decimal> = rows
         .iter()
         .filter_map(|r| row_amount(config, &r.cells).map(|a| (r.row_index, sign * a)))
         .collect();
-    let all_rows: Decimal = amounts.values().copied().sum();
+    // Their total as mapping makes it: in row order, a row whose amount would overflow it is
+    // left out (mapping rejected it), so a rejected run's total is reproduced, not a panic.
+    let mut all_rows = Decimal::ZERO;
+    amounts.retain(|_, a| money::add_to(&mut all_rows, *a).is_ok());
     if let Some(orig) = &reverses {
         notes.push(format!(
             "reversal of run {orig}: Looker amounts are the original run's rows, negated"
@@ -460,26 +469,26 @@ async fn compute(
             .or_default()
             .entry(l.voucher)
             .or_default();
-        let (d, c) = sides(l.debit(), l.credit(), l.offset_account.is_some());
-        v.pd += d;
-        v.pc += c;
+        let (d, c) = sides(l.debit(), l.credit(), l.offset_account.is_some())?;
+        money::add_to(&mut v.pd, d)?;
+        money::add_to(&mut v.pc, c)?;
         match l.kind {
             LineKind::Balancing => v.balancing_lines += 1,
             LineKind::Rounding => {
-                v.booked += l.amount;
+                money::add_to(&mut v.booked, l.amount)?;
                 v.residue_lines.push(l.line_no);
             }
             LineKind::Detail => {
-                v.booked += l.amount;
+                money::add_to(&mut v.booked, l.amount)?;
                 let dp = precision.decimals(&l.currency).unwrap_or(2);
                 let mut rounded = Decimal::ZERO;
                 for r in &l.source_rows {
                     rows_in_lines.insert(*r);
                     let exact = amounts.get(r).copied().unwrap_or_default();
-                    v.source += exact;
-                    rounded += round(exact, dp);
+                    money::add_to(&mut v.source, exact)?;
+                    money::add_to(&mut rounded, round(exact, dp))?;
                 }
-                v.mapped += rounded;
+                money::add_to(&mut v.mapped, rounded)?;
                 if rounded != l.amount {
                     v.residue_lines.push(l.line_no);
                 }
@@ -504,7 +513,7 @@ async fn compute(
         let cur = resolve(&config.journal.currency, &r.cells)
             .map(|s| s.to_ascii_uppercase())
             .unwrap_or_default();
-        *unallocated.entry((le, cur)).or_default() += *a;
+        money::add_to(unallocated.entry((le, cur)).or_default(), *a)?;
     }
 
     // D365, read back now: the run's journals per entity.
@@ -577,8 +586,12 @@ async fn compute(
             let mut bal: BTreeMap<(String, String), Decimal> = BTreeMap::new();
             for l in &back {
                 if l.offset_display.as_deref().unwrap_or("").is_empty() {
-                    *bal.entry((l.voucher.clone(), l.currency.clone()))
-                        .or_default() += l.debit - l.credit;
+                    let net = money::sub(l.debit, l.credit)?;
+                    money::add_to(
+                        bal.entry((l.voucher.clone(), l.currency.clone()))
+                            .or_default(),
+                        net,
+                    )?;
                 }
             }
             for ((voucher, cur), diff) in bal.iter().filter(|(_, d)| !d.is_zero()) {
@@ -655,9 +668,9 @@ async fn compute(
                     .or_default();
                 v.d365_vouchers.insert(l.voucher.clone());
                 let has_offset = !l.offset_display.as_deref().unwrap_or("").is_empty();
-                let (d, c) = sides(l.debit, l.credit, has_offset);
-                v.dd += d;
-                v.dc += c;
+                let (d, c) = sides(l.debit, l.credit, has_offset)?;
+                money::add_to(&mut v.dd, d)?;
+                money::add_to(&mut v.dc, c)?;
                 if l.debit != rec.line.debit() || l.credit != rec.line.credit() {
                     v.flagged = true;
                     diffs.push(diff(
@@ -760,17 +773,17 @@ async fn compute(
         };
         let mut tolerance_units = 0usize;
         for (no, v) in vouchers {
-            let residue = v.booked - v.mapped;
-            g.source_total += v.source;
-            g.mapped_total += v.mapped;
-            g.rounding_residue += residue;
+            let residue = money::sub(v.booked, v.mapped)?;
+            money::add_to(&mut g.source_total, v.source)?;
+            money::add_to(&mut g.mapped_total, v.mapped)?;
+            money::add_to(&mut g.rounding_residue, residue)?;
             if !residue.is_zero() {
                 g.residue_lines.extend(v.residue_lines.iter().copied());
             }
-            g.planned_debit += v.pd;
-            g.planned_credit += v.pc;
-            g.d365_debit += v.dd;
-            g.d365_credit += v.dc;
+            money::add_to(&mut g.planned_debit, v.pd)?;
+            money::add_to(&mut g.planned_credit, v.pc)?;
+            money::add_to(&mut g.d365_debit, v.dd)?;
+            money::add_to(&mut g.d365_credit, v.dc)?;
             tolerance_units += v.balancing_lines.max(1);
             g.vouchers.push(VoucherRecon {
                 voucher: no,
@@ -790,7 +803,8 @@ async fn compute(
                 flagged: v.flagged,
             });
         }
-        g.unbooked = g.source_total - g.mapped_total - g.rounding_residue;
+        let booked = money::add(g.mapped_total, g.rounding_residue)?;
+        g.unbooked = money::sub(g.source_total, booked)?;
         let dp = precision.decimals(&cur).unwrap_or(2);
         let half_unit = Decimal::new(5, dp + 1);
         let tolerance = half_unit * Decimal::from(tolerance_units.max(1) as u64);
@@ -805,7 +819,7 @@ async fn compute(
                 message: format!(
                     "{le} {cur}: Looker total {} but the journal books {} (mapped {} + residue {}); {} is more than rounding explains",
                     g.source_total,
-                    g.mapped_total + g.rounding_residue,
+                    booked,
                     g.mapped_total,
                     g.rounding_residue,
                     g.unbooked
@@ -814,7 +828,7 @@ async fn compute(
         }
         out_groups.push(g);
     }
-    let sum = |f: fn(&GroupRecon) -> Decimal| out_groups.iter().map(f).sum::<Decimal>();
+    let sum = |f: fn(&GroupRecon) -> Decimal| money::sum(out_groups.iter().map(f));
     Ok(Reconciliation {
         run_id: run.run_id.clone(),
         run_key: key,
@@ -823,13 +837,13 @@ async fn compute(
         run_status: run.status.as_str().to_string(),
         checked_at: Utc::now(),
         config_version: version,
-        source_total: sum(|g| g.source_total),
-        mapped_total: sum(|g| g.mapped_total),
-        rounding_residue: sum(|g| g.rounding_residue),
-        planned_debit: sum(|g| g.planned_debit),
-        planned_credit: sum(|g| g.planned_credit),
-        d365_debit: sum(|g| g.d365_debit),
-        d365_credit: sum(|g| g.d365_credit),
+        source_total: sum(|g| g.source_total)?,
+        mapped_total: sum(|g| g.mapped_total)?,
+        rounding_residue: sum(|g| g.rounding_residue)?,
+        planned_debit: sum(|g| g.planned_debit)?,
+        planned_credit: sum(|g| g.planned_credit)?,
+        d365_debit: sum(|g| g.d365_debit)?,
+        d365_credit: sum(|g| g.d365_credit)?,
         groups: out_groups,
         differences: diffs,
         notes,

@@ -663,8 +663,21 @@ async fn write_reversal(
                     ));
                 }
                 let off = !x.offset_display.as_deref().unwrap_or("").is_empty();
-                debit += x.debit + if off { x.credit } else { Decimal::ZERO };
-                credit += x.credit + if off { x.debit } else { Decimal::ZERO };
+                let sums = (|| -> Result<(), crate::domain::money::Overflow> {
+                    crate::domain::money::add_to(&mut debit, x.debit)?;
+                    crate::domain::money::add_to(&mut credit, x.credit)?;
+                    if off {
+                        crate::domain::money::add_to(&mut debit, x.credit)?;
+                        crate::domain::money::add_to(&mut credit, x.debit)?;
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = sums {
+                    return Err(refused(format!(
+                        "reversal journal {le}/{} is in D365, but its totals cannot be computed: {e}",
+                        header.batch_number
+                    )));
+                }
             }
             store.put_lines(recs).await?;
             let found = spec.plan.len().saturating_sub(created);

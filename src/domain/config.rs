@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{Datelike, Duration, NaiveDate};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -514,6 +515,26 @@ pub struct AmountConfig {
     /// What to do with rows whose amount is exactly zero.
     #[serde(default)]
     pub zero: ZeroAmounts,
+    /// Sanity limit: a source amount (each of debit and credit) or a journal line (balancing
+    /// and rounding lines included) whose absolute value exceeds it is a row error, "out of
+    /// range". Positive; default [`DEFAULT_MAX_ABS`] (10^12). Left out of the serialized config
+    /// while it is the default, so configs written before it existed keep their version hash.
+    #[serde(
+        default = "default_max_abs",
+        skip_serializing_if = "is_default_max_abs"
+    )]
+    pub max_abs: Decimal,
+}
+
+/// Default `amount.max_abs`: 10^12, a trillion in any currency.
+pub const DEFAULT_MAX_ABS: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+
+fn default_max_abs() -> Decimal {
+    DEFAULT_MAX_ABS
+}
+
+fn is_default_max_abs(v: &Decimal) -> bool {
+    *v == DEFAULT_MAX_ABS
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -698,6 +719,15 @@ impl InstanceConfig {
             ));
         }
         self.amount.resolve()?;
+        if self.amount.max_abs <= Decimal::ZERO {
+            return Err(invalid(
+                "amount.max_abs",
+                format!(
+                    "is {}; it must be positive (the largest absolute amount of one source amount or journal line, default {DEFAULT_MAX_ABS})",
+                    self.amount.max_abs
+                ),
+            ));
+        }
         self.account.check("account")?;
         for (dim, src) in &self.dimensions {
             src.check(&format!("dimensions.{dim}"))?;
@@ -925,6 +955,45 @@ mod tests {
                 .max_journal_lines,
             100
         );
+    }
+
+    #[test]
+    fn amount_max_abs_defaults_parses_and_must_be_positive() {
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        assert_eq!(cfg.amount.max_abs, Decimal::from(1_000_000_000_000u64));
+        assert_eq!(DEFAULT_MAX_ABS.to_string(), "1000000000000");
+        let with = |line: &str| EXAMPLE.replacen("[amount]\n", &format!("[amount]\n{line}\n"), 1);
+        // The default, left out or written out, keeps the config version of configs from before
+        // the key existed.
+        let explicit = InstanceConfig::from_toml(&with("max_abs = 1_000_000_000_000")).unwrap();
+        assert_eq!(explicit.version(), cfg.version());
+        assert!(!serde_json::to_string(&cfg).unwrap().contains("max_abs"));
+        for (line, want) in [
+            ("max_abs = 5_000", "5000"),
+            ("max_abs = 2500.5", "2500.5"),
+            ("max_abs = \"1000000.25\"", "1000000.25"),
+        ] {
+            let c = InstanceConfig::from_toml(&with(line)).unwrap();
+            assert_eq!(c.amount.max_abs.to_string(), want, "{line}");
+            assert_ne!(c.version(), cfg.version(), "{line}");
+            // It survives the round trip through the stored (JSON) form.
+            let back: InstanceConfig =
+                serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+            assert_eq!(back, c);
+        }
+        for line in ["max_abs = 0", "max_abs = -1", "max_abs = \"-0.01\""] {
+            let e = InstanceConfig::from_toml(&with(line))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("amount.max_abs") && e.contains("must be positive"),
+                "{line}: {e}"
+            );
+        }
+        let e = InstanceConfig::from_toml(&with("max_abs = \"lots\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_abs"), "{e}");
     }
 
     #[test]

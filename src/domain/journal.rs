@@ -8,6 +8,7 @@ use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::money::{self, Overflow};
 use super::reference::DimensionFormat;
 
 /// Dimension name → value of a ledger account, sorted by name.
@@ -253,20 +254,21 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Sum of debits and sum of credits (absolute), per currency.
-    pub fn totals(&self) -> BTreeMap<String, (Decimal, Decimal)> {
+    /// Sum of debits and sum of credits (absolute), per currency; [`Overflow`] when a sum does
+    /// not fit a decimal.
+    pub fn totals(&self) -> Result<BTreeMap<String, (Decimal, Decimal)>, Overflow> {
         let mut t: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
         for l in &self.lines {
             let e = t.entry(l.currency.clone()).or_default();
-            e.0 += l.debit();
-            e.1 += l.credit();
+            money::add_to(&mut e.0, l.debit())?;
+            money::add_to(&mut e.1, l.credit())?;
             if l.offset_account.is_some() {
                 // The offset side posts the opposite amount.
-                e.0 += l.credit();
-                e.1 += l.debit();
+                money::add_to(&mut e.0, l.credit())?;
+                money::add_to(&mut e.1, l.debit())?;
             }
         }
-        t
+        Ok(t)
     }
 
     pub fn voucher_count(&self) -> usize {
@@ -331,6 +333,44 @@ mod tests {
         // Ordered as the maps are (balancing lines are grouped by account in this order).
         let other: BTreeMap<String, String> = [("CostCenter".to_string(), "1".to_string())].into();
         assert_eq!(Dimensions::from(other.clone()).cmp(&a), other.cmp(&map));
+    }
+
+    #[test]
+    fn totals_are_checked() {
+        let line = |amount: &str, offset: bool| JournalLine {
+            line_no: 1,
+            voucher: 1,
+            trans_date: NaiveDate::from_ymd_opt(2026, 11, 22).unwrap(),
+            account: LedgerAccount::new("618100"),
+            offset_account: offset.then(|| LedgerAccount::new("200150")),
+            currency: "USD".into(),
+            amount: amount.parse().unwrap(),
+            text: String::new(),
+            kind: LineKind::Detail,
+            source_rows: vec![0],
+        };
+        let j = |lines| Journal {
+            legal_entity: "usmf".into(),
+            journal_name: "GenJrn".into(),
+            description: "x".into(),
+            part: JournalPart::default(),
+            lines,
+        };
+        let ok = j(vec![line("10.50", true), line("-4", false)]);
+        let t = ok.totals().unwrap();
+        assert_eq!(
+            t["USD"],
+            ("10.50".parse().unwrap(), "14.50".parse().unwrap())
+        );
+        let big = "50000000000000000000000000000";
+        assert_eq!(
+            j(vec![line(big, false), line(big, false)]).totals(),
+            Err(Overflow)
+        );
+        assert_eq!(
+            j(vec![line(big, true), line(big, false)]).totals(),
+            Err(Overflow)
+        );
     }
 
     #[test]

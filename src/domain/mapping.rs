@@ -17,7 +17,7 @@ use super::config::{
     ValueSource, VoucherBy, ZeroAmounts,
 };
 use super::journal::{Dimensions, Journal, JournalLine, JournalPart, LedgerAccount, LineKind};
-use super::money::{parse_amount_text, round, CurrencyPrecision};
+use super::money::{self, parse_amount_text, round, AmountTextError, CurrencyPrecision, Overflow};
 use super::run::RowStatus;
 use super::source::{Cell, Columns, Extract, SourceRow};
 use super::validation::Issue;
@@ -50,7 +50,8 @@ pub struct Mapped {
     pub journals: Vec<Journal>,
     pub rows: Vec<RowOutcome>,
     pub issues: Vec<Issue>,
-    /// Sum of the exact signed amounts of every row whose amount could be read.
+    /// Sum of the exact signed amounts of every row whose amount could be read (in range, and
+    /// not overflowing the sum).
     pub source_total: Decimal,
     /// Sum of the rounded detail lines before residue was booked.
     pub mapped_total: Decimal,
@@ -234,9 +235,18 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
     let mut plan = RowPlan::new(extract, ctx);
     for row in &extract.rows {
         let mut errs: Vec<(String, String)> = Vec::new();
-        let amount = read_amount(row, cfg, &mut errs);
+        let mut amount = read_amount(row, cfg, &mut errs);
         if let Some(a) = amount {
-            source_total += a;
+            match money::add(source_total, a) {
+                Ok(t) => source_total = t,
+                Err(e) => {
+                    errs.push((
+                        amount_field(cfg),
+                        overflow_message(a, "the Looker total of the rows before it", e),
+                    ));
+                    amount = None;
+                }
+            }
         }
         let line = resolve_row(row, amount, ctx, &mut plan, &mut errs);
         let status = if !errs.is_empty() {
@@ -262,7 +272,34 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
         }
     }
 
-    let (journals, mapped_total, residue) = build_journals(resolved, ctx, &mut issues);
+    let built = build_journals(resolved, ctx, &mut issues);
+    let (journals, mapped_total, residue) = (built.journals, built.mapped_total, built.residue);
+    check_line_amounts(&journals, cfg, &mut issues);
+    // Rows of vouchers whose sums overflowed: rejected, the row the overflow happened at named.
+    let mut row_errors: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (o, members) in built.overflows {
+        let field = amount_field(cfg);
+        let message = overflow_message(o.amount, o.what, Overflow);
+        row_errors
+            .entry(o.row)
+            .or_default()
+            .push(format!("{field}: {message}"));
+        issues.push(Issue::row(o.row, field.clone(), message));
+        for r in members.into_iter().filter(|r| *r != o.row) {
+            row_errors.entry(r).or_default().push(format!(
+                "{field}: not mapped: its voucher could not be totalled (see row {})",
+                o.row
+            ));
+        }
+    }
+    if !row_errors.is_empty() {
+        for r in &mut rows_out {
+            if let Some(errors) = row_errors.remove(&r.index) {
+                r.status = RowStatus::Rejected;
+                r.errors.extend(errors);
+            }
+        }
+    }
     // Tell each row which lines it became. Rows normally sit at their own index: fill those
     // in place; a map only for any that do not.
     let mut by_row: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
@@ -294,34 +331,59 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
     }
 }
 
+/// "amount `x` is out of range: …" for an amount whose absolute value exceeds `amount.max_abs`
+/// (or any decimal: `max_abs` is itself a decimal, so the same words hold).
+fn out_of_range(shown: &dyn std::fmt::Display, max_abs: Decimal) -> String {
+    format!(
+        "amount `{shown}` is out of range: its absolute value exceeds amount.max_abs = {max_abs}"
+    )
+}
+
+/// A row error for an amount that cannot be added to a running total.
+fn overflow_message(amount: Decimal, total: &str, e: Overflow) -> String {
+    format!("amount `{amount}` cannot be added to {total}: {e}")
+}
+
+/// The row's signed amount under the amount rule, each amount cell within `amount.max_abs`;
+/// `None` with the reason in `errs` otherwise.
 fn read_amount(
     row: &SourceRow,
     cfg: &InstanceConfig,
     errs: &mut Vec<(String, String)>,
 ) -> Option<Decimal> {
+    let max_abs = cfg.amount.max_abs;
     let num = |col: &str, errs: &mut Vec<(String, String)>| -> Option<Decimal> {
-        match row.get(col) {
+        let (value, shown): (Decimal, &dyn std::fmt::Display) = match row.get(col) {
             None => {
                 errs.push((col.to_string(), "amount column is missing".into()));
-                None
+                return None;
             }
             Some(Cell::Null) => {
                 errs.push((col.to_string(), "amount is null".into()));
-                None
+                return None;
             }
-            Some(Cell::Number(d)) => Some(*d),
+            Some(Cell::Number(d)) => (*d, d),
             Some(Cell::Text(t)) => match parse_amount_text(t) {
-                Some(d) => Some(d),
-                None => {
+                Ok(d) => (d, t),
+                Err(AmountTextError::OutOfRange) => {
+                    errs.push((col.to_string(), out_of_range(&t.trim(), max_abs)));
+                    return None;
+                }
+                Err(AmountTextError::NotANumber) => {
                     errs.push((col.to_string(), format!("amount `{t}` is not a number")));
-                    None
+                    return None;
                 }
             },
             Some(Cell::Bool(b)) => {
                 errs.push((col.to_string(), format!("amount `{b}` is not a number")));
-                None
+                return None;
             }
+        };
+        if value.abs() > max_abs {
+            errs.push((col.to_string(), out_of_range(shown, max_abs)));
+            return None;
         }
+        Some(value)
     };
     match cfg.amount.resolve().ok()? {
         AmountRule::Signed { column, sign } => {
@@ -341,7 +403,18 @@ fn read_amount(
             if c < Decimal::ZERO {
                 errs.push((credit.to_string(), format!("credit `{c}` is negative")));
             }
-            Some(d - c)
+            // Cannot overflow for the non-negative amounts the rule allows; a negative one is
+            // already an error above.
+            match money::sub(d, c) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    errs.push((
+                        debit.to_string(),
+                        format!("debit `{d}` minus credit `{c}`: {e}"),
+                    ));
+                    None
+                }
+            }
         }
     }
 }
@@ -707,14 +780,59 @@ struct DraftVoucher {
     lines: Vec<JournalLine>,
 }
 
+/// A sum over row amounts that overflowed while building a voucher: the row whose amount was
+/// being added (or, for sums over a voucher's totals, its first row).
+#[derive(Debug)]
+struct RowOverflow {
+    row: usize,
+    amount: Decimal,
+    /// What it could not be added to, for the row error.
+    what: &'static str,
+}
+
+impl RowOverflow {
+    /// For `map_err`: the overflow happened adding `row`'s amount to `what`.
+    fn at(row: &RowLine, what: &'static str) -> impl FnOnce(Overflow) -> RowOverflow {
+        let (row, amount) = (row.index, row.exact);
+        move |_| RowOverflow { row, amount, what }
+    }
+}
+
+/// Journals built from the resolved rows, with the run's mapped total and rounding residue.
+struct Built {
+    journals: Vec<Journal>,
+    mapped_total: Decimal,
+    residue: Decimal,
+    /// Vouchers left out because a sum overflowed: where, and the rows of the voucher.
+    overflows: Vec<(RowOverflow, Vec<usize>)>,
+}
+
 fn build_journals(
     rows: Vec<RowLine>,
     ctx: &MappingContext<'_>,
     issues: &mut Vec<super::validation::Issue>,
-) -> (Vec<Journal>, Decimal, Decimal) {
+) -> Built {
     let cfg = ctx.config;
     let mut mapped_total = Decimal::ZERO;
     let mut residue_total = Decimal::ZERO;
+    let mut overflows = Vec::new();
+    // Adds a voucher's sums to the run's; a voucher whose sums do not fit is left out.
+    // `first` is the voucher's first row, named when its total does not fit the run's.
+    let mut add_totals = |detail_sum: Decimal, residue: Decimal, first: usize| match (
+        money::add(mapped_total, detail_sum),
+        money::add(residue_total, residue),
+    ) {
+        (Ok(m), Ok(r)) => {
+            mapped_total = m;
+            residue_total = r;
+            Ok(())
+        }
+        _ => Err(RowOverflow {
+            row: first,
+            amount: detail_sum,
+            what: "the mapped total of the run (the amount is the total of this row's voucher)",
+        }),
+    };
 
     // Group rows into vouchers, deterministically ordered.
     let mut groups: BTreeMap<(String, String, NaiveDate, usize), Vec<RowLine>> = BTreeMap::new();
@@ -753,58 +871,21 @@ fn build_journals(
                 }
             }
             for ((le, cur, date), rows) in chunks {
-                let decimals = rows[0].decimals;
-                let mut v = DraftVoucher {
+                let members: Vec<usize> = rows.iter().map(|r| r.index).collect();
+                let v = DraftVoucher {
                     legal_entity: le,
                     currency: cur,
                     trans_date: date,
                     lines: vec![],
                 };
-                let mut balancing: BTreeMap<LedgerAccount, Decimal> = BTreeMap::new();
-                for r in &rows {
-                    // Clone the account only for a new key (this runs for every row).
-                    match balancing.get_mut(&r.balancing) {
-                        Some(total) => *total += r.exact,
-                        None => {
-                            balancing.insert(r.balancing.clone(), r.exact);
-                        }
-                    }
-                }
-                let mut detail_sum = Decimal::ZERO;
-                for r in rows {
-                    let rounded = round(r.exact, decimals);
-                    if rounded.is_zero() {
-                        continue;
-                    }
-                    detail_sum += rounded;
-                    v.lines.push(detail_line(r, rounded, None));
-                }
-                mapped_total += detail_sum;
-                let balancing_total: Decimal =
-                    balancing.values().map(|t| round(*t, decimals)).sum();
-                let residue = balancing_total - detail_sum;
-                residue_total += residue;
-                book_residue(&mut v, residue, None, ctx, issues);
-                for (acct, total) in balancing {
-                    let amt = -round(total, decimals);
-                    if amt.is_zero() {
-                        continue;
-                    }
-                    v.lines.push(JournalLine {
-                        line_no: 0,
-                        voucher: 0,
-                        trans_date: v.trans_date,
-                        account: acct,
-                        offset_account: None,
-                        currency: v.currency.clone(),
-                        amount: amt,
-                        text: format!("Balancing {}", ctx.period.label),
-                        kind: LineKind::Balancing,
-                        source_rows: vec![],
-                    });
-                }
-                if !v.lines.is_empty() {
-                    vouchers.push(v);
+                let built = lines_voucher(v, rows, ctx, issues).and_then(|(v, sum, residue)| {
+                    add_totals(sum, residue, members[0])?;
+                    Ok(v)
+                });
+                match built {
+                    Ok(v) if v.lines.is_empty() => {}
+                    Ok(v) => vouchers.push(v),
+                    Err(o) => overflows.push((o, members)),
                 }
             }
         }
@@ -821,53 +902,16 @@ fn build_journals(
                         .push(r);
                 }
             }
-            for ((le, cur, date, bal), rows) in by_bal {
-                let decimals = rows[0].decimals;
-                let exact: Decimal = rows.iter().map(|r| r.exact).sum();
-                let mut group: Vec<DraftVoucher> = Vec::new();
-                let mut detail_sum = Decimal::ZERO;
-                for r in rows {
-                    let rounded = round(r.exact, decimals);
-                    if rounded.is_zero() {
-                        continue;
-                    }
-                    detail_sum += rounded;
-                    group.push(DraftVoucher {
-                        legal_entity: le.clone(),
-                        currency: cur.clone(),
-                        trans_date: date,
-                        lines: vec![detail_line(r, rounded, Some(bal.clone()))],
-                    });
+            for (key, rows) in by_bal {
+                let members: Vec<usize> = rows.iter().map(|r| r.index).collect();
+                let built = offset_group(key, rows, ctx, issues).and_then(|(g, sum, residue)| {
+                    add_totals(sum, residue, members[0])?;
+                    Ok(g)
+                });
+                match built {
+                    Ok(group) => vouchers.extend(group),
+                    Err(o) => overflows.push((o, members)),
                 }
-                mapped_total += detail_sum;
-                let residue = round(exact, decimals) - detail_sum;
-                residue_total += residue;
-                if !residue.is_zero() {
-                    match cfg.rounding.book_to {
-                        RoundingTarget::LargestLine => {
-                            if let Some(v) = group.iter_mut().max_by(|a, b| {
-                                a.lines[0]
-                                    .amount
-                                    .abs()
-                                    .cmp(&b.lines[0].amount.abs())
-                                    .then(b.lines[0].source_rows.cmp(&a.lines[0].source_rows))
-                            }) {
-                                v.lines[0].amount += residue;
-                            }
-                        }
-                        RoundingTarget::Account => {
-                            let mut v = DraftVoucher {
-                                legal_entity: le.clone(),
-                                currency: cur.clone(),
-                                trans_date: date,
-                                lines: vec![],
-                            };
-                            book_residue(&mut v, residue, Some(bal.clone()), ctx, issues);
-                            group.push(v);
-                        }
-                    }
-                }
-                vouchers.extend(group);
             }
         }
     }
@@ -899,14 +943,188 @@ fn build_journals(
         }
     }
     let max_lines = cfg.journal.max_journal_lines;
-    (
-        journals
+    Built {
+        journals: journals
             .into_values()
             .flat_map(|j| split_journal(j, max_lines, ctx))
             .collect(),
         mapped_total,
-        residue_total,
-    )
+        residue: residue_total,
+        overflows,
+    }
+}
+
+/// The draft voucher `v` of balancing style `lines` from its rows: a detail line per row, a
+/// balancing line per balancing account for the rounded total, the residue booked. Returns the
+/// voucher, the sum of its rounded detail lines and the residue; every sum is checked.
+fn lines_voucher(
+    mut v: DraftVoucher,
+    rows: Vec<RowLine>,
+    ctx: &MappingContext<'_>,
+    issues: &mut Vec<Issue>,
+) -> Result<(DraftVoucher, Decimal, Decimal), RowOverflow> {
+    let decimals = rows[0].decimals;
+    // Exact total per balancing account, and its first row (named if the rounded totals do
+    // not add up).
+    let mut balancing: BTreeMap<LedgerAccount, (Decimal, usize)> = BTreeMap::new();
+    for r in &rows {
+        // Clone the account only for a new key (this runs for every row).
+        match balancing.get_mut(&r.balancing) {
+            Some((total, _)) => money::add_to(total, r.exact)
+                .map_err(RowOverflow::at(r, "the voucher's balancing total"))?,
+            None => {
+                balancing.insert(r.balancing.clone(), (r.exact, r.index));
+            }
+        }
+    }
+    let mut balancing_total = Decimal::ZERO;
+    for (total, first) in balancing.values() {
+        balancing_total =
+            money::add(balancing_total, round(*total, decimals)).map_err(|_| RowOverflow {
+                row: *first,
+                amount: *total,
+                what: "the voucher's other balancing totals",
+            })?;
+    }
+    let first = rows[0].index;
+    let mut detail_sum = Decimal::ZERO;
+    for r in rows {
+        let rounded = round(r.exact, decimals);
+        if rounded.is_zero() {
+            continue;
+        }
+        detail_sum =
+            money::add(detail_sum, rounded).map_err(RowOverflow::at(&r, "the voucher's lines"))?;
+        v.lines.push(detail_line(r, rounded, None));
+    }
+    let residue = money::sub(balancing_total, detail_sum).map_err(|_| RowOverflow {
+        row: first,
+        amount: balancing_total,
+        what: "the voucher's rounding residue (the amount is the voucher's balancing total)",
+    })?;
+    book_residue(&mut v, residue, None, ctx, issues)?;
+    for (acct, (total, _)) in balancing {
+        // Negating a decimal cannot overflow.
+        let amt = -round(total, decimals);
+        if amt.is_zero() {
+            continue;
+        }
+        v.lines.push(JournalLine {
+            line_no: 0,
+            voucher: 0,
+            trans_date: v.trans_date,
+            account: acct,
+            offset_account: None,
+            currency: v.currency.clone(),
+            amount: amt,
+            text: format!("Balancing {}", ctx.period.label),
+            kind: LineKind::Balancing,
+            source_rows: vec![],
+        });
+    }
+    Ok((v, detail_sum, residue))
+}
+
+/// The single-line vouchers of balancing style `offset` for one (entity, currency, date,
+/// balancing account), the group's residue booked once. Returns them, the sum of their rounded
+/// detail lines and the residue; every sum is checked.
+fn offset_group(
+    (le, cur, date, bal): (String, String, NaiveDate, LedgerAccount),
+    rows: Vec<RowLine>,
+    ctx: &MappingContext<'_>,
+    issues: &mut Vec<Issue>,
+) -> Result<(Vec<DraftVoucher>, Decimal, Decimal), RowOverflow> {
+    let cfg = ctx.config;
+    let decimals = rows[0].decimals;
+    let mut exact = Decimal::ZERO;
+    for r in &rows {
+        money::add_to(&mut exact, r.exact)
+            .map_err(RowOverflow::at(r, "the total of its balancing account"))?;
+    }
+    let first = rows[0].index;
+    let mut group: Vec<DraftVoucher> = Vec::new();
+    let mut detail_sum = Decimal::ZERO;
+    for r in rows {
+        let rounded = round(r.exact, decimals);
+        if rounded.is_zero() {
+            continue;
+        }
+        detail_sum = money::add(detail_sum, rounded)
+            .map_err(RowOverflow::at(&r, "the lines of its balancing account"))?;
+        group.push(DraftVoucher {
+            legal_entity: le.clone(),
+            currency: cur.clone(),
+            trans_date: date,
+            lines: vec![detail_line(r, rounded, Some(bal.clone()))],
+        });
+    }
+    let residue = money::sub(round(exact, decimals), detail_sum).map_err(|_| RowOverflow {
+        row: first,
+        amount: exact,
+        what: "the rounding residue of its balancing account (the amount is the account's total)",
+    })?;
+    if !residue.is_zero() {
+        match cfg.rounding.book_to {
+            RoundingTarget::LargestLine => {
+                if let Some(v) = group.iter_mut().max_by(|a, b| {
+                    a.lines[0]
+                        .amount
+                        .abs()
+                        .cmp(&b.lines[0].amount.abs())
+                        .then(b.lines[0].source_rows.cmp(&a.lines[0].source_rows))
+                }) {
+                    let line = &mut v.lines[0];
+                    let row = line.source_rows.first().copied().unwrap_or(first);
+                    money::add_to(&mut line.amount, residue).map_err(|_| RowOverflow {
+                        row,
+                        amount: residue,
+                        what: "the largest line of its balancing account (rounding residue)",
+                    })?;
+                }
+            }
+            RoundingTarget::Account => {
+                let mut v = DraftVoucher {
+                    legal_entity: le.clone(),
+                    currency: cur.clone(),
+                    trans_date: date,
+                    lines: vec![],
+                };
+                book_residue(&mut v, residue, Some(bal.clone()), ctx, issues)?;
+                group.push(v);
+            }
+        }
+    }
+    Ok((group, detail_sum, residue))
+}
+
+/// Every line the run would write is within `amount.max_abs`: detail lines (a row in range can
+/// still round or take a residue past it) and balancing lines (a voucher's total). Otherwise an
+/// issue naming the line, its row for a detail line, "out of range".
+fn check_line_amounts(journals: &[Journal], cfg: &InstanceConfig, issues: &mut Vec<Issue>) {
+    let max_abs = cfg.amount.max_abs;
+    for j in journals {
+        for l in j.lines.iter().filter(|l| l.amount.abs() > max_abs) {
+            let (field, what) = match l.kind {
+                LineKind::Detail => (amount_field(cfg), "line amount"),
+                LineKind::Balancing => ("balancing".to_string(), "balancing line amount"),
+                LineKind::Rounding => ("rounding".to_string(), "rounding line amount"),
+            };
+            let hint = match l.kind {
+                LineKind::Detail => "",
+                _ => " (a voucher's total: raise amount.max_abs, or make vouchers smaller with journal.max_voucher_lines)",
+            };
+            issues.push(Issue {
+                row: l.source_rows.first().copied(),
+                line: Some(l.line_no),
+                legal_entity: Some(j.legal_entity.clone()),
+                field,
+                message: format!(
+                    "{what} `{}` of voucher {} is out of range: its absolute value exceeds amount.max_abs = {max_abs}{hint}",
+                    l.amount, l.voucher
+                ),
+            });
+        }
+    }
 }
 
 /// Groups consecutive vouchers, given as line counts in voucher order, into parts of at most
@@ -1008,9 +1226,9 @@ fn book_residue(
     offset: Option<LedgerAccount>,
     ctx: &MappingContext<'_>,
     issues: &mut Vec<Issue>,
-) {
+) -> Result<(), RowOverflow> {
     if residue.is_zero() {
-        return;
+        return Ok(());
     }
     let cfg = ctx.config;
     match cfg.rounding.book_to {
@@ -1027,7 +1245,14 @@ fn book_residue(
                         .then(b.source_rows.cmp(&a.source_rows))
                 });
             match target {
-                Some(l) => l.amount += residue,
+                Some(l) => {
+                    let row = l.source_rows.first().copied().unwrap_or_default();
+                    money::add_to(&mut l.amount, residue).map_err(|_| RowOverflow {
+                        row,
+                        amount: residue,
+                        what: "the voucher's largest line (rounding residue)",
+                    })?
+                }
                 None => issues.push(Issue::config(
                     "rounding.book_to",
                     format!(
@@ -1038,7 +1263,7 @@ fn book_residue(
         }
         RoundingTarget::Account => {
             let Some(acct) = cfg.rounding.account.clone() else {
-                return;
+                return Ok(());
             };
             v.lines.push(JournalLine {
                 line_no: 0,
@@ -1057,6 +1282,7 @@ fn book_residue(
             });
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1317,6 +1543,162 @@ mod tests {
         assert_eq!(m.issues.len(), 5);
         assert_eq!(m.rows[5].status, RowStatus::Mapped);
         assert_eq!(m.rows[0].status, RowStatus::Rejected);
+    }
+
+    /// The issues of `row`, as displayed.
+    fn issues_of(m: &Mapped, row: usize) -> Vec<String> {
+        m.issues
+            .iter()
+            .filter(|i| i.row == Some(row))
+            .map(|i| i.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn huge_amounts_are_out_of_range_not_a_crash() {
+        // Issue 10: two rows of 5e28 panicked ("Addition overflowed"), 9e27 was posted.
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        let amt = |i: usize, cc: &str, cell: Cell| {
+            let channel = ["Amazon", "eBay", "Shopify"][i % 3];
+            row(i, "2026-11-22", channel, cc, "Commission", cell)
+        };
+        let ex = extract(vec![
+            amt(0, "022", Cell::from_json_number_literal("5e28")),
+            amt(1, "022", Cell::from_json_number_literal("5e28")),
+            amt(2, "022", Cell::from_json_number_literal("9e27")),
+            // Too large for a decimal at all: the parser keeps the literal as text.
+            amt(3, "031", Cell::from_json_number_literal("1e400")),
+            // A CSV cell, negative.
+            amt(
+                4,
+                "031",
+                Cell::Text("-100000000000000000000000000000".into()),
+            ),
+            // Exactly at the default limit of 10^12: fine.
+            amt(5, "031", Cell::Number(d("1000000000000.00"))),
+            amt(6, "044", Cell::Number(d("-1000000000000.01"))),
+        ]);
+        let m = run(&cfg, &ex);
+        for r in [0, 1, 2, 3, 4, 6] {
+            let text = issues_of(&m, r);
+            assert_eq!(text.len(), 1, "row {r}: {text:?}");
+            let t = &text[0];
+            assert!(
+                t.starts_with(&format!(
+                    "row {r}, `marketplace_fees.total_amount`: amount `"
+                )),
+                "{t}"
+            );
+            assert!(
+                t.contains(
+                    "is out of range: its absolute value exceeds amount.max_abs = 1000000000000"
+                ),
+                "{t}"
+            );
+            assert!(!t.contains("not a number"), "{t}");
+            assert_eq!(m.rows[r].status, RowStatus::Rejected, "row {r}");
+        }
+        assert!(issues_of(&m, 2)[0].contains("`9000000000000000000000000000`"));
+        assert!(issues_of(&m, 3)[0].contains("`1e400`"));
+        assert_eq!(m.issues.len(), 6, "{:?}", m.issues);
+        assert_eq!(m.rows[5].status, RowStatus::Mapped);
+        // Only the row within range counts and becomes lines.
+        assert_eq!(m.source_total, d("1000000000000"));
+        let amounts: Vec<Decimal> = m.journals[0].lines.iter().map(|l| l.amount).collect();
+        assert_eq!(amounts, vec![d("1000000000000.00"), d("-1000000000000.00")]);
+    }
+
+    #[test]
+    fn amount_overflow_is_a_row_error_naming_row_and_field() {
+        // With the limit raised to the largest decimal, amounts in range can still overflow a
+        // sum: each such sum is checked and the row it happened at is named.
+        let mut cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        cfg.amount.max_abs = Decimal::MAX;
+        let big = || Cell::from_json_number_literal("5e28");
+        let neg = || Cell::from_json_number_literal("-5e28");
+        // The Looker total of the rows: 5e28 + 5e28.
+        let ex = extract(vec![
+            row(0, "2026-11-22", "Amazon", "022", "Commission", big()),
+            row(1, "2026-11-22", "eBay", "022", "Commission", big()),
+        ]);
+        let m = run(&cfg, &ex);
+        let text = issues_of(&m, 1);
+        assert_eq!(m.issues.len(), 1, "{:?}", m.issues);
+        assert!(
+            text[0].starts_with("row 1, `marketplace_fees.total_amount`: amount `50000000000000000000000000000` cannot be added to the Looker total of the rows before it: amount overflow: a total is out of range"),
+            "{text:?}"
+        );
+        assert_eq!(m.rows[1].status, RowStatus::Rejected);
+        assert_eq!(m.rows[0].status, RowStatus::Mapped);
+        assert_eq!(m.source_total, d("50000000000000000000000000000"));
+
+        // A voucher's total: the Looker total never overflows (5e28, 0, 5e28), but the rows of
+        // the 20th (rows 0 and 2) form one voucher whose balancing total does.
+        let ex = extract(vec![
+            row(0, "2026-11-20", "Amazon", "022", "Commission", big()),
+            row(1, "2026-11-22", "eBay", "022", "Commission", neg()),
+            row(2, "2026-11-20", "Shopify", "022", "Commission", big()),
+        ]);
+        for style in [BalancingStyle::Lines, BalancingStyle::Offset] {
+            cfg.balancing.style = style;
+            let m = run(&cfg, &ex);
+            assert_eq!(m.issues.len(), 1, "{style:?}: {:?}", m.issues);
+            let text = issues_of(&m, 2);
+            assert!(
+                text[0].starts_with("row 2, `marketplace_fees.total_amount`: amount `50000000000000000000000000000` cannot be added to the")
+                    && text[0].contains("amount overflow"),
+                "{style:?}: {text:?}"
+            );
+            // Its voucher is left out; the other row of it says why.
+            assert_eq!(m.rows[2].status, RowStatus::Rejected);
+            assert_eq!(m.rows[0].status, RowStatus::Rejected);
+            assert!(
+                m.rows[0].errors[0].contains("its voucher could not be totalled (see row 2)"),
+                "{:?}",
+                m.rows[0].errors
+            );
+            assert_eq!(m.rows[1].status, RowStatus::Mapped);
+            let lines: Vec<&JournalLine> = m.journals.iter().flat_map(|j| &j.lines).collect();
+            assert!(lines
+                .iter()
+                .all(|l| l.trans_date == NaiveDate::from_ymd_opt(2026, 11, 22).unwrap()));
+            if style == BalancingStyle::Lines {
+                assert!(voucher_sums(&m).values().all(|s| s.is_zero()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_balancing_line_beyond_max_abs_is_out_of_range() {
+        // Two rows within the limit whose voucher total is not.
+        let mut cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        let ex = extract(vec![
+            row(
+                0,
+                "2026-11-22",
+                "Amazon",
+                "022",
+                "Commission",
+                Cell::Number(d("600000000000")),
+            ),
+            row(
+                1,
+                "2026-11-22",
+                "eBay",
+                "022",
+                "Commission",
+                Cell::Number(d("600000000000")),
+            ),
+        ]);
+        let m = run(&cfg, &ex);
+        let text: Vec<String> = m.issues.iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            text,
+            vec!["line 3, legal entity usmf, `balancing`: balancing line amount `-1200000000000` of voucher 1 is out of range: its absolute value exceeds amount.max_abs = 1000000000000 (a voucher's total: raise amount.max_abs, or make vouchers smaller with journal.max_voucher_lines)".to_string()]
+        );
+        // The configured limit decides.
+        cfg.amount.max_abs = d("1200000000000");
+        assert!(run(&cfg, &ex).issues.is_empty());
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub enum Cell {
 
 impl Cell {
     /// Parses a JSON number literal exactly. Literals that do not fit a 96-bit decimal
-    /// (e.g. `1e40`) are kept as text so mapping can reject them with a row error.
+    /// (e.g. `1e40`) are kept as text, as written, so mapping can reject them with a row error
+    /// saying "out of range" (see `money::parse_amount_text`), never a panic or "not a number".
     pub fn from_json_number_literal(literal: &str) -> Cell {
         let parsed = if literal.contains(['e', 'E']) {
             Decimal::from_scientific(literal)

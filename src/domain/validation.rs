@@ -4,7 +4,7 @@
 //! F&O itself lets an unbalanced voucher into an unposted journal and only complains at posting
 //! time; finance wants that caught here, with every bad row named, and nothing written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use chrono::NaiveDate;
@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, JournalLine, LedgerAccount, LineKind};
-use super::money::CurrencyPrecision;
+use super::money::{self, CurrencyPrecision};
 use super::reference::{active_on, DimensionValue, PeriodStatus, ReferenceData, VoucherAllocation};
 
 /// One problem, naming where it is: a source row, a journal line, or a config key.
@@ -158,6 +158,8 @@ pub fn validate(
         }
 
         let mut voucher_sums: BTreeMap<u32, Decimal> = BTreeMap::new();
+        // Vouchers whose sum overflowed (reported once, at the line it happened).
+        let mut overflowed: BTreeSet<u32> = BTreeSet::new();
         let mut voucher_dates: BTreeMap<u32, NaiveDate> = BTreeMap::new();
         // Dimension values by borrowed (dimension, value): no key copies per line.
         let dim_values: DimValues<'_> = rd
@@ -169,8 +171,20 @@ pub fn validate(
             check_account(&line.account, line, false, rd, &dim_values, &mut issues);
             if let Some(off) = &line.offset_account {
                 check_account(off, line, true, rd, &dim_values, &mut issues);
-            } else {
-                *voucher_sums.entry(line.voucher).or_default() += line.amount;
+            } else if let Err(e) =
+                money::add_to(voucher_sums.entry(line.voucher).or_default(), line.amount)
+            {
+                if overflowed.insert(line.voucher) {
+                    issues.push(Issue::for_line(
+                        line,
+                        le,
+                        "balancing",
+                        format!(
+                            "voucher {} cannot be totalled at this line (amount {}): {e}",
+                            line.voucher, line.amount
+                        ),
+                    ));
+                }
             }
             if let Some(prev) = voucher_dates.insert(line.voucher, line.trans_date) {
                 if prev != line.trans_date {
@@ -233,7 +247,7 @@ pub fn validate(
             }
         }
         for (v, sum) in voucher_sums {
-            if !sum.is_zero() {
+            if !sum.is_zero() && !overflowed.contains(&v) {
                 issues.push(Issue {
                     row: None,
                     line: None,
@@ -557,6 +571,52 @@ mod tests {
             "{issues:#?}"
         );
         assert!(has("voucher 2 does not balance"), "{issues:#?}");
+    }
+
+    #[test]
+    fn a_voucher_sum_that_overflows_is_an_issue_not_a_panic() {
+        let j = journal(vec![
+            line(
+                1,
+                1,
+                "618100",
+                &[],
+                "50000000000000000000000000000",
+                "2026-11-22",
+            ),
+            line(
+                2,
+                1,
+                "618100",
+                &[],
+                "50000000000000000000000000000",
+                "2026-11-22",
+            ),
+            line(
+                3,
+                1,
+                "200150",
+                &[],
+                "-50000000000000000000000000000",
+                "2026-11-22",
+            ),
+            line(
+                4,
+                1,
+                "200150",
+                &[],
+                "-50000000000000000000000000000",
+                "2026-11-22",
+            ),
+        ]);
+        let issues: Vec<String> = validate(&[j], &refs(), &CurrencyPrecision::default())
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(
+            issues,
+            vec!["row 1, line 2, legal entity usmf, `balancing`: voucher 1 cannot be totalled at this line (amount 50000000000000000000000000000): amount overflow: a total is out of range (beyond ±79228162514264337593543950335, the largest amount a decimal holds)".to_string()],
+        );
     }
 
     #[test]

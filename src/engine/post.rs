@@ -22,6 +22,7 @@ use crate::domain::config::InstanceConfig;
 use crate::domain::converge::{fingerprint, ConflictReport, Deletion, PlannedLine};
 use crate::domain::journal::JournalPart;
 use crate::domain::mapping::{description_prefix, header_of_run, part_key, render_description};
+use crate::domain::money::{self, Overflow};
 use crate::domain::reference::VoucherAllocation;
 use crate::domain::run::{LineRecord, LineStatus, RunKeys, RunRecord, RunStatus};
 use crate::ports::{LedgerError, LedgerHeader, LedgerLine, NewLedgerLine};
@@ -114,8 +115,17 @@ impl Engine<'_> {
                 Err(Stop::Crashed(p)) => return Err(EngineError::Crashed(p)),
             }
         }
-        run.totals.created_debit = summaries.iter().map(|s| s.debit).sum();
-        run.totals.created_credit = summaries.iter().map(|s| s.credit).sum();
+        // Checked sums (`Iterator::sum` panics on overflow): mapping bounds every line by
+        // `amount.max_abs` and checks its sums, but an audit from before that may not be.
+        let (Ok(debit), Ok(credit)) = (
+            money::sum(summaries.iter().map(|s| s.debit)),
+            money::sum(summaries.iter().map(|s| s.credit)),
+        ) else {
+            let msg = format!("the journals are in D365, but their debit and credit totals cannot be computed: {Overflow}");
+            return Ok((RunStatus::Failed, msg, summaries));
+        };
+        run.totals.created_debit = debit;
+        run.totals.created_credit = credit;
         run.totals.created_lines = summaries
             .iter()
             .map(|s| (s.lines_created + s.lines_found) as u64)
@@ -305,11 +315,21 @@ impl Engine<'_> {
                     {
                         mark_created(rec, &batch, l, "already in D365");
                     }
-                    debit += l.debit;
-                    credit += l.credit;
-                    if rec.offset_display.is_some() {
-                        debit += l.credit;
-                        credit += l.debit;
+                    // Checked (`+` panics on overflow): an audit from before `amount.max_abs`
+                    // may hold amounts mapping no longer allows.
+                    let mut add = || -> Result<(), Overflow> {
+                        money::add_to(&mut debit, l.debit)?;
+                        money::add_to(&mut credit, l.credit)?;
+                        if rec.offset_display.is_some() {
+                            money::add_to(&mut debit, l.credit)?;
+                            money::add_to(&mut credit, l.debit)?;
+                        }
+                        Ok(())
+                    };
+                    if let Err(e) = add() {
+                        return Err(Stop::Failed(format!(
+                            "journal {le}/{batch} is in D365, but its totals cannot be computed: {e}"
+                        )));
                     }
                 }
                 if let Err(e) = self.store.put_lines(lines).await {

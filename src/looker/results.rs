@@ -524,6 +524,32 @@ mod tests {
     }
 
     #[test]
+    fn huge_numbers_parse_without_panic_and_are_never_rounded_through_f64() {
+        // Within the decimal range: exact numbers (mapping then applies `amount.max_abs`).
+        // Beyond it: the literal as text, which mapping reports "out of range".
+        let body = br#"[{"a.amount": 5e28}, {"a.amount": 9e27}, {"a.amount": 1e400},
+            {"a.amount": -1E+29}, {"a.amount": 79228162514264337593543950336}]"#;
+        let want = [
+            dec("50000000000000000000000000000"),
+            dec("9000000000000000000000000000"),
+            Cell::Text("1e400".into()),
+            Cell::Text("-1E+29".into()),
+            Cell::Text("79228162514264337593543950336".into()),
+        ];
+        let rows = parse_json_rows(body).unwrap();
+        let (_, streamed) = parse_json_rows_streaming(body).unwrap();
+        for (i, want) in want.iter().enumerate() {
+            assert_eq!(rows[i].get("a.amount"), Some(want), "row {i}");
+            assert_eq!(streamed[i].get("a.amount"), Some(want), "row {i}");
+        }
+        let detail = br#"{"fields": {"dimensions": [], "measures": [{"name": "a.amount"}]},
+            "data": [{"a.amount": {"value": 1e400}}, {"a.amount": {"value": 5e28}}]}"#;
+        let (_, rows) = parse_json_detail(detail).unwrap();
+        assert_eq!(rows[0].get("a.amount"), Some(&Cell::Text("1e400".into())));
+        assert_eq!(rows[1].get("a.amount"), Some(&want[0]));
+    }
+
+    #[test]
     fn json_rows_column_order_follows_document() {
         let raw: RawRows =
             serde_json::from_str(r#"[{"z.b":1,"a.a":2},{"z.b":3,"a.a":4,"m.c":5}]"#).unwrap();
