@@ -127,7 +127,7 @@ async fn run(
         run_date: input.scheduled_time.date_naive(),
         trigger: "schedule".into(),
         mode: Mode::Post,
-        lease: inv.remaining(),
+        lease: inv.period_lease(),
         deadline: Some(deadline),
     };
     let report = engine.run(&inst.config, &opts).await.map_err(|e| match e {
