@@ -703,7 +703,7 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
         }
     };
 
-    println!("Looker ({})", cfg.looker.base_url);
+    println!("Looker ({})", crate::http::redact_url(&cfg.looker.base_url));
     match clients.looker.login_check().await {
         Ok(()) => ok("logged in with the API client id/secret"),
         Err(e) => bad(&e.to_string(), true),
@@ -788,7 +788,10 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
         Err(e) => bad(&format!("source does not run: {e}"), true),
     }
 
-    println!("D365 ({})", cfg.d365.environment_url);
+    println!(
+        "D365 ({})",
+        crate::http::redact_url(&cfg.d365.environment_url)
+    );
     match clients.d365.token_check().await {
         Ok(()) => ok("token obtained from Entra ID and accepted by the environment"),
         Err(e) => bad(&e.to_string(), true),
