@@ -26,11 +26,12 @@ pub enum EndpointError {
     InsecureScheme { what: &'static str, url: String },
 }
 
-/// Parses a configured endpoint and enforces https except for loopback hosts.
+/// Parses a configured endpoint and enforces https except for loopback hosts. Errors show the
+/// URL without its userinfo ([`redact_url`]).
 pub fn endpoint(what: &'static str, raw: &str) -> Result<Url, EndpointError> {
     let url = Url::parse(raw.trim()).map_err(|e| EndpointError::Invalid {
         what,
-        url: raw.to_string(),
+        url: redact_url(raw),
         reason: e.to_string(),
     })?;
     match url.scheme() {
@@ -38,14 +39,58 @@ pub fn endpoint(what: &'static str, raw: &str) -> Result<Url, EndpointError> {
         "http" if is_loopback(&url) => Ok(url),
         "http" => Err(EndpointError::InsecureScheme {
             what,
-            url: raw.to_string(),
+            url: redact_url(raw),
         }),
         other => Err(EndpointError::Invalid {
             what,
-            url: raw.to_string(),
+            url: redact_url(raw),
             reason: format!("unsupported scheme `{other}`"),
         }),
     }
+}
+
+/// `raw` for an error message or a log line: a URL's userinfo (`user:password@`) becomes `***@`;
+/// everything else is kept. Works on strings that do not parse as URLs too (a mistyped endpoint
+/// is still shown without its password).
+pub fn redact_url(raw: &str) -> String {
+    let raw = raw.trim();
+    // Only URLs with a host can have userinfo; `user:pw@host` parses as scheme `user`.
+    if let Some(mut url) = Url::parse(raw).ok().filter(Url::has_host) {
+        if url.username().is_empty() && url.password().is_none() {
+            return raw.to_string();
+        }
+        if url.set_password(None).is_ok() && url.set_username("***").is_ok() {
+            return url.to_string();
+        }
+    }
+    // Not a URL (or one whose userinfo cannot be set): cut the userinfo out of the text.
+    let start = raw.find("://").map_or(0, |i| i + 3);
+    let authority_end = raw[start..]
+        .find(['/', '?', '#', '\\'])
+        .map_or(raw.len(), |i| start + i);
+    match raw[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &raw[..start], &raw[start + at..]),
+        None => raw.to_string(),
+    }
+}
+
+/// [`redact_url`] of a `Location` header, resolved against the request URL (so a relative or
+/// network-path reference is shown as where it points), without its query and fragment (they may
+/// carry one-time codes).
+pub fn redact_location(request: &Url, location: &str) -> String {
+    let shown = match request.join(location.trim()) {
+        Ok(mut u) => {
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => location
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    };
+    redact_url(&shown)
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -294,6 +339,57 @@ mod tests {
         assert!(e.to_string().contains("must use https"), "{e}");
         assert!(endpoint("D365", "ftp://x").is_err());
         assert!(endpoint("D365", "not a url").is_err());
+    }
+
+    #[test]
+    fn userinfo_is_redacted_in_endpoint_errors() {
+        let e = endpoint("D365", "http://svc:hunter2@contoso.operations.dynamics.com")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must use https"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("svc:"), "{e}");
+        assert!(
+            e.contains("http://***@contoso.operations.dynamics.com"),
+            "{e}"
+        );
+        let e = endpoint("Looker", "ftp://u:hunter2@x/y")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        // Not even a valid URL: still no password.
+        let e = endpoint("Looker", "https://u:hunter2@bad host/")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("https://***@bad host/"), "{e}");
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_url("https://a.b/c?d=1"), "https://a.b/c?d=1");
+        assert_eq!(
+            redact_url("https://u:p@a.b:8443/c"),
+            "https://***@a.b:8443/c"
+        );
+        assert_eq!(redact_url("https://u@a.b/"), "https://***@a.b/");
+        assert_eq!(redact_url("https://:p@a.b/"), "https://***@a.b/");
+        assert_eq!(redact_url("u:p@host/x"), "***@host/x");
+        assert_eq!(redact_url("not a url"), "not a url");
+        // An `@` after the authority is not userinfo.
+        assert_eq!(redact_url("https://a.b/x@y"), "https://a.b/x@y");
+        let base = Url::parse("https://login.example/t/oauth2/v2.0/token").unwrap();
+        assert_eq!(
+            redact_location(&base, "https://u:p@evil.example/steal?code=1#f"),
+            "https://***@evil.example/steal"
+        );
+        assert_eq!(
+            redact_location(&base, "//u:p@evil.example/x"),
+            "https://***@evil.example/x"
+        );
+        assert_eq!(
+            redact_location(&base, "/other"),
+            "https://login.example/other"
+        );
     }
 
     #[test]

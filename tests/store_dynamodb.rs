@@ -480,6 +480,20 @@ async fn lock_items_carry_the_ttl_attribute() {
         at(60).timestamp_millis()
     );
     assert_eq!(attr_s(&item, "status"), "INPROGRESS");
+    // A renewal moves the TTL with the lease, so TTL never deletes a renewed lock.
+    store
+        .renew_lock(&key, "me", at(30), at(90), at(5400))
+        .await
+        .expect("renew");
+    let item = raw_get(&store, &format!("LOCK#{key}"), "LOCK")
+        .await
+        .expect("lock item");
+    assert_eq!(attr_n(&item, "expiration"), at(5400).timestamp());
+    assert_eq!(
+        attr_n(&item, "in_progress_expiration"),
+        at(90).timestamp_millis()
+    );
+    assert_eq!(attr_n(&item, "expires_at_ms"), at(5400).timestamp_millis());
     store
         .complete_lock(&key, "me", "done", at(7200))
         .await

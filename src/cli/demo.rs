@@ -56,7 +56,7 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
         run_date: today,
         trigger: "demo".into(),
         mode: Mode::Post,
-        lease: chrono::Duration::minutes(super::CLI_LEASE_MINUTES),
+        lease: super::CLI_LEASE,
         deadline: None,
         supersede: false,
     };

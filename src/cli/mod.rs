@@ -374,7 +374,7 @@ async fn reverse_command(
     let store = any_store(store_path, table).await?;
     let opts = ReverseOptions {
         delete_unposted,
-        lease: chrono::Duration::minutes(CLI_LEASE_MINUTES),
+        lease: CLI_LEASE,
     };
     match crate::controls::reverse(store.as_ref(), &clients.d365, &cfg, run_id, &opts).await {
         Ok(r) => {
@@ -655,8 +655,9 @@ fn today() -> NaiveDate {
     chrono::Utc::now().date_naive()
 }
 
-/// CLI runs may hold the period lock this long before another process may take over.
-const CLI_LEASE_MINUTES: i64 = 30;
+/// The period lock's lease of CLI runs: short, because it is renewed while the run posts (a
+/// crashed run's lock then expires within it). See [`crate::engine::lease::DEFAULT_LEASE`].
+pub(crate) const CLI_LEASE: chrono::Duration = crate::engine::lease::DEFAULT_LEASE;
 
 async fn run_command(
     store_path: &Path,
@@ -678,7 +679,7 @@ async fn run_command(
         run_date: run_date.unwrap_or_else(today),
         trigger: "cli".into(),
         mode,
-        lease: chrono::Duration::minutes(CLI_LEASE_MINUTES),
+        lease: CLI_LEASE,
         deadline: None,
         supersede,
     };
@@ -702,9 +703,7 @@ async fn replay_command(
         store: store.as_ref(),
         progress: &progress,
     };
-    let report = engine
-        .replay(&cfg, run_id, chrono::Duration::minutes(CLI_LEASE_MINUTES))
-        .await?;
+    let report = engine.replay(&cfg, run_id, CLI_LEASE).await?;
     print!("{}", render::run_report(&report, store_path));
     Ok(report.outcome.exit_code())
 }
@@ -724,7 +723,7 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
         }
     };
 
-    println!("Looker ({})", cfg.looker.base_url);
+    println!("Looker ({})", crate::http::redact_url(&cfg.looker.base_url));
     match clients.looker.login_check().await {
         Ok(()) => ok("logged in with the API client id/secret"),
         Err(e) => bad(&e.to_string(), true),
@@ -809,7 +808,10 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
         Err(e) => bad(&format!("source does not run: {e}"), true),
     }
 
-    println!("D365 ({})", cfg.d365.environment_url);
+    println!(
+        "D365 ({})",
+        crate::http::redact_url(&cfg.d365.environment_url)
+    );
     match clients.d365.token_check().await {
         Ok(()) => ok("token obtained from Entra ID and accepted by the environment"),
         Err(e) => bad(&e.to_string(), true),

@@ -54,7 +54,7 @@ impl RunNotification {
             RunStatus::Rejected => format!(
                 "Nothing was written. `ml-connector show {id}` names each row/field with a problem; fix the data or the config (`ml-connector preview --config FILE` to check), then run again."
             ),
-            RunStatus::Busy => "Nothing was written: another run holds this period. Nothing to do unless this repeats after the other run's lock expires.".to_string(),
+            RunStatus::Busy => "Nothing was written: another run holds this period's lock; the message names it, when its lock expires, and the command that resumes it if it stopped. Nothing to do while it is running.".to_string(),
             RunStatus::Interrupted => format!(
                 "The run stopped on purpose before its time ran out; what it wrote is recorded and the period lock is released. Finish it with `ml-connector replay {id} --config FILE` (in AWS: `ml-connector replay {id} --request --table TABLE`): it re-reads D365 and posts only what is missing."
             ),

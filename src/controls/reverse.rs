@@ -29,6 +29,7 @@ use crate::domain::money::CurrencyPrecision;
 use crate::domain::reference::{PeriodStatus, ReferenceData, VoucherAllocation};
 use crate::domain::run::{LineRecord, LineStatus, RunKeys, RunRecord, RunStatus, RunTotals};
 use crate::domain::validation::validate;
+use crate::engine::lease::{busy_message, Lease, DEFAULT_LEASE};
 use crate::engine::writer::{
     content_of_new, HeaderKey, JournalSpec, JournalWriter, WriteEnd, WriterHooks,
 };
@@ -42,7 +43,7 @@ use async_trait::async_trait;
 pub struct ReverseOptions {
     /// Delete the connector's lines of journals that are still unposted (otherwise refused).
     pub delete_unposted: bool,
-    /// How long the period lock may be held.
+    /// The period lock's lease, renewed while reversing (see [`crate::engine::lease`]).
     pub lease: Duration,
 }
 
@@ -50,7 +51,7 @@ impl Default for ReverseOptions {
     fn default() -> Self {
         Self {
             delete_unposted: false,
-            lease: Duration::minutes(30),
+            lease: DEFAULT_LEASE,
         }
     }
 }
@@ -187,26 +188,32 @@ pub async fn reverse(
     // One writer per period: the same lock the posting engine takes.
     let lock_key = format!("post#{}#{}", original.instance, original.keys.period_key);
     let owner = format!("reverse-{run_id}");
-    let until = Utc::now() + opts.lease;
+    let lease = Lease::new(store, &lock_key, &owner, opts.lease);
+    let (now, until, expires_at) = lease.times();
     match store
-        .acquire_lock(
-            &lock_key,
-            &owner,
-            Utc::now(),
-            until,
-            until + Duration::days(1),
-        )
+        .acquire_lock(&lock_key, &owner, now, until, expires_at)
         .await?
     {
         LockOutcome::InProgress { owner: o, until } if o != owner => {
-            return Err(refused(format!(
-                "another run ({o}) is posting this period (lock held until {}); nothing was written — try again after it finishes",
-                until.format("%Y-%m-%d %H:%M:%S UTC")
-            )));
+            return Err(refused(busy_message(&o, until, Utc::now())));
         }
         _ => {}
     }
-    let result = reverse_locked(store, ledger, config, &original, posted, unposted).await;
+    // Renewed while reversing (see `engine::lease`).
+    let result = lease
+        .hold(
+            reverse_locked(store, ledger, config, &original, posted, unposted),
+            |e| {
+                record(
+                    store,
+                    run_id,
+                    "warn",
+                    "lock",
+                    format!("the period lock {lock_key} was lost while reversing ({e}); another run may have taken the period over"),
+                )
+            },
+        )
+        .await;
     store.release_lock(&lock_key, &owner).await.ok();
     let mut report = result?;
     if !gone.is_empty() {

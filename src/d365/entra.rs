@@ -5,13 +5,14 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::header::LOCATION;
 use reqwest::Client;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use url::Url;
 
 use super::error::AuthError;
-use crate::http::{send_with_retry, Idempotency, RetryPolicy};
+use crate::http::{redact_location, redact_url, send_with_retry, Idempotency, RetryPolicy};
 use crate::secrets::Secret;
 
 /// What is needed to ask Entra for a token.
@@ -105,19 +106,33 @@ impl TokenCache {
         )
         .await
         .map_err(|e| AuthError::Unreachable {
-            authority: r.authority.to_string(),
+            authority: redact_url(r.authority.as_str()),
             detail: e.without_url().to_string(),
         })?;
         let status = resp.status();
         if let Some(m) = crate::http::out_of_time(&resp) {
             // Throttled or failing, and no time left to wait it out (see RetryPolicy::deadline).
             return Err(AuthError::Unreachable {
-                authority: r.authority.to_string(),
+                authority: redact_url(r.authority.as_str()),
                 detail: format!("HTTP {} and {m}", status.as_u16()),
             });
         }
+        if status.is_redirection() {
+            // The client follows no redirect (the form carries the secret): say where it led.
+            let location = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| redact_location(&url, l))
+                .unwrap_or_else(|| "(no Location header)".into());
+            return Err(AuthError::Redirected {
+                authority: redact_url(r.authority.as_str()),
+                status: status.as_u16(),
+                location,
+            });
+        }
         let body = resp.text().await.map_err(|e| AuthError::Unreachable {
-            authority: r.authority.to_string(),
+            authority: redact_url(r.authority.as_str()),
             detail: e.without_url().to_string(),
         })?;
         if status.is_success() {

@@ -28,6 +28,15 @@ pub enum AuthError {
     },
     #[error("could not reach Microsoft Entra ID at {authority}: {detail}")]
     Unreachable { authority: String, detail: String },
+    /// The token endpoint answered with a redirect. It is not followed: the request carries the
+    /// client secret, which must only ever reach the configured authority.
+    #[error("the Microsoft Entra authority {authority} answered HTTP {status}, a redirect to `{location}`; redirects are not followed because the token request carries the client secret. Set the authority (d365.authority, default https://login.microsoftonline.com) to the token service itself.")]
+    Redirected {
+        authority: String,
+        status: u16,
+        /// Where it pointed, userinfo, query and fragment removed.
+        location: String,
+    },
     #[error("unexpected answer from Microsoft Entra ID (HTTP {status}): {detail}")]
     Unexpected { status: u16, detail: String },
 }
@@ -76,6 +85,16 @@ pub enum D365Error {
     /// caller's deadline, so the request was not (re)sent: nothing was written by it.
     #[error("out of time for D365 {entity}: {detail}; nothing more was sent, so the run can be resumed (replay) without risk of a duplicate")]
     OutOfTime { entity: String, detail: String },
+    /// F&O answered a read with a redirect. It is not followed: the request carries the access
+    /// token, which must only ever reach the configured environment. (A redirected write is
+    /// [`D365Error::OutcomeUnknown`], so the caller reconciles first.)
+    #[error("D365 answered {entity} with HTTP {status}, a redirect to `{location}`; redirects are not followed because the request carries the access token. Check that the environment URL (d365.environment_url) is the environment's exact URL.")]
+    Redirected {
+        entity: String,
+        status: u16,
+        /// Where it pointed, userinfo, query and fragment removed.
+        location: String,
+    },
     /// F&O's answer did not have the expected shape.
     #[error("unexpected response from D365 {entity}: {detail}")]
     Protocol { entity: String, detail: String },

@@ -85,7 +85,8 @@ impl D365Settings {
             .map_err(|e| D365Error::Config(e.to_string()))?;
         if env.query().is_some() || env.fragment().is_some() {
             return Err(D365Error::Config(format!(
-                "D365 environment URL `{environment_url}` must not have a query or fragment"
+                "D365 environment URL `{}` must not have a query or fragment",
+                crate::http::redact_url(environment_url)
             )));
         }
         // The token audience must be the environment URL in lower case without trailing slash.
@@ -142,6 +143,9 @@ pub struct D365Client {
 impl D365Client {
     pub fn new(s: D365Settings) -> Result<Self, D365Error> {
         let http = reqwest::Client::builder()
+            // Every request of this client carries the client secret (Entra) or an access
+            // token (F&O): a redirect is reported, never followed (see `odata`, `entra`).
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(s.timeout)
             .connect_timeout(s.timeout.min(Duration::from_secs(30)))
             .build()

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use chrono::NaiveDate;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use reqwest::{Client, Method, Response, StatusCode};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -519,6 +519,31 @@ impl OData {
         )
         .await;
         match result {
+            Ok(r) if r.status().is_redirection() => {
+                // Not followed (the request carries the token; see `D365Client::new`).
+                let location = r
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|l| crate::http::redact_location(url, l))
+                    .unwrap_or_else(|| "(no Location header)".into());
+                let status = r.status().as_u16();
+                tracing::warn!(target: "d365::odata", entity, method = %method, status, location = %location, "redirect not followed");
+                if idempotency == Idempotency::Safe {
+                    Err(D365Error::Redirected {
+                        entity: entity.into(),
+                        status,
+                        location,
+                    })
+                } else {
+                    Err(D365Error::OutcomeUnknown {
+                        entity: entity.into(),
+                        detail: format!(
+                            "D365 answered HTTP {status}, a redirect to `{location}`, which is not followed because the request carries the access token; check that the environment URL (d365.environment_url) is the environment's exact URL"
+                        ),
+                    })
+                }
+            }
             Ok(r) => {
                 if let Some(mark) = crate::http::out_of_time(&r) {
                     // A 429 (nothing written) or a 5xx on a read that would have been retried,

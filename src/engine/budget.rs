@@ -19,6 +19,8 @@ pub const MIN_STEP_ESTIMATE: Duration = Duration::from_secs(2);
 pub(crate) struct Budget {
     deadline: Option<Instant>,
     slowest_ms: AtomicU64,
+    /// Set when the period lock's heartbeat found the lock taken over: no further write.
+    lost: Option<super::lease::LeaseLost>,
 }
 
 impl Budget {
@@ -26,7 +28,16 @@ impl Budget {
         Budget {
             deadline,
             slowest_ms: AtomicU64::new(0),
+            lost: None,
         }
+    }
+
+    /// Stops before the next write once `lost` says the period lock was taken over (a run that
+    /// outlived its lease): the run ends `interrupted`, and whoever holds the lock now, or a
+    /// replay, converges D365 from where it stopped.
+    pub(crate) fn with_lease(mut self, lost: super::lease::LeaseLost) -> Self {
+        self.lost = Some(lost);
+        self
     }
 
     pub(crate) fn has_deadline(&self) -> bool {
@@ -43,6 +54,9 @@ impl Budget {
     /// below the slowest step so far (at least [`MIN_STEP_ESTIMATE`], ×1.5) plus
     /// [`STOP_RESERVE`]. `None`: go ahead.
     pub(crate) fn short(&self) -> Option<Duration> {
+        if self.lost.as_ref().is_some_and(|l| l.is_lost()) {
+            return Some(Duration::ZERO);
+        }
         let deadline = self.deadline?;
         let left = deadline.saturating_duration_since(Instant::now());
         let slowest =

@@ -6,6 +6,7 @@
 //! reference).
 
 mod budget;
+pub mod lease;
 mod post;
 pub mod writer;
 
@@ -145,8 +146,10 @@ pub struct RunOptions {
     /// `cli`, `demo`, `schedule`, `webhook`, `replay`.
     pub trigger: String,
     pub mode: Mode,
-    /// How long this process may hold the period lock before another may take over
-    /// (Lambda: its remaining time; CLI: a generous default).
+    /// The period lock's lease: another run may take the lock over once this long has passed
+    /// since the last renewal. The lock is renewed every third of it while posting, so it only
+    /// bounds how long a dead run's lock lingers ([`lease::DEFAULT_LEASE`]; Lambda: the smaller
+    /// of that and its time left).
     pub lease: Duration,
     /// Stop posting cleanly (status `interrupted`, resumable by replay) when the next write
     /// might not finish before this instant (Lambda: its deadline minus a margin). `None`: no
@@ -394,22 +397,18 @@ impl<'a> Engine<'a> {
         // One poster per period at a time: the lock is a mutex with a lease (a crashed holder
         // is taken over once its lease has passed). "Already posted" is decided afterwards from
         // the audit history and, authoritatively, from D365 by natural key.
+        // The lease is short and renewed while posting (see `lease`).
         let lock_key = format!("post#{}#{}", config.instance, keys.period_key);
-        let lease_until = Utc::now() + opts.lease;
+        let lease = lease::Lease::new(self.store, &lock_key, &run.run_id, opts.lease);
+        let (now, lease_until, expires_at) = lease.times();
         match self
             .store
-            .acquire_lock(
-                &lock_key,
-                &run.run_id,
-                Utc::now(),
-                lease_until,
-                lease_until + Duration::days(1),
-            )
+            .acquire_lock(&lock_key, &run.run_id, now, lease_until, expires_at)
             .await?
         {
             LockOutcome::Acquired => {}
             LockOutcome::InProgress { owner, until } => {
-                let msg = busy_message(&owner, until);
+                let msg = lease::busy_message(&owner, until, Utc::now());
                 self.event(&run.run_id, "warn", "busy", msg.clone()).await;
                 return self
                     .finish(run, RunStatus::Busy, msg, mapped, formats, issues)
@@ -453,9 +452,14 @@ impl<'a> Engine<'a> {
         run.status = RunStatus::Posting;
         self.store.update_run(&run).await?;
         self.crash(CrashPoint::Locked)?;
-        let budget = budget::Budget::new(opts.deadline);
+        let budget = budget::Budget::new(opts.deadline).with_lease(lease.lost_flag());
+        let run_id = run.run_id.clone();
         let (status, message, posted) = self
-            .post_all(&mut run, config, lines, &keys, opts.supersede, &budget)
+            .holding(
+                &lease,
+                &run_id,
+                self.post_all(&mut run, config, lines, &keys, opts.supersede, &budget),
+            )
             .await?;
         self.crash(CrashPoint::Posted)?;
         if matches!(status, RunStatus::Completed | RunStatus::AlreadyPosted) {
@@ -717,20 +721,15 @@ impl<'a> Engine<'a> {
         }
         let lines = self.store.lines(run_id).await?;
         let lock_key = format!("post#{}#{}", run.instance, run.keys.period_key);
-        let until = Utc::now() + lease;
+        let lease = lease::Lease::new(self.store, &lock_key, run_id, lease);
+        let (now, until, expires_at) = lease.times();
         match self
             .store
-            .acquire_lock(
-                &lock_key,
-                run_id,
-                Utc::now(),
-                until,
-                until + Duration::days(1),
-            )
+            .acquire_lock(&lock_key, run_id, now, until, expires_at)
             .await?
         {
             LockOutcome::InProgress { owner, until } if owner != run_id => {
-                let msg = busy_message(&owner, until);
+                let msg = lease::busy_message(&owner, until, Utc::now());
                 self.event(run_id, "warn", "busy", msg.clone()).await;
                 return Err(EngineError::Config(msg));
             }
@@ -747,9 +746,13 @@ impl<'a> Engine<'a> {
         run.status = RunStatus::Posting;
         self.store.update_run(&run).await?;
         let keys = run.keys.clone();
-        let budget = budget::Budget::new(deadline);
+        let budget = budget::Budget::new(deadline).with_lease(lease.lost_flag());
         let (status, message, posted) = self
-            .post_all(&mut run, config, lines, &keys, false, &budget)
+            .holding(
+                &lease,
+                run_id,
+                self.post_all(&mut run, config, lines, &keys, false, &budget),
+            )
             .await?;
         self.crash(CrashPoint::Posted)?;
         // Replaying a completed run finds everything in place: it stays `completed` with its
@@ -790,13 +793,6 @@ fn describe_request(r: &ExtractRequest) -> String {
             format!("{}/{} ({} fields)", q.model, q.explore, q.fields.len())
         }
     }
-}
-
-fn busy_message(owner: &str, until: DateTime<Utc>) -> String {
-    format!(
-        "another run ({owner}) is posting this period (lock held until {}); nothing was written — it will finish or the lock expires",
-        until.format("%Y-%m-%d %H:%M:%S UTC")
-    )
 }
 
 fn conflict_message(other: &RunRecord, this: &RunRecord) -> String {

@@ -155,9 +155,17 @@ impl Invocation {
         tokio::time::Instant::now() + left
     }
 
-    /// Time left before the deadline, at least one second (the lock lease of a run).
+    /// Time left before the deadline, at least one second.
     pub fn remaining(&self) -> Duration {
         (self.deadline - Utc::now()).max(Duration::seconds(1))
+    }
+
+    /// The period lock's lease of a run in this invocation: the smaller of
+    /// [`crate::engine::lease::DEFAULT_LEASE`] and the time left. The engine renews it while
+    /// posting, so a long invocation keeps its lock, and one that is killed leaves a lock that
+    /// expires soon after.
+    pub fn period_lease(&self) -> Duration {
+        self.remaining().min(crate::engine::lease::DEFAULT_LEASE)
     }
 }
 

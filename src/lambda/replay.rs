@@ -267,7 +267,7 @@ async fn replay(
         progress: &progress,
     };
     match engine
-        .replay_until(&inst.config, run_id, inv.remaining(), Some(deadline))
+        .replay_until(&inst.config, run_id, inv.period_lease(), Some(deadline))
         .await
     {
         Ok(report) => {

@@ -130,7 +130,7 @@ async fn run(
         run_date: input.scheduled_time.date_naive(),
         trigger: "schedule".into(),
         mode: Mode::Post,
-        lease: inv.remaining(),
+        lease: inv.period_lease(),
         deadline: Some(deadline),
         supersede: false,
     };

@@ -408,7 +408,7 @@ async fn ingest(
         run_date: received.date_naive(),
         trigger: "webhook".into(),
         mode: Mode::Post,
-        lease: inv.remaining(),
+        lease: inv.period_lease(),
         deadline: Some(deadline),
         supersede: false,
     };

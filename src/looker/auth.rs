@@ -143,6 +143,21 @@ pub(crate) async fn login(
                 attempts: settings.retry.max_attempts,
             })
         }
+        s if s.is_redirection() => {
+            // The client follows no redirect (`LookerClient::new`): the form carries the secret.
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| crate::http::redact_location(&url, l))
+                .unwrap_or_else(|| "(no Location header)".into());
+            return Err(LookerError::Status {
+                status: s.as_u16(),
+                message: format!(
+                    "login (POST {path}) was answered with a redirect to `{location}`; redirects are not followed because the login carries the client secret. The configured base URL is probably not the Looker API host (check Admin > Platform > API for the API Host URL)"
+                ),
+            });
+        }
         other => {
             return Err(LookerError::Status {
                 status: other.as_u16(),

@@ -845,7 +845,10 @@ fn classify(
             status: s.as_u16(),
             message: format!(
                 "{label} was redirected to `{}`; the configured base URL is probably not the Looker API host (check Admin > Platform > API for the API Host URL)",
-                location.as_deref().map(strip_query).unwrap_or_default()
+                location
+                    .as_deref()
+                    .map(|l| crate::http::redact_url(strip_query(l)))
+                    .unwrap_or_default()
             ),
         },
         s => LookerError::Status {

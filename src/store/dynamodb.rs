@@ -78,7 +78,9 @@
 //!   millisecond precision); `expiration` is only the TTL (rounded up to whole seconds, so TTL
 //!   never deletes a live lock; TTL deletion is up to ~48 h late and never relied upon).
 //!   `complete_lock` is an `UpdateItem` and `release_lock` a `DeleteItem`, both conditional on
-//!   `owner = :owner AND status = INPROGRESS` (else `LockLost`).
+//!   `owner = :owner AND status = INPROGRESS` (else `LockLost`). `renew_lock` (the holder's
+//!   heartbeat) is an `UpdateItem` of `in_progress_expiration`, `expires_at_ms` and the TTL on
+//!   the same condition plus `expires_at_ms >= :now_ms` (a record past its expiry is gone).
 //! - `request_replay` writes the replay request item with `attribute_not_exists(pk)` (an
 //!   overwrite would be a stream `MODIFY`, which the replay Lambda's `INSERT` filter ignores),
 //!   in a transaction with a `ConditionCheck` that the run exists (`NotFound` otherwise, so a
@@ -1090,6 +1092,56 @@ impl Store for DynamoStore {
         Err(StoreError::Backend(format!(
             "{what}: the lock record kept changing while it was being acquired"
         )))
+    }
+
+    async fn renew_lock(
+        &self,
+        key_: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(lock_pk(key_), LOCK_SK)))
+            .update_expression("SET #ipe = :until, #exp = :exp_ms, #ttl = :ttl")
+            .condition_expression(
+                "attribute_exists(#pk) AND #owner = :owner AND #status = :inprogress \
+                 AND #exp >= :now",
+            )
+            .set_expression_attribute_names(Some(names(&[
+                ("#pk", "pk"),
+                ("#ipe", "in_progress_expiration"),
+                ("#exp", "expires_at_ms"),
+                ("#ttl", "expiration"),
+                ("#owner", "owner"),
+                ("#status", "status"),
+            ])))
+            .set_expression_attribute_values(Some(values(vec![
+                (":until", n(millis(&in_progress_until))),
+                (":exp_ms", n(millis(&expires_at))),
+                (":ttl", n(ceil_secs(&expires_at))),
+                (":owner", s(owner)),
+                (":inprogress", s(LOCK_IN_PROGRESS)),
+                (":now", n(millis(&now))),
+            ])))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::LockLost(format!(
+                    "{key_} is not in progress for {owner}"
+                )))
+            }
+            Err(e) => Err(sdk_err("UpdateItem (lock renewal)", e)),
+        }
     }
 
     async fn complete_lock(

@@ -112,6 +112,23 @@ pub trait Store: Send + Sync {
         in_progress_until: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<LockOutcome, StoreError>;
+    /// Heartbeat of a long holder: moves an INPROGRESS lock's `in_progress_until` (and its
+    /// record expiry `expires_at`) forward, only if `owner` still holds it. Atomic across
+    /// processes, like [`Store::acquire_lock`].
+    ///
+    /// Held means: the record exists, is INPROGRESS, names `owner`, and is not past its record
+    /// expiry (`expires_at < now` counts as gone, as in `acquire_lock`). An in-progress deadline
+    /// that passed while nobody took the lock over does not stop its owner renewing it (no one
+    /// else can have acted under it). Anything else — no record, another owner (it was taken
+    /// over), COMPLETED, expired — is `StoreError::LockLost`, and nothing is changed.
+    async fn renew_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// INPROGRESS → COMPLETED with `result`, only if `owner` holds it (else `StoreError::LockLost`).
     async fn complete_lock(
         &self,
@@ -189,6 +206,18 @@ macro_rules! forward_store {
             ) -> Result<LockOutcome, StoreError> {
                 (**self)
                     .acquire_lock(key, owner, now, in_progress_until, expires_at)
+                    .await
+            }
+            async fn renew_lock(
+                &self,
+                key: &str,
+                owner: &str,
+                now: DateTime<Utc>,
+                in_progress_until: DateTime<Utc>,
+                expires_at: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                (**self)
+                    .renew_lock(key, owner, now, in_progress_until, expires_at)
                     .await
             }
             async fn complete_lock(

@@ -615,6 +615,39 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn renew_lock(
+        &self,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        let (now, until, expires) = (
+            micros(&now),
+            micros(&in_progress_until),
+            micros(&expires_at),
+        );
+        self.with_conn(move |conn| {
+            // One conditional statement: atomic against another connection's acquire.
+            let n = conn
+                .execute(
+                    "UPDATE locks SET in_progress_until = ?3, expires_at = ?4
+                     WHERE key = ?1 AND owner = ?2 AND status = ?5 AND expires_at >= ?6",
+                    params![key, owner, until, expires, LOCK_IN_PROGRESS, now],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::LockLost(format!(
+                    "{key} is not in progress for {owner}"
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn complete_lock(
         &self,
         key: &str,

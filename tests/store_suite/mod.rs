@@ -55,6 +55,9 @@ macro_rules! store_suite {
             lock_expired_record_is_reacquired,
             lock_non_owner_cannot_complete_or_release,
             lock_release_lets_another_owner_acquire,
+            lock_renewal_extends_the_lease,
+            lock_non_owner_cannot_renew,
+            lock_taken_over_cannot_be_renewed,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -916,6 +919,196 @@ pub async fn lock_release_lets_another_owner_acquire<S: Store + ?Sized>(store: &
         .complete_lock(&key, "owner-b", "b", at(3601))
         .await
         .expect("complete");
+}
+
+pub async fn lock_renewal_extends_the_lease<S: Store + ?Sized>(store: &S) {
+    let key = uid("lock");
+    store
+        .acquire_lock(&key, "owner-a", at(0), at(60), at(3600))
+        .await
+        .expect("acquire");
+    // Heartbeats at +20 s and +40 s push the lease to +100 s.
+    store
+        .renew_lock(&key, "owner-a", at(20), at(80), at(3680))
+        .await
+        .expect("renew");
+    store
+        .renew_lock(&key, "owner-a", at(40), at(100), at(3700))
+        .await
+        .expect("renew again");
+    // After the original lease (+60 s) another acquirer is still refused.
+    for now in [61, 90, 100] {
+        let got = store
+            .acquire_lock(&key, "owner-b", at(now), at(now + 60), at(now + 3600))
+            .await
+            .expect("acquire");
+        assert_eq!(
+            got,
+            LockOutcome::InProgress {
+                owner: "owner-a".to_string(),
+                until: at(100)
+            },
+            "at +{now}s the renewed lease holds"
+        );
+    }
+    // A renewal whose in-progress deadline passed while nobody took the lock over still
+    // succeeds: the owner never lost it.
+    store
+        .renew_lock(&key, "owner-a", at(110), at(170), at(3770))
+        .await
+        .expect("renew after the in-progress deadline, not taken over");
+    let got = store
+        .acquire_lock(&key, "owner-b", at(150), at(210), at(3750))
+        .await
+        .expect("acquire");
+    assert_eq!(
+        got,
+        LockOutcome::InProgress {
+            owner: "owner-a".to_string(),
+            until: at(170)
+        }
+    );
+    // Once the renewed lease passes, it can be taken over as usual.
+    let got = store
+        .acquire_lock(&key, "owner-b", at(171), at(231), at(3771))
+        .await
+        .expect("acquire");
+    assert_eq!(got, LockOutcome::Acquired);
+
+    // The renewal also moved the record expiry: the lock is not taken at its original expiry.
+    let key = uid("lock");
+    store
+        .acquire_lock(&key, "owner-a", at(0), at(60), at(100))
+        .await
+        .expect("acquire");
+    store
+        .renew_lock(&key, "owner-a", at(50), at(150), at(200))
+        .await
+        .expect("renew");
+    let got = store
+        .acquire_lock(&key, "owner-b", at(101), at(161), at(3701))
+        .await
+        .expect("acquire");
+    assert_eq!(
+        got,
+        LockOutcome::InProgress {
+            owner: "owner-a".to_string(),
+            until: at(150)
+        },
+        "past the original record expiry"
+    );
+    // A record past its (renewed) expiry is gone: no renewal brings it back.
+    assert_lost(
+        store
+            .renew_lock(&key, "owner-a", at(201), at(260), at(300))
+            .await,
+        "renew past the record expiry",
+    );
+    store
+        .release_lock(&key, "owner-a")
+        .await
+        .expect("the owner still releases its own record");
+}
+
+pub async fn lock_non_owner_cannot_renew<S: Store + ?Sized>(store: &S) {
+    let key = uid("lock");
+    store
+        .acquire_lock(&key, "owner-a", at(0), at(60), at(3600))
+        .await
+        .expect("acquire");
+    assert_lost(
+        store
+            .renew_lock(&key, "owner-b", at(10), at(600), at(4200))
+            .await,
+        "renew by a non-owner",
+    );
+    let got = store
+        .acquire_lock(&key, "owner-c", at(61), at(121), at(3661))
+        .await
+        .expect("acquire");
+    assert_eq!(
+        got,
+        LockOutcome::Acquired,
+        "the non-owner's renewal changed nothing: the lease still ended at +60 s"
+    );
+    // Nothing to renew at all.
+    assert_lost(
+        store
+            .renew_lock(&uid("lock"), "owner-a", at(10), at(70), at(3610))
+            .await,
+        "renew of a missing lock",
+    );
+    // A completed lock is not in progress: not renewed.
+    let key = uid("lock");
+    store
+        .acquire_lock(&key, "owner-a", at(0), at(60), at(3600))
+        .await
+        .expect("acquire");
+    store
+        .complete_lock(&key, "owner-a", "done", at(7200))
+        .await
+        .expect("complete");
+    assert_lost(
+        store
+            .renew_lock(&key, "owner-a", at(10), at(70), at(3610))
+            .await,
+        "renew of a completed lock",
+    );
+    let got = store
+        .acquire_lock(&key, "owner-b", at(20), at(80), at(3620))
+        .await
+        .expect("acquire");
+    assert_eq!(
+        got,
+        LockOutcome::Completed {
+            result: "done".to_string()
+        },
+        "completion unchanged"
+    );
+}
+
+pub async fn lock_taken_over_cannot_be_renewed<S: Store + ?Sized>(store: &S) {
+    let key = uid("lock");
+    store
+        .acquire_lock(&key, "owner-a", at(0), at(60), at(3600))
+        .await
+        .expect("acquire");
+    // owner-a stalled past its lease; owner-b took the lock over.
+    let got = store
+        .acquire_lock(&key, "owner-b", at(61), at(121), at(3661))
+        .await
+        .expect("acquire");
+    assert_eq!(got, LockOutcome::Acquired);
+    assert_lost(
+        store
+            .renew_lock(&key, "owner-a", at(62), at(122), at(3662))
+            .await,
+        "renew by the owner that was taken over",
+    );
+    let got = store
+        .acquire_lock(&key, "owner-c", at(100), at(160), at(3700))
+        .await
+        .expect("acquire");
+    assert_eq!(
+        got,
+        LockOutcome::InProgress {
+            owner: "owner-b".to_string(),
+            until: at(121)
+        },
+        "the new owner's lease is untouched"
+    );
+    store
+        .renew_lock(&key, "owner-b", at(110), at(170), at(3710))
+        .await
+        .expect("the new owner renews");
+    // Released by its owner: gone for everyone.
+    store.release_lock(&key, "owner-b").await.expect("release");
+    assert_lost(
+        store
+            .renew_lock(&key, "owner-b", at(120), at(180), at(3720))
+            .await,
+        "renew after release",
+    );
 }
 
 /// 16 tasks race for one key at the same instant: exactly one wins, the others see the winner.
