@@ -104,6 +104,7 @@ async fn run(args: Args) -> i32 {
         summary.add(&r);
         if !r.passed() {
             let mut kinds: Vec<&str> = r.violations.iter().map(|v| v.kind()).collect();
+            kinds.sort_unstable();
             kinds.dedup();
             println!(
                 "FAIL seed {}: {}\n{}  reproduce: {}\n",
