@@ -3,5 +3,6 @@
 //! Test and demo equipment only: compiled with the `sandbox` feature, never linked into the
 //! Lambda binaries.
 
+pub mod converge;
 pub mod d365;
 pub mod looker;

@@ -501,9 +501,17 @@ fn handle(
         }
     }
     if resp.drop_connection {
-        // hyper sends what it has and then closes: the client sees an incomplete body.
+        // The client sees an incomplete body: the answer announces more bytes than it has, and
+        // the connection is closed after it. (A debug build of hyper also panics on the
+        // mismatch, which closes the connection too; a release build trusts the announced
+        // length, and without `Connection: close` it would keep the connection open and the
+        // client would wait for the missing bytes until its timeout.)
         r.headers_mut()
             .insert(axum::http::header::CONTENT_LENGTH, announced.into());
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
     }
     r
 }
