@@ -113,8 +113,6 @@ async fn claims(stores: &[PathBuf]) -> Vec<RunClaim> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-// enable when the convergent writer lands
-#[ignore = "enable when the convergent writer lands (today two `run` processes with separate stores double-post, and a rerun after a mapping change says `already posted`)"]
 async fn two_processes_with_separate_stores_post_each_week_once() {
     let w = World::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -52,7 +52,7 @@ async fn run_all(seeds: Range<u64>, opts: &Options) -> (Summary, Vec<String>) {
         summary.add(&r);
         if !r.passed() {
             failures.push(format!(
-                "{}  reproduce: CONVERGE_SEEDS={}..{} .ci/test --test convergence -- --include-ignored\n         or: {}\n",
+                "{}  reproduce: CONVERGE_SEEDS={}..{} .ci/test --test convergence \n         or: {}\n",
                 r.describe(),
                 r.scenario.seed,
                 r.scenario.seed + 1,
@@ -64,8 +64,6 @@ async fn run_all(seeds: Range<u64>, opts: &Options) -> (Summary, Vec<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-// enable when the convergent writer lands
-#[ignore = "enable when the convergent writer lands (today's check-then-act writer double-posts with separate stores)"]
 async fn concurrent_posters_converge_to_exactly_once() {
     let opts = Options {
         dynamo: dynamo_available(),
