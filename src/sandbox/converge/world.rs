@@ -769,7 +769,6 @@ async fn chaos_settle_check(
         };
         settled = tokio::time::timeout(opts.seed_timeout, engine.run(&cfg, &opts_final)).await;
         let conflict = matches!(&settled, Ok(Ok(r)) if r.outcome == Outcome::Conflict);
-        drop(engine);
         last_store = Some(settle_store);
         if decisive || attempt > 0 || !conflict || s.change.is_none() {
             break;
