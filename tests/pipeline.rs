@@ -773,3 +773,72 @@ async fn a_run_that_failed_before_validation_is_not_replayed() {
         .unwrap();
     assert_eq!(again.outcome, Outcome::Posted, "{:?}", again.run.message);
 }
+
+/// Issue 10: the key covers what is written. The same rows mapped to another account are a
+/// conflict naming the line, with nothing written; `--supersede` replaces the unposted journal
+/// in one safe sequence, leaving exactly one journal with the new lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_mapping_is_a_conflict_and_supersede_replaces_the_unposted_journal() {
+    let mut w = World::start().await;
+    let first = w.run(Mode::Post).await;
+    assert_eq!(first.outcome, Outcome::Posted, "{:?}", first.run.message);
+    let before_headers = w.d365.headers();
+    let before_lines = w.d365.lines();
+    assert!(before_lines
+        .iter()
+        .any(|l| l.account_display.starts_with("618200")));
+
+    if let Some(l) = w.config.account.lookup.as_mut() {
+        l.insert("Commission".into(), "618100".into());
+    }
+    let changed = w.run(Mode::Post).await;
+    assert_eq!(
+        changed.outcome,
+        Outcome::Conflict,
+        "{:?}",
+        changed.run.message
+    );
+    assert_eq!(changed.outcome.exit_code(), 1);
+    let msg = changed.run.message.clone().unwrap_or_default();
+    assert!(msg.contains("account") && msg.contains("618200"), "{msg}");
+    assert!(msg.contains("--supersede"), "{msg}");
+    assert_eq!(
+        w.d365.headers(),
+        before_headers,
+        "a conflict writes nothing"
+    );
+    assert_eq!(w.d365.lines(), before_lines, "a conflict writes nothing");
+
+    let clients = w.clients();
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &w.store,
+        progress: &NoProgress,
+    };
+    let mut opts = w.options(Mode::Post);
+    opts.supersede = true;
+    let replaced = engine.run(&w.config, &opts).await.expect("engine ran");
+    assert_eq!(
+        replaced.outcome,
+        Outcome::Posted,
+        "{:?}",
+        replaced.run.message
+    );
+    let headers = w.d365.headers();
+    assert_eq!(headers.len(), 1, "{headers:?}");
+    assert_ne!(headers[0].batch_number, before_headers[0].batch_number);
+    let lines = w.d365.lines();
+    assert_eq!(lines.len(), before_lines.len());
+    assert!(lines
+        .iter()
+        .all(|l| !l.account_display.starts_with("618200")));
+    // And the next run of the new mapping is "already posted".
+    let again = w.run(Mode::Post).await;
+    assert_eq!(
+        again.outcome,
+        Outcome::AlreadyPosted,
+        "{:?}",
+        again.run.message
+    );
+}

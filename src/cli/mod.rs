@@ -335,6 +335,9 @@ async fn show_command(
         }
         None => crate::controls::reconcile::stored(store.as_ref(), run_id).await?,
     };
+    // A fresh reconciliation that finds differences is a failed check (exit 1), so a script
+    // or a month-end checklist cannot read "shown" as "ties out".
+    let differs = cfg.is_some() && reconciliation.as_ref().is_some_and(|r| !r.is_clean());
     let rows = store.source_rows(run_id).await?;
     let lines = store.lines(run_id).await?;
     let events = store.events(run_id).await?;
@@ -357,7 +360,7 @@ async fn show_command(
             ),
         }
     }
-    Ok(0)
+    Ok(if differs { 1 } else { 0 })
 }
 
 /// `reverse`: inverse journal for posted journals, or deletion of unposted ones on request.

@@ -345,15 +345,6 @@ pub fn assess(plan: &[PlannedLine], fingerprint: Option<&str>, held: &[HeldHeade
         (Some(h), Some(o)) if h != o => Some((h.to_string(), o.to_string())),
         _ => None,
     };
-    // An empty, unposted header made for other lines (a poster with another mapping that
-    // stopped before writing): nothing of it is in the books, so it is removed, not a conflict.
-    // Only lines are never mixed: nobody writes into a header with another fingerprint.
-    if diffs.is_empty() && fingerprints.is_some() && !canonical.posted && canonical.lines.is_empty()
-    {
-        return Assessment::Act(Step::Clean(vec![Deletion::Header {
-            batch: canonical.batch.clone(),
-        }]));
-    }
     if !diffs.is_empty() || fingerprints.is_some() {
         if fingerprints.is_some() {
             // Name the planned lines D365 does not hold either: the whole journal differs.
@@ -853,14 +844,12 @@ mod tests {
             }
             a => panic!("{a:?}"),
         }
-        // An empty header made for the other lines is removed (nothing of it is in the books),
-        // never written into.
-        assert_eq!(
-            assess(&changed, Some(&fp_new), &[header("00042", vec![])]),
-            Assessment::Act(Step::Clean(vec![Deletion::Header {
-                batch: "00042".into()
-            }]))
-        );
+        // Even before any line is there, the header's fingerprint says it is another journal:
+        // nobody writes into it (a poster of the other mapping may be about to).
+        match assess(&changed, Some(&fp_new), &[header("00042", vec![])]) {
+            Assessment::Conflict(c) => assert!(c.describe(5).contains("fingerprint"), "{c:?}"),
+            a => panic!("{a:?}"),
+        }
         // A header without a fingerprint (older connector) is judged by its lines alone.
         let mut old = complete("00042");
         old.fingerprint = None;
