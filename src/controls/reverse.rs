@@ -370,7 +370,7 @@ async fn reverse_locked(
             None => {
                 let now = Utc::now();
                 let r = RunRecord {
-                    run_id: format!("r-{}-{:04x}", now.format("%Y%m%d%H%M%S"), fastrand::u16(..)),
+                    run_id: format!("r-{}-{:08x}", now.format("%Y%m%d%H%M%S"), fastrand::u32(..)),
                     instance: original.instance.clone(),
                     keys: RunKeys {
                         period_key: original.keys.period_key.clone(),

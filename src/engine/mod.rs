@@ -170,7 +170,9 @@ pub struct Engine<'a> {
 }
 
 fn new_run_id(now: DateTime<Utc>) -> String {
-    format!("r-{}-{:04x}", now.format("%Y%m%d%H%M%S"), fastrand::u16(..))
+    // 32 random bits: runs started in the same second by posters that share no store (or one
+    // store) must not collide; 16 bits did in the convergence simulation.
+    format!("r-{}-{:08x}", now.format("%Y%m%d%H%M%S"), fastrand::u32(..))
 }
 
 impl<'a> Engine<'a> {
