@@ -520,6 +520,41 @@ pub fn assess(plan: &[PlannedLine], fingerprint: Option<&str>, held: &[HeldHeade
     if !clean.is_empty() {
         return Assessment::Act(Step::Clean(clean));
     }
+    // Every planned voucher is whole or absent, yet a D365 voucher may still not balance: in
+    // connection with balance, lines of concurrent posters interleaved so that one planned
+    // voucher's lines landed in two D365 vouchers. Such a voucher goes whole (its planned
+    // vouchers are then incomplete, removed and written again whole): never converged with a
+    // voucher that does not balance.
+    let mut by_voucher: BTreeMap<&str, Vec<&HeldLine>> = BTreeMap::new();
+    for l in &canonical.lines {
+        by_voucher.entry(l.voucher.as_str()).or_default().push(l);
+    }
+    for (voucher, lines) in by_voucher {
+        let balanced = lines
+            .iter()
+            .map(|l| l.content.balance())
+            .sum::<Decimal>()
+            .is_zero();
+        if balanced || lines.iter().all(|l| l.line_no.is_none()) {
+            continue;
+        }
+        if lines.iter().any(|l| l.line_no.is_none()) {
+            return Assessment::Stuck(format!(
+                "voucher {voucher} of journal {} does not balance and mixes the connector's lines with lines it did not create; fix the voucher in D365, then run again",
+                canonical.batch
+            ));
+        }
+        let mut line_numbers: Vec<String> = lines.iter().map(|l| l.line_number.clone()).collect();
+        line_numbers.sort_by(|a, b| line_number_order(a, b));
+        clean.push(Deletion::Lines {
+            batch: canonical.batch.clone(),
+            line_numbers,
+            why: format!("whole voucher: it does not balance (voucher {voucher})"),
+        });
+    }
+    if !clean.is_empty() {
+        return Assessment::Act(Step::Clean(clean));
+    }
 
     // 5. Write what is missing, whole vouchers.
     if !missing.is_empty() {
@@ -822,6 +857,36 @@ mod tests {
             ),
             a => panic!("{a:?}"),
         }
+    }
+
+    #[test]
+    fn a_d365_voucher_that_does_not_balance_goes_whole_even_without_duplicates() {
+        // One copy of every line, but interleaving split planned voucher 1 across V1 and V2.
+        let p = plan();
+        let h = header(
+            "00042",
+            vec![
+                held_line(1, "V1", &p[0]),
+                held_line(2, "V1", &p[2]),
+                held_line(3, "V1", &p[3]),
+                held_line(4, "V2", &p[1]),
+            ],
+        );
+        assert_eq!(
+            assess(&p, Some(&fp()), &[h]),
+            Assessment::Act(Step::Clean(vec![
+                Deletion::Lines {
+                    batch: "00042".into(),
+                    line_numbers: vec!["1".into(), "2".into(), "3".into()],
+                    why: "whole voucher: it does not balance (voucher V1)".into()
+                },
+                Deletion::Lines {
+                    batch: "00042".into(),
+                    line_numbers: vec!["4".into()],
+                    why: "whole voucher: it does not balance (voucher V2)".into()
+                },
+            ]))
+        );
     }
 
     #[test]
