@@ -247,7 +247,7 @@ pub fn batch_order(a: &str, b: &str) -> Ordering {
 }
 
 /// A D365 `LineNumber` as a number (unparsable ones sort last).
-fn line_number_value(n: &str) -> Decimal {
+pub fn line_number_value(n: &str) -> Decimal {
     n.trim().parse().unwrap_or(Decimal::MAX)
 }
 

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use super::CrashPoint;
 use crate::domain::config::Posting;
 use crate::domain::converge::{
-    assess, batch_order, Assessment, ConflictReport, Deletion, HeldHeader, HeldLine, LineContent,
-    PlannedLine, Step,
+    assess, batch_order, line_number_value, Assessment, ConflictReport, Deletion, HeldHeader,
+    HeldLine, LineContent, PlannedLine, Step,
 };
 use crate::domain::journal::JournalPart;
 use crate::domain::mapping::{header_of_run, parse_line_ref};
@@ -184,10 +184,6 @@ pub fn content_of_new(l: &NewLedgerLine) -> LineContent {
         currency: l.currency.clone(),
         text: l.text.clone(),
     }
-}
-
-fn line_number_value(n: &str) -> rust_decimal::Decimal {
-    n.trim().parse().unwrap_or(rust_decimal::Decimal::MAX)
 }
 
 impl JournalWriter<'_> {
