@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
-use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
 use chrono::{Duration, NaiveDate};
+use lambda_http::RequestExt;
 use ml_connector::cli::build_clients;
 use ml_connector::domain::config::InstanceConfig;
 use ml_connector::domain::reference::ReferenceData;
@@ -23,7 +23,7 @@ use ml_connector::lambda::payload::{decode_body, parse_delivery, PayloadError};
 use ml_connector::lambda::replay::handle_replay;
 use ml_connector::lambda::scheduler::{handle_schedule, ScheduleInput};
 use ml_connector::lambda::webhook::{
-    function_url_handler, handle_webhook, WebhookRequest, REJECTED_AUDIT_ID,
+    handle_webhook, http_handler, WebhookRequest, REJECTED_AUDIT_ID,
 };
 use ml_connector::lambda::{Invocation, LambdaContext, Settings};
 use ml_connector::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
@@ -287,10 +287,16 @@ impl World {
     }
 }
 
-fn request(event_json: &str) -> WebhookRequest {
-    let ev: LambdaFunctionUrlRequest =
+/// A Function URL event as the webhook binary receives it: `lambda_http`'s own conversion of
+/// the event JSON into an `http::Request`.
+fn http_request(event_json: &str) -> lambda_http::Request {
+    let ev: lambda_http::request::LambdaRequest =
         serde_json::from_str(event_json).expect("Function URL sample event");
-    WebhookRequest::from_function_url(ev)
+    lambda_http::Request::from(ev)
+}
+
+fn request(event_json: &str) -> WebhookRequest {
+    WebhookRequest::from_http(http_request(event_json))
 }
 
 fn inv(id: &str) -> Invocation {
@@ -318,16 +324,16 @@ fn header<'a>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_url_sample_posts_the_weekly_journal_and_a_redelivery_posts_nothing() {
     let w = World::start().await;
-    // Through the Lambda adapter, as the binary runs it.
-    let ev: LambdaFunctionUrlRequest = serde_json::from_str(EV_JSON).unwrap();
+    // Through `lambda_http`'s conversion of the Function URL event and the HTTP handler, as
+    // the binary runs it.
     let mut lctx = lambda_runtime::Context::default();
     lctx.request_id = "req-1".into();
     lctx.deadline = (chrono::Utc::now() + Duration::minutes(5)).timestamp_millis() as u64;
-    let resp = function_url_handler(&w.ctx, lambda_runtime::LambdaEvent::new(ev, lctx))
+    let resp = http_handler(&w.ctx, http_request(EV_JSON).with_lambda_context(lctx))
         .await
         .expect("handler");
-    assert_eq!(resp.status_code, 200, "{:?}", resp.body);
-    let body: serde_json::Value = serde_json::from_str(resp.body.as_deref().unwrap()).unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.body());
+    let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
     assert_eq!(body["status"], "completed", "{body}");
     assert_eq!(body["period"], "2026-W47", "period from the request date");
     assert_eq!(body["journals"].as_array().unwrap().len(), 1);
@@ -401,6 +407,46 @@ async fn function_url_sample_posts_the_weekly_journal_and_a_redelivery_posts_not
     assert_eq!(w.d365.lines().len(), 14);
     assert_eq!(w.d365.headers().len(), 1);
     assert_eq!(w.ctx.cached_instances(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base64_function_url_event_and_a_wrong_secret_through_lambda_http() {
+    use base64::Engine as _;
+    let w = World::start().await;
+    // The Function URL base64-encodes a body it does not take for text; `lambda_http` decodes
+    // it before the handler sees it.
+    let mut ev: serde_json::Value = serde_json::from_str(EV_CSV).unwrap();
+    let body = ev["body"].as_str().unwrap().to_string();
+    ev["body"] = base64::engine::general_purpose::STANDARD
+        .encode(body.as_bytes())
+        .into();
+    ev["isBase64Encoded"] = true.into();
+    let req = http_request(&ev.to_string());
+    assert_eq!(
+        req.body().as_ref(),
+        body.as_bytes(),
+        "decoded by lambda_http"
+    );
+    let resp = http_handler(&w.ctx, req).await.expect("handler");
+    assert_eq!(resp.status(), 200, "{:?}", resp.body());
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "application/json"
+    );
+    w.assert_weekly_journal(None);
+
+    // A wrong path secret: 404 with an empty body through the same adapter.
+    let path = ev["rawPath"]
+        .as_str()
+        .unwrap()
+        .replace(SECRET, "not-the-secret");
+    ev["rawPath"] = path.into();
+    let resp = http_handler(&w.ctx, http_request(&ev.to_string()))
+        .await
+        .expect("handler");
+    assert_eq!(resp.status(), 404);
+    assert!(resp.body().is_empty(), "{:?}", resp.body());
+    assert_eq!(w.d365.lines().len(), 14, "nothing more posted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

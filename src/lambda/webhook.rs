@@ -19,11 +19,10 @@
 //!    503 busy (`Retry-After`) or store unavailable, 500 failed — so Looker's schedule history
 //!    shows what happened.
 
-use aws_lambda_events::event::lambda_function_urls::{
-    LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
-};
-use aws_lambda_events::http::{HeaderName, HeaderValue};
 use chrono::{DateTime, TimeZone, Utc};
+use lambda_http::http::{HeaderName, HeaderValue, StatusCode};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, RequestExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -54,29 +53,63 @@ pub struct WebhookRequest {
 }
 
 impl WebhookRequest {
-    /// From a Function URL (payload format 2.0) event.
-    pub fn from_function_url(req: LambdaFunctionUrlRequest) -> Self {
-        let http = &req.request_context.http;
-        // Emulators (e.g. `cargo lambda watch`) send placeholder epochs; only a plausible time
-        // (after 2000-01-01, not in the future by more than a day) is trusted over "now".
-        let received_at = Utc
-            .timestamp_millis_opt(req.request_context.time_epoch)
-            .single()
-            .filter(|t| t.timestamp() > 946_684_800 && *t < Utc::now() + chrono::Duration::days(1));
+    /// From the `http::Request` that `lambda_http` builds out of a Function URL event (payload
+    /// format 2.0, the API Gateway HTTP API shape). The route is matched on the raw path (no
+    /// stage prefix); the time, source address and user agent come from the request context.
+    pub fn from_http(req: lambda_http::Request) -> Self {
+        let (parts, body) = req.into_parts();
+        let path = match parts.raw_http_path() {
+            "" => parts.uri.path().to_string(),
+            raw => raw.to_string(),
+        };
+        let (received_at, source_ip, context_ua) = match parts.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(c)) => (
+                plausible_time(c.time_epoch),
+                c.http.source_ip.clone(),
+                c.http.user_agent.clone(),
+            ),
+            _ => (None, None, None),
+        };
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        // `lambda_http` has decoded a base64 body already; bytes that are not UTF-8 are handed
+        // on base64-encoded again so the handler sees exactly what was sent.
+        let (body, is_base64_encoded) = match body {
+            Body::Text(s) => (Some(s), false),
+            Body::Binary(b) => match String::from_utf8(b) {
+                Ok(s) => (Some(s), false),
+                Err(e) => {
+                    use base64::Engine as _;
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    (Some(b64.encode(e.into_bytes())), true)
+                }
+            },
+            _ => (None, false),
+        };
         WebhookRequest {
-            method: http.method.clone().unwrap_or_default(),
-            path: req
-                .raw_path
-                .clone()
-                .or_else(|| http.path.clone())
-                .unwrap_or_default(),
-            is_base64_encoded: req.is_base64_encoded,
+            method: parts.method.as_str().to_string(),
+            path,
+            body,
+            is_base64_encoded,
             received_at,
-            source_ip: http.source_ip.clone(),
-            user_agent: http.user_agent.clone(),
-            body: req.body,
+            source_ip,
+            user_agent: context_ua.or_else(|| header("user-agent")),
         }
     }
+}
+
+/// `requestContext.timeEpoch` when plausible. Emulators (e.g. `cargo lambda watch`) send
+/// placeholder epochs; only a time after 2000-01-01 and not more than a day ahead is trusted
+/// over "now".
+fn plausible_time(epoch_ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(epoch_ms)
+        .single()
+        .filter(|t| t.timestamp() > 946_684_800 && *t < Utc::now() + chrono::Duration::days(1))
 }
 
 /// The answer, before it is put in the Function URL response shape.
@@ -121,19 +154,24 @@ impl WebhookResponse {
         serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
-    pub fn into_function_url(self) -> LambdaFunctionUrlResponse {
-        let mut r = LambdaFunctionUrlResponse::default();
-        r.status_code = i64::from(self.status);
+    /// As the `http::Response` that `lambda_http` turns into the Function URL response.
+    pub fn into_http(self) -> lambda_http::Response<Body> {
+        let body = if self.body.is_empty() {
+            Body::Empty
+        } else {
+            Body::Text(self.body)
+        };
+        let mut r = lambda_http::Response::new(body);
+        *r.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         for (k, v) in self.headers {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(&v),
             ) {
-                r.headers.insert(k, v);
+                r.headers_mut().insert(k, v);
             }
         }
-        r.body = (!self.body.is_empty()).then_some(self.body);
-        r.is_base64_encoded = false;
         r
     }
 }
@@ -465,14 +503,20 @@ async fn ingest(
     }
 }
 
-/// The Function URL adapter the `webhook` binary runs.
-pub async fn function_url_handler(
+/// The HTTP handler the `webhook` binary runs under `lambda_http::run`: the Function URL event
+/// arrives as an `http::Request` carrying the Lambda context; every answer is an HTTP response
+/// (this never returns `Err`).
+pub async fn http_handler(
     ctx: &LambdaContext,
-    event: lambda_runtime::LambdaEvent<LambdaFunctionUrlRequest>,
-) -> Result<LambdaFunctionUrlResponse, LambdaError> {
-    let inv = Invocation::from_lambda(&event.context);
-    let req = WebhookRequest::from_function_url(event.payload);
-    Ok(handle_webhook(ctx, req, &inv).await.into_function_url())
+    req: lambda_http::Request,
+) -> Result<lambda_http::Response<Body>, LambdaError> {
+    let inv = match req.lambda_context_ref() {
+        Some(c) => Invocation::from_lambda(c),
+        // Only outside the runtime (a request built by hand): one minute.
+        None => Invocation::with_timeout("local", chrono::Duration::minutes(1)),
+    };
+    let req = WebhookRequest::from_http(req);
+    Ok(handle_webhook(ctx, req, &inv).await.into_http())
 }
 
 #[cfg(test)]
