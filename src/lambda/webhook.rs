@@ -4,8 +4,13 @@
 //! 1. Anything but `POST /ingest/{instance}/{secret}`, an unknown instance or a wrong secret →
 //!    **404 with an empty body** (no hint which instances exist), a warn log and an audit event
 //!    under [`REJECTED_AUDIT_ID`]. The presented secret is compared in constant time and never
-//!    logged, and neither is the request path.
-//! 2. Body larger than [`Settings::max_body_bytes`](super::Settings) → 413.
+//!    logged, and neither is the request path. An instance whose secret holds a
+//!    `looker_webhook_token` also needs that value in `X-Looker-Webhook-Token` (same 404
+//!    otherwise, same constant-time check): the path is visible to anyone who can see the
+//!    schedule, the token only to Looker admins.
+//! 2. Body larger than [`Settings::max_body_bytes`](super::Settings) → 413 saying to make the
+//!    instance's delivery a trigger (`[webhook] delivery = "trigger"`). A body over the Function
+//!    URL's 6 MB never reaches the function at all.
 //! 3. The delivery is parsed ([`super::payload`]); malformed → 400 naming what is wrong.
 //! 4. Idempotency: a lock on `webhook#{instance}#{sha256(body)}` held until the invocation's
 //!    deadline. A delivery already completed returns its recorded answer (200) without running
@@ -35,6 +40,9 @@ use crate::domain::run::AuditEvent;
 use crate::engine::{Engine, EngineError, Mode, Outcome, RunOptions};
 use crate::secrets::{InstanceSecrets, SecretsError};
 
+/// The header in which Looker sends the webhook token of its *Admin > Webhooks* page.
+pub const LOOKER_TOKEN_HEADER: &str = "x-looker-webhook-token";
+
 /// Audit "run id" under which refused webhook requests are recorded.
 pub const REJECTED_AUDIT_ID: &str = "webhook#rejected";
 
@@ -50,6 +58,8 @@ pub struct WebhookRequest {
     pub received_at: Option<DateTime<Utc>>,
     pub source_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// `X-Looker-Webhook-Token` as sent (a credential: never log it).
+    pub looker_token: Option<String>,
 }
 
 impl WebhookRequest {
@@ -99,6 +109,7 @@ impl WebhookRequest {
             received_at,
             source_ip,
             user_agent: context_ua.or_else(|| header("user-agent")),
+            looker_token: header(LOOKER_TOKEN_HEADER),
         }
     }
 }
@@ -182,6 +193,7 @@ enum Refusal {
     Route,
     UnknownInstance,
     WrongSecret,
+    WrongToken,
 }
 
 impl Refusal {
@@ -190,6 +202,7 @@ impl Refusal {
             Refusal::Route => "not POST /ingest/{instance}/{secret}",
             Refusal::UnknownInstance => "unknown instance",
             Refusal::WrongSecret => "wrong or missing secret",
+            Refusal::WrongToken => "wrong or missing X-Looker-Webhook-Token",
         }
     }
 }
@@ -218,16 +231,29 @@ fn route<'a>(method: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
     Some((instance, secret))
 }
 
-/// Constant-time comparison of the presented secret with the stored one (both hashed first so
-/// the comparison does not depend on their lengths). An empty stored secret matches nothing.
-fn secret_matches(presented: &str, expected: &InstanceSecrets) -> bool {
-    let expected = expected.webhook_secret.expose();
+/// Constant-time comparison of a presented credential with the stored one (both hashed first
+/// so the comparison does not depend on their lengths). An empty stored value matches nothing.
+fn ct_matches(presented: &str, expected: &str) -> bool {
     if expected.is_empty() {
         return false;
     }
     let a = Sha256::digest(presented.as_bytes());
     let b = Sha256::digest(expected.as_bytes());
     bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+/// The path secret.
+fn secret_matches(presented: &str, expected: &InstanceSecrets) -> bool {
+    ct_matches(presented, expected.webhook_secret.expose())
+}
+
+/// `X-Looker-Webhook-Token`, when the instance expects one (in addition to the path secret,
+/// which every user who can see the schedule can read).
+fn token_matches(presented: Option<&str>, expected: &InstanceSecrets) -> bool {
+    match &expected.looker_webhook_token {
+        None => true,
+        Some(token) => presented.is_some_and(|p| ct_matches(p.trim(), token.expose())),
+    }
 }
 
 async fn refuse(
@@ -266,6 +292,19 @@ async fn refuse(
         tracing::error!(error = %e, "could not record the refused webhook request");
     }
     WebhookResponse::not_found()
+}
+
+/// 413 for a delivery over `max` bytes. Deliveries over the Function URL's own 6 MB payload
+/// limit never reach the function (Looker's schedule history shows the URL's error), so the
+/// guidance is the same in both places: the README's "Large deliveries".
+fn too_large(bytes: usize, max: usize) -> WebhookResponse {
+    WebhookResponse::error(
+        413,
+        "too_large",
+        format!(
+            "the delivery is {bytes} bytes, over the {max}-byte limit (a Function URL takes at most 6 MB); set the instance's `[webhook] delivery = \"trigger\"` so the delivery only triggers the run and the connector extracts the rows through the Looker API, or deliver fewer rows"
+        ),
+    )
 }
 
 fn payload_error(e: &PayloadError) -> WebhookResponse {
@@ -331,6 +370,9 @@ pub async fn handle_webhook(
     if !secret_matches(presented, &secrets) {
         return refuse(ctx, Refusal::WrongSecret, Some(instance), &req).await;
     }
+    if !token_matches(req.looker_token.as_deref(), &secrets) {
+        return refuse(ctx, Refusal::WrongToken, Some(instance), &req).await;
+    }
     let instance = instance.to_string();
 
     let max = ctx.settings.max_body_bytes;
@@ -342,19 +384,12 @@ pub async fn handle_webhook(
     };
     if decoded_estimate > max {
         tracing::warn!(%instance, bytes = decoded_estimate, max, "webhook body too large");
-        return WebhookResponse::error(
-            413,
-            "too_large",
-            format!("the delivery is larger than {max} bytes; deliver fewer rows, or make the webhook a trigger and let the connector extract through the API"),
-        );
+        return too_large(decoded_estimate, max);
     }
     let body = match payload::decode_body(req.body.as_deref(), req.is_base64_encoded) {
         Ok(b) if b.len() > max => {
-            return WebhookResponse::error(
-                413,
-                "too_large",
-                format!("the delivery is larger than {max} bytes"),
-            )
+            tracing::warn!(%instance, bytes = b.len(), max, "webhook body too large");
+            return too_large(b.len(), max);
         }
         Ok(b) if b.iter().all(u8::is_ascii_whitespace) => {
             return WebhookResponse::error(400, "bad_request", "the request body is empty")
