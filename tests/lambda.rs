@@ -23,7 +23,7 @@ use ml_connector::lambda::payload::{decode_body, parse_delivery, PayloadError};
 use ml_connector::lambda::replay::handle_replay;
 use ml_connector::lambda::scheduler::{handle_schedule, ScheduleInput};
 use ml_connector::lambda::webhook::{
-    handle_webhook, http_handler, WebhookRequest, REJECTED_AUDIT_ID,
+    function_url_handler, handle_webhook, http_handler, WebhookRequest, REJECTED_AUDIT_ID,
 };
 use ml_connector::lambda::{Invocation, LambdaContext, Settings};
 use ml_connector::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
@@ -445,6 +445,16 @@ async fn base64_function_url_event_and_a_wrong_secret_through_lambda_http() {
         .expect("handler");
     assert_eq!(resp.status(), 404);
     assert!(resp.body().is_empty(), "{:?}", resp.body());
+    // The same through the binary's entry point: the payload-2.0 response has no body.
+    let lr: lambda_http::request::LambdaRequest = serde_json::from_value(ev.clone()).unwrap();
+    let resp = function_url_handler(
+        &w.ctx,
+        lambda_runtime::LambdaEvent::new(lr, lambda_runtime::Context::default()),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(resp.status_code, 404);
+    assert!(resp.body.is_none(), "{:?}", resp.body);
     assert_eq!(w.d365.lines().len(), 14, "nothing more posted");
 }
 

@@ -554,6 +554,30 @@ pub async fn http_handler(
     Ok(handle_webhook(ctx, req, &inv).await.into_http())
 }
 
+/// The Lambda entry point of the `webhook` binary: `lambda_http`'s own conversion of the
+/// Function URL event into an `http::Request` (with the Lambda context), [`http_handler`], and
+/// its `http::Response` as the payload-2.0 response. Not `lambda_http::run`: its response path
+/// re-decodes every text body through `encoding_rs` for the charset of `content-type`, which
+/// links all of that crate's legacy encodings (about 0.5 MB, over the 10 MB size target) for
+/// bodies that are always UTF-8 JSON here.
+pub async fn function_url_handler(
+    ctx: &LambdaContext,
+    event: lambda_runtime::LambdaEvent<lambda_http::request::LambdaRequest>,
+) -> Result<lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse, LambdaError> {
+    let lambda_runtime::LambdaEvent { payload, context } = event;
+    let req = lambda_http::Request::from(payload).with_lambda_context(context);
+    let (parts, body) = http_handler(ctx, req).await?.into_parts();
+    let mut r = lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse::default();
+    r.status_code = i64::from(parts.status.as_u16());
+    r.headers = parts.headers;
+    r.body = match body {
+        Body::Empty => None,
+        other => Some(other),
+    };
+    r.is_base64_encoded = false;
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
