@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
-use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
 use chrono::Duration;
 use faults_support::*;
 use ml_connector::cli::build_clients;
@@ -401,8 +400,9 @@ fn inv(id: &str) -> Invocation {
 }
 
 fn webhook_request(body: Option<&str>) -> WebhookRequest {
-    let ev: LambdaFunctionUrlRequest = serde_json::from_str(EV_JSON).expect("sample event");
-    let mut r = WebhookRequest::from_function_url(ev);
+    let ev: lambda_http::request::LambdaRequest =
+        serde_json::from_str(EV_JSON).expect("sample event");
+    let mut r = WebhookRequest::from_http(lambda_http::Request::from(ev));
     if let Some(b) = body {
         r.body = Some(b.to_string());
     }

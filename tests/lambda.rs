@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
-use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest;
 use chrono::{Duration, NaiveDate};
+use lambda_http::RequestExt;
 use ml_connector::cli::build_clients;
 use ml_connector::domain::config::InstanceConfig;
 use ml_connector::domain::reference::ReferenceData;
@@ -23,7 +23,7 @@ use ml_connector::lambda::payload::{decode_body, parse_delivery, PayloadError};
 use ml_connector::lambda::replay::handle_replay;
 use ml_connector::lambda::scheduler::{handle_schedule, ScheduleInput};
 use ml_connector::lambda::webhook::{
-    function_url_handler, handle_webhook, WebhookRequest, REJECTED_AUDIT_ID,
+    function_url_handler, handle_webhook, http_handler, WebhookRequest, REJECTED_AUDIT_ID,
 };
 use ml_connector::lambda::{Invocation, LambdaContext, Settings};
 use ml_connector::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
@@ -120,6 +120,7 @@ fn sandbox_secrets() -> InstanceSecrets {
             d365_client_secret: Secret::new(SANDBOX_CLIENT_SECRET),
         },
         webhook_secret: Secret::new(SECRET),
+        looker_webhook_token: None,
     }
 }
 
@@ -156,6 +157,8 @@ struct World {
     d365: D365Sim,
     config: InstanceConfig,
     ctx: LambdaContext,
+    /// The secrets the context reads (tests may change them).
+    secrets: Arc<MemSecrets>,
     store: Arc<dyn Store>,
     /// `dynamodb` (local moto server) or `sqlite`.
     store_kind: &'static str,
@@ -197,7 +200,7 @@ impl World {
             .put_config(INSTANCE, &config.version(), &toml)
             .await
             .unwrap();
-        let secrets = MemSecrets::default();
+        let secrets = Arc::new(MemSecrets::default());
         secrets
             .0
             .lock()
@@ -206,17 +209,13 @@ impl World {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, store_kind) = test_store(dir.path()).await;
         eprintln!("audit store: {store_kind}");
-        let ctx = LambdaContext::new(
-            store.clone(),
-            Arc::new(configs),
-            Arc::new(secrets),
-            settings,
-        );
+        let ctx = LambdaContext::new(store.clone(), Arc::new(configs), secrets.clone(), settings);
         World {
             looker,
             d365,
             config,
             ctx,
+            secrets,
             store,
             store_kind,
             _dir: dir,
@@ -287,10 +286,16 @@ impl World {
     }
 }
 
-fn request(event_json: &str) -> WebhookRequest {
-    let ev: LambdaFunctionUrlRequest =
+/// A Function URL event as the webhook binary receives it: `lambda_http`'s own conversion of
+/// the event JSON into an `http::Request`.
+fn http_request(event_json: &str) -> lambda_http::Request {
+    let ev: lambda_http::request::LambdaRequest =
         serde_json::from_str(event_json).expect("Function URL sample event");
-    WebhookRequest::from_function_url(ev)
+    lambda_http::Request::from(ev)
+}
+
+fn request(event_json: &str) -> WebhookRequest {
+    WebhookRequest::from_http(http_request(event_json))
 }
 
 fn inv(id: &str) -> Invocation {
@@ -318,16 +323,16 @@ fn header<'a>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_url_sample_posts_the_weekly_journal_and_a_redelivery_posts_nothing() {
     let w = World::start().await;
-    // Through the Lambda adapter, as the binary runs it.
-    let ev: LambdaFunctionUrlRequest = serde_json::from_str(EV_JSON).unwrap();
+    // Through `lambda_http`'s conversion of the Function URL event and the HTTP handler, as
+    // the binary runs it.
     let mut lctx = lambda_runtime::Context::default();
     lctx.request_id = "req-1".into();
     lctx.deadline = (chrono::Utc::now() + Duration::minutes(5)).timestamp_millis() as u64;
-    let resp = function_url_handler(&w.ctx, lambda_runtime::LambdaEvent::new(ev, lctx))
+    let resp = http_handler(&w.ctx, http_request(EV_JSON).with_lambda_context(lctx))
         .await
         .expect("handler");
-    assert_eq!(resp.status_code, 200, "{:?}", resp.body);
-    let body: serde_json::Value = serde_json::from_str(resp.body.as_deref().unwrap()).unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.body());
+    let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
     assert_eq!(body["status"], "completed", "{body}");
     assert_eq!(body["period"], "2026-W47", "period from the request date");
     assert_eq!(body["journals"].as_array().unwrap().len(), 1);
@@ -401,6 +406,56 @@ async fn function_url_sample_posts_the_weekly_journal_and_a_redelivery_posts_not
     assert_eq!(w.d365.lines().len(), 14);
     assert_eq!(w.d365.headers().len(), 1);
     assert_eq!(w.ctx.cached_instances(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base64_function_url_event_and_a_wrong_secret_through_lambda_http() {
+    use base64::Engine as _;
+    let w = World::start().await;
+    // The Function URL base64-encodes a body it does not take for text; `lambda_http` decodes
+    // it before the handler sees it.
+    let mut ev: serde_json::Value = serde_json::from_str(EV_CSV).unwrap();
+    let body = ev["body"].as_str().unwrap().to_string();
+    ev["body"] = base64::engine::general_purpose::STANDARD
+        .encode(body.as_bytes())
+        .into();
+    ev["isBase64Encoded"] = true.into();
+    let req = http_request(&ev.to_string());
+    assert_eq!(
+        req.body().as_ref(),
+        body.as_bytes(),
+        "decoded by lambda_http"
+    );
+    let resp = http_handler(&w.ctx, req).await.expect("handler");
+    assert_eq!(resp.status(), 200, "{:?}", resp.body());
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "application/json"
+    );
+    w.assert_weekly_journal(None);
+
+    // A wrong path secret: 404 with an empty body through the same adapter.
+    let path = ev["rawPath"]
+        .as_str()
+        .unwrap()
+        .replace(SECRET, "not-the-secret");
+    ev["rawPath"] = path.into();
+    let resp = http_handler(&w.ctx, http_request(&ev.to_string()))
+        .await
+        .expect("handler");
+    assert_eq!(resp.status(), 404);
+    assert!(resp.body().is_empty(), "{:?}", resp.body());
+    // The same through the binary's entry point: the payload-2.0 response has no body.
+    let lr: lambda_http::request::LambdaRequest = serde_json::from_value(ev.clone()).unwrap();
+    let resp = function_url_handler(
+        &w.ctx,
+        lambda_runtime::LambdaEvent::new(lr, lambda_runtime::Context::default()),
+    )
+    .await
+    .expect("handler");
+    assert_eq!(resp.status_code, 404);
+    assert!(resp.body.is_none(), "{:?}", resp.body);
+    assert_eq!(w.d365.lines().len(), 14, "nothing more posted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,6 +676,97 @@ async fn malformed_deliveries_are_400_naming_the_problem() {
 
     w.assert_nothing_in_d365();
     assert!(w.store.list_runs(None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looker_webhook_token_is_required_when_the_instance_has_one() {
+    let w = World::start().await;
+    let token = "looker-admin-webhook-token-5f1c9e";
+    w.secrets
+        .0
+        .lock()
+        .unwrap()
+        .get_mut(INSTANCE)
+        .unwrap()
+        .looker_webhook_token = Some(Secret::new(token));
+    // The right path secret alone is not enough: no token, a wrong one, a longer one.
+    for presented in [None, Some("wrong-token"), Some(&format!("{token}x")[..])] {
+        let mut req = request(EV_JSON);
+        req.looker_token = presented.map(str::to_string);
+        let r = handle_webhook(&w.ctx, req, &inv("t")).await;
+        assert_eq!(r.status, 404, "{presented:?}");
+        assert!(r.body.is_empty(), "neutral body: {}", r.body);
+    }
+    w.assert_nothing_in_d365();
+    let events = w.store.events(REJECTED_AUDIT_ID).await.unwrap();
+    assert_eq!(events.len(), 3);
+    for e in &events {
+        assert!(
+            e.message.contains("X-Looker-Webhook-Token"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains(token) && !e.message.contains(SECRET));
+    }
+    // Looker sends the token as a header: through lambda_http, it is read and accepted.
+    let mut ev: serde_json::Value = serde_json::from_str(EV_JSON).unwrap();
+    ev["headers"]["x-looker-webhook-token"] = token.into();
+    let resp = http_handler(&w.ctx, http_request(&ev.to_string()))
+        .await
+        .expect("handler");
+    assert_eq!(resp.status(), 200, "{:?}", resp.body());
+    w.assert_weekly_journal(None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_delivery_is_413_pointing_to_trigger_delivery() {
+    use base64::Engine as _;
+    let w = World::start_with(Settings {
+        max_body_bytes: 64 * 1024,
+        ..Settings::default()
+    })
+    .await;
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
+    let mut encoded = request(EV_JSON);
+    encoded.is_base64_encoded = true;
+    encoded.body = Some(base64::engine::general_purpose::STANDARD.encode(&big));
+    for req in [with_body(&big), encoded] {
+        let r = handle_webhook(&w.ctx, req, &inv("big")).await;
+        assert_eq!(r.status, 413, "{}", r.body);
+        let err = r.json_body()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(err.contains("delivery = \"trigger\""), "{err}");
+        assert!(err.contains("6 MB") && err.contains("65536"), "{err}");
+    }
+    w.assert_nothing_in_d365();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_results_delivery_with_more_rows_than_the_saved_limit_posts() {
+    let w = World::start().await;
+    // "All results": the payload names the Look's saved query (limit 10), the run ignored it
+    // and delivered all 12 rows.
+    let body = request(EV_JSON)
+        .body
+        .unwrap()
+        .replace("\"limit\":\"5000\"", "\"limit\":\"10\"");
+    assert!(body.contains("\"limit\":\"10\""));
+    let r = handle_webhook(&w.ctx, with_body(&body), &inv("all")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    w.assert_weekly_journal(None);
+    // Exactly the limit: may be cut there, refused before anything is posted.
+    let w = World::start().await;
+    let cut = body.replace("\"limit\":\"10\"", "\"limit\":12");
+    let r = handle_webhook(&w.ctx, with_body(&cut), &inv("cut")).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("truncated") && r.body.contains("trigger"),
+        "{}",
+        r.body
+    );
+    w.assert_nothing_in_d365();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

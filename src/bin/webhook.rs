@@ -1,5 +1,8 @@
 //! Lambda `webhook`: Function URL receiving Looker scheduled-plan deliveries on
-//! `POST /ingest/{instance}/{secret}`. See `ml_connector::lambda::webhook`.
+//! `POST /ingest/{instance}/{secret}`. `lambda_http` turns each Function URL event into an
+//! `http::Request`; the handler answers an `http::Response`, sent back as the Function URL
+//! response. See `ml_connector::lambda::webhook` (and `function_url_handler` there for why
+//! this is not `lambda_http::run`).
 
 use ml_connector::lambda::{webhook, LambdaContext};
 

@@ -89,11 +89,12 @@ pub mod journal_name {
     pub const VOUCHER_SERIES: &str = "VoucherSeries";
     pub const IS_WORKFLOW_APPROVAL_ACTIVE: &str = "IsWorkflowApprovalActive";
     pub const POSTING_LAYER: &str = "PostingLayer";
-    /// UNCERTAIN: X++ `NewVoucher` enum symbols. The first of each list is what the simulator
-    /// sends; the client also accepts the others (label-like spellings).
-    pub const NEW_VOUCHER_BALANCE: &[&str] = &["BalanceSheet", "InConnectionWithBalance"];
-    pub const NEW_VOUCHER_ONE: &[&str] = &["OneVoucher", "OneVoucherNumberOnly"];
-    pub const NEW_VOUCHER_MANUAL: &[&str] = &["Manually", "Manual"];
+    /// X++ `NewVoucher` enum symbols (confirmed): "In connection with balance" is
+    /// `BalanceSheet`, "Manual" is `Manually`, "One voucher number only" is `OneVoucher`. The
+    /// simulator sends the first of each list; anything else is refused by name.
+    pub const NEW_VOUCHER_BALANCE: &[&str] = &["BalanceSheet"];
+    pub const NEW_VOUCHER_ONE: &[&str] = &["OneVoucher"];
+    pub const NEW_VOUCHER_MANUAL: &[&str] = &["Manually"];
 }
 
 /// `FiscalPeriods` (FiscalPeriodEntity): period dates of a fiscal calendar.
@@ -118,10 +119,11 @@ pub mod ledger_period {
     pub const YEAR: &str = "YearName";
     pub const PERIOD: &str = "PeriodName";
     pub const STATUS: &str = "PeriodStatus";
-    /// UNCERTAIN: X++ `FiscalPeriodStatus` symbols. "On hold" is believed to be `Stopped`.
+    /// X++ `FiscalPeriodStatus` enum symbols: `OnHold` (0), `Open` (1), `Closed` (2). The
+    /// simulator sends the first of each list; any other value is refused by name.
     pub const STATUS_OPEN: &[&str] = &["Open"];
-    pub const STATUS_ON_HOLD: &[&str] = &["Stopped", "OnHold", "On hold"];
-    pub const STATUS_CLOSED: &[&str] = &["Closed", "PermanentlyClosed"];
+    pub const STATUS_ON_HOLD: &[&str] = &["OnHold"];
+    pub const STATUS_CLOSED: &[&str] = &["Closed"];
 }
 
 /// `LedgerJournalHeaders` (LedgerJournalHeaderEntity). Key: dataAreaId + JournalBatchNumber.

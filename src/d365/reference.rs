@@ -344,8 +344,15 @@ mod tests {
             voucher_allocation("Manually"),
             Some(VoucherAllocation::Manual)
         );
+        assert_eq!(
+            voucher_allocation("OneVoucher"),
+            Some(VoucherAllocation::OneVoucherNumberOnly)
+        );
         assert_eq!(voucher_allocation("Nope"), None);
-        assert_eq!(period_status("Stopped"), Some(PeriodStatus::OnHold));
+        // FiscalPeriodStatus: OnHold = 0, Open = 1, Closed = 2; there is no `Stopped`.
+        assert_eq!(period_status("OnHold"), Some(PeriodStatus::OnHold));
+        assert_eq!(period_status("Open"), Some(PeriodStatus::Open));
         assert_eq!(period_status("Closed"), Some(PeriodStatus::Closed));
+        assert_eq!(period_status("Stopped"), None);
     }
 }

@@ -57,8 +57,8 @@ pub enum PayloadError {
     /// The attachment was read but its rows are not usable.
     #[error("`attachment.data`: {0}")]
     Rows(String),
-    /// The delivery may be truncated (Looker cut it at the query's row limit).
-    #[error("the delivery has {rows} rows, the query's row limit ({limit}): the result may be truncated, so nothing is posted. In the schedule, choose \"All results\" (or raise the query's row limit)")]
+    /// The delivery may be truncated: it has exactly as many rows as the query's row limit.
+    #[error("the delivery has {rows} rows, exactly the query's row limit ({limit}): the result may be truncated, so nothing is posted. In the schedule choose \"All results\" (Looker then sends every row, more than the limit), or raise the Look's row limit, or set the instance's `[webhook] delivery = \"trigger\"` so the connector extracts through the API")]
     MaybeTruncated { rows: usize, limit: u64 },
 }
 
@@ -319,8 +319,9 @@ pub fn parse_delivery(body: &[u8]) -> Result<Delivery, PayloadError> {
         }
         _ => None,
     };
-    let limit = match query.as_ref().and_then(|q| q.limit.as_deref()) {
-        Some(l) => read_limit(l)?,
+    // With no `scheduled_plan.query` (dashboards) there is no limit to compare with.
+    let limit = match query.as_ref() {
+        Some(q) => read_limit(q.limit.as_deref())?,
         None => None,
     };
 
@@ -348,12 +349,7 @@ pub fn parse_delivery(body: &[u8]) -> Result<Delivery, PayloadError> {
         },
     };
     if let Some(limit) = limit {
-        if limit > 0 && rows.len() as u64 >= limit {
-            return Err(PayloadError::MaybeTruncated {
-                rows: rows.len(),
-                limit,
-            });
-        }
+        check_row_limit(rows.len(), limit)?;
     }
     Ok(Delivery {
         extract: Extract {
@@ -367,10 +363,29 @@ pub fn parse_delivery(body: &[u8]) -> Result<Delivery, PayloadError> {
     })
 }
 
-/// `scheduled_plan.query.limit`: a number or numeric string; `null`/empty/`-1` mean none.
-fn read_limit(raw: &RawValue) -> Result<Option<u64>, PayloadError> {
+/// Looker's row cap for a query saved without a limit (Explores and Looks: 5,000 rows).
+pub const LOOKER_DEFAULT_ROW_LIMIT: u64 = 5000;
+
+/// Whether a delivery of `rows` rows may have been cut at the query's row `limit`.
+///
+/// `scheduled_plan.query` is the query the plan delivers (`query_id`), so its `limit` is the
+/// Look's saved limit even when the schedule sends "All results": that run ignores the limit
+/// (`send_all_results` "will run an unlimited query"), and the delivery may hold more rows.
+/// So fewer rows than the limit: complete; more: the limit was not applied, complete; exactly
+/// the limit: Looker may have stopped there, refused.
+pub fn check_row_limit(rows: usize, limit: u64) -> Result<(), PayloadError> {
+    if rows as u64 == limit {
+        return Err(PayloadError::MaybeTruncated { rows, limit });
+    }
+    Ok(())
+}
+
+/// `scheduled_plan.query.limit` (a number or a numeric string) → the row limit the query ran
+/// under: absent, `null` or empty → Looker's default cap [`LOOKER_DEFAULT_ROW_LIMIT`]; a
+/// negative number (`-1`: "unlimited results") or 0 → none.
+fn read_limit(raw: Option<&RawValue>) -> Result<Option<u64>, PayloadError> {
     const FIELD: &str = "scheduled_plan.query.limit";
-    let text = raw.get().trim();
+    let text = raw.map_or("null", |r| r.get().trim());
     let inner = if text.starts_with('"') {
         serde_json::from_str::<String>(text)
             .map_err(|_| PayloadError::field(FIELD, "expected a number"))?
@@ -378,15 +393,25 @@ fn read_limit(raw: &RawValue) -> Result<Option<u64>, PayloadError> {
         text.to_string()
     };
     let inner = inner.trim();
-    if inner.is_empty() || inner == "null" || inner.starts_with('-') {
-        return Ok(None);
+    if inner.is_empty() || inner == "null" {
+        return Ok(Some(LOOKER_DEFAULT_ROW_LIMIT));
     }
-    inner.parse::<u64>().map(Some).map_err(|_| {
-        PayloadError::field(
+    if inner.starts_with('-') {
+        return inner.parse::<i64>().map(|_| None).map_err(|_| {
+            PayloadError::field(
+                FIELD,
+                format!("expected a whole number, found `{}`", short(inner)),
+            )
+        });
+    }
+    match inner.parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err(PayloadError::field(
             FIELD,
             format!("expected a whole number, found `{}`", short(inner)),
-        )
-    })
+        )),
+    }
 }
 
 const BINARY_FORMATS: &[&str] = &[
@@ -825,5 +850,66 @@ mod tests {
         let s = r#"{"scheduled_plan":{"scheduled_plan_id":1,"query":{"limit":"2"}},"attachment":{"mimetype":"application/json","data":[{"v.a":1},{"v.a":2}]}}"#;
         let e = parse_delivery(s.as_bytes()).unwrap_err();
         assert_eq!(e.status_code(), 422, "{e}");
+    }
+
+    fn rows_with_limit(n: usize, limit: &str) -> String {
+        let rows: Vec<String> = (0..n).map(|i| format!(r#"{{"v.a":{i}}}"#)).collect();
+        let query = if limit == "absent" {
+            String::from(r#"{"fields":["v.a"]}"#)
+        } else {
+            format!(r#"{{"fields":["v.a"],"limit":{limit}}}"#)
+        };
+        format!(
+            r#"{{"scheduled_plan":{{"scheduled_plan_id":1,"query":{query}}},"attachment":{{"mimetype":"application/json","data":[{}]}}}}"#,
+            rows.join(",")
+        )
+    }
+
+    #[test]
+    fn row_limit_both_ways() {
+        // Fewer rows than the limit: complete.
+        assert_eq!(
+            parse_delivery(rows_with_limit(2, "\"3\"").as_bytes())
+                .unwrap()
+                .extract
+                .rows
+                .len(),
+            2
+        );
+        // Exactly the limit (string or number): may be truncated.
+        for limit in ["\"3\"", "3"] {
+            let e = parse_delivery(rows_with_limit(3, limit).as_bytes()).unwrap_err();
+            assert_eq!(e, PayloadError::MaybeTruncated { rows: 3, limit: 3 });
+            assert!(e.to_string().contains("trigger"), "{e}");
+        }
+        // More rows than the limit: an "All results" delivery (the Look's saved limit was not
+        // applied), complete.
+        let d = parse_delivery(rows_with_limit(4, "\"3\"").as_bytes()).unwrap();
+        assert_eq!(d.extract.rows.len(), 4);
+        // `-1` (unlimited) and 0: no limit to be cut at.
+        for limit in ["\"-1\"", "-1", "0"] {
+            assert!(parse_delivery(rows_with_limit(3, limit).as_bytes()).is_ok());
+        }
+        // A query without a limit ran under Looker's default cap of 5,000 rows.
+        let n = LOOKER_DEFAULT_ROW_LIMIT as usize;
+        for limit in ["absent", "null", "\"\""] {
+            let e = parse_delivery(rows_with_limit(n, limit).as_bytes()).unwrap_err();
+            assert_eq!(
+                e,
+                PayloadError::MaybeTruncated {
+                    rows: n,
+                    limit: 5000
+                },
+                "{limit}"
+            );
+            assert!(parse_delivery(rows_with_limit(n - 1, limit).as_bytes()).is_ok());
+            assert!(parse_delivery(rows_with_limit(n + 1, limit).as_bytes()).is_ok());
+        }
+        // No query (a dashboard delivery): nothing to compare with.
+        let s = r#"{"scheduled_plan":{"scheduled_plan_id":1,"query":null},"attachment":{"mimetype":"application/json","data":[{"v.a":1}]}}"#;
+        assert!(parse_delivery(s.as_bytes()).is_ok());
+        // A limit that is not a number is named.
+        let e = parse_delivery(rows_with_limit(1, "\"ten\"").as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("scheduled_plan.query.limit"), "{e}");
     }
 }

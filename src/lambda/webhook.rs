@@ -4,8 +4,13 @@
 //! 1. Anything but `POST /ingest/{instance}/{secret}`, an unknown instance or a wrong secret →
 //!    **404 with an empty body** (no hint which instances exist), a warn log and an audit event
 //!    under [`REJECTED_AUDIT_ID`]. The presented secret is compared in constant time and never
-//!    logged, and neither is the request path.
-//! 2. Body larger than [`Settings::max_body_bytes`](super::Settings) → 413.
+//!    logged, and neither is the request path. An instance whose secret holds a
+//!    `looker_webhook_token` also needs that value in `X-Looker-Webhook-Token` (same 404
+//!    otherwise, same constant-time check): the path is visible to anyone who can see the
+//!    schedule, the token only to Looker admins.
+//! 2. Body larger than [`Settings::max_body_bytes`](super::Settings) → 413 saying to make the
+//!    instance's delivery a trigger (`[webhook] delivery = "trigger"`). A body over the Function
+//!    URL's 6 MB never reaches the function at all.
 //! 3. The delivery is parsed ([`super::payload`]); malformed → 400 naming what is wrong.
 //! 4. Idempotency: a lock on `webhook#{instance}#{sha256(body)}` held until the invocation's
 //!    deadline. A delivery already completed returns its recorded answer (200) without running
@@ -19,11 +24,10 @@
 //!    503 busy (`Retry-After`) or store unavailable, 500 failed — so Looker's schedule history
 //!    shows what happened.
 
-use aws_lambda_events::event::lambda_function_urls::{
-    LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
-};
-use aws_lambda_events::http::{HeaderName, HeaderValue};
 use chrono::{DateTime, TimeZone, Utc};
+use lambda_http::http::{HeaderName, HeaderValue, StatusCode};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, RequestExt};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -35,6 +39,9 @@ use crate::domain::config::DeliveryMode;
 use crate::domain::run::AuditEvent;
 use crate::engine::{Engine, EngineError, Mode, Outcome, RunOptions};
 use crate::secrets::{InstanceSecrets, SecretsError};
+
+/// The header in which Looker sends the webhook token of its *Admin > Webhooks* page.
+pub const LOOKER_TOKEN_HEADER: &str = "x-looker-webhook-token";
 
 /// Audit "run id" under which refused webhook requests are recorded.
 pub const REJECTED_AUDIT_ID: &str = "webhook#rejected";
@@ -51,32 +58,69 @@ pub struct WebhookRequest {
     pub received_at: Option<DateTime<Utc>>,
     pub source_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// `X-Looker-Webhook-Token` as sent (a credential: never log it).
+    pub looker_token: Option<String>,
 }
 
 impl WebhookRequest {
-    /// From a Function URL (payload format 2.0) event.
-    pub fn from_function_url(req: LambdaFunctionUrlRequest) -> Self {
-        let http = &req.request_context.http;
-        // Emulators (e.g. `cargo lambda watch`) send placeholder epochs; only a plausible time
-        // (after 2000-01-01, not in the future by more than a day) is trusted over "now".
-        let received_at = Utc
-            .timestamp_millis_opt(req.request_context.time_epoch)
-            .single()
-            .filter(|t| t.timestamp() > 946_684_800 && *t < Utc::now() + chrono::Duration::days(1));
+    /// From the `http::Request` that `lambda_http` builds out of a Function URL event (payload
+    /// format 2.0, the API Gateway HTTP API shape). The route is matched on the raw path (no
+    /// stage prefix); the time, source address and user agent come from the request context.
+    pub fn from_http(req: lambda_http::Request) -> Self {
+        let (parts, body) = req.into_parts();
+        let path = match parts.raw_http_path() {
+            "" => parts.uri.path().to_string(),
+            raw => raw.to_string(),
+        };
+        let (received_at, source_ip, context_ua) = match parts.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(c)) => (
+                plausible_time(c.time_epoch),
+                c.http.source_ip.clone(),
+                c.http.user_agent.clone(),
+            ),
+            _ => (None, None, None),
+        };
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        // `lambda_http` has decoded a base64 body already; bytes that are not UTF-8 are handed
+        // on base64-encoded again so the handler sees exactly what was sent.
+        let (body, is_base64_encoded) = match body {
+            Body::Text(s) => (Some(s), false),
+            Body::Binary(b) => match String::from_utf8(b) {
+                Ok(s) => (Some(s), false),
+                Err(e) => {
+                    use base64::Engine as _;
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    (Some(b64.encode(e.into_bytes())), true)
+                }
+            },
+            _ => (None, false),
+        };
         WebhookRequest {
-            method: http.method.clone().unwrap_or_default(),
-            path: req
-                .raw_path
-                .clone()
-                .or_else(|| http.path.clone())
-                .unwrap_or_default(),
-            is_base64_encoded: req.is_base64_encoded,
+            method: parts.method.as_str().to_string(),
+            path,
+            body,
+            is_base64_encoded,
             received_at,
-            source_ip: http.source_ip.clone(),
-            user_agent: http.user_agent.clone(),
-            body: req.body,
+            source_ip,
+            user_agent: context_ua.or_else(|| header("user-agent")),
+            looker_token: header(LOOKER_TOKEN_HEADER),
         }
     }
+}
+
+/// `requestContext.timeEpoch` when plausible. Emulators (e.g. `cargo lambda watch`) send
+/// placeholder epochs; only a time after 2000-01-01 and not more than a day ahead is trusted
+/// over "now".
+fn plausible_time(epoch_ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(epoch_ms)
+        .single()
+        .filter(|t| t.timestamp() > 946_684_800 && *t < Utc::now() + chrono::Duration::days(1))
 }
 
 /// The answer, before it is put in the Function URL response shape.
@@ -121,19 +165,24 @@ impl WebhookResponse {
         serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
-    pub fn into_function_url(self) -> LambdaFunctionUrlResponse {
-        let mut r = LambdaFunctionUrlResponse::default();
-        r.status_code = i64::from(self.status);
+    /// As the `http::Response` that `lambda_http` turns into the Function URL response.
+    pub fn into_http(self) -> lambda_http::Response<Body> {
+        let body = if self.body.is_empty() {
+            Body::Empty
+        } else {
+            Body::Text(self.body)
+        };
+        let mut r = lambda_http::Response::new(body);
+        *r.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         for (k, v) in self.headers {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(&v),
             ) {
-                r.headers.insert(k, v);
+                r.headers_mut().insert(k, v);
             }
         }
-        r.body = (!self.body.is_empty()).then_some(self.body);
-        r.is_base64_encoded = false;
         r
     }
 }
@@ -144,6 +193,7 @@ enum Refusal {
     Route,
     UnknownInstance,
     WrongSecret,
+    WrongToken,
 }
 
 impl Refusal {
@@ -152,6 +202,7 @@ impl Refusal {
             Refusal::Route => "not POST /ingest/{instance}/{secret}",
             Refusal::UnknownInstance => "unknown instance",
             Refusal::WrongSecret => "wrong or missing secret",
+            Refusal::WrongToken => "wrong or missing X-Looker-Webhook-Token",
         }
     }
 }
@@ -180,16 +231,29 @@ fn route<'a>(method: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
     Some((instance, secret))
 }
 
-/// Constant-time comparison of the presented secret with the stored one (both hashed first so
-/// the comparison does not depend on their lengths). An empty stored secret matches nothing.
-fn secret_matches(presented: &str, expected: &InstanceSecrets) -> bool {
-    let expected = expected.webhook_secret.expose();
+/// Constant-time comparison of a presented credential with the stored one (both hashed first
+/// so the comparison does not depend on their lengths). An empty stored value matches nothing.
+fn ct_matches(presented: &str, expected: &str) -> bool {
     if expected.is_empty() {
         return false;
     }
     let a = Sha256::digest(presented.as_bytes());
     let b = Sha256::digest(expected.as_bytes());
     bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+/// The path secret.
+fn secret_matches(presented: &str, expected: &InstanceSecrets) -> bool {
+    ct_matches(presented, expected.webhook_secret.expose())
+}
+
+/// `X-Looker-Webhook-Token`, when the instance expects one (in addition to the path secret,
+/// which every user who can see the schedule can read).
+fn token_matches(presented: Option<&str>, expected: &InstanceSecrets) -> bool {
+    match &expected.looker_webhook_token {
+        None => true,
+        Some(token) => presented.is_some_and(|p| ct_matches(p.trim(), token.expose())),
+    }
 }
 
 async fn refuse(
@@ -228,6 +292,19 @@ async fn refuse(
         tracing::error!(error = %e, "could not record the refused webhook request");
     }
     WebhookResponse::not_found()
+}
+
+/// 413 for a delivery over `max` bytes. Deliveries over the Function URL's own 6 MB payload
+/// limit never reach the function (Looker's schedule history shows the URL's error), so the
+/// guidance is the same in both places: the README's "Large deliveries".
+fn too_large(bytes: usize, max: usize) -> WebhookResponse {
+    WebhookResponse::error(
+        413,
+        "too_large",
+        format!(
+            "the delivery is {bytes} bytes, over the {max}-byte limit (a Function URL takes at most 6 MB); set the instance's `[webhook] delivery = \"trigger\"` so the delivery only triggers the run and the connector extracts the rows through the Looker API, or deliver fewer rows"
+        ),
+    )
 }
 
 fn payload_error(e: &PayloadError) -> WebhookResponse {
@@ -293,6 +370,9 @@ pub async fn handle_webhook(
     if !secret_matches(presented, &secrets) {
         return refuse(ctx, Refusal::WrongSecret, Some(instance), &req).await;
     }
+    if !token_matches(req.looker_token.as_deref(), &secrets) {
+        return refuse(ctx, Refusal::WrongToken, Some(instance), &req).await;
+    }
     let instance = instance.to_string();
 
     let max = ctx.settings.max_body_bytes;
@@ -304,19 +384,12 @@ pub async fn handle_webhook(
     };
     if decoded_estimate > max {
         tracing::warn!(%instance, bytes = decoded_estimate, max, "webhook body too large");
-        return WebhookResponse::error(
-            413,
-            "too_large",
-            format!("the delivery is larger than {max} bytes; deliver fewer rows, or make the webhook a trigger and let the connector extract through the API"),
-        );
+        return too_large(decoded_estimate, max);
     }
     let body = match payload::decode_body(req.body.as_deref(), req.is_base64_encoded) {
         Ok(b) if b.len() > max => {
-            return WebhookResponse::error(
-                413,
-                "too_large",
-                format!("the delivery is larger than {max} bytes"),
-            )
+            tracing::warn!(%instance, bytes = b.len(), max, "webhook body too large");
+            return too_large(b.len(), max);
         }
         Ok(b) if b.iter().all(u8::is_ascii_whitespace) => {
             return WebhookResponse::error(400, "bad_request", "the request body is empty")
@@ -465,14 +538,44 @@ async fn ingest(
     }
 }
 
-/// The Function URL adapter the `webhook` binary runs.
+/// The HTTP handler the `webhook` binary runs under `lambda_http::run`: the Function URL event
+/// arrives as an `http::Request` carrying the Lambda context; every answer is an HTTP response
+/// (this never returns `Err`).
+pub async fn http_handler(
+    ctx: &LambdaContext,
+    req: lambda_http::Request,
+) -> Result<lambda_http::Response<Body>, LambdaError> {
+    let inv = match req.lambda_context_ref() {
+        Some(c) => Invocation::from_lambda(c),
+        // Only outside the runtime (a request built by hand): one minute.
+        None => Invocation::with_timeout("local", chrono::Duration::minutes(1)),
+    };
+    let req = WebhookRequest::from_http(req);
+    Ok(handle_webhook(ctx, req, &inv).await.into_http())
+}
+
+/// The Lambda entry point of the `webhook` binary: `lambda_http`'s own conversion of the
+/// Function URL event into an `http::Request` (with the Lambda context), [`http_handler`], and
+/// its `http::Response` as the payload-2.0 response. Not `lambda_http::run`: its response path
+/// re-decodes every text body through `encoding_rs` for the charset of `content-type`, which
+/// links all of that crate's legacy encodings (about 0.5 MB, over the 10 MB size target) for
+/// bodies that are always UTF-8 JSON here.
 pub async fn function_url_handler(
     ctx: &LambdaContext,
-    event: lambda_runtime::LambdaEvent<LambdaFunctionUrlRequest>,
-) -> Result<LambdaFunctionUrlResponse, LambdaError> {
-    let inv = Invocation::from_lambda(&event.context);
-    let req = WebhookRequest::from_function_url(event.payload);
-    Ok(handle_webhook(ctx, req, &inv).await.into_function_url())
+    event: lambda_runtime::LambdaEvent<lambda_http::request::LambdaRequest>,
+) -> Result<lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse, LambdaError> {
+    let lambda_runtime::LambdaEvent { payload, context } = event;
+    let req = lambda_http::Request::from(payload).with_lambda_context(context);
+    let (parts, body) = http_handler(ctx, req).await?.into_parts();
+    let mut r = lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpResponse::default();
+    r.status_code = i64::from(parts.status.as_u16());
+    r.headers = parts.headers;
+    r.body = match body {
+        Body::Empty => None,
+        other => Some(other),
+    };
+    r.is_base64_encoded = false;
+    Ok(r)
 }
 
 #[cfg(test)]

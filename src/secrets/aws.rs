@@ -29,6 +29,9 @@ const FIELDS: [&str; 6] = [
     "webhook_secret",
 ];
 
+/// Optional fields of a [`SecretDocument`]: non-empty strings when present.
+const OPTIONAL_FIELDS: [&str; 1] = ["looker_webhook_token"];
+
 /// Longest instance name looked up (Secrets Manager names are at most 512 characters).
 const MAX_INSTANCE_LEN: usize = 128;
 
@@ -142,7 +145,11 @@ fn malformed(instance: &str, detail: String) -> SecretsError {
 
 /// Parses the secret text without ever quoting it back: errors name fields, not values.
 pub(crate) fn parse_document(instance: &str, text: &str) -> Result<SecretDocument, SecretsError> {
-    let expected = format!("a JSON object with string fields {}", FIELDS.join(", "));
+    let expected = format!(
+        "a JSON object with string fields {} (optional: {})",
+        FIELDS.join(", "),
+        OPTIONAL_FIELDS.join(", ")
+    );
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         malformed(
             instance,
@@ -167,11 +174,21 @@ pub(crate) fn parse_document(instance: &str, text: &str) -> Result<SecretDocumen
             Some(_) => problems.push(format!("field {field} is not a string")),
         }
     }
+    for field in OPTIONAL_FIELDS {
+        match object.get(field) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(v)) if v.is_empty() => problems.push(format!(
+                "field {field} is empty (remove it, or set the token)"
+            )),
+            Some(serde_json::Value::String(_)) => {}
+            Some(_) => problems.push(format!("field {field} is not a string")),
+        }
+    }
     // Unexpected keys are counted, not named: a key is secret text too (a value pasted as a
     // key would otherwise end up in the logs).
     let unexpected = object
         .keys()
-        .filter(|k| !FIELDS.contains(&k.as_str()))
+        .filter(|k| !FIELDS.contains(&k.as_str()) && !OPTIONAL_FIELDS.contains(&k.as_str()))
         .count();
     if unexpected > 0 {
         problems.push(format!(
@@ -199,6 +216,14 @@ mod tests {
         let d = parse_document("fees", GOOD).expect("valid");
         assert_eq!(d.looker_client_secret.expose(), "hunter2");
         assert_eq!(d.webhook_secret.expose(), "wh");
+        assert!(d.looker_webhook_token.is_none());
+        let with_token = GOOD.replace("}", r#","looker_webhook_token":"tok"}"#);
+        let d = parse_document("fees", &with_token).expect("valid with the optional token");
+        assert_eq!(d.looker_webhook_token.unwrap().expose(), "tok");
+        let e = parse_document("fees", &GOOD.replace("}", r#","looker_webhook_token":""}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("looker_webhook_token is empty"), "{e}");
     }
 
     #[test]

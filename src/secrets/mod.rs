@@ -219,6 +219,10 @@ pub struct InstanceSecrets {
     pub credentials: Credentials,
     /// The secret segment of the webhook ingest path `/ingest/{instance}/{secret}`.
     pub webhook_secret: Secret,
+    /// When set, a delivery must also carry this value in `X-Looker-Webhook-Token` (the token
+    /// of Looker's *Admin > Webhooks* page), because the path is visible to every user who can
+    /// see the schedule.
+    pub looker_webhook_token: Option<Secret>,
 }
 
 /// The JSON document stored as one secret per instance (in AWS: Secrets Manager, KMS-encrypted,
@@ -232,6 +236,9 @@ pub struct SecretDocument {
     pub d365_client_id: String,
     pub d365_client_secret: Secret,
     pub webhook_secret: Secret,
+    /// Optional: see [`InstanceSecrets::looker_webhook_token`].
+    #[serde(default)]
+    pub looker_webhook_token: Option<Secret>,
 }
 
 impl From<SecretDocument> for InstanceSecrets {
@@ -245,6 +252,7 @@ impl From<SecretDocument> for InstanceSecrets {
                 d365_client_secret: d.d365_client_secret,
             },
             webhook_secret: d.webhook_secret,
+            looker_webhook_token: d.looker_webhook_token,
         }
     }
 }
