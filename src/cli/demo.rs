@@ -65,7 +65,15 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
         cfg.instance
     );
     let first = engine.run(&cfg, &opts).await?;
-    print!("{}", render::run_report(&first, store_path));
+    // The sandbox stops with the demo, so no config is named: no suggestion of a command
+    // that would need it (reverse, replay) is printed.
+    let hints = super::hints::Hints::new(None, super::hints::StoreArg::Sqlite(store_path.into()));
+    let ctx = render::ReportContext {
+        hints: &hints,
+        fix: super::fix_for(&first, &store, Mode::Post).await,
+        stored: true,
+    };
+    print!("{}", render::run_report(&first, &ctx));
 
     // What the sandbox D365 holds, read from the simulator itself, not from our client.
     let headers = d365.headers();

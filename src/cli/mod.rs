@@ -7,6 +7,7 @@
 
 #[cfg(feature = "sandbox")]
 mod demo;
+mod hints;
 mod render;
 
 use std::io::{IsTerminal, Write};
@@ -26,6 +27,7 @@ use crate::looker::{ExtractPath, LookerClient, LookerSettings};
 use crate::secrets::Credentials;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+use hints::{Hints, StoreArg};
 
 /// Posts numbers from a Looker model into the Dynamics 365 F&O general ledger as balanced,
 /// audited journals.
@@ -202,9 +204,12 @@ pub async fn main() -> i32 {
     }
 }
 
+/// The log goes to stderr only on request (`-v`, `RUST_LOG`): everything a user must know is in
+/// the command's own output, once; the log would repeat each error (and every retry) again.
+/// Colour only when stderr is a terminal.
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        0 => "off",
         1 => "info",
         _ => "debug",
     };
@@ -213,6 +218,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
@@ -356,7 +362,9 @@ async fn show_command(
         match &reconciliation {
             Some(r) => print!("{}", r.render()),
             None => println!(
-                "Reconciliation: none stored yet; run `ml-connector show {run_id} --config FILE` to read D365 back and reconcile"
+                "Reconciliation: none stored yet; run {} to read D365 back and reconcile",
+                Hints::new(None, store_arg(store_path, table))
+                    .apply(&format!("`ml-connector show {run_id} --config FILE`"))
             ),
         }
     }
@@ -379,28 +387,30 @@ async fn reverse_command(
         delete_unposted,
         lease: CLI_LEASE,
     };
+    let hints = Hints::new(Some(&args.config), store_arg(store_path, table));
     match crate::controls::reverse(store.as_ref(), &clients.d365, &cfg, run_id, &opts).await {
         Ok(r) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("{}", r.message);
+                println!("{}", hints.apply(&r.message));
                 if let Some(rev) = &r.reversal {
                     println!(
-                        "The reversal journal(s) are left unposted: finance reviews and posts them in D365 (General ledger > Journal entries > General journals). Audit trail: ml-connector show {} --store {}",
-                        rev.run_id,
-                        store_path.display()
+                        "The reversal journal(s) are left unposted: finance reviews and posts them in D365 (General ledger > Journal entries > General journals). Audit trail: {}",
+                        hints
+                            .apply(&format!("`ml-connector show {}`", rev.run_id))
+                            .replace('`', "")
                     );
                 }
             }
             Ok(0)
         }
         Err(ControlsError::Refused(m)) => {
-            eprintln!("refused: {m}");
+            eprintln!("refused: {}", hints.apply(&m));
             Ok(2)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", hints.apply(&e.to_string()));
             Ok(1)
         }
     }
@@ -687,8 +697,58 @@ async fn run_command(
         supersede,
     };
     let report = engine.run(&cfg, &opts).await?;
-    print!("{}", render::run_report(&report, store_path));
+    let stored = mode == Mode::Post;
+    let ctx = render::ReportContext {
+        hints: &Hints::new(Some(&args.config), store_arg(store_path, table)),
+        fix: fix_for(&report, store.as_ref(), mode).await,
+        stored,
+    };
+    print!("{}", render::run_report(&report, &ctx));
     Ok(report.outcome.exit_code())
+}
+
+/// The store a suggested command must name to find this invocation's audit trail.
+fn store_arg(store_path: &Path, table: Option<&str>) -> StoreArg {
+    match table {
+        Some(t) => StoreArg::Table(t.to_string()),
+        None => StoreArg::Sqlite(store_path.to_path_buf()),
+    }
+}
+
+/// What to do after a run that did not end well: a command that works from where this run
+/// stands (a preview is not stored; a run that stopped before validation cannot be replayed).
+async fn fix_for(
+    report: &crate::engine::RunReport,
+    store: &dyn Store,
+    mode: Mode,
+) -> Option<String> {
+    use crate::engine::Outcome;
+    let run = &report.run;
+    if mode == Mode::Preview {
+        return match report.outcome {
+            Outcome::Rejected => Some(
+                "Nothing was written. Each problem is listed below with its row and field; fix the data or the config, then check again with `ml-connector preview --config FILE`.".into(),
+            ),
+            Outcome::Failed => Some(
+                "Nothing was written. Fix the cause named above, then try again with `ml-connector preview --config FILE`.".into(),
+            ),
+            _ => None,
+        };
+    }
+    if report.outcome == Outcome::Failed {
+        let validated = store
+            .events(&run.run_id)
+            .await
+            .map(|ev| ev.iter().any(|e| e.kind == crate::engine::VALIDATED_EVENT))
+            .unwrap_or(false);
+        if !validated {
+            return Some(format!(
+                "Nothing of run {} reached D365: it stopped before its validation finished, so there is nothing to replay. Fix the cause named above, then start a new run with `ml-connector run --config FILE`; `ml-connector show {}` shows what was recorded.",
+                run.run_id, run.run_id
+            ));
+        }
+    }
+    crate::controls::RunNotification::for_run(run).map(|n| n.fix)
 }
 
 async fn replay_command(
@@ -707,7 +767,12 @@ async fn replay_command(
         progress: &progress,
     };
     let report = engine.replay(&cfg, run_id, CLI_LEASE).await?;
-    print!("{}", render::run_report(&report, store_path));
+    let ctx = render::ReportContext {
+        hints: &Hints::new(Some(&args.config), store_arg(store_path, table)),
+        fix: fix_for(&report, store.as_ref(), Mode::Post).await,
+        stored: true,
+    };
+    print!("{}", render::run_report(&report, &ctx));
     Ok(report.outcome.exit_code())
 }
 

@@ -1,10 +1,10 @@
 //! Plain-text rendering of journals, runs and audit trails for the terminal.
 
 use std::fmt::Write;
-use std::path::Path;
 
 use rust_decimal::Decimal;
 
+use super::hints::Hints;
 use crate::domain::journal::Journal;
 use crate::domain::reference::DimensionFormat;
 use crate::domain::run::{AuditEvent, LineRecord, RunRecord, SourceRowRecord};
@@ -109,8 +109,18 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
     s
 }
 
+/// How to word a run report: the commands it suggests and whether the run is in the store.
+pub struct ReportContext<'a> {
+    /// Fills the real config file and store into suggested commands.
+    pub hints: &'a Hints,
+    /// What to do next (for runs that did not end well), as chosen by the caller.
+    pub fix: Option<String>,
+    /// Whether the run was recorded (a preview is not, so `show` cannot find it).
+    pub stored: bool,
+}
+
 /// What `run`, `preview`, `replay` and `demo` print.
-pub fn run_report(r: &RunReport, store: &Path) -> String {
+pub fn run_report(r: &RunReport, ctx: &ReportContext<'_>) -> String {
     let mut s = String::new();
     let run = &r.run;
     let _ = writeln!(
@@ -123,19 +133,24 @@ pub fn run_report(r: &RunReport, store: &Path) -> String {
         run.keys.run_key
     );
     if let Some(m) = &run.message {
-        let _ = writeln!(s, "{m}");
+        let _ = writeln!(s, "{}", ctx.hints.apply(m));
     }
     if r.outcome == Outcome::Posted {
+        let undo = if ctx.hints.config.is_some() {
+            ctx.hints.apply(&format!(
+                " Undo while it is unposted with `ml-connector reverse {id} --config FILE --delete-unposted`, once posted with `ml-connector reverse {id} --config FILE`.",
+                id = run.run_id
+            ))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "The connector never posts: finance reviews and posts the journal(s) in D365 (General ledger > Journal entries > General journals > Validate, then Post — or Submit when the journal name requires workflow approval). Undo with `ml-connector reverse {}`.",
-            run.run_id
+            "The connector never posts: finance reviews and posts the journal(s) in D365 (General ledger > Journal entries > General journals > Validate, then Post — or Submit when the journal name requires workflow approval).{undo}",
         );
     }
-    if r.outcome != Outcome::Previewed {
-        if let Some(n) = crate::controls::RunNotification::for_run(run) {
-            let _ = writeln!(s, "Fix: {}", n.fix);
-        }
+    if let Some(fix) = &ctx.fix {
+        let _ = writeln!(s, "Fix: {}", ctx.hints.apply(fix));
     }
     if !r.issues.is_empty() {
         let _ = writeln!(s, "\nProblems ({}):", r.issues.len());
@@ -179,7 +194,8 @@ pub fn run_report(r: &RunReport, store: &Path) -> String {
             t.created_lines, t.created_debit, t.created_credit
         );
     }
-    if r.outcome != Outcome::Previewed
+    if ctx.stored
+        && r.outcome != Outcome::Previewed
         && !(r.outcome == Outcome::Rejected
             && r.journals.is_empty()
             && t.source_rows == 0
@@ -187,9 +203,10 @@ pub fn run_report(r: &RunReport, store: &Path) -> String {
     {
         let _ = writeln!(
             s,
-            "Audit trail: ml-connector show {} --store {}",
-            run.run_id,
-            store.display()
+            "Audit trail: {}",
+            ctx.hints
+                .apply(&format!("`ml-connector show {}`", run.run_id))
+                .replace('`', "")
         );
     }
     s
