@@ -126,9 +126,9 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
         s = store_path.display()
     );
     if second.outcome != Outcome::AlreadyPosted {
-        return Ok(1);
+        return Ok(super::exit::FAILED);
     }
-    Ok(first.outcome.exit_code())
+    Ok(super::exit::of(first.outcome))
 }
 
 /// `ml-connector sandbox`: serve the simulators until Ctrl-C (or SIGTERM), with a config file
@@ -172,5 +172,5 @@ pub async fn serve(config_out: &Path) -> anyhow::Result<i32> {
         headers.len(),
         d365.lines().len()
     );
-    Ok(0)
+    Ok(super::exit::OK)
 }

@@ -7,6 +7,7 @@
 
 #[cfg(feature = "sandbox")]
 mod demo;
+mod exit;
 mod hints;
 mod render;
 
@@ -32,7 +33,7 @@ use hints::{Hints, StoreArg};
 /// Posts numbers from a Looker model into the Dynamics 365 F&O general ledger as balanced,
 /// audited journals.
 #[derive(Debug, Parser)]
-#[command(name = "ml-connector", version, about, long_about = None)]
+#[command(name = "ml-connector", version, about, long_about = None, after_help = exit::TABLE)]
 pub struct Cli {
     #[command(flatten)]
     global: Global,
@@ -105,6 +106,10 @@ enum Command {
         /// replaced: reverse them.
         #[arg(long)]
         supersede: bool,
+        /// Post a period that has not ended yet (or a run date in the future). Refused without
+        /// it: the period's data may still change after it is posted.
+        #[arg(long)]
+        allow_open_period: bool,
     },
     /// Everything but the write: the exact journal lines and the validation report.
     Preview {
@@ -193,13 +198,24 @@ enum ConfigAction {
 
 /// Parses arguments, runs the command and returns the process exit code.
 pub async fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // `--help` and `--version` are not errors.
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
     init_logging(cli.global.verbose);
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            exit::FAILED
         }
     }
 }
@@ -233,7 +249,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             cfg,
             run_date,
             supersede,
+            allow_open_period,
         } => {
+            if let Some(code) = refuse_open_period(&cfg, run_date, allow_open_period)? {
+                return Ok(code);
+            }
             let mode = Mode::Post;
             run_command(
                 &store_path,
@@ -273,7 +293,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let store = any_store(&store_path, table.as_deref()).await?;
             let runs = store.list_runs(instance.as_deref(), limit).await?;
             print!("{}", render::runs_table(&runs));
-            Ok(0)
+            Ok(exit::OK)
         }
         Command::Show {
             run_id,
@@ -307,12 +327,42 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Ok(t) => print!("{}", t.render()),
                 Err(e) => {
                     eprintln!("error: {e}");
-                    return Ok(1);
+                    return Ok(exit::FAILED);
                 }
             }
-            Ok(0)
+            Ok(exit::OK)
         }
     }
+}
+
+/// A run of a period that has not ended (or dated in the future) is refused unless the user
+/// asks for it: its data may still change after it is posted.
+fn refuse_open_period(
+    args: &ConfigArgs,
+    run_date: Option<NaiveDate>,
+    allow: bool,
+) -> anyhow::Result<Option<i32>> {
+    if allow {
+        return Ok(None);
+    }
+    let today = today();
+    let run_date = run_date.unwrap_or(today);
+    let cfg = load_config(&args.config)?;
+    let period = cfg.period.kind.period_for(run_date);
+    let why = if run_date > today {
+        format!("run date {run_date} is in the future (today is {today} UTC)")
+    } else if period.end >= today {
+        format!(
+            "period {} ({} to {}) has not ended yet (today is {today} UTC)",
+            period.label, period.start, period.end
+        )
+    } else {
+        return Ok(None);
+    };
+    eprintln!(
+        "refused: {why}; its data may still change after it is posted. Nothing was done. To post it anyway, add --allow-open-period."
+    );
+    Ok(Some(exit::USAGE))
 }
 
 /// `show`: the audit trail plus the reconciliation (fresh with `--config`, else the stored one).
@@ -326,7 +376,7 @@ async fn show_command(
     let store = any_store(store_path, table).await?;
     let Some(run) = store.get_run(run_id).await? else {
         eprintln!("error: run {run_id} not found in {}", store_path.display());
-        return Ok(1);
+        return Ok(exit::FAILED);
     };
     let reconciliation = match cfg {
         Some(args) => {
@@ -335,7 +385,7 @@ async fn show_command(
                 Ok(r) => Some(r),
                 Err(e) => {
                     eprintln!("error: reconciliation of run {run_id} failed: {e}");
-                    return Ok(1);
+                    return Ok(exit::FAILED);
                 }
             }
         }
@@ -403,15 +453,15 @@ async fn reverse_command(
                     );
                 }
             }
-            Ok(0)
+            Ok(exit::OK)
         }
         Err(ControlsError::Refused(m)) => {
             eprintln!("refused: {}", hints.apply(&m));
-            Ok(2)
+            Ok(exit::REJECTED)
         }
         Err(e) => {
             eprintln!("error: {}", hints.apply(&e.to_string()));
-            Ok(1)
+            Ok(exit::FAILED)
         }
     }
 }
@@ -478,7 +528,7 @@ async fn config_push(table: Option<&str>, file: &Path) -> anyhow::Result<i32> {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: config {} was not accepted: {e}", file.display());
-            return Ok(2);
+            return Ok(exit::REJECTED);
         }
     };
     push_config(table, &cfg, &text).await?;
@@ -487,7 +537,7 @@ async fn config_push(table: Option<&str>, file: &Path) -> anyhow::Result<i32> {
         cfg.instance,
         cfg.version()
     );
-    Ok(0)
+    Ok(exit::OK)
 }
 
 #[cfg(feature = "aws")]
@@ -515,12 +565,12 @@ async fn request_replay(table: Option<&str>, run_id: &str) -> anyhow::Result<i32
     let store = dynamo_store(table).await?;
     if store.get_run(run_id).await?.is_none() {
         eprintln!("error: run {run_id} is not in table {table}");
-        return Ok(1);
+        return Ok(exit::FAILED);
     }
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     store.request_replay(run_id, &who).await?;
     println!("replay of run {run_id} requested; follow it with `ml-connector show {run_id} --table {table}`");
-    Ok(0)
+    Ok(exit::OK)
 }
 
 #[cfg(not(feature = "aws"))]
@@ -704,7 +754,7 @@ async fn run_command(
         stored,
     };
     print!("{}", render::run_report(&report, &ctx));
-    Ok(report.outcome.exit_code())
+    Ok(exit::of(report.outcome))
 }
 
 /// The store a suggested command must name to find this invocation's audit trail.
@@ -773,7 +823,7 @@ async fn replay_command(
         stored: true,
     };
     print!("{}", render::run_report(&report, &ctx));
-    Ok(report.outcome.exit_code())
+    Ok(exit::of(report.outcome))
 }
 
 /// `check`: connect to both systems and confirm the config fits them, without writing.
@@ -963,15 +1013,15 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
         println!(
             "check failed: {failures} connection problem(s), {problems} configuration problem(s)"
         );
-        Ok(1)
+        Ok(exit::FAILED)
     } else if problems > 0 {
         println!("check found {problems} configuration problem(s); fix them before running");
-        Ok(2)
+        Ok(exit::REJECTED)
     } else {
         println!(
             "check passed: `ml-connector preview --config {}` shows the exact journal",
             args.config.display()
         );
-        Ok(0)
+        Ok(exit::OK)
     }
 }

@@ -21,6 +21,7 @@ fn outcome_label(o: Outcome) -> &'static str {
         Outcome::Failed => "FAILED",
         Outcome::Interrupted => "INTERRUPTED (resumable with replay)",
         Outcome::DuplicatePosted => "DUPLICATE POSTED IN D365 (reverse needed)",
+        Outcome::NothingToPost => "NOTHING TO POST (nothing written)",
     }
 }
 
