@@ -323,7 +323,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Trace { reference, json } => {
             let store = any_store(&store_path, table.as_deref()).await?;
             match crate::controls::trace(store.as_ref(), &reference).await {
-                Ok(t) if json => println!("{}", serde_json::to_string_pretty(&t)?),
+                Ok(t) if json => println!("{}", serde_json::to_string_pretty(&t.to_json())?),
                 Ok(t) => print!("{}", t.render()),
                 Err(e) => {
                     eprintln!("error: {e}");
