@@ -5,11 +5,29 @@
 //! store, runs the engine and renders what happened. Exit codes: 0 done (including "already
 //! posted"), 2 rejected by validation (nothing written), 1 any other failure.
 
+/// `print!` that ends quietly when stdout is closed (`ml-connector runs | head -1`) instead of
+/// panicking after the work is done and recorded.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `println!` that ends quietly when stdout is closed; see [`out!`].
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 #[cfg(feature = "sandbox")]
 mod demo;
 mod exit;
 mod hints;
 mod render;
+mod terminal;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -214,7 +232,7 @@ pub async fn main() -> i32 {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", terminal::clean(&format!("{e:#}")));
             exit::FAILED
         }
     }
@@ -292,7 +310,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Runs { instance, limit } => {
             let store = any_store(&store_path, table.as_deref()).await?;
             let runs = store.list_runs(instance.as_deref(), limit).await?;
-            print!("{}", render::runs_table(&runs));
+            out!("{}", render::runs_table(&runs));
             Ok(exit::OK)
         }
         Command::Show {
@@ -323,10 +341,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Trace { reference, json } => {
             let store = any_store(&store_path, table.as_deref()).await?;
             match crate::controls::trace(store.as_ref(), &reference).await {
-                Ok(t) if json => println!("{}", serde_json::to_string_pretty(&t.to_json())?),
-                Ok(t) => print!("{}", t.render()),
+                Ok(t) if json => outln!("{}", serde_json::to_string_pretty(&t.to_json())?),
+                Ok(t) => out!("{}", terminal::clean(&t.render())),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", terminal::clean(&e.to_string()));
                     return Ok(exit::FAILED);
                 }
             }
@@ -384,7 +402,10 @@ async fn show_command(
             match crate::controls::reconcile(store.as_ref(), &clients.d365, &cfg, run_id).await {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    eprintln!("error: reconciliation of run {run_id} failed: {e}");
+                    eprintln!(
+                        "error: reconciliation of run {run_id} failed: {}",
+                        terminal::clean(&e.to_string())
+                    );
                     return Ok(exit::FAILED);
                 }
             }
@@ -405,13 +426,16 @@ async fn show_command(
             "events": events,
             "reconciliation": reconciliation,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", render::show_run(&run, &rows, &lines, &events));
-        println!();
+        out!(
+            "{}",
+            terminal::clean(&render::show_run(&run, &rows, &lines, &events))
+        );
+        outln!();
         match &reconciliation {
-            Some(r) => print!("{}", r.render()),
-            None => println!(
+            Some(r) => out!("{}", r.render()),
+            None => outln!(
                 "Reconciliation: none stored yet; run {} to read D365 back and reconcile",
                 Hints::new(None, store_arg(store_path, table))
                     .apply(&format!("`ml-connector show {run_id} --config FILE`"))
@@ -441,11 +465,11 @@ async fn reverse_command(
     match crate::controls::reverse(store.as_ref(), &clients.d365, &cfg, run_id, &opts).await {
         Ok(r) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("{}", hints.apply(&r.message));
+                outln!("{}", hints.apply(&r.message));
                 if let Some(rev) = &r.reversal {
-                    println!(
+                    outln!(
                         "The reversal journal(s) are left unposted: finance reviews and posts them in D365 (General ledger > Journal entries > General journals). Audit trail: {}",
                         hints
                             .apply(&format!("`ml-connector show {}`", rev.run_id))
@@ -456,11 +480,11 @@ async fn reverse_command(
             Ok(exit::OK)
         }
         Err(ControlsError::Refused(m)) => {
-            eprintln!("refused: {}", hints.apply(&m));
+            eprintln!("refused: {}", terminal::clean(&hints.apply(&m)));
             Ok(exit::REJECTED)
         }
         Err(e) => {
-            eprintln!("error: {}", hints.apply(&e.to_string()));
+            eprintln!("error: {}", terminal::clean(&hints.apply(&e.to_string())));
             Ok(exit::FAILED)
         }
     }
@@ -527,12 +551,16 @@ async fn config_push(table: Option<&str>, file: &Path) -> anyhow::Result<i32> {
     let cfg = match InstanceConfig::from_toml(&text) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: config {} was not accepted: {e}", file.display());
+            eprintln!(
+                "error: config {} was not accepted: {}",
+                file.display(),
+                terminal::clean(&e.to_string())
+            );
             return Ok(exit::REJECTED);
         }
     };
     push_config(table, &cfg, &text).await?;
-    println!(
+    outln!(
         "config of instance `{}` is now version {} (table {table})",
         cfg.instance,
         cfg.version()
@@ -569,7 +597,7 @@ async fn request_replay(table: Option<&str>, run_id: &str) -> anyhow::Result<i32
     }
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     store.request_replay(run_id, &who).await?;
-    println!("replay of run {run_id} requested; follow it with `ml-connector show {run_id} --table {table}`");
+    outln!("replay of run {run_id} requested; follow it with `ml-connector show {run_id} --table {table}`");
     Ok(exit::OK)
 }
 
@@ -753,7 +781,7 @@ async fn run_command(
         fix: fix_for(&report, store.as_ref(), mode).await,
         stored,
     };
-    print!("{}", render::run_report(&report, &ctx));
+    out!("{}", terminal::clean(&render::run_report(&report, &ctx)));
     Ok(exit::of(report.outcome))
 }
 
@@ -822,7 +850,7 @@ async fn replay_command(
         fix: fix_for(&report, store.as_ref(), Mode::Post).await,
         stored: true,
     };
-    print!("{}", render::run_report(&report, &ctx));
+    out!("{}", terminal::clean(&render::run_report(&report, &ctx)));
     Ok(exit::of(report.outcome))
 }
 
@@ -831,9 +859,9 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
     let (cfg, clients) = load_instance(args)?;
     let mut failures = 0usize;
     let mut problems = 0usize;
-    let ok = |m: &str| println!("  ok    {m}");
+    let ok = |m: &str| outln!("  ok    {}", terminal::clean(m));
     let mut bad = |m: &str, hard: bool| {
-        println!("  FAIL  {m}");
+        outln!("  FAIL  {}", terminal::clean(m));
         if hard {
             failures += 1;
         } else {
@@ -841,44 +869,61 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
         }
     };
 
-    println!("Looker ({})", crate::http::redact_url(&cfg.looker.base_url));
-    match clients.looker.login_check().await {
-        Ok(()) => ok("logged in with the API client id/secret"),
-        Err(e) => bad(&e.to_string(), true),
-    }
+    outln!("Looker ({})", crate::http::redact_url(&cfg.looker.base_url));
+    // One failure, one message: without a login the other Looker items would only fail
+    // again (each logging in, with its retries) with the same error.
+    let looker_ok = match clients.looker.login_check().await {
+        Ok(()) => {
+            ok("logged in with the API client id/secret");
+            true
+        }
+        Err(e) => {
+            bad(&e.to_string(), true);
+            false
+        }
+    };
     let period = cfg.period.kind.period_for(today());
-    let extract = match cfg.source.resolve()? {
-        Source::Look(id) => match clients.looker.look(id).await {
-            Ok(info) => {
-                ok(&format!("Look {id} \"{}\" exists", info.title));
-                clients.looker.run_look(id).await
-            }
-            Err(e) => Err(e),
-        },
-        Source::Query(q) => {
-            match clients.looker.explore_fields(&q.model, &q.explore).await {
-                Ok(fields) => {
-                    ok(&format!("explore {}/{} exists", q.model, q.explore));
-                    for f in &q.fields {
-                        if !fields.contains(f) {
-                            bad(
-                                &format!("field `{f}` is not in explore {}/{}", q.model, q.explore),
-                                false,
-                            );
+    let extract = if !looker_ok {
+        outln!("  skip  source and columns: not logged in to Looker");
+        None
+    } else {
+        Some(match cfg.source.resolve()? {
+            Source::Look(id) => match clients.looker.look(id).await {
+                Ok(info) => {
+                    ok(&format!("Look {id} \"{}\" exists", info.title));
+                    clients.looker.run_look(id).await
+                }
+                Err(e) => Err(e),
+            },
+            Source::Query(q) => {
+                match clients.looker.explore_fields(&q.model, &q.explore).await {
+                    Ok(fields) => {
+                        ok(&format!("explore {}/{} exists", q.model, q.explore));
+                        for f in &q.fields {
+                            if !fields.contains(f) {
+                                bad(
+                                    &format!(
+                                        "field `{f}` is not in explore {}/{}",
+                                        q.model, q.explore
+                                    ),
+                                    false,
+                                );
+                            }
                         }
                     }
+                    Err(e) => bad(&e.to_string(), true),
                 }
-                Err(e) => bad(&e.to_string(), true),
+                match cfg.query_for_period(&period) {
+                    Some(q) => clients.looker.run_inline_query(&q).await,
+                    None => Err(crate::looker::LookerError::Config("no query".into())),
+                }
             }
-            match cfg.query_for_period(&period) {
-                Some(q) => clients.looker.run_inline_query(&q).await,
-                None => Err(crate::looker::LookerError::Config("no query".into())),
-            }
-        }
+        })
     };
     let mut legal_entities: Vec<String> = Vec::new();
     match &extract {
-        Ok(x) => {
+        None => {}
+        Some(Ok(x)) => {
             ok(&format!(
                 "source runs: {} rows for {}",
                 x.rows.len(),
@@ -923,16 +968,26 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                 }
             }
         }
-        Err(e) => bad(&format!("source does not run: {e}"), true),
+        Some(Err(e)) => bad(&format!("source does not run: {e}"), true),
     }
 
-    println!(
+    outln!(
         "D365 ({})",
         crate::http::redact_url(&cfg.d365.environment_url)
     );
-    match clients.d365.token_check().await {
-        Ok(()) => ok("token obtained from Entra ID and accepted by the environment"),
-        Err(e) => bad(&e.to_string(), true),
+    let d365_ok = match clients.d365.token_check().await {
+        Ok(()) => {
+            ok("token obtained from Entra ID and accepted by the environment");
+            true
+        }
+        Err(e) => {
+            bad(&e.to_string(), true);
+            false
+        }
+    };
+    if !d365_ok && !legal_entities.is_empty() {
+        outln!("  skip  journal names, accounts and dimensions: no D365 token");
+        legal_entities.clear();
     }
     for le in &legal_entities {
         match clients.d365.load_reference(le).await {
@@ -1008,17 +1063,17 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
             Err(e) => bad(&format!("{le}: {e}"), true),
         }
     }
-    println!();
+    outln!();
     if failures > 0 {
-        println!(
+        outln!(
             "check failed: {failures} connection problem(s), {problems} configuration problem(s)"
         );
         Ok(exit::FAILED)
     } else if problems > 0 {
-        println!("check found {problems} configuration problem(s); fix them before running");
+        outln!("check found {problems} configuration problem(s); fix them before running");
         Ok(exit::REJECTED)
     } else {
-        println!(
+        outln!(
             "check passed: `ml-connector preview --config {}` shows the exact journal",
             args.config.display()
         );
