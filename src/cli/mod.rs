@@ -27,6 +27,7 @@ mod demo;
 mod exit;
 mod hints;
 mod render;
+mod store_path;
 mod terminal;
 
 use std::io::{IsTerminal, Write};
@@ -61,14 +62,10 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct Global {
-    /// Audit store (SQLite file).
-    #[arg(
-        long,
-        global = true,
-        env = "MLC_STORE",
-        default_value = ".ml-connector/audit.sqlite"
-    )]
-    store: PathBuf,
+    /// Audit store (SQLite file). Without it: `MLC_STORE`, else the config's `store`, else
+    /// `ml-connector/audit.sqlite` in the per-user data directory (e.g. ~/.local/share).
+    #[arg(long, global = true, value_name = "PATH")]
+    store: Option<PathBuf>,
     /// Use the deployed DynamoDB table (audit trail, configs, replay requests) instead of the
     /// local SQLite store. Needs AWS credentials in the environment.
     #[arg(long, global = true, env = "MLC_TABLE")]
@@ -257,9 +254,46 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+impl Command {
+    /// The config file the command was given, if any (it may name the store).
+    fn config_file(&self) -> Option<&Path> {
+        match self {
+            Command::Run { cfg, .. }
+            | Command::Preview { cfg, .. }
+            | Command::Check { cfg }
+            | Command::Reverse { cfg, .. } => Some(&cfg.config),
+            Command::Replay { config, .. } | Command::Show { config, .. } => config.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Commands that only read the store: they say which one, and never create an empty one.
+    fn reads_store(&self) -> bool {
+        matches!(
+            self,
+            Command::Runs { .. } | Command::Show { .. } | Command::Trace { .. }
+        )
+    }
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let store_path = cli.global.store.clone();
+    let (store_path, origin) = store_path::resolve(
+        cli.global.store.as_deref(),
+        std::env::var(store_path::ENV).ok(),
+        cli.command.config_file(),
+    );
     let table = cli.global.table.clone();
+    if table.is_none() && cli.command.reads_store() {
+        if !store_path.exists() {
+            eprintln!(
+                "error: no audit store at {} ({}): no run was recorded there. Name the store of your runs with --store PATH, MLC_STORE or `store` in the config.",
+                store_path.display(),
+                origin.describe()
+            );
+            return Ok(exit::FAILED);
+        }
+        eprintln!("store: {} ({})", store_path.display(), origin.describe());
+    }
     match cli.command {
         Command::Demo => demo_command(&store_path).await,
         Command::Sandbox { write_config } => sandbox_command(&write_config).await,
@@ -695,6 +729,12 @@ fn load_instance(args: &ConfigArgs) -> anyhow::Result<(InstanceConfig, Clients)>
             p
         }
     });
+    if let Some(w) = cred_file
+        .as_deref()
+        .and_then(store_path::credentials_warning)
+    {
+        eprintln!("{w}");
+    }
     let creds = Credentials::load(cred_file.as_deref(), cfg.d365.tenant_id.as_deref(), |k| {
         std::env::var(k).ok()
     })?;
