@@ -66,10 +66,9 @@ struct Global {
     /// `ml-connector/audit.sqlite` in the per-user data directory (e.g. ~/.local/share).
     #[arg(long, global = true, value_name = "PATH")]
     store: Option<PathBuf>,
-    /// Use the deployed DynamoDB table (audit trail, configs, replay requests) instead of the
-    /// local SQLite store. Needs AWS credentials in the environment.
-    #[arg(long, global = true, env = "MLC_TABLE")]
-    table: Option<String>,
+    /// Print table rows whole instead of cutting them at 120 characters.
+    #[arg(long, global = true)]
+    wide: bool,
     /// More log output on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -90,31 +89,58 @@ struct Endpoints {
 
 #[derive(Debug, Args)]
 struct ConfigArgs {
-    /// Instance configuration (TOML).
-    #[arg(long, short)]
+    /// Instance configuration (TOML): the Looker source, the mapping and the D365 journal.
+    #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
     #[command(flatten)]
     endpoints: Endpoints,
 }
 
+/// `--table`: only on the commands that can use the deployed table (not `demo`, `sandbox`,
+/// `check`).
+#[derive(Debug, Args)]
+struct TableArg {
+    /// Use the deployed DynamoDB table (audit trail, configs, replay requests) instead of the
+    /// local SQLite store. Needs AWS credentials in the environment.
+    #[arg(long, env = "MLC_TABLE", value_name = "TABLE")]
+    table: Option<String>,
+}
+
+/// `--run-date`.
+#[derive(Debug, Args)]
+struct RunDate {
+    /// Run as if today were this date (YYYY-MM-DD, UTC): the period is the one a scheduled run
+    /// on that day covers (for `kind = "week"`, the week before it). Default: today.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    run_date: Option<NaiveDate>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the built-in sandbox and post the example weekly fee journal end to end.
+    #[command(after_help = "Example:\n  ml-connector demo")]
     Demo,
     /// Keep the sandbox (Looker, D365, Entra simulators) running on loopback until Ctrl-C, and
     /// write a config pointing at it; try `check`, `preview` and `run` against it.
+    #[command(after_help = "Example:\n  ml-connector sandbox --write-config /tmp/sandbox.toml")]
     Sandbox {
         /// Where to write the example config with the sandbox's URLs.
-        #[arg(long, default_value = ".ml-connector/sandbox.toml")]
+        #[arg(
+            long,
+            default_value = ".ml-connector/sandbox.toml",
+            value_name = "FILE"
+        )]
         write_config: PathBuf,
     },
     /// One sync now: extract, map, validate, post, record.
+    #[command(
+        after_help = "Examples:\n  ml-connector run --config fees.toml\n  ml-connector run --config fees.toml --run-date 2026-11-30"
+    )]
     Run {
         #[command(flatten)]
         cfg: ConfigArgs,
-        /// Run as if today were this date (the period is derived from it).
-        #[arg(long)]
-        run_date: Option<NaiveDate>,
+        #[command(flatten)]
+        date: RunDate,
         /// When D365 holds an *unposted* journal for this data under the same key but with
         /// other lines (the mapping changed), delete it whole and post this one instead.
         /// Without it such a run is a CONFLICT and writes nothing. Posted journals are never
@@ -122,67 +148,97 @@ enum Command {
         #[arg(long)]
         supersede: bool,
         /// Post a period that has not ended yet (or a run date in the future). Refused without
-        /// it: the period's data may still change after it is posted.
+        /// it (exit 64): the period's data may still change after it is posted.
         #[arg(long)]
         allow_open_period: bool,
+        #[command(flatten)]
+        table: TableArg,
     },
     /// Everything but the write: the exact journal lines and the validation report.
+    #[command(after_help = "Example:\n  ml-connector preview --config fees.toml")]
     Preview {
         #[command(flatten)]
         cfg: ConfigArgs,
-        #[arg(long)]
-        run_date: Option<NaiveDate>,
+        #[command(flatten)]
+        date: RunDate,
+        #[command(flatten)]
+        table: TableArg,
     },
     /// Log in to both systems and check the config fits them (source, columns, journal name,
     /// accounts, dimension format).
+    #[command(after_help = "Example:\n  ml-connector check --config fees.toml")]
     Check {
         #[command(flatten)]
         cfg: ConfigArgs,
     },
     /// Re-post what a failed or interrupted run did not get into D365, from its audited lines.
     /// With `--request` (and `--table`), ask the deployed replay Lambda to do it instead.
+    #[command(
+        after_help = "Examples:\n  ml-connector replay r-20261130060000-1a2b3c4d --config fees.toml\n  ml-connector replay r-20261130060000-1a2b3c4d --request --table ml-connector"
+    )]
     Replay {
+        /// The run to finish (as `run`, `runs` and notifications print it: r-…).
         run_id: String,
         /// Instance configuration (TOML); not needed with `--request`.
-        #[arg(long, short, required_unless_present = "request")]
+        #[arg(long, short, required_unless_present = "request", value_name = "FILE")]
         config: Option<PathBuf>,
         #[command(flatten)]
         endpoints: Endpoints,
         /// Write a replay request item for the deployed replay Lambda (needs `--table`).
         #[arg(long)]
         request: bool,
+        #[command(flatten)]
+        table: TableArg,
     },
     /// Instance configuration kept in the deployed table.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// List recent runs from the audit store.
+    /// List recent runs from the audit store, newest first.
+    #[command(
+        after_help = "Examples:\n  ml-connector runs\n  ml-connector runs --instance weekly-marketplace-fees --limit 5"
+    )]
     Runs {
-        #[arg(long)]
+        /// Only runs of this instance (the `instance` name in its config).
+        #[arg(long, value_name = "NAME")]
         instance: Option<String>,
-        #[arg(long, default_value_t = 20)]
+        /// At most this many runs.
+        #[arg(long, default_value_t = 20, value_name = "N")]
         limit: usize,
+        #[command(flatten)]
+        table: TableArg,
     },
     /// A run's audit trail: totals, journal lines, source rows, events, and its reconciliation
     /// (Looker → mapped → residue → D365). With `--config`, D365 is read back now and the new
     /// reconciliation is stored with the run; without it, the last stored one is shown.
+    #[command(
+        after_help = "Examples:\n  ml-connector show r-20261130060000-1a2b3c4d\n  ml-connector show r-20261130060000-1a2b3c4d --config fees.toml --json"
+    )]
     Show {
+        /// The run to show (as `run`, `runs` and notifications print it: r-…).
         run_id: String,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
         /// Instance configuration (TOML): reconcile against D365 now.
-        #[arg(long, short)]
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
         #[command(flatten)]
         endpoints: Endpoints,
+        #[command(flatten)]
+        table: TableArg,
     },
     /// Undo a run's journals: a posted journal gets an inverse journal (same accounts and
     /// dimensions, amounts negated, dated in the next open period), recorded as its own run
     /// linked to the original. An unposted journal is refused unless `--delete-unposted`, which
-    /// deletes the connector's lines instead. Posted entries are never edited. Idempotent.
+    /// deletes the connector's lines instead. Posted entries are never edited. Idempotent: a
+    /// repeat writes nothing and exits 0.
+    #[command(
+        after_help = "Examples:\n  ml-connector reverse r-20261130060000-1a2b3c4d --config fees.toml\n  ml-connector reverse r-20261130060000-1a2b3c4d --config fees.toml --delete-unposted"
+    )]
     Reverse {
+        /// The run whose journals to undo (as `run`, `runs` and `trace` print it: r-…).
         run_id: String,
         #[command(flatten)]
         cfg: ConfigArgs,
@@ -192,15 +248,21 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        table: TableArg,
     },
-    /// Where a D365 journal line came from: REF is the reference at the start of its Text
-    /// (e.g. `e809d1456a-161ac2.L0007`) → run, Look/query and filters, source row(s), config
+    /// Where a D365 journal line came from: run, Look/query and filters, source row(s), config
     /// version.
+    #[command(after_help = "Example:\n  ml-connector trace e809d1456a-161ac2.L0007")]
     Trace {
+        /// The reference at the start of the D365 line's Text (e.g. `e809d1456a-161ac2.L0007`),
+        /// or the whole Text.
         reference: String,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        table: TableArg,
     },
 }
 
@@ -208,7 +270,13 @@ enum Command {
 enum ConfigAction {
     /// Validate FILE and make it the instance's current configuration (needs `--table`).
     /// Runs record the config version they used.
-    Push { file: PathBuf },
+    #[command(after_help = "Example:\n  ml-connector config push fees.toml --table ml-connector")]
+    Push {
+        /// Instance configuration (TOML) to validate and store.
+        file: PathBuf,
+        #[command(flatten)]
+        table: TableArg,
+    },
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
@@ -226,6 +294,7 @@ pub async fn main() -> i32 {
         }
     };
     init_logging(cli.global.verbose);
+    render::set_wide(cli.global.wide);
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -267,6 +336,23 @@ impl Command {
         }
     }
 
+    /// The deployed table, for the commands that can use one.
+    fn table(&self) -> Option<String> {
+        match self {
+            Command::Run { table, .. }
+            | Command::Preview { table, .. }
+            | Command::Replay { table, .. }
+            | Command::Runs { table, .. }
+            | Command::Show { table, .. }
+            | Command::Reverse { table, .. }
+            | Command::Trace { table, .. }
+            | Command::Config {
+                action: ConfigAction::Push { table, .. },
+            } => table.table.clone(),
+            Command::Demo | Command::Sandbox { .. } | Command::Check { .. } => None,
+        }
+    }
+
     /// Commands that only read the store: they say which one, and never create an empty one.
     fn reads_store(&self) -> bool {
         matches!(
@@ -282,7 +368,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         std::env::var(store_path::ENV).ok(),
         cli.command.config_file(),
     );
-    let table = cli.global.table.clone();
+    let table = cli.command.table();
     if table.is_none() && cli.command.reads_store() {
         if !store_path.exists() {
             eprintln!(
@@ -299,9 +385,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Sandbox { write_config } => sandbox_command(&write_config).await,
         Command::Run {
             cfg,
-            run_date,
+            date: RunDate { run_date },
             supersede,
             allow_open_period,
+            ..
         } => {
             if let Some(code) = refuse_open_period(&cfg, run_date, allow_open_period)? {
                 return Ok(code);
@@ -316,7 +403,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
-        Command::Preview { cfg, run_date } => {
+        Command::Preview {
+            cfg,
+            date: RunDate { run_date },
+            ..
+        } => {
             let mode = Mode::Preview;
             run_command(&store_path, table.as_deref(), &cfg, run_date, (mode, false)).await
         }
@@ -331,6 +422,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             config,
             endpoints,
             request: false,
+            ..
         } => {
             let cfg = ConfigArgs {
                 config: config.context("--config is required for a local replay")?,
@@ -339,9 +431,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             replay_command(&store_path, table.as_deref(), &cfg, &run_id).await
         }
         Command::Config {
-            action: ConfigAction::Push { file },
+            action: ConfigAction::Push { file, .. },
         } => config_push(table.as_deref(), &file).await,
-        Command::Runs { instance, limit } => {
+        Command::Runs {
+            instance, limit, ..
+        } => {
             let store = any_store(&store_path, table.as_deref()).await?;
             let runs = store.list_runs(instance.as_deref(), limit).await?;
             out!("{}", render::runs_table(&runs));
@@ -352,6 +446,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             json,
             config,
             endpoints,
+            ..
         } => {
             let cfg = config.map(|config| ConfigArgs { config, endpoints });
             show_command(&store_path, table.as_deref(), &run_id, json, cfg.as_ref()).await
@@ -361,6 +456,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             cfg,
             delete_unposted,
             json,
+            ..
         } => {
             reverse_command(
                 &store_path,
@@ -372,7 +468,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
-        Command::Trace { reference, json } => {
+        Command::Trace {
+            reference, json, ..
+        } => {
             let store = any_store(&store_path, table.as_deref()).await?;
             match crate::controls::trace(store.as_ref(), &reference).await {
                 Ok(t) if json => outln!("{}", serde_json::to_string_pretty(&t.to_json())?),

@@ -1,6 +1,7 @@
 //! Plain-text rendering of journals, runs and audit trails for the terminal.
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rust_decimal::Decimal;
 
@@ -9,6 +10,34 @@ use crate::domain::journal::Journal;
 use crate::domain::reference::DimensionFormat;
 use crate::domain::run::{AuditEvent, LineRecord, RunRecord, SourceRowRecord};
 use crate::engine::{Outcome, RunReport};
+
+/// Table rows are cut to this many characters unless `--wide`.
+pub const WIDTH: usize = 120;
+
+static WIDE: AtomicBool = AtomicBool::new(false);
+
+/// `--wide`: print table rows whole.
+pub fn set_wide(wide: bool) {
+    WIDE.store(wide, Ordering::Relaxed);
+}
+
+/// A table row as printed: whole with `--wide`, else cut to [`WIDTH`] with a `…`.
+fn fit(line: String) -> String {
+    if WIDE.load(Ordering::Relaxed) || line.chars().count() <= WIDTH {
+        line
+    } else {
+        let mut cut: String = line.chars().take(WIDTH - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// `writeln!` for a table row (see [`fit`]).
+macro_rules! row {
+    ($s:expr, $($t:tt)*) => {{
+        let _ = writeln!($s, "{}", fit(format!($($t)*)));
+    }};
+}
 
 fn outcome_label(o: Outcome) -> &'static str {
     match o {
@@ -22,6 +51,15 @@ fn outcome_label(o: Outcome) -> &'static str {
         Outcome::Interrupted => "INTERRUPTED (resumable with replay)",
         Outcome::DuplicatePosted => "DUPLICATE POSTED IN D365 (reverse needed)",
         Outcome::NothingToPost => "NOTHING TO POST (nothing written)",
+    }
+}
+
+/// `1 voucher`, `2 vouchers`.
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
     }
 }
 
@@ -49,10 +87,17 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
         j.journal_name,
         j.description
     );
-    let _ = writeln!(
+    row!(
         s,
         "  {:>4} {:>4} {:<10} {:<24} {:<10} {:>14} {:>14} {:<3}  Text",
-        "Line", "Vchr", "Date", "Account", "Offset", "Debit", "Credit", "Cur"
+        "Line",
+        "Vchr",
+        "Date",
+        "Account",
+        "Offset",
+        "Debit",
+        "Credit",
+        "Cur"
     );
     // Checked: a rejected run's journal (shown by `preview`/`run`) under a very large
     // `amount.max_abs` may add up past a decimal; the total then says so instead of panicking.
@@ -66,7 +111,7 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
                 Some((d, c))
             }
         });
-        let _ = writeln!(
+        row!(
             s,
             "  {:>4} {:>4} {:<10} {:<24} {:<10} {:>14} {:>14} {:<3}  {}",
             l.line_no,
@@ -91,13 +136,17 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
             l.text
         );
     }
-    let _ = writeln!(
+    row!(
         s,
         "  {:>4} {:>4} {:<10} {:<24} {:<10} {:>14} {:>14}      {}",
         "",
         "",
         "Total",
-        format!("{} lines, {} vouchers", j.lines.len(), j.voucher_count()),
+        format!(
+            "{}, {}",
+            plural(j.lines.len(), "line"),
+            plural(j.voucher_count(), "voucher")
+        ),
         "",
         totals.map_or("out of range".to_string(), |t| t.0.to_string()),
         totals.map_or("out of range".to_string(), |t| t.1.to_string()),
@@ -216,13 +265,19 @@ pub fn run_report(r: &RunReport, ctx: &ReportContext<'_>) -> String {
 /// `runs`: one line per run.
 pub fn runs_table(runs: &[RunRecord]) -> String {
     let mut s = String::new();
-    let _ = writeln!(
+    row!(
         s,
         "{:<24} {:<16} {:<26} {:<10} {:<8} {:>6} {:>14}  Journals",
-        "Run", "Status", "Instance", "Period", "Trigger", "Lines", "Source total"
+        "Run",
+        "Status",
+        "Instance",
+        "Period",
+        "Trigger",
+        "Lines",
+        "Source total"
     );
     for r in runs {
-        let _ = writeln!(
+        row!(
             s,
             "{:<24} {:<16} {:<26} {:<10} {:<8} {:>6} {:>14}  {}",
             r.run_id,
@@ -292,18 +347,26 @@ pub fn show_run(
     let t = &run.totals;
     let _ = writeln!(
         s,
-        "  totals          Looker {} → mapped {} (+ rounding residue {}) → D365 debit {} / credit {} in {} of {} lines",
+        "  totals          Looker {} → mapped {} (+ rounding residue {})\n  in D365         debit {} / credit {} in {} of {} lines",
         t.source_total, t.mapped_total, t.rounding_residue, t.created_debit, t.created_credit, t.created_lines, t.journal_lines
     );
 
     let _ = writeln!(s, "\nJournal lines ({})", lines.len());
-    let _ = writeln!(
+    row!(
         s,
         "  {:>4} {:<5} {:<8} {:<10} {:<24} {:>14} {:>14} {:<8} {:<8} Source rows / D365",
-        "Line", "Ent.", "Batch", "Date", "Account", "Debit", "Credit", "Status", "D365 no"
+        "Line",
+        "Ent.",
+        "Batch",
+        "Date",
+        "Account",
+        "Debit",
+        "Credit",
+        "Status",
+        "D365 no"
     );
     for l in lines {
-        let _ = writeln!(
+        row!(
             s,
             "  {:>4} {:<5} {:<8} {:<10} {:<24} {:>14} {:>14} {:<8} {:<8} {:?} {}",
             l.line.line_no,
@@ -328,7 +391,7 @@ pub fn show_run(
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let _ = writeln!(
+        row!(
             s,
             "  row {:>4} {:<8} lines {:?} hash {}  {}",
             r.row_index,
@@ -355,7 +418,7 @@ pub fn show_run(
             }
             _ => e.message.clone(),
         };
-        let _ = writeln!(
+        row!(
             s,
             "  {} {:<5} {:<10} {}",
             e.at.format("%H:%M:%S%.3f"),

@@ -537,13 +537,15 @@ impl<'a> Engine<'a> {
                 "run finished: {message}"
             );
         }
-        self.event(
-            &run.run_id,
-            level,
-            "finish",
-            format!("{}: {message}", status.as_str()),
-        )
-        .await;
+        // The status once: messages that already start with it ("rejected: …", "already
+        // posted …") are not prefixed again.
+        let said = status.as_str().replace('_', " ");
+        let finish = if message.starts_with(status.as_str()) || message.starts_with(&said) {
+            message.clone()
+        } else {
+            format!("{}: {message}", status.as_str())
+        };
+        self.event(&run.run_id, level, "finish", finish).await;
         let outcome = match status {
             RunStatus::Completed => Outcome::Posted,
             RunStatus::AlreadyPosted => Outcome::AlreadyPosted,
