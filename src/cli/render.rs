@@ -136,7 +136,8 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
             l.text
         );
     }
-    row!(
+    // Not cut: its last column says whether the journal balances.
+    let _ = writeln!(
         s,
         "  {:>4} {:>4} {:<10} {:<24} {:<10} {:>14} {:>14}      {}",
         "",
