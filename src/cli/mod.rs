@@ -66,6 +66,10 @@ struct Global {
     /// `ml-connector/audit.sqlite` in the per-user data directory (e.g. ~/.local/share).
     #[arg(long, global = true, value_name = "PATH")]
     store: Option<PathBuf>,
+    /// Only the result on stdout: no progress steps and no "store:" line on stderr (errors are
+    /// still printed).
+    #[arg(short, long, global = true)]
+    quiet: bool,
     /// Print table rows whole instead of cutting them at 120 characters.
     #[arg(long, global = true)]
     wide: bool,
@@ -151,6 +155,9 @@ enum Command {
         /// it (exit 64): the period's data may still change after it is posted.
         #[arg(long)]
         allow_open_period: bool,
+        /// Machine-readable output (shape in the README).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         table: TableArg,
     },
@@ -161,6 +168,9 @@ enum Command {
         cfg: ConfigArgs,
         #[command(flatten)]
         date: RunDate,
+        /// Machine-readable output (shape in the README).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         table: TableArg,
     },
@@ -206,6 +216,9 @@ enum Command {
         /// At most this many runs.
         #[arg(long, default_value_t = 20, value_name = "N")]
         limit: usize,
+        /// Machine-readable output: an array of run records.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         table: TableArg,
     },
@@ -295,6 +308,7 @@ pub async fn main() -> i32 {
     };
     init_logging(cli.global.verbose);
     render::set_wide(cli.global.wide);
+    QUIET.store(cli.global.quiet, Ordering::Relaxed);
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -378,7 +392,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             );
             return Ok(exit::FAILED);
         }
-        eprintln!("store: {} ({})", store_path.display(), origin.describe());
+        if !cli.global.quiet {
+            eprintln!("store: {} ({})", store_path.display(), origin.describe());
+        }
     }
     match cli.command {
         Command::Demo => demo_command(&store_path).await,
@@ -388,6 +404,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             date: RunDate { run_date },
             supersede,
             allow_open_period,
+            json,
             ..
         } => {
             if let Some(code) = refuse_open_period(&cfg, run_date, allow_open_period)? {
@@ -399,17 +416,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 table.as_deref(),
                 &cfg,
                 run_date,
-                (mode, supersede),
+                (mode, supersede, json),
             )
             .await
         }
         Command::Preview {
             cfg,
             date: RunDate { run_date },
+            json,
             ..
         } => {
             let mode = Mode::Preview;
-            run_command(&store_path, table.as_deref(), &cfg, run_date, (mode, false)).await
+            run_command(
+                &store_path,
+                table.as_deref(),
+                &cfg,
+                run_date,
+                (mode, false, json),
+            )
+            .await
         }
         Command::Check { cfg } => check_command(&cfg).await,
         Command::Replay {
@@ -434,11 +459,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             action: ConfigAction::Push { file, .. },
         } => config_push(table.as_deref(), &file).await,
         Command::Runs {
-            instance, limit, ..
+            instance,
+            limit,
+            json,
+            ..
         } => {
             let store = any_store(&store_path, table.as_deref()).await?;
             let runs = store.list_runs(instance.as_deref(), limit).await?;
-            out!("{}", render::runs_table(&runs));
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                out!("{}", terminal::clean(&render::runs_table(&runs)));
+            }
             Ok(exit::OK)
         }
         Command::Show {
@@ -861,11 +893,19 @@ impl Default for TerminalProgress {
     }
 }
 
+/// `--quiet`: no progress on stderr.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Progress for TerminalProgress {
     fn step(&self, message: &str) {
-        eprintln!("→ {message}");
+        if !QUIET.load(Ordering::Relaxed) {
+            eprintln!("→ {message}");
+        }
     }
     fn line_posted(&self, done: usize, total: usize) {
+        if QUIET.load(Ordering::Relaxed) {
+            return;
+        }
         if self.tty {
             eprint!("\r  journal lines done: {done}/{total}");
             if done == total {
@@ -893,7 +933,7 @@ async fn run_command(
     table: Option<&str>,
     args: &ConfigArgs,
     run_date: Option<NaiveDate>,
-    (mode, supersede): (Mode, bool),
+    (mode, supersede, json): (Mode, bool, bool),
 ) -> anyhow::Result<i32> {
     let (cfg, clients) = load_instance(args)?;
     let store = any_store(store_path, table).await?;
@@ -919,8 +959,16 @@ async fn run_command(
         fix: fix_for(&report, store.as_ref(), mode).await,
         stored,
     };
-    out!("{}", terminal::clean(&render::run_report(&report, &ctx)));
-    Ok(exit::of(report.outcome))
+    let code = exit::of(report.outcome);
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&render::run_json(&report, &ctx, code))?
+        );
+    } else {
+        out!("{}", terminal::clean(&render::run_report(&report, &ctx)));
+    }
+    Ok(code)
 }
 
 /// The store a suggested command must name to find this invocation's audit trail.

@@ -263,6 +263,49 @@ pub fn run_report(r: &RunReport, ctx: &ReportContext<'_>) -> String {
     s
 }
 
+/// The stable `--json` shape of `run`, `preview` and `replay` (documented in the README): the
+/// outcome and its exit code, the run as recorded, what to do next, the problems, and the
+/// journals exactly as planned.
+pub fn run_json(r: &RunReport, ctx: &ReportContext<'_>, exit_code: i32) -> serde_json::Value {
+    let run = &r.run;
+    serde_json::json!({
+        "outcome": outcome_key(r.outcome),
+        "exit_code": exit_code,
+        "stored": ctx.stored,
+        "run_id": run.run_id,
+        "instance": run.instance,
+        "period": run.period,
+        "run_key": run.keys.run_key,
+        "status": run.status.as_str(),
+        "message": run.message.as_deref().map(|m| ctx.hints.apply(m)),
+        "fix": ctx.fix.as_deref().map(|f| ctx.hints.apply(f)),
+        "issues": r.issues.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        "totals": run.totals,
+        "journals": r.journals,
+        "posted": run
+            .journals
+            .iter()
+            .map(|(le, b)| serde_json::json!({ "legal_entity": le, "batch_number": b }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The outcome as a stable machine-readable word.
+fn outcome_key(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Posted => "posted",
+        Outcome::AlreadyPosted => "already_posted",
+        Outcome::Previewed => "previewed",
+        Outcome::Rejected => "rejected",
+        Outcome::Conflict => "conflict",
+        Outcome::Busy => "busy",
+        Outcome::Failed => "failed",
+        Outcome::Interrupted => "interrupted",
+        Outcome::DuplicatePosted => "duplicate_posted",
+        Outcome::NothingToPost => "nothing_to_post",
+    }
+}
+
 /// `runs`: one line per run.
 pub fn runs_table(runs: &[RunRecord]) -> String {
     let mut s = String::new();
