@@ -26,7 +26,11 @@ async fn run_preview_and_runs_speak_json_and_quiet_is_quiet() {
     assert_eq!(v["exit_code"], 0);
     assert_eq!(v["stored"], false);
     assert_eq!(v["journals"][0]["lines"].as_array().unwrap().len(), 14);
-    assert!(out.stderr.is_empty(), "--quiet: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "--quiet: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = cli(
         args(&["run", "--config", c, "--store", s, "--json"]),
@@ -46,5 +50,25 @@ async fn run_preview_and_runs_speak_json_and_quiet_is_quiet() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("runs json");
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["run_id"], run_id.as_str());
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_for_bash_zsh_and_fish() {
+    for (shell, needle) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef ml-connector"),
+        ("fish", "complete -c ml-connector"),
+    ] {
+        let out = cli(args(&["completions", shell]), vec![]).await;
+        let t = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out));
+        assert!(t.contains(needle) && t.contains("reverse"), "{shell}:\n{t}");
+    }
+    let out = cli(args(&["completions", "tcsh"]), vec![]).await;
+    assert_eq!(out.status.code(), Some(64));
 }

@@ -200,6 +200,14 @@ enum Command {
         #[command(flatten)]
         table: TableArg,
     },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  ml-connector completions bash > ~/.local/share/bash-completion/completions/ml-connector\n  ml-connector completions zsh > ~/.zfunc/_ml-connector\n  ml-connector completions fish > ~/.config/fish/completions/ml-connector.fish"
+    )]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Instance configuration kept in the deployed table.
     Config {
         #[command(subcommand)]
@@ -363,7 +371,10 @@ impl Command {
             | Command::Config {
                 action: ConfigAction::Push { table, .. },
             } => table.table.clone(),
-            Command::Demo | Command::Sandbox { .. } | Command::Check { .. } => None,
+            Command::Demo
+            | Command::Sandbox { .. }
+            | Command::Check { .. }
+            | Command::Completions { .. } => None,
         }
     }
 
@@ -398,6 +409,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
     match cli.command {
         Command::Demo => demo_command(&store_path).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "ml-connector", &mut buf);
+            out!("{}", String::from_utf8_lossy(&buf));
+            Ok(exit::OK)
+        }
         Command::Sandbox { write_config } => sandbox_command(&write_config).await,
         Command::Run {
             cfg,
