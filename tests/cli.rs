@@ -167,7 +167,8 @@ async fn run_preview_check_show_with_exit_codes() {
     assert_eq!(v["run"]["status"], "completed");
     assert_eq!(v["lines"].as_array().unwrap().len(), 14);
 
-    // A closed period: rejected, exit 2, nothing new in D365.
+    // A closed period: rejected, exit 2, nothing new in D365. (That week has not ended yet,
+    // so posting it needs --allow-open-period.)
     let next_week = w.period_end() + chrono::Duration::days(7);
     w.d365
         .set_period_status("usmf", next_week, PeriodStatus::Closed);
@@ -175,6 +176,7 @@ async fn run_preview_check_show_with_exit_codes() {
     a.extend(args(&[
         "--run-date",
         &(next_week + chrono::Duration::days(3)).to_string(),
+        "--allow-open-period",
     ]));
     let out = cli(a, sandbox_env()).await;
     let t = text(&out);

@@ -26,10 +26,10 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
     let today = chrono::Utc::now().date_naive();
     let looker = LookerSim::start(LookerSeed::demo(today)).await?;
     let d365 = D365Sim::start(D365Seed::demo(today)).await?;
-    println!("Sandbox started on loopback:");
-    println!("  Looker API 4.0      {}", looker.base_url());
-    println!("  D365 F&O (OData)    {}", d365.environment_url());
-    println!("  Entra ID authority  {}", d365.authority_url());
+    outln!("Sandbox started on loopback:");
+    outln!("  Looker API 4.0      {}", looker.base_url());
+    outln!("  D365 F&O (OData)    {}", d365.environment_url());
+    outln!("  Entra ID authority  {}", d365.authority_url());
 
     let mut cfg = InstanceConfig::from_toml(EXAMPLE_CONFIG)?;
     cfg.looker.base_url = looker.base_url();
@@ -60,17 +60,28 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
         deadline: None,
         supersede: false,
     };
-    println!(
+    outln!(
         "\nRunning instance `{}` (config infra/config/weekly-marketplace-fees.toml) for the week before {today}",
         cfg.instance
     );
     let first = engine.run(&cfg, &opts).await?;
-    print!("{}", render::run_report(&first, store_path));
+    // The sandbox stops with the demo, so no config is named: no suggestion of a command
+    // that would need it (reverse, replay) is printed.
+    let hints = super::hints::Hints::new(None, super::hints::StoreArg::Sqlite(store_path.into()));
+    let ctx = render::ReportContext {
+        hints: &hints,
+        fix: super::fix_for(&first, &store, Mode::Post).await,
+        stored: true,
+    };
+    out!(
+        "{}",
+        super::terminal::clean(&render::run_report(&first, &ctx))
+    );
 
     // What the sandbox D365 holds, read from the simulator itself, not from our client.
     let headers = d365.headers();
     let lines = d365.lines();
-    println!("\nSandbox D365 now holds {} journal(s):", headers.len());
+    outln!("\nSandbox D365 now holds {} journal(s):", headers.len());
     for h in &headers {
         let ls: Vec<_> = lines
             .iter()
@@ -78,7 +89,7 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
             .collect();
         let debit: Decimal = ls.iter().map(|l| l.debit).sum();
         let credit: Decimal = ls.iter().map(|l| l.credit).sum();
-        println!(
+        outln!(
             "  {}/{} \"{}\": {} lines, debit {debit}, credit {credit}, {}, {}",
             h.legal_entity,
             h.batch_number,
@@ -97,9 +108,9 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
         );
     }
 
-    println!("\nRunning the same period again (a retry, a second delivery, a second cron tick):");
+    outln!("\nRunning the same period again (a retry, a second delivery, a second cron tick):");
     let second = engine.run(&cfg, &opts).await?;
-    println!(
+    outln!(
         "  {}: {}",
         match second.outcome {
             Outcome::AlreadyPosted => "already posted",
@@ -107,20 +118,20 @@ pub async fn run(store_path: &Path) -> anyhow::Result<i32> {
         },
         second.run.message.as_deref().unwrap_or("")
     );
-    println!(
+    outln!(
         "  Sandbox D365 still holds {} journal(s) and {} line(s).",
         d365.headers().len(),
         d365.lines().len()
     );
-    println!(
+    outln!(
         "\nAudit trail: ml-connector runs --store {s}\n             ml-connector show {} --store {s}",
         first.run.run_id,
         s = store_path.display()
     );
     if second.outcome != Outcome::AlreadyPosted {
-        return Ok(1);
+        return Ok(super::exit::FAILED);
     }
-    Ok(first.outcome.exit_code())
+    Ok(super::exit::of(first.outcome))
 }
 
 /// `ml-connector sandbox`: serve the simulators until Ctrl-C (or SIGTERM), with a config file
@@ -142,15 +153,15 @@ pub async fn serve(config_out: &Path) -> anyhow::Result<i32> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(config_out, text)?;
-    println!("Sandbox running on loopback (Ctrl-C to stop):");
-    println!("  Looker API 4.0      {}", looker.base_url());
-    println!("  D365 F&O (OData)    {}", d365.environment_url());
-    println!("  Entra ID authority  {}", d365.authority_url());
-    println!("Config written to {}", config_out.display());
-    println!("Sandbox credentials (test values, not secrets):");
-    println!("  export MLC_LOOKER_CLIENT_ID={SANDBOX_LOOKER_CLIENT_ID} MLC_LOOKER_CLIENT_SECRET={SANDBOX_LOOKER_CLIENT_SECRET}");
-    println!("  export MLC_D365_TENANT_ID={SANDBOX_TENANT} MLC_D365_CLIENT_ID={SANDBOX_CLIENT_ID} MLC_D365_CLIENT_SECRET={SANDBOX_CLIENT_SECRET}");
-    println!("Then: ml-connector check --config {p}; ml-connector preview --config {p}; ml-connector run --config {p}", p = config_out.display());
+    outln!("Sandbox running on loopback (Ctrl-C to stop):");
+    outln!("  Looker API 4.0      {}", looker.base_url());
+    outln!("  D365 F&O (OData)    {}", d365.environment_url());
+    outln!("  Entra ID authority  {}", d365.authority_url());
+    outln!("Config written to {}", config_out.display());
+    outln!("Sandbox credentials (test values, not secrets):");
+    outln!("  export MLC_LOOKER_CLIENT_ID={SANDBOX_LOOKER_CLIENT_ID} MLC_LOOKER_CLIENT_SECRET={SANDBOX_LOOKER_CLIENT_SECRET}");
+    outln!("  export MLC_D365_TENANT_ID={SANDBOX_TENANT} MLC_D365_CLIENT_ID={SANDBOX_CLIENT_ID} MLC_D365_CLIENT_SECRET={SANDBOX_CLIENT_SECRET}");
+    outln!("Then: ml-connector check --config {p}; ml-connector preview --config {p}; ml-connector run --config {p}", p = config_out.display());
     use std::io::Write;
     std::io::stdout().flush()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -159,10 +170,10 @@ pub async fn serve(config_out: &Path) -> anyhow::Result<i32> {
         _ = term.recv() => {}
     }
     let headers = d365.headers();
-    println!(
+    outln!(
         "\nStopping. The sandbox D365 held {} journal(s) and {} line(s).",
         headers.len(),
         d365.lines().len()
     );
-    Ok(0)
+    Ok(super::exit::OK)
 }

@@ -5,9 +5,30 @@
 //! store, runs the engine and renders what happened. Exit codes: 0 done (including "already
 //! posted"), 2 rejected by validation (nothing written), 1 any other failure.
 
+/// `print!` that ends quietly when stdout is closed (`ml-connector runs | head -1`) instead of
+/// panicking after the work is done and recorded.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `println!` that ends quietly when stdout is closed; see [`out!`].
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 #[cfg(feature = "sandbox")]
 mod demo;
+mod exit;
+mod hints;
 mod render;
+mod store_path;
+mod terminal;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -26,11 +47,12 @@ use crate::looker::{ExtractPath, LookerClient, LookerSettings};
 use crate::secrets::Credentials;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+use hints::{Hints, StoreArg};
 
 /// Posts numbers from a Looker model into the Dynamics 365 F&O general ledger as balanced,
 /// audited journals.
 #[derive(Debug, Parser)]
-#[command(name = "ml-connector", version, about, long_about = None)]
+#[command(name = "ml-connector", version, about, long_about = None, after_help = exit::TABLE)]
 pub struct Cli {
     #[command(flatten)]
     global: Global,
@@ -40,18 +62,17 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct Global {
-    /// Audit store (SQLite file).
-    #[arg(
-        long,
-        global = true,
-        env = "MLC_STORE",
-        default_value = ".ml-connector/audit.sqlite"
-    )]
-    store: PathBuf,
-    /// Use the deployed DynamoDB table (audit trail, configs, replay requests) instead of the
-    /// local SQLite store. Needs AWS credentials in the environment.
-    #[arg(long, global = true, env = "MLC_TABLE")]
-    table: Option<String>,
+    /// Audit store (SQLite file). Without it: `MLC_STORE`, else the config's `store`, else
+    /// `ml-connector/audit.sqlite` in the per-user data directory (e.g. ~/.local/share).
+    #[arg(long, global = true, value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// Only the result on stdout: no progress steps and no "store:" line on stderr (errors are
+    /// still printed).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Print table rows whole instead of cutting them at 120 characters.
+    #[arg(long, global = true)]
+    wide: bool,
     /// More log output on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -72,95 +93,173 @@ struct Endpoints {
 
 #[derive(Debug, Args)]
 struct ConfigArgs {
-    /// Instance configuration (TOML).
-    #[arg(long, short)]
+    /// Instance configuration (TOML): the Looker source, the mapping and the D365 journal.
+    #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
     #[command(flatten)]
     endpoints: Endpoints,
 }
 
+/// `--table`: only on the commands that can use the deployed table (not `demo`, `sandbox`,
+/// `check`).
+#[derive(Debug, Args)]
+struct TableArg {
+    /// Use the deployed DynamoDB table (audit trail, configs, replay requests) instead of the
+    /// local SQLite store. Needs AWS credentials in the environment.
+    #[arg(long, env = "MLC_TABLE", value_name = "TABLE")]
+    table: Option<String>,
+}
+
+/// `--run-date`.
+#[derive(Debug, Args)]
+struct RunDate {
+    /// Run as if today were this date (YYYY-MM-DD, UTC): the period is the one a scheduled run
+    /// on that day covers (for `kind = "week"`, the week before it). Default: today.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    run_date: Option<NaiveDate>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the built-in sandbox and post the example weekly fee journal end to end.
+    #[command(after_help = "Example:\n  ml-connector demo")]
     Demo,
     /// Keep the sandbox (Looker, D365, Entra simulators) running on loopback until Ctrl-C, and
     /// write a config pointing at it; try `check`, `preview` and `run` against it.
+    #[command(after_help = "Example:\n  ml-connector sandbox --write-config /tmp/sandbox.toml")]
     Sandbox {
         /// Where to write the example config with the sandbox's URLs.
-        #[arg(long, default_value = ".ml-connector/sandbox.toml")]
+        #[arg(
+            long,
+            default_value = ".ml-connector/sandbox.toml",
+            value_name = "FILE"
+        )]
         write_config: PathBuf,
     },
     /// One sync now: extract, map, validate, post, record.
+    #[command(
+        after_help = "Examples:\n  ml-connector run --config fees.toml\n  ml-connector run --config fees.toml --run-date 2026-11-30"
+    )]
     Run {
         #[command(flatten)]
         cfg: ConfigArgs,
-        /// Run as if today were this date (the period is derived from it).
-        #[arg(long)]
-        run_date: Option<NaiveDate>,
+        #[command(flatten)]
+        date: RunDate,
         /// When D365 holds an *unposted* journal for this data under the same key but with
         /// other lines (the mapping changed), delete it whole and post this one instead.
         /// Without it such a run is a CONFLICT and writes nothing. Posted journals are never
         /// replaced: reverse them.
         #[arg(long)]
         supersede: bool,
+        /// Post a period that has not ended yet (or a run date in the future). Refused without
+        /// it (exit 64): the period's data may still change after it is posted.
+        #[arg(long)]
+        allow_open_period: bool,
+        /// Machine-readable output (shape in the README).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        table: TableArg,
     },
     /// Everything but the write: the exact journal lines and the validation report.
+    #[command(after_help = "Example:\n  ml-connector preview --config fees.toml")]
     Preview {
         #[command(flatten)]
         cfg: ConfigArgs,
+        #[command(flatten)]
+        date: RunDate,
+        /// Machine-readable output (shape in the README).
         #[arg(long)]
-        run_date: Option<NaiveDate>,
+        json: bool,
+        #[command(flatten)]
+        table: TableArg,
     },
     /// Log in to both systems and check the config fits them (source, columns, journal name,
     /// accounts, dimension format).
+    #[command(after_help = "Example:\n  ml-connector check --config fees.toml")]
     Check {
         #[command(flatten)]
         cfg: ConfigArgs,
     },
     /// Re-post what a failed or interrupted run did not get into D365, from its audited lines.
     /// With `--request` (and `--table`), ask the deployed replay Lambda to do it instead.
+    #[command(
+        after_help = "Examples:\n  ml-connector replay r-20261130060000-1a2b3c4d --config fees.toml\n  ml-connector replay r-20261130060000-1a2b3c4d --request --table ml-connector"
+    )]
     Replay {
+        /// The run to finish (as `run`, `runs` and notifications print it: r-…).
         run_id: String,
         /// Instance configuration (TOML); not needed with `--request`.
-        #[arg(long, short, required_unless_present = "request")]
+        #[arg(long, short, required_unless_present = "request", value_name = "FILE")]
         config: Option<PathBuf>,
         #[command(flatten)]
         endpoints: Endpoints,
         /// Write a replay request item for the deployed replay Lambda (needs `--table`).
         #[arg(long)]
         request: bool,
+        #[command(flatten)]
+        table: TableArg,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  ml-connector completions bash > ~/.local/share/bash-completion/completions/ml-connector\n  ml-connector completions zsh > ~/.zfunc/_ml-connector\n  ml-connector completions fish > ~/.config/fish/completions/ml-connector.fish"
+    )]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
     /// Instance configuration kept in the deployed table.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// List recent runs from the audit store.
+    /// List recent runs from the audit store, newest first.
+    #[command(
+        after_help = "Examples:\n  ml-connector runs\n  ml-connector runs --instance weekly-marketplace-fees --limit 5"
+    )]
     Runs {
-        #[arg(long)]
+        /// Only runs of this instance (the `instance` name in its config).
+        #[arg(long, value_name = "NAME")]
         instance: Option<String>,
-        #[arg(long, default_value_t = 20)]
+        /// At most this many runs.
+        #[arg(long, default_value_t = 20, value_name = "N")]
         limit: usize,
+        /// Machine-readable output: an array of run records.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        table: TableArg,
     },
     /// A run's audit trail: totals, journal lines, source rows, events, and its reconciliation
     /// (Looker → mapped → residue → D365). With `--config`, D365 is read back now and the new
     /// reconciliation is stored with the run; without it, the last stored one is shown.
+    #[command(
+        after_help = "Examples:\n  ml-connector show r-20261130060000-1a2b3c4d\n  ml-connector show r-20261130060000-1a2b3c4d --config fees.toml --json"
+    )]
     Show {
+        /// The run to show (as `run`, `runs` and notifications print it: r-…).
         run_id: String,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
         /// Instance configuration (TOML): reconcile against D365 now.
-        #[arg(long, short)]
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
         #[command(flatten)]
         endpoints: Endpoints,
+        #[command(flatten)]
+        table: TableArg,
     },
     /// Undo a run's journals: a posted journal gets an inverse journal (same accounts and
     /// dimensions, amounts negated, dated in the next open period), recorded as its own run
     /// linked to the original. An unposted journal is refused unless `--delete-unposted`, which
-    /// deletes the connector's lines instead. Posted entries are never edited. Idempotent.
+    /// deletes the connector's lines instead. Posted entries are never edited. Idempotent: a
+    /// repeat writes nothing and exits 0.
+    #[command(
+        after_help = "Examples:\n  ml-connector reverse r-20261130060000-1a2b3c4d --config fees.toml\n  ml-connector reverse r-20261130060000-1a2b3c4d --config fees.toml --delete-unposted"
+    )]
     Reverse {
+        /// The run whose journals to undo (as `run`, `runs` and `trace` print it: r-…).
         run_id: String,
         #[command(flatten)]
         cfg: ConfigArgs,
@@ -170,15 +269,21 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        table: TableArg,
     },
-    /// Where a D365 journal line came from: REF is the reference at the start of its Text
-    /// (e.g. `e809d1456a-161ac2.L0007`) → run, Look/query and filters, source row(s), config
+    /// Where a D365 journal line came from: run, Look/query and filters, source row(s), config
     /// version.
+    #[command(after_help = "Example:\n  ml-connector trace e809d1456a-161ac2.L0007")]
     Trace {
+        /// The reference at the start of the D365 line's Text (e.g. `e809d1456a-161ac2.L0007`),
+        /// or the whole Text.
         reference: String,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        table: TableArg,
     },
 }
 
@@ -186,25 +291,47 @@ enum Command {
 enum ConfigAction {
     /// Validate FILE and make it the instance's current configuration (needs `--table`).
     /// Runs record the config version they used.
-    Push { file: PathBuf },
+    #[command(after_help = "Example:\n  ml-connector config push fees.toml --table ml-connector")]
+    Push {
+        /// Instance configuration (TOML) to validate and store.
+        file: PathBuf,
+        #[command(flatten)]
+        table: TableArg,
+    },
 }
 
 /// Parses arguments, runs the command and returns the process exit code.
 pub async fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // `--help` and `--version` are not errors.
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
     init_logging(cli.global.verbose);
+    render::set_wide(cli.global.wide);
+    QUIET.store(cli.global.quiet, Ordering::Relaxed);
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            1
+            eprintln!("error: {}", terminal::clean(&format!("{e:#}")));
+            exit::FAILED
         }
     }
 }
 
+/// The log goes to stderr only on request (`-v`, `RUST_LOG`): everything a user must know is in
+/// the command's own output, once; the log would repeat each error (and every retry) again.
+/// Colour only when stderr is a terminal.
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        0 => "off",
         1 => "info",
         _ => "debug",
     };
@@ -213,34 +340,119 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
 
+impl Command {
+    /// The config file the command was given, if any (it may name the store).
+    fn config_file(&self) -> Option<&Path> {
+        match self {
+            Command::Run { cfg, .. }
+            | Command::Preview { cfg, .. }
+            | Command::Check { cfg }
+            | Command::Reverse { cfg, .. } => Some(&cfg.config),
+            Command::Replay { config, .. } | Command::Show { config, .. } => config.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The deployed table, for the commands that can use one.
+    fn table(&self) -> Option<String> {
+        match self {
+            Command::Run { table, .. }
+            | Command::Preview { table, .. }
+            | Command::Replay { table, .. }
+            | Command::Runs { table, .. }
+            | Command::Show { table, .. }
+            | Command::Reverse { table, .. }
+            | Command::Trace { table, .. }
+            | Command::Config {
+                action: ConfigAction::Push { table, .. },
+            } => table.table.clone(),
+            Command::Demo
+            | Command::Sandbox { .. }
+            | Command::Check { .. }
+            | Command::Completions { .. } => None,
+        }
+    }
+
+    /// Commands that only read the store: they say which one, and never create an empty one.
+    fn reads_store(&self) -> bool {
+        matches!(
+            self,
+            Command::Runs { .. } | Command::Show { .. } | Command::Trace { .. }
+        )
+    }
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let store_path = cli.global.store.clone();
-    let table = cli.global.table.clone();
+    let (store_path, origin) = store_path::resolve(
+        cli.global.store.as_deref(),
+        std::env::var(store_path::ENV).ok(),
+        cli.command.config_file(),
+    );
+    let table = cli.command.table();
+    if table.is_none() && cli.command.reads_store() {
+        if !store_path.exists() {
+            eprintln!(
+                "error: no audit store at {} ({}): no run was recorded there. Name the store of your runs with --store PATH, MLC_STORE or `store` in the config.",
+                store_path.display(),
+                origin.describe()
+            );
+            return Ok(exit::FAILED);
+        }
+        if !cli.global.quiet {
+            eprintln!("store: {} ({})", store_path.display(), origin.describe());
+        }
+    }
     match cli.command {
         Command::Demo => demo_command(&store_path).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "ml-connector", &mut buf);
+            out!("{}", String::from_utf8_lossy(&buf));
+            Ok(exit::OK)
+        }
         Command::Sandbox { write_config } => sandbox_command(&write_config).await,
         Command::Run {
             cfg,
-            run_date,
+            date: RunDate { run_date },
             supersede,
+            allow_open_period,
+            json,
+            ..
         } => {
+            if let Some(code) = refuse_open_period(&cfg, run_date, allow_open_period)? {
+                return Ok(code);
+            }
             let mode = Mode::Post;
             run_command(
                 &store_path,
                 table.as_deref(),
                 &cfg,
                 run_date,
-                (mode, supersede),
+                (mode, supersede, json),
             )
             .await
         }
-        Command::Preview { cfg, run_date } => {
+        Command::Preview {
+            cfg,
+            date: RunDate { run_date },
+            json,
+            ..
+        } => {
             let mode = Mode::Preview;
-            run_command(&store_path, table.as_deref(), &cfg, run_date, (mode, false)).await
+            run_command(
+                &store_path,
+                table.as_deref(),
+                &cfg,
+                run_date,
+                (mode, false, json),
+            )
+            .await
         }
         Command::Check { cfg } => check_command(&cfg).await,
         Command::Replay {
@@ -253,6 +465,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             config,
             endpoints,
             request: false,
+            ..
         } => {
             let cfg = ConfigArgs {
                 config: config.context("--config is required for a local replay")?,
@@ -261,19 +474,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             replay_command(&store_path, table.as_deref(), &cfg, &run_id).await
         }
         Command::Config {
-            action: ConfigAction::Push { file },
+            action: ConfigAction::Push { file, .. },
         } => config_push(table.as_deref(), &file).await,
-        Command::Runs { instance, limit } => {
+        Command::Runs {
+            instance,
+            limit,
+            json,
+            ..
+        } => {
             let store = any_store(&store_path, table.as_deref()).await?;
             let runs = store.list_runs(instance.as_deref(), limit).await?;
-            print!("{}", render::runs_table(&runs));
-            Ok(0)
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                out!("{}", terminal::clean(&render::runs_table(&runs)));
+            }
+            Ok(exit::OK)
         }
         Command::Show {
             run_id,
             json,
             config,
             endpoints,
+            ..
         } => {
             let cfg = config.map(|config| ConfigArgs { config, endpoints });
             show_command(&store_path, table.as_deref(), &run_id, json, cfg.as_ref()).await
@@ -283,6 +506,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             cfg,
             delete_unposted,
             json,
+            ..
         } => {
             reverse_command(
                 &store_path,
@@ -294,19 +518,51 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
-        Command::Trace { reference, json } => {
+        Command::Trace {
+            reference, json, ..
+        } => {
             let store = any_store(&store_path, table.as_deref()).await?;
             match crate::controls::trace(store.as_ref(), &reference).await {
-                Ok(t) if json => println!("{}", serde_json::to_string_pretty(&t)?),
-                Ok(t) => print!("{}", t.render()),
+                Ok(t) if json => outln!("{}", serde_json::to_string_pretty(&t.to_json())?),
+                Ok(t) => out!("{}", terminal::clean(&t.render())),
                 Err(e) => {
-                    eprintln!("error: {e}");
-                    return Ok(1);
+                    eprintln!("error: {}", terminal::clean(&e.to_string()));
+                    return Ok(exit::FAILED);
                 }
             }
-            Ok(0)
+            Ok(exit::OK)
         }
     }
+}
+
+/// A run of a period that has not ended (or dated in the future) is refused unless the user
+/// asks for it: its data may still change after it is posted.
+fn refuse_open_period(
+    args: &ConfigArgs,
+    run_date: Option<NaiveDate>,
+    allow: bool,
+) -> anyhow::Result<Option<i32>> {
+    if allow {
+        return Ok(None);
+    }
+    let today = today();
+    let run_date = run_date.unwrap_or(today);
+    let cfg = load_config(&args.config)?;
+    let period = cfg.period.kind.period_for(run_date);
+    let why = if run_date > today {
+        format!("run date {run_date} is in the future (today is {today} UTC)")
+    } else if period.end >= today {
+        format!(
+            "period {} ({} to {}) has not ended yet (today is {today} UTC)",
+            period.label, period.start, period.end
+        )
+    } else {
+        return Ok(None);
+    };
+    eprintln!(
+        "refused: {why}; its data may still change after it is posted. Nothing was done. To post it anyway, add --allow-open-period."
+    );
+    Ok(Some(exit::USAGE))
 }
 
 /// `show`: the audit trail plus the reconciliation (fresh with `--config`, else the stored one).
@@ -320,7 +576,7 @@ async fn show_command(
     let store = any_store(store_path, table).await?;
     let Some(run) = store.get_run(run_id).await? else {
         eprintln!("error: run {run_id} not found in {}", store_path.display());
-        return Ok(1);
+        return Ok(exit::FAILED);
     };
     let reconciliation = match cfg {
         Some(args) => {
@@ -328,8 +584,11 @@ async fn show_command(
             match crate::controls::reconcile(store.as_ref(), &clients.d365, &cfg, run_id).await {
                 Ok(r) => Some(r),
                 Err(e) => {
-                    eprintln!("error: reconciliation of run {run_id} failed: {e}");
-                    return Ok(1);
+                    eprintln!(
+                        "error: reconciliation of run {run_id} failed: {}",
+                        terminal::clean(&e.to_string())
+                    );
+                    return Ok(exit::FAILED);
                 }
             }
         }
@@ -349,14 +608,19 @@ async fn show_command(
             "events": events,
             "reconciliation": reconciliation,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", render::show_run(&run, &rows, &lines, &events));
-        println!();
+        out!(
+            "{}",
+            terminal::clean(&render::show_run(&run, &rows, &lines, &events))
+        );
+        outln!();
         match &reconciliation {
-            Some(r) => print!("{}", r.render()),
-            None => println!(
-                "Reconciliation: none stored yet; run `ml-connector show {run_id} --config FILE` to read D365 back and reconcile"
+            Some(r) => out!("{}", r.render()),
+            None => outln!(
+                "Reconciliation: none stored yet; run {} to read D365 back and reconcile",
+                Hints::new(None, store_arg(store_path, table))
+                    .apply(&format!("`ml-connector show {run_id} --config FILE`"))
             ),
         }
     }
@@ -379,29 +643,31 @@ async fn reverse_command(
         delete_unposted,
         lease: CLI_LEASE,
     };
+    let hints = Hints::new(Some(&args.config), store_arg(store_path, table));
     match crate::controls::reverse(store.as_ref(), &clients.d365, &cfg, run_id, &opts).await {
         Ok(r) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                println!("{}", r.message);
+                outln!("{}", hints.apply(&r.message));
                 if let Some(rev) = &r.reversal {
-                    println!(
-                        "The reversal journal(s) are left unposted: finance reviews and posts them in D365 (General ledger > Journal entries > General journals). Audit trail: ml-connector show {} --store {}",
-                        rev.run_id,
-                        store_path.display()
+                    outln!(
+                        "The reversal journal(s) are left unposted: finance reviews and posts them in D365 (General ledger > Journal entries > General journals). Audit trail: {}",
+                        hints
+                            .apply(&format!("`ml-connector show {}`", rev.run_id))
+                            .replace('`', "")
                     );
                 }
             }
-            Ok(0)
+            Ok(exit::OK)
         }
         Err(ControlsError::Refused(m)) => {
-            eprintln!("refused: {m}");
-            Ok(2)
+            eprintln!("refused: {}", terminal::clean(&hints.apply(&m)));
+            Ok(exit::REJECTED)
         }
         Err(e) => {
-            eprintln!("error: {e}");
-            Ok(1)
+            eprintln!("error: {}", terminal::clean(&hints.apply(&e.to_string())));
+            Ok(exit::FAILED)
         }
     }
 }
@@ -467,17 +733,21 @@ async fn config_push(table: Option<&str>, file: &Path) -> anyhow::Result<i32> {
     let cfg = match InstanceConfig::from_toml(&text) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: config {} was not accepted: {e}", file.display());
-            return Ok(2);
+            eprintln!(
+                "error: config {} was not accepted: {}",
+                file.display(),
+                terminal::clean(&e.to_string())
+            );
+            return Ok(exit::REJECTED);
         }
     };
     push_config(table, &cfg, &text).await?;
-    println!(
+    outln!(
         "config of instance `{}` is now version {} (table {table})",
         cfg.instance,
         cfg.version()
     );
-    Ok(0)
+    Ok(exit::OK)
 }
 
 #[cfg(feature = "aws")]
@@ -505,12 +775,12 @@ async fn request_replay(table: Option<&str>, run_id: &str) -> anyhow::Result<i32
     let store = dynamo_store(table).await?;
     if store.get_run(run_id).await?.is_none() {
         eprintln!("error: run {run_id} is not in table {table}");
-        return Ok(1);
+        return Ok(exit::FAILED);
     }
     let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     store.request_replay(run_id, &who).await?;
-    println!("replay of run {run_id} requested; follow it with `ml-connector show {run_id} --table {table}`");
-    Ok(0)
+    outln!("replay of run {run_id} requested; follow it with `ml-connector show {run_id} --table {table}`");
+    Ok(exit::OK)
 }
 
 #[cfg(not(feature = "aws"))]
@@ -607,6 +877,12 @@ fn load_instance(args: &ConfigArgs) -> anyhow::Result<(InstanceConfig, Clients)>
             p
         }
     });
+    if let Some(w) = cred_file
+        .as_deref()
+        .and_then(store_path::credentials_warning)
+    {
+        eprintln!("{w}");
+    }
     let creds = Credentials::load(cred_file.as_deref(), cfg.d365.tenant_id.as_deref(), |k| {
         std::env::var(k).ok()
     })?;
@@ -635,11 +911,19 @@ impl Default for TerminalProgress {
     }
 }
 
+/// `--quiet`: no progress on stderr.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl Progress for TerminalProgress {
     fn step(&self, message: &str) {
-        eprintln!("→ {message}");
+        if !QUIET.load(Ordering::Relaxed) {
+            eprintln!("→ {message}");
+        }
     }
     fn line_posted(&self, done: usize, total: usize) {
+        if QUIET.load(Ordering::Relaxed) {
+            return;
+        }
         if self.tty {
             eprint!("\r  journal lines done: {done}/{total}");
             if done == total {
@@ -667,7 +951,7 @@ async fn run_command(
     table: Option<&str>,
     args: &ConfigArgs,
     run_date: Option<NaiveDate>,
-    (mode, supersede): (Mode, bool),
+    (mode, supersede, json): (Mode, bool, bool),
 ) -> anyhow::Result<i32> {
     let (cfg, clients) = load_instance(args)?;
     let store = any_store(store_path, table).await?;
@@ -687,8 +971,66 @@ async fn run_command(
         supersede,
     };
     let report = engine.run(&cfg, &opts).await?;
-    print!("{}", render::run_report(&report, store_path));
-    Ok(report.outcome.exit_code())
+    let stored = mode == Mode::Post;
+    let ctx = render::ReportContext {
+        hints: &Hints::new(Some(&args.config), store_arg(store_path, table)),
+        fix: fix_for(&report, store.as_ref(), mode).await,
+        stored,
+    };
+    let code = exit::of(report.outcome);
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&render::run_json(&report, &ctx, code))?
+        );
+    } else {
+        out!("{}", terminal::clean(&render::run_report(&report, &ctx)));
+    }
+    Ok(code)
+}
+
+/// The store a suggested command must name to find this invocation's audit trail.
+fn store_arg(store_path: &Path, table: Option<&str>) -> StoreArg {
+    match table {
+        Some(t) => StoreArg::Table(t.to_string()),
+        None => StoreArg::Sqlite(store_path.to_path_buf()),
+    }
+}
+
+/// What to do after a run that did not end well: a command that works from where this run
+/// stands (a preview is not stored; a run that stopped before validation cannot be replayed).
+async fn fix_for(
+    report: &crate::engine::RunReport,
+    store: &dyn Store,
+    mode: Mode,
+) -> Option<String> {
+    use crate::engine::Outcome;
+    let run = &report.run;
+    if mode == Mode::Preview {
+        return match report.outcome {
+            Outcome::Rejected => Some(
+                "Nothing was written. Each problem is listed below with its row and field; fix the data or the config, then check again with `ml-connector preview --config FILE`.".into(),
+            ),
+            Outcome::Failed => Some(
+                "Nothing was written. Fix the cause named above, then try again with `ml-connector preview --config FILE`.".into(),
+            ),
+            _ => None,
+        };
+    }
+    if report.outcome == Outcome::Failed {
+        let validated = store
+            .events(&run.run_id)
+            .await
+            .map(|ev| ev.iter().any(|e| e.kind == crate::engine::VALIDATED_EVENT))
+            .unwrap_or(false);
+        if !validated {
+            return Some(format!(
+                "Nothing of run {} reached D365: it stopped before its validation finished, so there is nothing to replay. Fix the cause named above, then start a new run with `ml-connector run --config FILE`; `ml-connector show {}` shows what was recorded.",
+                run.run_id, run.run_id
+            ));
+        }
+    }
+    crate::controls::RunNotification::for_run(run).map(|n| n.fix)
 }
 
 async fn replay_command(
@@ -707,8 +1049,13 @@ async fn replay_command(
         progress: &progress,
     };
     let report = engine.replay(&cfg, run_id, CLI_LEASE).await?;
-    print!("{}", render::run_report(&report, store_path));
-    Ok(report.outcome.exit_code())
+    let ctx = render::ReportContext {
+        hints: &Hints::new(Some(&args.config), store_arg(store_path, table)),
+        fix: fix_for(&report, store.as_ref(), Mode::Post).await,
+        stored: true,
+    };
+    out!("{}", terminal::clean(&render::run_report(&report, &ctx)));
+    Ok(exit::of(report.outcome))
 }
 
 /// `check`: connect to both systems and confirm the config fits them, without writing.
@@ -716,9 +1063,9 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
     let (cfg, clients) = load_instance(args)?;
     let mut failures = 0usize;
     let mut problems = 0usize;
-    let ok = |m: &str| println!("  ok    {m}");
+    let ok = |m: &str| outln!("  ok    {}", terminal::clean(m));
     let mut bad = |m: &str, hard: bool| {
-        println!("  FAIL  {m}");
+        outln!("  FAIL  {}", terminal::clean(m));
         if hard {
             failures += 1;
         } else {
@@ -726,44 +1073,61 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
         }
     };
 
-    println!("Looker ({})", crate::http::redact_url(&cfg.looker.base_url));
-    match clients.looker.login_check().await {
-        Ok(()) => ok("logged in with the API client id/secret"),
-        Err(e) => bad(&e.to_string(), true),
-    }
+    outln!("Looker ({})", crate::http::redact_url(&cfg.looker.base_url));
+    // One failure, one message: without a login the other Looker items would only fail
+    // again (each logging in, with its retries) with the same error.
+    let looker_ok = match clients.looker.login_check().await {
+        Ok(()) => {
+            ok("logged in with the API client id/secret");
+            true
+        }
+        Err(e) => {
+            bad(&e.to_string(), true);
+            false
+        }
+    };
     let period = cfg.period.kind.period_for(today());
-    let extract = match cfg.source.resolve()? {
-        Source::Look(id) => match clients.looker.look(id).await {
-            Ok(info) => {
-                ok(&format!("Look {id} \"{}\" exists", info.title));
-                clients.looker.run_look(id).await
-            }
-            Err(e) => Err(e),
-        },
-        Source::Query(q) => {
-            match clients.looker.explore_fields(&q.model, &q.explore).await {
-                Ok(fields) => {
-                    ok(&format!("explore {}/{} exists", q.model, q.explore));
-                    for f in &q.fields {
-                        if !fields.contains(f) {
-                            bad(
-                                &format!("field `{f}` is not in explore {}/{}", q.model, q.explore),
-                                false,
-                            );
+    let extract = if !looker_ok {
+        outln!("  skip  source and columns: not logged in to Looker");
+        None
+    } else {
+        Some(match cfg.source.resolve()? {
+            Source::Look(id) => match clients.looker.look(id).await {
+                Ok(info) => {
+                    ok(&format!("Look {id} \"{}\" exists", info.title));
+                    clients.looker.run_look(id).await
+                }
+                Err(e) => Err(e),
+            },
+            Source::Query(q) => {
+                match clients.looker.explore_fields(&q.model, &q.explore).await {
+                    Ok(fields) => {
+                        ok(&format!("explore {}/{} exists", q.model, q.explore));
+                        for f in &q.fields {
+                            if !fields.contains(f) {
+                                bad(
+                                    &format!(
+                                        "field `{f}` is not in explore {}/{}",
+                                        q.model, q.explore
+                                    ),
+                                    false,
+                                );
+                            }
                         }
                     }
+                    Err(e) => bad(&e.to_string(), true),
                 }
-                Err(e) => bad(&e.to_string(), true),
+                match cfg.query_for_period(&period) {
+                    Some(q) => clients.looker.run_inline_query(&q).await,
+                    None => Err(crate::looker::LookerError::Config("no query".into())),
+                }
             }
-            match cfg.query_for_period(&period) {
-                Some(q) => clients.looker.run_inline_query(&q).await,
-                None => Err(crate::looker::LookerError::Config("no query".into())),
-            }
-        }
+        })
     };
     let mut legal_entities: Vec<String> = Vec::new();
     match &extract {
-        Ok(x) => {
+        None => {}
+        Some(Ok(x)) => {
             ok(&format!(
                 "source runs: {} rows for {}",
                 x.rows.len(),
@@ -808,16 +1172,26 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                 }
             }
         }
-        Err(e) => bad(&format!("source does not run: {e}"), true),
+        Some(Err(e)) => bad(&format!("source does not run: {e}"), true),
     }
 
-    println!(
+    outln!(
         "D365 ({})",
         crate::http::redact_url(&cfg.d365.environment_url)
     );
-    match clients.d365.token_check().await {
-        Ok(()) => ok("token obtained from Entra ID and accepted by the environment"),
-        Err(e) => bad(&e.to_string(), true),
+    let d365_ok = match clients.d365.token_check().await {
+        Ok(()) => {
+            ok("token obtained from Entra ID and accepted by the environment");
+            true
+        }
+        Err(e) => {
+            bad(&e.to_string(), true);
+            false
+        }
+    };
+    if !d365_ok && !legal_entities.is_empty() {
+        outln!("  skip  journal names, accounts and dimensions: no D365 token");
+        legal_entities.clear();
     }
     for le in &legal_entities {
         match clients.d365.load_reference(le).await {
@@ -893,20 +1267,20 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
             Err(e) => bad(&format!("{le}: {e}"), true),
         }
     }
-    println!();
+    outln!();
     if failures > 0 {
-        println!(
+        outln!(
             "check failed: {failures} connection problem(s), {problems} configuration problem(s)"
         );
-        Ok(1)
+        Ok(exit::FAILED)
     } else if problems > 0 {
-        println!("check found {problems} configuration problem(s); fix them before running");
-        Ok(2)
+        outln!("check found {problems} configuration problem(s); fix them before running");
+        Ok(exit::REJECTED)
     } else {
-        println!(
+        outln!(
             "check passed: `ml-connector preview --config {}` shows the exact journal",
             args.config.display()
         );
-        Ok(0)
+        Ok(exit::OK)
     }
 }

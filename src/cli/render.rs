@@ -1,14 +1,43 @@
 //! Plain-text rendering of journals, runs and audit trails for the terminal.
 
 use std::fmt::Write;
-use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rust_decimal::Decimal;
 
+use super::hints::Hints;
 use crate::domain::journal::Journal;
 use crate::domain::reference::DimensionFormat;
 use crate::domain::run::{AuditEvent, LineRecord, RunRecord, SourceRowRecord};
 use crate::engine::{Outcome, RunReport};
+
+/// Table rows are cut to this many characters unless `--wide`.
+pub const WIDTH: usize = 120;
+
+static WIDE: AtomicBool = AtomicBool::new(false);
+
+/// `--wide`: print table rows whole.
+pub fn set_wide(wide: bool) {
+    WIDE.store(wide, Ordering::Relaxed);
+}
+
+/// A table row as printed: whole with `--wide`, else cut to [`WIDTH`] with a `…`.
+fn fit(line: String) -> String {
+    if WIDE.load(Ordering::Relaxed) || line.chars().count() <= WIDTH {
+        line
+    } else {
+        let mut cut: String = line.chars().take(WIDTH - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// `writeln!` for a table row (see [`fit`]).
+macro_rules! row {
+    ($s:expr, $($t:tt)*) => {{
+        let _ = writeln!($s, "{}", fit(format!($($t)*)));
+    }};
+}
 
 fn outcome_label(o: Outcome) -> &'static str {
     match o {
@@ -21,6 +50,16 @@ fn outcome_label(o: Outcome) -> &'static str {
         Outcome::Failed => "FAILED",
         Outcome::Interrupted => "INTERRUPTED (resumable with replay)",
         Outcome::DuplicatePosted => "DUPLICATE POSTED IN D365 (reverse needed)",
+        Outcome::NothingToPost => "NOTHING TO POST (nothing written)",
+    }
+}
+
+/// `1 voucher`, `2 vouchers`.
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
     }
 }
 
@@ -48,10 +87,17 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
         j.journal_name,
         j.description
     );
-    let _ = writeln!(
+    row!(
         s,
         "  {:>4} {:>4} {:<10} {:<24} {:<10} {:>14} {:>14} {:<3}  Text",
-        "Line", "Vchr", "Date", "Account", "Offset", "Debit", "Credit", "Cur"
+        "Line",
+        "Vchr",
+        "Date",
+        "Account",
+        "Offset",
+        "Debit",
+        "Credit",
+        "Cur"
     );
     // Checked: a rejected run's journal (shown by `preview`/`run`) under a very large
     // `amount.max_abs` may add up past a decimal; the total then says so instead of panicking.
@@ -65,7 +111,7 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
                 Some((d, c))
             }
         });
-        let _ = writeln!(
+        row!(
             s,
             "  {:>4} {:>4} {:<10} {:<24} {:<10} {:>14} {:>14} {:<3}  {}",
             l.line_no,
@@ -90,13 +136,18 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
             l.text
         );
     }
+    // Not cut: its last column says whether the journal balances.
     let _ = writeln!(
         s,
         "  {:>4} {:>4} {:<10} {:<24} {:<10} {:>14} {:>14}      {}",
         "",
         "",
         "Total",
-        format!("{} lines, {} vouchers", j.lines.len(), j.voucher_count()),
+        format!(
+            "{}, {}",
+            plural(j.lines.len(), "line"),
+            plural(j.voucher_count(), "voucher")
+        ),
         "",
         totals.map_or("out of range".to_string(), |t| t.0.to_string()),
         totals.map_or("out of range".to_string(), |t| t.1.to_string()),
@@ -109,8 +160,18 @@ pub fn journal_table(j: &Journal, format: &DimensionFormat, batch: Option<&str>)
     s
 }
 
+/// How to word a run report: the commands it suggests and whether the run is in the store.
+pub struct ReportContext<'a> {
+    /// Fills the real config file and store into suggested commands.
+    pub hints: &'a Hints,
+    /// What to do next (for runs that did not end well), as chosen by the caller.
+    pub fix: Option<String>,
+    /// Whether the run was recorded (a preview is not, so `show` cannot find it).
+    pub stored: bool,
+}
+
 /// What `run`, `preview`, `replay` and `demo` print.
-pub fn run_report(r: &RunReport, store: &Path) -> String {
+pub fn run_report(r: &RunReport, ctx: &ReportContext<'_>) -> String {
     let mut s = String::new();
     let run = &r.run;
     let _ = writeln!(
@@ -123,19 +184,24 @@ pub fn run_report(r: &RunReport, store: &Path) -> String {
         run.keys.run_key
     );
     if let Some(m) = &run.message {
-        let _ = writeln!(s, "{m}");
+        let _ = writeln!(s, "{}", ctx.hints.apply(m));
     }
     if r.outcome == Outcome::Posted {
+        let undo = if ctx.hints.config.is_some() {
+            ctx.hints.apply(&format!(
+                " Undo while it is unposted with `ml-connector reverse {id} --config FILE --delete-unposted`, once posted with `ml-connector reverse {id} --config FILE`.",
+                id = run.run_id
+            ))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "The connector never posts: finance reviews and posts the journal(s) in D365 (General ledger > Journal entries > General journals > Validate, then Post — or Submit when the journal name requires workflow approval). Undo with `ml-connector reverse {}`.",
-            run.run_id
+            "The connector never posts: finance reviews and posts the journal(s) in D365 (General ledger > Journal entries > General journals > Validate, then Post — or Submit when the journal name requires workflow approval).{undo}",
         );
     }
-    if r.outcome != Outcome::Previewed {
-        if let Some(n) = crate::controls::RunNotification::for_run(run) {
-            let _ = writeln!(s, "Fix: {}", n.fix);
-        }
+    if let Some(fix) = &ctx.fix {
+        let _ = writeln!(s, "Fix: {}", ctx.hints.apply(fix));
     }
     if !r.issues.is_empty() {
         let _ = writeln!(s, "\nProblems ({}):", r.issues.len());
@@ -179,7 +245,8 @@ pub fn run_report(r: &RunReport, store: &Path) -> String {
             t.created_lines, t.created_debit, t.created_credit
         );
     }
-    if r.outcome != Outcome::Previewed
+    if ctx.stored
+        && r.outcome != Outcome::Previewed
         && !(r.outcome == Outcome::Rejected
             && r.journals.is_empty()
             && t.source_rows == 0
@@ -187,24 +254,74 @@ pub fn run_report(r: &RunReport, store: &Path) -> String {
     {
         let _ = writeln!(
             s,
-            "Audit trail: ml-connector show {} --store {}",
-            run.run_id,
-            store.display()
+            "Audit trail: {}",
+            ctx.hints
+                .apply(&format!("`ml-connector show {}`", run.run_id))
+                .replace('`', "")
         );
     }
     s
 }
 
+/// The stable `--json` shape of `run`, `preview` and `replay` (documented in the README): the
+/// outcome and its exit code, the run as recorded, what to do next, the problems, and the
+/// journals exactly as planned.
+pub fn run_json(r: &RunReport, ctx: &ReportContext<'_>, exit_code: i32) -> serde_json::Value {
+    let run = &r.run;
+    serde_json::json!({
+        "outcome": outcome_key(r.outcome),
+        "exit_code": exit_code,
+        "stored": ctx.stored,
+        "run_id": run.run_id,
+        "instance": run.instance,
+        "period": run.period,
+        "run_key": run.keys.run_key,
+        "status": run.status.as_str(),
+        "message": run.message.as_deref().map(|m| ctx.hints.apply(m)),
+        "fix": ctx.fix.as_deref().map(|f| ctx.hints.apply(f)),
+        "issues": r.issues.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        "totals": run.totals,
+        "journals": r.journals,
+        "posted": run
+            .journals
+            .iter()
+            .map(|(le, b)| serde_json::json!({ "legal_entity": le, "batch_number": b }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The outcome as a stable machine-readable word.
+fn outcome_key(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Posted => "posted",
+        Outcome::AlreadyPosted => "already_posted",
+        Outcome::Previewed => "previewed",
+        Outcome::Rejected => "rejected",
+        Outcome::Conflict => "conflict",
+        Outcome::Busy => "busy",
+        Outcome::Failed => "failed",
+        Outcome::Interrupted => "interrupted",
+        Outcome::DuplicatePosted => "duplicate_posted",
+        Outcome::NothingToPost => "nothing_to_post",
+    }
+}
+
 /// `runs`: one line per run.
 pub fn runs_table(runs: &[RunRecord]) -> String {
     let mut s = String::new();
-    let _ = writeln!(
+    row!(
         s,
         "{:<24} {:<16} {:<26} {:<10} {:<8} {:>6} {:>14}  Journals",
-        "Run", "Status", "Instance", "Period", "Trigger", "Lines", "Source total"
+        "Run",
+        "Status",
+        "Instance",
+        "Period",
+        "Trigger",
+        "Lines",
+        "Source total"
     );
     for r in runs {
-        let _ = writeln!(
+        row!(
             s,
             "{:<24} {:<16} {:<26} {:<10} {:<8} {:>6} {:>14}  {}",
             r.run_id,
@@ -274,18 +391,26 @@ pub fn show_run(
     let t = &run.totals;
     let _ = writeln!(
         s,
-        "  totals          Looker {} → mapped {} (+ rounding residue {}) → D365 debit {} / credit {} in {} of {} lines",
+        "  totals          Looker {} → mapped {} (+ rounding residue {})\n  in D365         debit {} / credit {} in {} of {} lines",
         t.source_total, t.mapped_total, t.rounding_residue, t.created_debit, t.created_credit, t.created_lines, t.journal_lines
     );
 
     let _ = writeln!(s, "\nJournal lines ({})", lines.len());
-    let _ = writeln!(
+    row!(
         s,
         "  {:>4} {:<5} {:<8} {:<10} {:<24} {:>14} {:>14} {:<8} {:<8} Source rows / D365",
-        "Line", "Ent.", "Batch", "Date", "Account", "Debit", "Credit", "Status", "D365 no"
+        "Line",
+        "Ent.",
+        "Batch",
+        "Date",
+        "Account",
+        "Debit",
+        "Credit",
+        "Status",
+        "D365 no"
     );
     for l in lines {
-        let _ = writeln!(
+        row!(
             s,
             "  {:>4} {:<5} {:<8} {:<10} {:<24} {:>14} {:>14} {:<8} {:<8} {:?} {}",
             l.line.line_no,
@@ -310,7 +435,7 @@ pub fn show_run(
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let _ = writeln!(
+        row!(
             s,
             "  row {:>4} {:<8} lines {:?} hash {}  {}",
             r.row_index,
@@ -337,7 +462,7 @@ pub fn show_run(
             }
             _ => e.message.clone(),
         };
-        let _ = writeln!(
+        row!(
             s,
             "  {} {:<5} {:<10} {}",
             e.at.format("%H:%M:%S%.3f"),

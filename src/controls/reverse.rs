@@ -179,10 +179,19 @@ pub async fn reverse(
         )));
     }
     if posted.is_empty() && unposted.is_empty() {
-        return Err(refused(format!(
-            "no journal of run {run_id} is in D365 any more ({}): nothing to reverse",
-            gone.join(", ")
-        )));
+        // The state `reverse` asks for already holds (typically a repeated `reverse` after
+        // `--delete-unposted`): a success that writes nothing, as `reverse` is idempotent.
+        return Ok(ReverseReport {
+            original_run_id: run_id.to_string(),
+            reversal: None,
+            reversed: vec![],
+            deleted: vec![],
+            nothing_new: true,
+            message: format!(
+                "no journal of run {run_id} is in D365 any more ({}): nothing left to reverse, nothing written",
+                gone.join(", ")
+            ),
+        });
     }
 
     // One writer per period: the same lock the posting engine takes.
@@ -490,7 +499,7 @@ async fn reverse_locked(
         if let Some(e) = failure {
             rev.status = RunStatus::Failed;
             rev.message = Some(format!(
-                "reversal of run {run_id} stopped: {e}. Run `ml-connector reverse {run_id}` again to resume (nothing is written twice)."
+                "reversal of run {run_id} stopped: {e}. Run `ml-connector reverse {run_id} --config FILE` again to resume (nothing is written twice)."
             ));
             store.update_run(&rev).await?;
             record(

@@ -9,7 +9,7 @@ use super::reconcile::rows_by_index;
 use super::{ControlsError, TRIGGER_REVERSE};
 use crate::domain::journal::LineKind;
 use crate::domain::mapping::{parse_line_ref, part_key};
-use crate::domain::run::{LineRecord, RunRecord, SourceRowRecord};
+use crate::domain::run::{LineRecord, LineStatus, RunRecord, RunStatus, SourceRowRecord};
 use crate::domain::source::SourceRef;
 use crate::store::Store;
 
@@ -45,15 +45,16 @@ async fn trace_depth(
             "`{reference}` is not a lineage reference (expected RUNKEY.L0001, as at the start of the D365 line Text)"
         ))
     })?;
-    let line = store.find_line_by_ref(key, n).await?.ok_or_else(|| {
+    let found = store.find_line_by_ref(key, n).await?.ok_or_else(|| {
         ControlsError::Refused(format!(
             "no run with run key {key} and line {n} in this audit store (is it the store of the instance that posted it? try --table)"
         ))
     })?;
-    let run = store
-        .get_run(&line.run_id)
+    let found_run = store
+        .get_run(&found.run_id)
         .await?
-        .ok_or_else(|| ControlsError::RunNotFound(line.run_id.clone()))?;
+        .ok_or_else(|| ControlsError::RunNotFound(found.run_id.clone()))?;
+    let (run, line) = creator(store, found_run, found, key, n).await?;
     let source_definition = match &run.source {
         SourceRef::Query { definition, .. } => {
             let mut v = serde_json::to_value(&run.source).unwrap_or_default();
@@ -109,7 +110,72 @@ async fn trace_depth(
     })
 }
 
+/// The run that wrote the line into D365. Every run of the same data shares the run key (and so
+/// the reference), and the store finds the latest one, which after a rerun is a run that wrote
+/// nothing ("already posted"). The creator is the earliest run whose line D365 confirmed,
+/// preferring runs that posted over runs that found it already there.
+async fn creator(
+    store: &dyn Store,
+    found_run: RunRecord,
+    found: LineRecord,
+    key: &str,
+    n: u32,
+) -> Result<(RunRecord, LineRecord), ControlsError> {
+    let mut runs: Vec<RunRecord> = store
+        .runs_for_period(&found_run.instance, &found_run.keys.period_key)
+        .await?
+        .into_iter()
+        .filter(|r| r.keys.run_key == key)
+        .collect();
+    runs.sort_by(|a, b| (a.started_at, &a.run_id).cmp(&(b.started_at, &b.run_id)));
+    let mut best: Option<(u8, RunRecord, LineRecord)> = None;
+    for r in runs {
+        let Some(l) = store
+            .lines(&r.run_id)
+            .await?
+            .into_iter()
+            .find(|l| l.line.line_no == n && l.legal_entity == found.legal_entity)
+        else {
+            continue;
+        };
+        let rank = match (l.status, r.status) {
+            (LineStatus::Created, s) if s != RunStatus::AlreadyPosted => 0,
+            (LineStatus::Created, _) => 1,
+            _ => 2,
+        };
+        if best.as_ref().is_none_or(|(b, _, _)| rank < *b) {
+            best = Some((rank, r, l));
+        }
+    }
+    Ok(match best {
+        Some((rank, r, l)) if rank < 2 => (r, l),
+        _ => (found_run, found),
+    })
+}
+
 impl Trace {
+    /// The trace as JSON, with each query definition as an object (the run record keeps it as
+    /// canonical JSON text, which would otherwise appear as a string inside the JSON).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        fn parse_definitions(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    if let Some(serde_json::Value::String(d)) = o.get("definition") {
+                        if let Ok(parsed) = serde_json::from_str::<serde_json::Value>(d) {
+                            o.insert("definition".into(), parsed);
+                        }
+                    }
+                    o.values_mut().for_each(parse_definitions);
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(parse_definitions),
+                _ => {}
+            }
+        }
+        parse_definitions(&mut v);
+        v
+    }
+
     /// Human-readable lineage.
     pub fn render(&self) -> String {
         let mut s = String::new();
@@ -131,11 +197,36 @@ impl Trace {
         );
         let _ = writeln!(s, "  config version  {}", r.config_version);
         let _ = writeln!(s, "  source          {}", r.source.identity());
-        let _ = writeln!(
-            s,
-            "  definition      {}",
-            serde_json::to_string(&self.source_definition).unwrap_or_default()
-        );
+        if let Some(def) = self.source_definition.get("definition") {
+            for (k, v) in def.as_object().into_iter().flatten() {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .map(|x| {
+                            x.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| x.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    serde_json::Value::Object(o) => o
+                        .iter()
+                        .map(|(k, x)| {
+                            format!(
+                                "{k} = {}",
+                                x.as_str()
+                                    .map(str::to_string)
+                                    .unwrap_or_else(|| x.to_string())
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    other => other.to_string(),
+                };
+                let _ = writeln!(s, "  query {k:<9} {v}");
+            }
+        }
         let _ = writeln!(
             s,
             "  journal line    {}/{} D365 line {} voucher {} ({:?}) {} {} debit {} credit {} {}",

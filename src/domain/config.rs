@@ -52,6 +52,10 @@ pub struct InstanceConfig {
     /// Optional path of a credentials file (TOML); relative paths are relative to the config.
     #[serde(default)]
     pub credentials_file: Option<String>,
+    /// Optional path of the CLI's SQLite audit store; relative paths are relative to the
+    /// config. `--store` and `MLC_STORE` take precedence. Not part of the config version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     pub looker: LookerEndpoint,
     pub d365: D365Endpoint,
     pub source: SourceConfig,

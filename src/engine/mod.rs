@@ -110,14 +110,19 @@ pub enum Outcome {
     Interrupted,
     /// D365 holds a posted duplicate of the journal: finance must reverse it.
     DuplicatePosted,
+    /// The source had no rows for the period (or only rows skipped for zero amounts): no
+    /// journal, nothing written. Its own outcome, so an empty period is never read as posted.
+    NothingToPost,
 }
 
 impl Outcome {
-    /// CLI exit code: 0 done (incl. already posted), 2 rejected by validation, 1 anything else.
+    /// CLI exit code: 0 done (incl. already posted), 2 rejected by validation, 3 nothing to
+    /// post, 1 anything else (the table is in `ml-connector --help` and the README).
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Posted | Outcome::AlreadyPosted | Outcome::Previewed => 0,
             Outcome::Rejected => 2,
+            Outcome::NothingToPost => 3,
             Outcome::Conflict
             | Outcome::Busy
             | Outcome::Failed
@@ -312,17 +317,22 @@ impl<'a> Engine<'a> {
         if opts.mode == Mode::Preview {
             let outcome = if failure.is_some() {
                 Outcome::Failed
-            } else if issues.is_empty() {
-                Outcome::Previewed
-            } else {
+            } else if !issues.is_empty() {
                 Outcome::Rejected
+            } else if mapped.journals.is_empty() {
+                Outcome::NothingToPost
+            } else {
+                Outcome::Previewed
             };
             run.status = match outcome {
                 Outcome::Failed => RunStatus::Failed,
                 Outcome::Rejected => RunStatus::Rejected,
                 _ => RunStatus::Started,
             };
-            run.message = failure;
+            run.message = match outcome {
+                Outcome::NothingToPost => Some(nothing_to_post(run.totals.source_rows, period)),
+                _ => failure,
+            };
             return Ok(RunReport {
                 outcome,
                 run,
@@ -377,10 +387,12 @@ impl<'a> Engine<'a> {
                 .await;
         }
         if mapped.journals.is_empty() {
-            let msg = "nothing to post: every row was skipped (zero amounts)".to_string();
-            return self
+            let msg = nothing_to_post(run.totals.source_rows, period);
+            let mut report = self
                 .finish(run, RunStatus::Completed, msg, mapped, formats, issues)
-                .await;
+                .await?;
+            report.outcome = Outcome::NothingToPost;
+            return Ok(report);
         }
 
         self.event(
@@ -429,12 +441,14 @@ impl<'a> Engine<'a> {
             .store
             .runs_for_period(&config.instance, &keys.period_key)
             .await?;
-        // Reversals, and runs whose journals were reversed or deleted, no longer hold the period.
+        // Reversals, and runs whose journals were reversed or deleted, no longer hold the period;
+        // nor does a run that found nothing to post (an empty period posted later is no conflict).
         let mut blocking = None;
         for r in earlier.iter().filter(|r| {
             r.run_id != run.run_id
                 && r.keys.run_key != keys.run_key
                 && matches!(r.status, RunStatus::Completed | RunStatus::AlreadyPosted)
+                && !(r.status == RunStatus::Completed && r.journals.is_empty())
         }) {
             if crate::controls::blocks_period(self.store, r).await? {
                 blocking = Some(r);
@@ -523,13 +537,15 @@ impl<'a> Engine<'a> {
                 "run finished: {message}"
             );
         }
-        self.event(
-            &run.run_id,
-            level,
-            "finish",
-            format!("{}: {message}", status.as_str()),
-        )
-        .await;
+        // The status once: messages that already start with it ("rejected: …", "already
+        // posted …") are not prefixed again.
+        let said = status.as_str().replace('_', " ");
+        let finish = if message.starts_with(status.as_str()) || message.starts_with(&said) {
+            message.clone()
+        } else {
+            format!("{}: {message}", status.as_str())
+        };
+        self.event(&run.run_id, level, "finish", finish).await;
         let outcome = match status {
             RunStatus::Completed => Outcome::Posted,
             RunStatus::AlreadyPosted => Outcome::AlreadyPosted,
@@ -785,6 +801,20 @@ impl<'a> Engine<'a> {
             .await?;
         report.posted = posted;
         Ok(report)
+    }
+}
+
+/// The message of a run without any journal: no rows at all, or only zero amounts.
+fn nothing_to_post(source_rows: u64, period: &Period) -> String {
+    if source_rows == 0 {
+        format!(
+            "nothing to post: the source returned no rows for period {} ({} to {}); nothing was written",
+            period.label, period.start, period.end
+        )
+    } else {
+        format!(
+            "nothing to post: all {source_rows} row(s) were skipped (zero amounts); nothing was written"
+        )
     }
 }
 

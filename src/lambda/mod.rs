@@ -79,7 +79,7 @@ impl RunSummary {
 pub(crate) fn outcome_is_final(outcome: Outcome) -> bool {
     matches!(
         outcome,
-        Outcome::Posted | Outcome::AlreadyPosted | Outcome::Previewed
+        Outcome::Posted | Outcome::AlreadyPosted | Outcome::Previewed | Outcome::NothingToPost
     )
 }
 

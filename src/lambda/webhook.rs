@@ -330,7 +330,7 @@ fn lambda_error(e: &LambdaError) -> WebhookResponse {
 fn run_response(summary: &RunSummary, outcome: Outcome) -> WebhookResponse {
     let body = serde_json::to_value(summary).unwrap_or(serde_json::Value::Null);
     match outcome {
-        Outcome::Posted | Outcome::AlreadyPosted | Outcome::Previewed => {
+        Outcome::Posted | Outcome::AlreadyPosted | Outcome::Previewed | Outcome::NothingToPost => {
             WebhookResponse::json(200, body)
         }
         Outcome::Rejected => WebhookResponse::json(422, body),

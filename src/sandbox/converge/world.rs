@@ -351,6 +351,7 @@ fn outcome_name(o: Outcome) -> &'static str {
         Outcome::Failed => "failed",
         Outcome::Interrupted => "interrupted",
         Outcome::DuplicatePosted => "duplicate posted",
+        Outcome::NothingToPost => "nothing to post",
     }
 }
 
