@@ -120,6 +120,7 @@ fn sandbox_secrets() -> InstanceSecrets {
             d365_client_secret: Secret::new(SANDBOX_CLIENT_SECRET),
         },
         webhook_secret: Secret::new(SECRET),
+        notify: Default::default(),
     }
 }
 

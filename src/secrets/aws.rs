@@ -29,6 +29,9 @@ const FIELDS: [&str; 6] = [
     "webhook_secret",
 ];
 
+/// Optional fields of a [`SecretDocument`]: non-empty strings when present.
+const OPTIONAL_FIELDS: [&str; 2] = ["slack_webhook_url", "teams_webhook_url"];
+
 /// Longest instance name looked up (Secrets Manager names are at most 512 characters).
 const MAX_INSTANCE_LEN: usize = 128;
 
@@ -157,8 +160,13 @@ pub(crate) fn parse_document(instance: &str, text: &str) -> Result<SecretDocumen
         return Err(malformed(instance, format!("expected {expected}")));
     };
     let mut problems = Vec::new();
-    for field in FIELDS {
+    for (field, required) in FIELDS
+        .iter()
+        .map(|f| (*f, true))
+        .chain(OPTIONAL_FIELDS.iter().map(|f| (*f, false)))
+    {
         match object.get(field) {
+            None if !required => {}
             None => problems.push(format!("missing field {field}")),
             Some(serde_json::Value::String(v)) if v.is_empty() => {
                 problems.push(format!("field {field} is empty"))
@@ -171,7 +179,7 @@ pub(crate) fn parse_document(instance: &str, text: &str) -> Result<SecretDocumen
     // key would otherwise end up in the logs).
     let unexpected = object
         .keys()
-        .filter(|k| !FIELDS.contains(&k.as_str()))
+        .filter(|k| !FIELDS.contains(&k.as_str()) && !OPTIONAL_FIELDS.contains(&k.as_str()))
         .count();
     if unexpected > 0 {
         problems.push(format!(

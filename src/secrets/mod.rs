@@ -219,6 +219,8 @@ pub struct InstanceSecrets {
     pub credentials: Credentials,
     /// The secret segment of the webhook ingest path `/ingest/{instance}/{secret}`.
     pub webhook_secret: Secret,
+    /// Slack/Teams incoming webhooks run notifications are sent to (optional).
+    pub notify: crate::notify::ChatTargets,
 }
 
 /// The JSON document stored as one secret per instance (in AWS: Secrets Manager, KMS-encrypted,
@@ -232,6 +234,12 @@ pub struct SecretDocument {
     pub d365_client_id: String,
     pub d365_client_secret: Secret,
     pub webhook_secret: Secret,
+    /// Slack incoming-webhook URL for run notifications (optional).
+    #[serde(default)]
+    pub slack_webhook_url: Option<Secret>,
+    /// Teams incoming-webhook URL for run notifications (optional).
+    #[serde(default)]
+    pub teams_webhook_url: Option<Secret>,
 }
 
 impl From<SecretDocument> for InstanceSecrets {
@@ -245,6 +253,10 @@ impl From<SecretDocument> for InstanceSecrets {
                 d365_client_secret: d.d365_client_secret,
             },
             webhook_secret: d.webhook_secret,
+            notify: crate::notify::ChatTargets {
+                slack: d.slack_webhook_url,
+                teams: d.teams_webhook_url,
+            },
         }
     }
 }

@@ -53,6 +53,7 @@ pub fn sandbox_secrets() -> InstanceSecrets {
             d365_client_secret: Secret::new(SANDBOX_CLIENT_SECRET),
         },
         webhook_secret: Secret::new(SECRET),
+        notify: Default::default(),
     }
 }
 
