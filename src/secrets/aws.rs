@@ -210,6 +210,31 @@ mod tests {
     }
 
     #[test]
+    fn chat_webhook_urls_are_optional() {
+        let d = parse_document("fees", GOOD).unwrap();
+        assert!(d.slack_webhook_url.is_none() && d.teams_webhook_url.is_none());
+        let with = GOOD.replace(
+            "\"webhook_secret\":\"wh\"",
+            "\"webhook_secret\":\"wh\",\"slack_webhook_url\":\"https://hooks.slack.com/services/T/B/hunter2\",\"teams_webhook_url\":\"https://t.example/hunter2\"",
+        );
+        let s: InstanceSecrets = parse_document("fees", &with).unwrap().into();
+        assert_eq!(
+            s.notify.slack.as_ref().map(|u| u.expose()),
+            Some("https://hooks.slack.com/services/T/B/hunter2")
+        );
+        assert!(s.notify.teams.is_some());
+        // Set but empty is an error naming the field, never its value.
+        let e = parse_document("fees", &with.replace("https://t.example/hunter2", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field teams_webhook_url is empty") && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert!(!format!("{:?}", s.notify).contains("hunter2"));
+    }
+
+    #[test]
     fn errors_never_quote_values() {
         for text in [
             "hunter2",
