@@ -17,6 +17,7 @@ pub mod http;
 #[cfg(feature = "aws")]
 pub mod lambda;
 pub mod looker;
+pub mod notify;
 pub mod ports;
 pub(crate) mod rate;
 #[cfg(feature = "sandbox")]

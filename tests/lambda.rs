@@ -121,6 +121,7 @@ fn sandbox_secrets() -> InstanceSecrets {
         },
         webhook_secret: Secret::new(SECRET),
         looker_webhook_token: None,
+        notify: Default::default(),
     }
 }
 

@@ -185,7 +185,7 @@ async fn assert_rejected_nothing_written(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_main_account_is_rejected_with_the_row_named() {
     let mut w = World::start().await;
-    let lookup = w.config.account.lookup.as_mut().unwrap();
+    let lookup = w.config.account.as_mut().unwrap().lookup.as_mut().unwrap();
     lookup.insert("Commission".into(), "618299".into());
     let report = assert_rejected_nothing_written(&w, "main account `618299` does not exist").await;
     // The audit names the source rows that carried it.
@@ -788,7 +788,7 @@ async fn a_changed_mapping_is_a_conflict_and_supersede_replaces_the_unposted_jou
         .iter()
         .any(|l| l.account_display.starts_with("618200")));
 
-    if let Some(l) = w.config.account.lookup.as_mut() {
+    if let Some(l) = w.config.account.as_mut().unwrap().lookup.as_mut() {
         l.insert("Commission".into(), "618100".into());
     }
     let changed = w.run(Mode::Post).await;
@@ -841,4 +841,174 @@ async fn a_changed_mapping_is_a_conflict_and_supersede_replaces_the_unposted_jou
         "{:?}",
         again.run.message
     );
+}
+
+const SIDE_BY_SIDE: &str = include_str!("../infra/config/weekly-fees-and-commissions.toml");
+
+/// A Look with the fee and the commission side by side, per channel and cost center, posted
+/// through one instance config (`[[lines]]`): one balanced journal, each measure on its own
+/// account, every line traceable to its row and column; a rerun posts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_by_side_measures_post_as_one_balanced_journal() {
+    use ml_connector::sandbox::d365::seed::SeedMainAccount;
+    use ml_connector::sandbox::d365::D365Seed;
+
+    let mut d365_seed = D365Seed::demo(today());
+    for (id, name) in [
+        ("600150", "Amazon fees"),
+        ("600160", "eBay fees"),
+        ("600165", "Shopify fees"),
+        ("600170", "Channel commissions"),
+    ] {
+        d365_seed.main_accounts.push(SeedMainAccount {
+            chart_of_accounts: "Shared".into(),
+            id: id.into(),
+            name: name.into(),
+            account_type: "Expense".into(),
+            suspended: false,
+            do_not_allow_manual_entry: false,
+            active_from: None,
+            active_to: None,
+        });
+    }
+    let w = World::start_seeded(LookerSeed::empty(), d365_seed, SIDE_BY_SIDE).await;
+    let week = w.period_end().to_string();
+    // (channel, cost center, fee, commission); eBay/031 has no commission this week.
+    let data = [
+        ("Amazon", "022", "1200.10", "144.01"),
+        ("Amazon", "031", "310.00", "37.20"),
+        ("eBay", "022", "95.55", "9.56"),
+        ("eBay", "031", "20.00", "0"),
+        ("Shopify", "022", "45.00", "4.50"),
+        ("Shopify", "031", "12.34", "1.23"),
+    ];
+    let rows: Vec<String> = data
+        .iter()
+        .map(|(ch, cc, fee, com)| {
+            format!(
+                r#"{{"channel_costs.week_end_date":"{week}","channel_costs.channel":"{ch}","channel_costs.cost_center":"{cc}","channel_costs.fee_amount":{fee},"channel_costs.commission_amount":{com}}}"#
+            )
+        })
+        .collect();
+    w.looker.add_explore(
+        "finance",
+        "channel_costs",
+        &[
+            "channel_costs.week_end_date",
+            "channel_costs.channel",
+            "channel_costs.cost_center",
+        ],
+        &[
+            "channel_costs.fee_amount",
+            "channel_costs.commission_amount",
+        ],
+        &format!("[{}]", rows.join(",")),
+    );
+
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.issues);
+    let headers = w.d365.headers();
+    assert_eq!(headers.len(), 1, "one run, one journal");
+    let lines = w.d365.lines();
+    // Expected detail lines, computed from the data: account display → debit.
+    let mut expected: BTreeMap<String, Decimal> = BTreeMap::new();
+    let mut total = Decimal::ZERO;
+    for (ch, cc, fee, com) in data {
+        let (acct, code) = match ch {
+            "Amazon" => ("600150", "AMZ"),
+            "eBay" => ("600160", "EBY"),
+            _ => ("600165", "SHP"),
+        };
+        expected.insert(format!("{acct}--{cc}-{code}"), d(fee));
+        if !d(com).is_zero() {
+            expected.insert(format!("600170-010-{cc}-{code}"), d(com));
+        }
+        total += d(fee) + d(com);
+    }
+    let details: BTreeMap<String, Decimal> = lines
+        .iter()
+        .filter(|l| l.account_display.starts_with("6001"))
+        .map(|l| (l.account_display.clone(), l.debit))
+        .collect();
+    assert_eq!(details, expected, "each measure on its mapped account");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.account_display.starts_with("6001"))
+            .count(),
+        11,
+        "6 fees + 5 non-zero commissions, each once"
+    );
+    let balancing: Vec<_> = lines
+        .iter()
+        .filter(|l| l.account_display == "200150---")
+        .collect();
+    assert_eq!(balancing.len(), 1);
+    assert_eq!(balancing[0].credit, total);
+    let debit: Decimal = lines.iter().map(|l| l.debit).sum();
+    let credit: Decimal = lines.iter().map(|l| l.credit).sum();
+    assert_eq!(debit, credit, "the voucher balances");
+    assert_eq!(lines.len(), 12);
+
+    // Lineage: every detail line names its source row and amount column.
+    let audited = w.store.lines(&report.run.run_id).await.unwrap();
+    assert_eq!(audited.len(), 12);
+    let src_rows = w.store.source_rows(&report.run.run_id).await.unwrap();
+    for rec in audited.iter().filter(|r| r.line.source_rows.len() == 1) {
+        let column = rec.line.source_column.as_deref().expect("a lineage column");
+        let row = &src_rows[rec.line.source_rows[0]];
+        let cell = row.cells.get(column).expect("the column is in the row");
+        assert_eq!(
+            cell.display().parse::<Decimal>().unwrap(),
+            rec.line.amount,
+            "{column} of row {}",
+            row.row_index
+        );
+        assert_eq!(
+            rec.line.kind,
+            ml_connector::domain::journal::LineKind::Detail
+        );
+    }
+    assert_eq!(
+        audited
+            .iter()
+            .filter(|r| r.line.source_column.is_some())
+            .count(),
+        11
+    );
+    assert!(src_rows.iter().all(|r| r.status == RowStatus::Mapped));
+    // Each row made a line per non-zero measure (Looker sorts the rows its own way).
+    for r in &src_rows {
+        let zero = r
+            .cells
+            .get("channel_costs.commission_amount")
+            .map(|c| c.display())
+            == Some("0".to_string());
+        assert_eq!(r.line_nos.len(), if zero { 1 } else { 2 }, "{r:?}");
+    }
+    assert_eq!(src_rows.iter().map(|r| r.line_nos.len()).sum::<usize>(), 11);
+
+    // The controller's tie-out reads each line's amount from its row and column.
+    let clients = w.clients();
+    let r = ml_connector::controls::reconcile::reconcile(
+        &w.store,
+        &clients.d365,
+        &w.config,
+        &report.run.run_id,
+    )
+    .await
+    .unwrap();
+    assert!(r.is_clean(), "{:#?}", r.differences);
+    assert_eq!(r.source_total, total);
+    assert_eq!(r.d365_debit, total);
+
+    // The same week again: nothing new.
+    let again = w.run(Mode::Post).await;
+    assert_eq!(
+        again.outcome,
+        Outcome::AlreadyPosted,
+        "{:?}",
+        again.run.message
+    );
+    assert_eq!(w.d365.lines().len(), 12);
 }

@@ -1220,7 +1220,7 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                         false,
                     ),
                 }
-                for dim in cfg.dimensions.keys().chain(cfg.balancing.dimensions.keys()) {
+                for dim in cfg.dimension_names() {
                     if !r.format.segments.iter().any(|s| s == dim) {
                         bad(
                             &format!("{le}: dimension `{dim}` is not in the active ledger format"),
@@ -1229,12 +1229,11 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                     }
                 }
                 let mut accounts: Vec<(String, String)> = Vec::new();
-                for (key, src) in [
-                    ("account", &cfg.account),
-                    ("balancing.account", &cfg.balancing.account),
-                ] {
+                let mut rules = cfg.account_rules();
+                rules.push(("balancing.account".into(), &cfg.balancing.account));
+                for (key, src) in rules {
                     if let Some(c) = &src.constant {
-                        accounts.push((key.into(), c.clone()));
+                        accounts.push((key.clone(), c.clone()));
                     }
                     if let Some(t) = &src.lookup {
                         accounts.extend(t.values().map(|v| (format!("{key}.lookup"), v.clone())));

@@ -518,6 +518,7 @@ mod tests {
             text: String::new(),
             kind: LineKind::Detail,
             source_rows: vec![],
+            source_column: None,
         };
         let mut j = journal(JournalPart::default());
         j.lines = vec![line(1, "50000000000000000000000000000")];

@@ -1,16 +1,21 @@
-//! One clear, actionable notification for a run that did not end well: names the run, the
-//! instance and the fix. The CLI prints `text()`; in AWS the same JSON goes into the structured
-//! log line (`notification` field) and can be published to the alarm SNS topic as is.
+//! One clear, actionable notification per finished run: names the run, the instance, the
+//! period, the journals and the fix. The CLI prints the fix; in AWS the JSON goes into the
+//! structured log line (`notification` field) and [`crate::notify`] publishes the subject and
+//! [`RunNotification::text`] to the stack's SNS topic and to the instance's Slack/Teams
+//! webhooks: "journal usmf/00042 ready for review" as well as failures, conflicts, duplicates
+//! and interrupted runs.
 
 use serde::Serialize;
 
 use crate::domain::run::{RunRecord, RunStatus};
 
-/// An SNS-ready event about a failed, conflicting, rejected, busy or interrupted run.
+/// An SNS-ready event about a finished run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RunNotification {
     /// Short subject line (SNS `Subject` is limited to 100 characters).
     pub subject: String,
+    /// The first line people read: "journal usmf/00042 ready for review", "run … failed".
+    pub headline: String,
     pub run_id: String,
     pub instance: String,
     pub period: String,
@@ -20,17 +25,50 @@ pub struct RunNotification {
     /// What to do about it, as commands.
     pub fix: String,
     pub journals: Vec<String>,
+    /// Looker total, lines written and their debit/credit.
+    pub totals: String,
+    /// The command that shows the run's audit trail.
+    pub show: String,
 }
 
 impl RunNotification {
     /// `None` for runs that need nothing from anyone (completed, already posted, in progress).
     pub fn for_run(run: &RunRecord) -> Option<RunNotification> {
+        match run.status {
+            RunStatus::Completed => None,
+            _ => Self::build(run),
+        }
+    }
+
+    /// What is published when a run finishes: the problems of [`RunNotification::for_run`]
+    /// and, for a completed run, "journal … ready for review". `None` for a run that wrote
+    /// nothing and needs nothing (already posted, busy: another run holds the period) or has
+    /// not finished.
+    pub fn to_publish(run: &RunRecord) -> Option<RunNotification> {
+        match run.status {
+            RunStatus::Busy => None,
+            _ => Self::build(run),
+        }
+    }
+
+    /// Points the `show` command at the deployed table (a Lambda's runs are there).
+    pub fn with_table(mut self, table: &str) -> Self {
+        self.show = format!("ml-connector show {} --table {table}", self.run_id);
+        self
+    }
+
+    fn build(run: &RunRecord) -> Option<RunNotification> {
         let id = &run.run_id;
+        let journals: Vec<String> = run
+            .journals
+            .iter()
+            .map(|(le, b)| format!("{le}/{b}"))
+            .collect();
         let fix = match run.status {
-            RunStatus::Completed
-            | RunStatus::AlreadyPosted
-            | RunStatus::Started
-            | RunStatus::Posting => return None,
+            RunStatus::AlreadyPosted | RunStatus::Started | RunStatus::Posting => return None,
+            RunStatus::Completed => format!(
+                "Finance reviews the journal in D365 (General ledger > Journal entries > General journals: Validate, then Post). The connector never posts. Undo with `ml-connector reverse {id} --config FILE`."
+            ),
             RunStatus::Conflict => {
                 let earlier = run
                     .message
@@ -60,32 +98,75 @@ impl RunNotification {
             ),
         };
         let outcome = run.status.as_str().to_string();
+        let listed = if journals.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", journals.join(", "))
+        };
+        let headline = match run.status {
+            RunStatus::Completed if journals.len() > 1 => {
+                format!("journals{listed} ready for review")
+            }
+            RunStatus::Completed => format!("journal{listed} ready for review"),
+            RunStatus::Conflict => "conflict: period already posted with other data".to_string(),
+            RunStatus::DuplicatePosted => {
+                format!("duplicates found: D365 holds posted duplicates of journal{listed}")
+            }
+            RunStatus::Interrupted => {
+                format!("run {id} interrupted before its deadline; replay finishes it")
+            }
+            RunStatus::Rejected => format!("run {id} rejected: nothing was written"),
+            RunStatus::Busy => format!("run {id} busy: another run holds the period"),
+            _ => format!("run {id} failed"),
+        };
+        // Headline first: a long subject is cut at its end.
         let mut subject = format!(
-            "ml-connector {}: {} run {} ({})",
-            run.instance, outcome, id, run.period
+            "ml-connector: {headline} ({} {}, run {id})",
+            run.instance, run.period
         );
         if subject.chars().count() > 100 {
-            subject = subject.chars().take(100).collect();
+            // SNS wants ASCII in a subject: no ellipsis character.
+            subject = subject.chars().take(97).collect::<String>() + "...";
         }
+        let t = &run.totals;
+        let totals = format!(
+            "Looker total {}; {} of {} lines written (debit {}, credit {})",
+            t.source_total, t.created_lines, t.journal_lines, t.created_debit, t.created_credit
+        );
         Some(RunNotification {
             subject,
+            headline,
             run_id: id.clone(),
             instance: run.instance.clone(),
             period: run.period.clone(),
             outcome,
             message: run.message.clone().unwrap_or_default(),
             fix,
-            journals: run
-                .journals
-                .iter()
-                .map(|(le, b)| format!("{le}/{b}"))
-                .collect(),
+            journals,
+            totals,
+            show: format!("ml-connector show {id}"),
         })
     }
 
-    /// The human message (CLI, e-mail body).
+    /// The short text body (SNS message, Slack/Teams text, e-mail).
     pub fn text(&self) -> String {
-        format!("{}\n{}\nFix: {}", self.subject, self.message, self.fix)
+        let journals = if self.journals.is_empty() {
+            "none".to_string()
+        } else {
+            self.journals.join(", ")
+        };
+        format!(
+            "{}\nStatus: {}\nInstance: {}\nPeriod: {}\nRun: {}\nJournals: {journals}\nTotals: {}\n{}\nFix: {}\nDetails: {}",
+            self.headline,
+            self.outcome,
+            self.instance,
+            self.period,
+            self.run_id,
+            self.totals,
+            self.message,
+            self.fix,
+            self.show
+        )
     }
 
     pub fn to_json(&self) -> String {
@@ -144,5 +225,54 @@ mod tests {
         assert!(n.fix.contains("ml-connector replay r-2"));
         assert!(RunNotification::for_run(&run(RunStatus::Completed, "ok")).is_none());
         assert!(RunNotification::for_run(&run(RunStatus::AlreadyPosted, "ok")).is_none());
+    }
+
+    #[test]
+    fn a_completed_run_is_published_as_ready_for_review() {
+        let mut r = run(RunStatus::Completed, "posted 14 lines");
+        r.journals = vec![("usmf".into(), "00042".into())];
+        r.totals.source_total = "300.31".parse().unwrap();
+        r.totals.journal_lines = 14;
+        r.totals.created_lines = 14;
+        r.totals.created_debit = "300.31".parse().unwrap();
+        r.totals.created_credit = "300.31".parse().unwrap();
+        let n = RunNotification::to_publish(&r)
+            .unwrap()
+            .with_table("mlc-audit");
+        assert_eq!(n.headline, "journal usmf/00042 ready for review");
+        assert_eq!(
+            n.subject,
+            "ml-connector: journal usmf/00042 ready for review (fees 2026-W47, run r-2)"
+        );
+        let text = n.text();
+        for want in [
+            "journal usmf/00042 ready for review\n",
+            "Status: completed",
+            "Instance: fees",
+            "Period: 2026-W47",
+            "Journals: usmf/00042",
+            "Totals: Looker total 300.31; 14 of 14 lines written (debit 300.31, credit 300.31)",
+            "Details: ml-connector show r-2 --table mlc-audit",
+        ] {
+            assert!(text.contains(want), "{want:?} in {text}");
+        }
+        // Problems are published too; a busy or already-posted run is not.
+        for (status, headline) in [
+            (RunStatus::Failed, "run r-2 failed"),
+            (RunStatus::Interrupted, "run r-2 interrupted"),
+            (RunStatus::DuplicatePosted, "duplicates found"),
+            (RunStatus::Conflict, "conflict:"),
+            (RunStatus::Rejected, "run r-2 rejected"),
+        ] {
+            let n = RunNotification::to_publish(&run(status, "x")).unwrap();
+            assert!(
+                n.headline.starts_with(headline),
+                "{status:?}: {}",
+                n.headline
+            );
+            assert!(n.subject.len() <= 100 && n.subject.contains(headline));
+        }
+        assert!(RunNotification::to_publish(&run(RunStatus::Busy, "x")).is_none());
+        assert!(RunNotification::to_publish(&run(RunStatus::AlreadyPosted, "x")).is_none());
     }
 }

@@ -257,8 +257,34 @@ impl Reconciliation {
 }
 
 /// The signed exact amount of an audited row under `cfg`'s amount rule (as mapping reads it:
-/// `None` for an amount mapping refuses, `amount.max_abs` included).
+/// `None` for an amount mapping refuses, `amount.max_abs` included). With `[[lines]]`, the sum
+/// of its lines' amounts (`None` if any is refused).
 pub fn row_amount(cfg: &InstanceConfig, cells: &BTreeMap<String, Cell>) -> Option<Decimal> {
+    let mut total = Decimal::ZERO;
+    for (_, a) in line_amounts(cfg, cells) {
+        money::add_to(&mut total, a?).ok()?;
+    }
+    Some(total)
+}
+
+/// The signed exact amount of each line an audited row makes, in line order, with the line's
+/// lineage column (`None` for one line per row); the amount is `None` where mapping refuses it.
+pub fn line_amounts<'c>(
+    cfg: &'c InstanceConfig,
+    cells: &BTreeMap<String, Cell>,
+) -> Vec<(Option<&'c str>, Option<Decimal>)> {
+    cfg.line_rules()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|rule| (rule.lineage, rule_amount(cfg, &rule.amount, cells)))
+        .collect()
+}
+
+fn rule_amount(
+    cfg: &InstanceConfig,
+    rule: &AmountRule<'_>,
+    cells: &BTreeMap<String, Cell>,
+) -> Option<Decimal> {
     let num = |col: &str| -> Option<Decimal> {
         let d = match cells.get(col)? {
             Cell::Number(d) => *d,
@@ -267,7 +293,7 @@ pub fn row_amount(cfg: &InstanceConfig, cells: &BTreeMap<String, Cell>) -> Optio
         };
         (d.abs() <= cfg.amount.max_abs).then_some(d)
     };
-    match cfg.amount.resolve().ok()? {
+    match *rule {
         AmountRule::Signed { column, sign } => {
             let v = num(column)?;
             Some(match sign {
@@ -426,15 +452,22 @@ async fn compute(
         ));
     }
 
-    // Exact Looker amounts of the audited rows (`sign` is ±1: the product cannot overflow).
-    let mut amounts: BTreeMap<usize, Decimal> = rows
-        .iter()
-        .filter_map(|r| row_amount(config, &r.cells).map(|a| (r.row_index, sign * a)))
-        .collect();
-    // Their total as mapping makes it: in row order, a row whose amount would overflow it is
-    // left out (mapping rejected it), so a rejected run's total is reproduced, not a panic.
+    // Exact Looker amounts of the audited rows, per (row, lineage column) — the column is
+    // `None` for one line per row (`sign` is ±1: the product cannot overflow). Their total as
+    // mapping makes it: in row and line order, an amount that would overflow it is left out
+    // (mapping rejected it), so a rejected run's total is reproduced, not a panic.
+    let mut amounts: BTreeMap<(usize, Option<String>), Decimal> = BTreeMap::new();
     let mut all_rows = Decimal::ZERO;
-    amounts.retain(|_, a| money::add_to(&mut all_rows, *a).is_ok());
+    for r in &rows {
+        for (column, a) in line_amounts(config, &r.cells) {
+            let Some(a) = a.map(|a| sign * a) else {
+                continue;
+            };
+            if money::add_to(&mut all_rows, a).is_ok() {
+                amounts.insert((r.row_index, column.map(str::to_string)), a);
+            }
+        }
+    }
     if let Some(orig) = &reverses {
         notes.push(format!(
             "reversal of run {orig}: Looker amounts are the original run's rows, negated"
@@ -460,7 +493,7 @@ async fn compute(
     type GKey = (String, String);
     let mut groups: BTreeMap<GKey, BTreeMap<u32, VAcc>> = BTreeMap::new();
     let mut planned: BTreeMap<(String, u32), &LineRecord> = BTreeMap::new();
-    let mut rows_in_lines: BTreeSet<usize> = BTreeSet::new();
+    let mut rows_in_lines: BTreeSet<(usize, Option<String>)> = BTreeSet::new();
     for rec in &lines {
         let l = &rec.line;
         planned.insert((rec.legal_entity.clone(), l.line_no), rec);
@@ -483,8 +516,9 @@ async fn compute(
                 let dp = precision.decimals(&l.currency).unwrap_or(2);
                 let mut rounded = Decimal::ZERO;
                 for r in &l.source_rows {
-                    rows_in_lines.insert(*r);
-                    let exact = amounts.get(r).copied().unwrap_or_default();
+                    let key = (*r, l.source_column.clone());
+                    let exact = amounts.get(&key).copied().unwrap_or_default();
+                    rows_in_lines.insert(key);
                     money::add_to(&mut v.source, exact)?;
                     money::add_to(&mut rounded, round(exact, dp))?;
                 }
@@ -495,16 +529,24 @@ async fn compute(
             }
         }
     }
-    // Rows whose amount rounded to zero carry no line; route them to their entity/currency.
+    // Amounts that rounded to zero carry no line; route them to their entity/currency. (With
+    // `[[lines]]` a mapped row may have such a line beside lines that were written.)
     let mut unallocated: BTreeMap<GKey, Decimal> = BTreeMap::new();
-    for r in rows
-        .iter()
-        .filter(|r| !rows_in_lines.contains(&r.row_index))
-    {
-        let Some(a) = amounts.get(&r.row_index).filter(|a| !a.is_zero()) else {
+    let row_by_index: BTreeMap<usize, &SourceRowRecord> =
+        rows.iter().map(|r| (r.row_index, r)).collect();
+    for (key, a) in &amounts {
+        if a.is_zero() || rows_in_lines.contains(key) {
+            continue;
+        }
+        let Some(r) = row_by_index.get(&key.0) else {
             continue;
         };
-        if !matches!(r.status, crate::domain::run::RowStatus::Skipped) {
+        let routed = match r.status {
+            crate::domain::run::RowStatus::Skipped => true,
+            crate::domain::run::RowStatus::Mapped => key.1.is_some(),
+            _ => false,
+        };
+        if !routed {
             continue;
         }
         let le = resolve(&config.journal.legal_entity, &r.cells)

@@ -315,6 +315,7 @@ async fn reverse_locked(
                     ),
                     kind: rec.line.kind,
                     source_rows: rec.line.source_rows.clone(),
+                    source_column: rec.line.source_column.clone(),
                 });
             }
             let journal = Journal {

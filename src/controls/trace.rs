@@ -251,6 +251,10 @@ impl Trace {
             );
         }
         let _ = writeln!(s, "  text            {}", l.line.text);
+        if let Some(c) = &l.line.source_column {
+            // One of several lines of its row (`[[lines]]`): the measure it carries.
+            let _ = writeln!(s, "  amount column   {c}");
+        }
         for row in &self.source_rows {
             let cells = row
                 .cells

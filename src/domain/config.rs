@@ -62,11 +62,24 @@ pub struct InstanceConfig {
     #[serde(default)]
     pub period: PeriodConfig,
     pub journal: JournalConfig,
+    /// The amount rule of a one-line-per-row mapping; with `[[lines]]` only `zero` and `max_abs`
+    /// apply (each line names its own column).
+    #[serde(default)]
     pub amount: AmountConfig,
-    pub account: ValueSource,
+    /// Main account of a detail line. Required without `[[lines]]`; with them, the account of
+    /// every line that sets none of its own. Left out of the serialized config when absent, so
+    /// configs from before `[[lines]]` keep their version hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<ValueSource>,
     /// Financial dimension name (as in the ledger format, e.g. `CostCenter`) → where its value comes from.
     #[serde(default)]
     pub dimensions: BTreeMap<String, ValueSource>,
+    /// Several measures side by side in one row: each entry makes its own journal line from
+    /// the same row, with its own amount column, sign, account and dimension overrides. All of
+    /// them go into the run's one journal. Empty (and left out of the serialized config, so the
+    /// version hash of existing configs is unchanged) for one line per row.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<LineSpec>,
     pub balancing: BalancingConfig,
     #[serde(default)]
     pub rounding: RoundingConfig,
@@ -500,6 +513,106 @@ pub enum VoucherBy {
     Row,
 }
 
+/// One of several journal lines a row makes (`[[lines]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineSpec {
+    /// A signed amount column (or `debit_column` + `credit_column`). The column names the line
+    /// in the audit trail: each line's lineage is its source row and this column.
+    #[serde(default)]
+    pub column: Option<String>,
+    #[serde(default)]
+    pub sign: SignConvention,
+    #[serde(default)]
+    pub debit_column: Option<String>,
+    #[serde(default)]
+    pub credit_column: Option<String>,
+    /// This line's main account; the top-level `[account]` when left out.
+    #[serde(default)]
+    pub account: Option<ValueSource>,
+    /// Dimensions set (or replaced) for this line on top of the top-level `[dimensions]`.
+    #[serde(default)]
+    pub dimensions: BTreeMap<String, ValueSource>,
+    /// Line text template; `journal.text` when left out.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl LineSpec {
+    /// The amount rule of this line.
+    pub fn rule(&self, key: &str) -> Result<AmountRule<'_>, ConfigError> {
+        amount_rule(
+            key,
+            &self.column,
+            self.sign,
+            &self.debit_column,
+            &self.credit_column,
+        )
+    }
+
+    /// The column that names this line in its lineage: `column`, or `debit_column`.
+    pub fn lineage_column(&self) -> &str {
+        self.column
+            .as_deref()
+            .or(self.debit_column.as_deref())
+            .unwrap_or("")
+    }
+}
+
+/// One journal line a row makes, resolved: `[[lines]]` entries, or the one line of `[amount]`
+/// + `[account]` + `[dimensions]`.
+#[derive(Debug, Clone)]
+pub struct LineRule<'a> {
+    /// Config key prefix for errors: `lines[1]`, or empty for the single-line form.
+    pub key: String,
+    pub amount: AmountRule<'a>,
+    /// The lineage column (`None` for the single-line form: its lines are as before).
+    pub lineage: Option<&'a str>,
+    pub account: &'a ValueSource,
+    /// Top-level dimensions with this line's overrides applied.
+    pub dimensions: BTreeMap<&'a str, &'a ValueSource>,
+    pub text: &'a str,
+}
+
+impl LineRule<'_> {
+    /// The config key of a field of this line: `account` or `lines[1].account`.
+    pub fn field(&self, name: &str) -> String {
+        if self.key.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.key)
+        }
+    }
+
+    /// The columns this line's amount is read from.
+    pub fn amount_columns(&self) -> Vec<&str> {
+        match &self.amount {
+            AmountRule::Signed { column, .. } => vec![column],
+            AmountRule::DebitCredit { debit, credit } => vec![debit, credit],
+        }
+    }
+}
+
+fn amount_rule<'a>(
+    key: &str,
+    column: &'a Option<String>,
+    sign: SignConvention,
+    debit: &'a Option<String>,
+    credit: &'a Option<String>,
+) -> Result<AmountRule<'a>, ConfigError> {
+    match (column, debit, credit) {
+        (Some(c), None, None) => Ok(AmountRule::Signed { column: c, sign }),
+        (None, Some(d), Some(c)) => Ok(AmountRule::DebitCredit {
+            debit: d,
+            credit: c,
+        }),
+        _ => Err(invalid(
+            key,
+            "set `column` (signed amount) or both `debit_column` and `credit_column`",
+        )),
+    }
+}
+
 /// Which column(s) carry the amount and what sign means.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -532,6 +645,20 @@ pub struct AmountConfig {
 
 /// Default `amount.max_abs`: 10^12, a trillion in any currency.
 pub const DEFAULT_MAX_ABS: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+
+impl Default for AmountConfig {
+    /// No column (the `[[lines]]` form), the default sign, zero rule and limit.
+    fn default() -> Self {
+        Self {
+            column: None,
+            sign: SignConvention::default(),
+            debit_column: None,
+            credit_column: None,
+            zero: ZeroAmounts::default(),
+            max_abs: DEFAULT_MAX_ABS,
+        }
+    }
+}
 
 fn default_max_abs() -> Decimal {
     DEFAULT_MAX_ABS
@@ -574,20 +701,17 @@ pub enum AmountRule<'a> {
 
 impl AmountConfig {
     pub fn resolve(&self) -> Result<AmountRule<'_>, ConfigError> {
-        match (&self.column, &self.debit_column, &self.credit_column) {
-            (Some(c), None, None) => Ok(AmountRule::Signed {
-                column: c,
-                sign: self.sign,
-            }),
-            (None, Some(d), Some(c)) => Ok(AmountRule::DebitCredit {
-                debit: d,
-                credit: c,
-            }),
-            _ => Err(invalid(
-                "amount",
-                "set `column` (signed amount) or both `debit_column` and `credit_column`",
-            )),
-        }
+        amount_rule(
+            "amount",
+            &self.column,
+            self.sign,
+            &self.debit_column,
+            &self.credit_column,
+        )
+    }
+
+    fn names_a_column(&self) -> bool {
+        self.column.is_some() || self.debit_column.is_some() || self.credit_column.is_some()
     }
 }
 
@@ -722,7 +846,7 @@ impl InstanceConfig {
                 "must leave room for the lineage reference (at least 30)",
             ));
         }
-        self.amount.resolve()?;
+        let rules = self.line_rules()?;
         if self.amount.max_abs <= Decimal::ZERO {
             return Err(invalid(
                 "amount.max_abs",
@@ -732,9 +856,16 @@ impl InstanceConfig {
                 ),
             ));
         }
-        self.account.check("account")?;
         for (dim, src) in &self.dimensions {
             src.check(&format!("dimensions.{dim}"))?;
+        }
+        for rule in &rules {
+            rule.account.check(&rule.field("account"))?;
+        }
+        for (i, spec) in self.lines.iter().enumerate() {
+            for (dim, src) in &spec.dimensions {
+                src.check(&format!("lines[{i}].dimensions.{dim}"))?;
+            }
         }
         self.balancing.account.check("balancing.account")?;
         for (dim, src) in &self.balancing.dimensions {
@@ -814,6 +945,104 @@ impl InstanceConfig {
         Ok(())
     }
 
+    /// The journal lines each row makes, in line order: the `[[lines]]` entries, or the one
+    /// line of `[amount]` + `[account]` + `[dimensions]`. Errors name the key.
+    pub fn line_rules(&self) -> Result<Vec<LineRule<'_>>, ConfigError> {
+        let top: BTreeMap<&str, &ValueSource> = self
+            .dimensions
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        if self.lines.is_empty() {
+            let amount = self.amount.resolve()?;
+            let account = self.account.as_ref().ok_or_else(|| {
+                invalid(
+                    "account",
+                    "missing: set `[account]` (or give each `[[lines]]` entry its own `account`)",
+                )
+            })?;
+            return Ok(vec![LineRule {
+                key: String::new(),
+                amount,
+                lineage: None,
+                account,
+                dimensions: top,
+                text: &self.journal.text,
+            }]);
+        }
+        if self.amount.names_a_column() {
+            return Err(invalid(
+                "amount",
+                "with `[[lines]]` each line names its own amount column: remove `column`/`debit_column`/`credit_column` from `[amount]` (it keeps `zero` and `max_abs`)",
+            ));
+        }
+        let mut rules: Vec<LineRule<'_>> = Vec::with_capacity(self.lines.len());
+        for (i, spec) in self.lines.iter().enumerate() {
+            let key = format!("lines[{i}]");
+            let amount = spec.rule(&key)?;
+            let lineage = spec.lineage_column();
+            if let Some(j) = rules.iter().position(|r| r.lineage == Some(lineage)) {
+                return Err(invalid(
+                    format!("{key}.column"),
+                    format!(
+                        "`{lineage}` is already the amount column of lines[{j}]; a line is identified in the audit trail by its row and amount column"
+                    ),
+                ));
+            }
+            let account = spec
+                .account
+                .as_ref()
+                .or(self.account.as_ref())
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{key}.account"),
+                        "missing: set `account` on this line or a top-level `[account]`",
+                    )
+                })?;
+            let mut dimensions = top.clone();
+            for (k, v) in &spec.dimensions {
+                dimensions.insert(k.as_str(), v);
+            }
+            rules.push(LineRule {
+                key,
+                amount,
+                lineage: Some(lineage),
+                account,
+                dimensions,
+                text: spec.text.as_deref().unwrap_or(&self.journal.text),
+            });
+        }
+        Ok(rules)
+    }
+
+    /// Every (config key, account rule) of detail lines: `account`, `lines[1].account`, ….
+    pub fn account_rules(&self) -> Vec<(String, &ValueSource)> {
+        let mut out: Vec<(String, &ValueSource)> = Vec::new();
+        if let Some(a) = &self.account {
+            out.push(("account".into(), a));
+        }
+        for (i, spec) in self.lines.iter().enumerate() {
+            if let Some(a) = &spec.account {
+                out.push((format!("lines[{i}].account"), a));
+            }
+        }
+        out
+    }
+
+    /// Every financial dimension name the config sets (detail, per line, balancing).
+    pub fn dimension_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .dimensions
+            .keys()
+            .chain(self.lines.iter().flat_map(|l| l.dimensions.keys()))
+            .chain(self.balancing.dimensions.keys())
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// A short hash identifying this exact configuration, recorded with every run.
     pub fn version(&self) -> String {
         let canonical = serde_json::to_vec(self).unwrap_or_default();
@@ -839,20 +1068,18 @@ impl InstanceConfig {
         if let Ok(TransDate::Column(c)) = self.journal.trans_date.resolve() {
             add(c);
         }
-        match self.amount.resolve() {
-            Ok(AmountRule::Signed { column, .. }) => add(column),
-            Ok(AmountRule::DebitCredit { debit, credit }) => {
-                add(debit);
-                add(credit);
-            }
-            Err(_) => {}
-        }
-        for c in self.account.columns() {
-            add(c);
-        }
-        for src in self.dimensions.values() {
-            for c in src.columns() {
+        let rules = self.line_rules().unwrap_or_default();
+        for rule in &rules {
+            for c in rule.amount_columns() {
                 add(c);
+            }
+            for c in rule.account.columns() {
+                add(c);
+            }
+            for src in rule.dimensions.values() {
+                for c in src.columns() {
+                    add(c);
+                }
             }
         }
         for c in self.balancing.account.columns() {
@@ -863,7 +1090,13 @@ impl InstanceConfig {
                 add(c);
             }
         }
-        for t in [&self.journal.text, &self.journal.description] {
+        let texts = [
+            self.journal.text.as_str(),
+            self.journal.description.as_str(),
+        ]
+        .into_iter()
+        .chain(self.lines.iter().filter_map(|l| l.text.as_deref()));
+        for t in texts {
             for name in template_names(t) {
                 if name.contains('.') {
                     add(&name);
@@ -913,6 +1146,10 @@ mod tests {
 
     pub(crate) const EXAMPLE: &str =
         include_str!("../../infra/config/weekly-marketplace-fees.toml");
+
+    /// `version()` of the example config. Adding `[[lines]]` left its serialized form (asserted
+    /// below) and so this hash unchanged: runs recorded before keep matching their config.
+    const EXAMPLE_VERSION: &str = "9bc6877337ea";
 
     #[test]
     fn example_config_parses_and_checks() {
@@ -1099,5 +1336,111 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("window_secs"), "{e}");
+    }
+
+    const SIDE_BY_SIDE: &str = include_str!("../../infra/config/weekly-fees-and-commissions.toml");
+
+    #[test]
+    fn side_by_side_example_parses_and_resolves_its_lines() {
+        let cfg = InstanceConfig::from_toml(SIDE_BY_SIDE).expect("side-by-side example is valid");
+        let rules = cfg.line_rules().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].lineage, Some("channel_costs.fee_amount"));
+        assert_eq!(rules[1].lineage, Some("channel_costs.commission_amount"));
+        assert_eq!(rules[1].account.constant.as_deref(), Some("600170"));
+        // Overrides add to (or replace) the shared dimensions.
+        assert_eq!(
+            rules[1].dimensions.keys().copied().collect::<Vec<_>>(),
+            vec!["Channel", "CostCenter", "Department"]
+        );
+        assert_eq!(rules[0].dimensions.len(), 2);
+        let cols = cfg.referenced_columns();
+        for c in [
+            "channel_costs.fee_amount",
+            "channel_costs.commission_amount",
+            "channel_costs.channel",
+        ] {
+            assert!(cols.contains(&c.to_string()), "{c}: {cols:?}");
+        }
+        assert_eq!(
+            cfg.dimension_names(),
+            vec!["Channel", "CostCenter", "Department"]
+        );
+        let keys: Vec<String> = cfg.account_rules().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec!["lines[0].account", "lines[1].account"]);
+        // Survives the stored (JSON) form.
+        let back: InstanceConfig =
+            serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn single_line_configs_serialize_as_before() {
+        // The version hash is over the serialized config: the new keys must not appear in it
+        // for a config that does not use them, and `account` serializes as the plain rule.
+        let cfg = InstanceConfig::from_toml(EXAMPLE).unwrap();
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(!json.contains("\"lines\":"), "{json}");
+        assert!(
+            json.contains(
+                "\"account\":{\"constant\":null,\"column\":\"marketplace_fees.fee_type\""
+            ),
+            "{json}"
+        );
+        assert_eq!(cfg.version(), EXAMPLE_VERSION);
+        let rules = cfg.line_rules().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].lineage, None);
+        assert_eq!(rules[0].field("account"), "account");
+    }
+
+    #[test]
+    fn side_by_side_errors_name_the_key() {
+        let err = |text: &str| InstanceConfig::from_toml(text).unwrap_err().to_string();
+        // A column in [amount] as well as [[lines]].
+        let e = err(&SIDE_BY_SIDE.replace(
+            "zero = \"skip\"",
+            "zero = \"skip\"\ncolumn = \"channel_costs.fee_amount\"",
+        ));
+        assert!(e.contains("`amount`") && e.contains("[[lines]]"), "{e}");
+        // Two lines on one column: their lineage would be ambiguous.
+        let e = err(&SIDE_BY_SIDE.replace(
+            "column = \"channel_costs.commission_amount\"",
+            "column = \"channel_costs.fee_amount\"",
+        ));
+        assert!(
+            e.contains("lines[1].column") && e.contains("lines[0]"),
+            "{e}"
+        );
+        // A line with no account and no top-level [account].
+        let e = err(&SIDE_BY_SIDE.replace("account = { constant = \"600170\" }\n", ""));
+        assert!(e.contains("lines[1].account"), "{e}");
+        // ... which a top-level [account] then supplies.
+        let with_top = SIDE_BY_SIDE
+            .replace("account = { constant = \"600170\" }\n", "")
+            .replace(
+                "[dimensions]\n",
+                "[account]\nconstant = \"600170\"\n\n[dimensions]\n",
+            );
+        let cfg = InstanceConfig::from_toml(&with_top).unwrap();
+        assert_eq!(
+            cfg.line_rules().unwrap()[1].account.constant.as_deref(),
+            Some("600170")
+        );
+        // No amount column on a line.
+        let e = err(&SIDE_BY_SIDE.replace("column = \"channel_costs.commission_amount\"\n", ""));
+        assert!(e.contains("lines[1]"), "{e}");
+        // A bad dimension override.
+        let e = err(&SIDE_BY_SIDE.replace(
+            "Department = { constant = \"010\" }",
+            "Department = { constant = \"\" }",
+        ));
+        assert!(e.contains("lines[1].dimensions.Department"), "{e}");
+        // Without [[lines]], [account] is required as before.
+        let e = err(&EXAMPLE.replace(
+            "[account]\ncolumn = \"marketplace_fees.fee_type\"\nlookup = { \"Marketplace fee\" = \"618100\", \"Commission\" = \"618200\" }\n",
+            "",
+        ));
+        assert!(e.contains("`account`"), "{e}");
     }
 }

@@ -190,6 +190,11 @@ pub struct JournalLine {
     pub kind: LineKind,
     /// Source row indexes this line came from (empty for balancing lines).
     pub source_rows: Vec<usize>,
+    /// The amount column of the row this line came from, when a row makes several lines
+    /// (`[[lines]]`): with `source_rows` its lineage. Absent for one line per row, so those
+    /// lines and their audit records are as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_column: Option<String>,
 }
 
 impl JournalLine {
@@ -348,6 +353,7 @@ mod tests {
             text: String::new(),
             kind: LineKind::Detail,
             source_rows: vec![0],
+            source_column: None,
         };
         let j = |lines| Journal {
             legal_entity: "usmf".into(),

@@ -13,8 +13,8 @@ use chrono::NaiveDate;
 use rust_decimal::Decimal;
 
 use super::config::{
-    AmountRule, BalancingStyle, InstanceConfig, Period, RoundingTarget, SignConvention, TransDate,
-    ValueSource, VoucherBy, ZeroAmounts,
+    AmountRule, BalancingStyle, InstanceConfig, LineRule, Period, RoundingTarget, SignConvention,
+    TransDate, ValueSource, VoucherBy, ZeroAmounts,
 };
 use super::journal::{Dimensions, Journal, JournalLine, JournalPart, LedgerAccount, LineKind};
 use super::money::{self, parse_amount_text, round, AmountTextError, CurrencyPrecision, Overflow};
@@ -180,6 +180,9 @@ struct RowLine {
     balancing: LedgerAccount,
     exact: Decimal,
     text: String,
+    /// The amount column of a `[[lines]]` line (its lineage with the row); `None` for the
+    /// single-line form.
+    column: Option<String>,
 }
 
 /// Maps every row; never panics on data, records a row error instead.
@@ -232,26 +235,56 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
 
     let mut source_total = Decimal::ZERO;
     let mut resolved: Vec<RowLine> = Vec::with_capacity(extract.rows.len());
-    let mut plan = RowPlan::new(extract, ctx);
+    let rules = match cfg.line_rules() {
+        Ok(r) => r,
+        Err(e) => {
+            // A config that passed `check` always resolves; this is for one built in code.
+            issues.push(Issue::config("lines", e.to_string()));
+            for r in &extract.rows {
+                rows_out.push(RowOutcome {
+                    index: r.index,
+                    status: RowStatus::Rejected,
+                    line_nos: vec![],
+                    errors: vec![format!("not mapped: {e}")],
+                });
+            }
+            return Mapped {
+                rows: rows_out,
+                issues,
+                ..Mapped::empty()
+            };
+        }
+    };
+    let mut plan = RowPlan::new(extract, ctx, &rules);
+    let mut amounts: Vec<Option<Decimal>> = Vec::with_capacity(rules.len());
     for row in &extract.rows {
         let mut errs: Vec<(String, String)> = Vec::new();
-        let mut amount = read_amount(row, cfg, &mut errs);
-        if let Some(a) = amount {
-            match money::add(source_total, a) {
-                Ok(t) => source_total = t,
-                Err(e) => {
-                    errs.push((
-                        amount_field(cfg),
-                        overflow_message(a, "the Looker total of the rows before it", e),
-                    ));
-                    amount = None;
+        amounts.clear();
+        for line in &plan.lines {
+            let mut amount = read_amount(row, &line.rule.amount, cfg.amount.max_abs, &mut errs);
+            if let Some(a) = amount {
+                match money::add(source_total, a) {
+                    Ok(t) => source_total = t,
+                    Err(e) => {
+                        errs.push((
+                            line.amount_field.clone(),
+                            overflow_message(a, "the Looker total of the rows before it", e),
+                        ));
+                        amount = None;
+                    }
                 }
             }
+            amounts.push(amount);
         }
-        let line = resolve_row(row, amount, ctx, &mut plan, &mut errs);
+        let lines = resolve_row(row, &amounts, ctx, &mut plan, &mut errs);
+        if plan.lines.len() > 1 && errs.len() > 1 {
+            // A dimension every line shares is resolved once per line: report each problem once.
+            let mut seen = std::collections::HashSet::new();
+            errs.retain(|e| seen.insert(e.clone()));
+        }
         let status = if !errs.is_empty() {
             RowStatus::Rejected
-        } else if line.is_none() {
+        } else if lines.is_empty() {
             RowStatus::Skipped
         } else {
             RowStatus::Mapped
@@ -266,9 +299,7 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
             errors: errs.iter().map(|(f, m)| format!("{f}: {m}")).collect(),
         });
         if errs.is_empty() {
-            if let Some(l) = line {
-                resolved.push(l);
-            }
+            resolved.extend(lines);
         }
     }
 
@@ -278,7 +309,7 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
     // Rows of vouchers whose sums overflowed: rejected, the row the overflow happened at named.
     let mut row_errors: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for (o, members) in built.overflows {
-        let field = amount_field(cfg);
+        let field = o.field.clone().unwrap_or_else(|| amount_field(cfg));
         let message = overflow_message(o.amount, o.what, Overflow);
         row_errors
             .entry(o.row)
@@ -344,14 +375,14 @@ fn overflow_message(amount: Decimal, total: &str, e: Overflow) -> String {
     format!("amount `{amount}` cannot be added to {total}: {e}")
 }
 
-/// The row's signed amount under the amount rule, each amount cell within `amount.max_abs`;
+/// The row's signed amount under an amount rule, each amount cell within `amount.max_abs`;
 /// `None` with the reason in `errs` otherwise.
 fn read_amount(
     row: &SourceRow,
-    cfg: &InstanceConfig,
+    rule: &AmountRule<'_>,
+    max_abs: Decimal,
     errs: &mut Vec<(String, String)>,
 ) -> Option<Decimal> {
-    let max_abs = cfg.amount.max_abs;
     let num = |col: &str, errs: &mut Vec<(String, String)>| -> Option<Decimal> {
         let (value, shown): (Decimal, &dyn std::fmt::Display) = match row.get(col) {
             None => {
@@ -385,7 +416,7 @@ fn read_amount(
         }
         Some(value)
     };
-    match cfg.amount.resolve().ok()? {
+    match *rule {
         AmountRule::Signed { column, sign } => {
             let v = num(column, errs)?;
             Some(match sign {
@@ -448,18 +479,36 @@ struct RowPlan<'a> {
     shared: Option<std::sync::Arc<Columns>>,
     legal_entity: ValuePlan<'a>,
     currency: ValuePlan<'a>,
-    account: ValuePlan<'a>,
-    dimensions: Vec<(&'a str, String, ValuePlan<'a>)>,
+    /// The journal lines each row makes (one without `[[lines]]`).
+    lines: Vec<LinePlan<'a>>,
     balancing_account: ValuePlan<'a>,
     balancing_dimensions: Vec<(&'a str, String, ValuePlan<'a>)>,
     trans_date: Option<Col<'a>>,
-    text: Vec<Piece<'a>>,
     interned: HashMap<String, Dimensions>,
     key_buf: String,
 }
 
+/// One journal line of a row, its rule resolved against the extract's columns.
+struct LinePlan<'a> {
+    rule: &'a LineRule<'a>,
+    /// Config key of its account (`account`, `lines[1].account`).
+    account_key: String,
+    account: ValuePlan<'a>,
+    dimensions: Vec<(&'a str, String, ValuePlan<'a>)>,
+    text: Vec<Piece<'a>>,
+    /// The field named by amount errors: its lineage column, or the single-line amount column.
+    amount_field: String,
+}
+
+/// Which dimension list of the plan a value set is resolved from.
+#[derive(Clone, Copy)]
+enum DimList {
+    Line(usize),
+    Balancing,
+}
+
 impl<'a> RowPlan<'a> {
-    fn new(extract: &Extract, ctx: &MappingContext<'a>) -> Self {
+    fn new(extract: &Extract, ctx: &MappingContext<'a>, rules: &'a [LineRule<'a>]) -> Self {
         let cfg = ctx.config;
         let shared = extract
             .rows
@@ -482,15 +531,42 @@ impl<'a> RowPlan<'a> {
             Ok(TransDate::Column(c)) => Some(col(c)),
             _ => None,
         };
+        let lines = rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                let overrides = cfg.lines.get(i).map(|l| &l.dimensions);
+                LinePlan {
+                    rule,
+                    account_key: rule.field("account"),
+                    account: value(rule.account),
+                    dimensions: rule
+                        .dimensions
+                        .iter()
+                        .map(|(dim, src)| {
+                            let field = if overrides.is_some_and(|o| o.contains_key(*dim)) {
+                                rule.field(&format!("dimensions.{dim}"))
+                            } else {
+                                format!("dimensions.{dim}")
+                            };
+                            (*dim, field, value(src))
+                        })
+                        .collect(),
+                    text: parse_template(rule.text, ctx, &col),
+                    amount_field: match rule.lineage {
+                        Some(c) => c.to_string(),
+                        None => amount_field(cfg),
+                    },
+                }
+            })
+            .collect();
         Self {
             legal_entity: value(&cfg.journal.legal_entity),
             currency: value(&cfg.journal.currency),
-            account: value(&cfg.account),
-            dimensions: dims(&cfg.dimensions, "dimensions."),
+            lines,
             balancing_account: value(&cfg.balancing.account),
             balancing_dimensions: dims(&cfg.balancing.dimensions, "balancing.dimensions."),
             trans_date,
-            text: parse_template(&cfg.journal.text, ctx, &col),
             interned: HashMap::new(),
             key_buf: String::new(),
             shared,
@@ -535,9 +611,9 @@ fn parse_template<'a>(
     pieces
 }
 
-fn render_text(plan: &RowPlan<'_>, row: &SourceRow) -> String {
+fn render_text(plan: &RowPlan<'_>, line: usize, row: &SourceRow) -> String {
     let mut out = String::with_capacity(64);
-    for piece in &plan.text {
+    for piece in &plan.lines[line].text {
         match piece {
             Piece::Literal(s) => out.push_str(s),
             Piece::Fixed(s) => out.push_str(s),
@@ -638,14 +714,13 @@ pub fn truncate_chars(s: &str, max: usize) -> String {
 /// The dimension values of a row, interned: a hit costs no allocation.
 fn resolve_dims(
     plan: &mut RowPlan<'_>,
-    balancing: bool,
+    which: DimList,
     row: &SourceRow,
     errs: &mut Vec<(String, String)>,
 ) -> Dimensions {
-    let list = if balancing {
-        &plan.balancing_dimensions
-    } else {
-        &plan.dimensions
+    let list = match which {
+        DimList::Balancing => &plan.balancing_dimensions,
+        DimList::Line(i) => &plan.lines[i].dimensions,
     };
     if list.is_empty() {
         return Dimensions::new();
@@ -679,13 +754,16 @@ fn resolve_dims(
     dims
 }
 
+/// The lines of one row, given the amounts read for each of its line rules (`None` where the
+/// amount could not be read: `errs` says why). Zero amounts make no line (or an error under
+/// `amount.zero = "reject"`).
 fn resolve_row(
     row: &SourceRow,
-    amount: Option<Decimal>,
+    amounts: &[Option<Decimal>],
     ctx: &MappingContext<'_>,
     plan: &mut RowPlan<'_>,
     errs: &mut Vec<(String, String)>,
-) -> Option<RowLine> {
+) -> Vec<RowLine> {
     let cfg = ctx.config;
     let legal_entity = resolve_value(plan, &plan.legal_entity, row, "journal.legal_entity", errs)
         .map(|s| s.to_ascii_lowercase());
@@ -725,8 +803,16 @@ fn resolve_row(
         }
         Err(_) => None,
     };
-    let main = resolve_value(plan, &plan.account, row, "account", errs).map(Cow::into_owned);
-    let dims = resolve_dims(plan, false, row, errs);
+    // Per line: account, dimensions, text (in line order, so errors come out in that order).
+    let mut per_line = Vec::with_capacity(plan.lines.len());
+    for i in 0..plan.lines.len() {
+        let line = &plan.lines[i];
+        let main =
+            resolve_value(plan, &line.account, row, &line.account_key, errs).map(Cow::into_owned);
+        let dims = resolve_dims(plan, DimList::Line(i), row, errs);
+        let text = render_text(plan, i, row);
+        per_line.push((main, dims, text));
+    }
     let bal_main = resolve_value(
         plan,
         &plan.balancing_account,
@@ -735,33 +821,69 @@ fn resolve_row(
         errs,
     )
     .map(Cow::into_owned);
-    let bal_dims = resolve_dims(plan, true, row, errs);
-    let text = render_text(plan, row);
+    let bal_dims = resolve_dims(plan, DimList::Balancing, row, errs);
 
-    let amount = amount?;
-    if amount.is_zero() {
-        if cfg.amount.zero == ZeroAmounts::Reject {
-            errs.push((amount_field(cfg), "amount is zero".into()));
+    let (mut legal_entity, mut currency, mut bal_main) = (legal_entity, currency, bal_main);
+    let n = per_line.len();
+    let mut out = Vec::with_capacity(n);
+    for (i, (main, dims, text)) in per_line.into_iter().enumerate() {
+        // The last line takes the row's strings; earlier ones copy them (one line per row, the
+        // common case, copies nothing).
+        let share = |v: &mut Option<String>| {
+            if i + 1 == n {
+                v.take()
+            } else {
+                v.clone()
+            }
+        };
+        let Some(amount) = amounts.get(i).copied().flatten() else {
+            continue;
+        };
+        let line = &plan.lines[i];
+        if amount.is_zero() {
+            if cfg.amount.zero == ZeroAmounts::Reject {
+                errs.push((line.amount_field.clone(), "amount is zero".into()));
+            }
+            continue;
         }
-        return None;
+        let (
+            Some(legal_entity),
+            Some(currency),
+            Some(decimals),
+            Some(trans_date),
+            Some(main),
+            Some(bal_main),
+        ) = (
+            share(&mut legal_entity),
+            share(&mut currency),
+            decimals,
+            trans_date,
+            main,
+            share(&mut bal_main),
+        )
+        else {
+            continue;
+        };
+        out.push(RowLine {
+            index: row.index,
+            legal_entity,
+            currency,
+            decimals,
+            trans_date,
+            account: LedgerAccount {
+                main_account: main,
+                dimensions: dims,
+            },
+            balancing: LedgerAccount {
+                main_account: bal_main,
+                dimensions: bal_dims.clone(),
+            },
+            exact: amount,
+            text,
+            column: line.rule.lineage.map(str::to_string),
+        });
     }
-    Some(RowLine {
-        index: row.index,
-        legal_entity: legal_entity?,
-        currency: currency?,
-        decimals: decimals?,
-        trans_date: trans_date?,
-        account: LedgerAccount {
-            main_account: main?,
-            dimensions: dims,
-        },
-        balancing: LedgerAccount {
-            main_account: bal_main?,
-            dimensions: bal_dims,
-        },
-        exact: amount,
-        text,
-    })
+    out
 }
 
 fn amount_field(cfg: &InstanceConfig) -> String {
@@ -785,6 +907,8 @@ struct DraftVoucher {
 #[derive(Debug)]
 struct RowOverflow {
     row: usize,
+    /// The amount column, when the overflow is one line's (`[[lines]]`).
+    field: Option<String>,
     amount: Decimal,
     /// What it could not be added to, for the row error.
     what: &'static str,
@@ -793,8 +917,13 @@ struct RowOverflow {
 impl RowOverflow {
     /// For `map_err`: the overflow happened adding `row`'s amount to `what`.
     fn at(row: &RowLine, what: &'static str) -> impl FnOnce(Overflow) -> RowOverflow {
-        let (row, amount) = (row.index, row.exact);
-        move |_| RowOverflow { row, amount, what }
+        let (r, amount, field) = (row.index, row.exact, row.column.clone());
+        move |_| RowOverflow {
+            row: r,
+            field,
+            amount,
+            what,
+        }
     }
 }
 
@@ -829,6 +958,7 @@ fn build_journals(
         }
         _ => Err(RowOverflow {
             row: first,
+            field: None,
             amount: detail_sum,
             what: "the mapped total of the run (the amount is the total of this row's voucher)",
         }),
@@ -982,6 +1112,7 @@ fn lines_voucher(
         balancing_total =
             money::add(balancing_total, round(*total, decimals)).map_err(|_| RowOverflow {
                 row: *first,
+                field: None,
                 amount: *total,
                 what: "the voucher's other balancing totals",
             })?;
@@ -999,6 +1130,7 @@ fn lines_voucher(
     }
     let residue = money::sub(balancing_total, detail_sum).map_err(|_| RowOverflow {
         row: first,
+        field: None,
         amount: balancing_total,
         what: "the voucher's rounding residue (the amount is the voucher's balancing total)",
     })?;
@@ -1020,6 +1152,7 @@ fn lines_voucher(
             text: format!("Balancing {}", ctx.period.label),
             kind: LineKind::Balancing,
             source_rows: vec![],
+            source_column: None,
         });
     }
     Ok((v, detail_sum, residue))
@@ -1060,6 +1193,7 @@ fn offset_group(
     }
     let residue = money::sub(round(exact, decimals), detail_sum).map_err(|_| RowOverflow {
         row: first,
+        field: None,
         amount: exact,
         what: "the rounding residue of its balancing account (the amount is the account's total)",
     })?;
@@ -1077,6 +1211,7 @@ fn offset_group(
                     let row = line.source_rows.first().copied().unwrap_or(first);
                     money::add_to(&mut line.amount, residue).map_err(|_| RowOverflow {
                         row,
+                        field: None,
                         amount: residue,
                         what: "the largest line of its balancing account (rounding residue)",
                     })?;
@@ -1105,7 +1240,10 @@ fn check_line_amounts(journals: &[Journal], cfg: &InstanceConfig, issues: &mut V
     for j in journals {
         for l in j.lines.iter().filter(|l| l.amount.abs() > max_abs) {
             let (field, what) = match l.kind {
-                LineKind::Detail => (amount_field(cfg), "line amount"),
+                LineKind::Detail => (
+                    l.source_column.clone().unwrap_or_else(|| amount_field(cfg)),
+                    "line amount",
+                ),
                 LineKind::Balancing => ("balancing".to_string(), "balancing line amount"),
                 LineKind::Rounding => ("rounding".to_string(), "rounding line amount"),
             };
@@ -1216,6 +1354,7 @@ fn detail_line(r: RowLine, rounded: Decimal, offset: Option<LedgerAccount>) -> J
         text: r.text,
         kind: LineKind::Detail,
         source_rows: vec![r.index],
+        source_column: r.column,
     }
 }
 
@@ -1249,6 +1388,7 @@ fn book_residue(
                     let row = l.source_rows.first().copied().unwrap_or_default();
                     money::add_to(&mut l.amount, residue).map_err(|_| RowOverflow {
                         row,
+                        field: None,
                         amount: residue,
                         what: "the voucher's largest line (rounding residue)",
                     })?
@@ -1279,6 +1419,7 @@ fn book_residue(
                 text: format!("Rounding residue {}", ctx.period.label),
                 kind: LineKind::Rounding,
                 source_rows: vec![],
+                source_column: None,
             });
         }
     }
@@ -2000,5 +2141,172 @@ mod tests {
         assert_eq!(parse_line_ref("abc-12.L12345"), Some(("abc-12", 12345)));
         assert_eq!(parse_line_ref("Manual entry"), None);
         assert_eq!(parse_line_ref("x.L12"), None);
+    }
+
+    const SIDE_BY_SIDE: &str = include_str!("../../infra/config/weekly-fees-and-commissions.toml");
+
+    fn cost_row(i: usize, channel: &str, cc: &str, fee: Cell, commission: Cell) -> SourceRow {
+        let mut c = BTreeMap::new();
+        c.insert(
+            "channel_costs.week_end_date".into(),
+            Cell::Text("2026-11-22".into()),
+        );
+        c.insert("channel_costs.channel".into(), Cell::Text(channel.into()));
+        c.insert("channel_costs.cost_center".into(), Cell::Text(cc.into()));
+        c.insert("channel_costs.fee_amount".into(), fee);
+        c.insert("channel_costs.commission_amount".into(), commission);
+        SourceRow::new(i, c)
+    }
+
+    #[test]
+    fn one_row_makes_a_line_per_measure_in_one_balanced_journal() {
+        let cfg = InstanceConfig::from_toml(SIDE_BY_SIDE).unwrap();
+        let num = |s: &str| Cell::Number(d(s));
+        let ex = extract(vec![
+            cost_row(0, "Amazon", "022", num("100.00"), num("12.50")),
+            cost_row(1, "eBay", "031", num("40.10"), num("0")),
+            cost_row(2, "Shopify", "022", num("0"), num("0")),
+            cost_row(3, "Shopify", "031", num("7.25"), num("3.00")),
+        ]);
+        let m = run(&cfg, &ex);
+        assert!(m.issues.is_empty(), "{:?}", m.issues);
+        assert_eq!(m.journals.len(), 1, "one run, one journal");
+        let j = &m.journals[0];
+        let got: Vec<(String, Decimal, Vec<usize>, Option<&str>)> = j
+            .lines
+            .iter()
+            .map(|l| {
+                (
+                    l.account.display_value(&fmt()),
+                    l.amount,
+                    l.source_rows.clone(),
+                    l.source_column.as_deref(),
+                )
+            })
+            .collect();
+        let fee = Some("channel_costs.fee_amount");
+        let com = Some("channel_costs.commission_amount");
+        assert_eq!(
+            got,
+            vec![
+                ("600150--022-AMZ".into(), d("100.00"), vec![0], fee),
+                ("600170-010-022-AMZ".into(), d("12.50"), vec![0], com),
+                // Zero commission of row 1 and both zeros of row 2 make no line.
+                ("600160--031-EBY".into(), d("40.10"), vec![1], fee),
+                ("600165--031-SHP".into(), d("7.25"), vec![3], fee),
+                ("600170-010-031-SHP".into(), d("3.00"), vec![3], com),
+                ("200150---".into(), d("-162.85"), vec![], None),
+            ]
+        );
+        assert!(voucher_sums(&m).values().all(|s| s.is_zero()));
+        assert_eq!(m.source_total, d("162.85"));
+        assert_eq!(m.mapped_total, d("162.85"));
+        // Line numbers (the natural key of each line in D365) distinguish the lines of a row.
+        let nos: Vec<u32> = j.lines.iter().map(|l| l.line_no).collect();
+        assert_eq!(nos, vec![1, 2, 3, 4, 5, 6]);
+        assert!(j.lines[1]
+            .text
+            .starts_with("abcdef0123-a1b2c3.L0002 Commission Amazon 022"));
+        assert!(j.lines[0]
+            .text
+            .starts_with("abcdef0123-a1b2c3.L0001 Fees Amazon 022"));
+        let rows: Vec<(RowStatus, Vec<u32>)> = m
+            .rows
+            .iter()
+            .map(|r| (r.status, r.line_nos.clone()))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (RowStatus::Mapped, vec![1, 2]),
+                (RowStatus::Mapped, vec![3]),
+                (RowStatus::Skipped, vec![]),
+                (RowStatus::Mapped, vec![4, 5]),
+            ]
+        );
+        // The same extract maps to the same journal (what a retry relies on).
+        let again = run(&cfg, &ex);
+        assert_eq!(again.journals, m.journals);
+    }
+
+    #[test]
+    fn side_by_side_errors_name_the_row_and_the_column() {
+        let cfg = InstanceConfig::from_toml(SIDE_BY_SIDE).unwrap();
+        let ex = extract(vec![
+            cost_row(
+                0,
+                "Amazon",
+                "022",
+                Cell::Number(d("1")),
+                Cell::Number(d("2")),
+            ),
+            cost_row(
+                1,
+                "eBay",
+                "031",
+                Cell::Number(d("1")),
+                Cell::Text("n/a".into()),
+            ),
+            cost_row(2, "Etsy", "022", Cell::Number(d("5")), Cell::Number(d("1"))),
+        ]);
+        let m = run(&cfg, &ex);
+        assert_eq!(
+            issues_of(&m, 1),
+            vec!["row 1, `channel_costs.commission_amount`: amount `n/a` is not a number"]
+        );
+        // The fee account lookup fails; the error names the line's key and the column.
+        let row2 = issues_of(&m, 2);
+        assert_eq!(row2.len(), 2, "{row2:?}");
+        assert!(
+            row2[0].contains("`channel_costs.channel`")
+                && row2[0].contains("lines[0].account: no lookup entry for `Etsy`"),
+            "{row2:?}"
+        );
+        assert!(row2[1].contains("dimensions.Channel"), "{row2:?}");
+        assert_eq!(m.rows[1].status, RowStatus::Rejected);
+        assert_eq!(m.rows[0].status, RowStatus::Mapped);
+
+        // Under `zero = "reject"` a zero amount is an error naming its column.
+        let strict = SIDE_BY_SIDE.replace("zero = \"skip\"", "zero = \"reject\"");
+        let cfg = InstanceConfig::from_toml(&strict).unwrap();
+        let ex = extract(vec![cost_row(
+            0,
+            "Amazon",
+            "022",
+            Cell::Number(d("1")),
+            Cell::Number(d("0")),
+        )]);
+        let m = run(&cfg, &ex);
+        assert_eq!(
+            issues_of(&m, 0),
+            vec!["row 0, `channel_costs.commission_amount`: amount is zero"]
+        );
+        assert!(m.journals.is_empty());
+    }
+
+    #[test]
+    fn side_by_side_offset_style_keeps_every_voucher_balanced() {
+        let text = SIDE_BY_SIDE.replace("style = \"lines\"", "style = \"offset\"");
+        let cfg = InstanceConfig::from_toml(&text).unwrap();
+        let ex = extract(vec![cost_row(
+            0,
+            "Amazon",
+            "022",
+            Cell::Number(d("10.004")),
+            Cell::Number(d("1.004")),
+        )]);
+        let m = run(&cfg, &ex);
+        assert!(m.issues.is_empty(), "{:?}", m.issues);
+        let j = &m.journals[0];
+        // Each line balances itself against the offset account; the residue of the group
+        // (11.008 -> 11.01 vs 10.00 + 1.00) goes to the rounding account, also offset.
+        assert!(j.lines.iter().all(|l| l.offset_account.is_some()));
+        assert_eq!(j.lines.len(), 3);
+        assert_eq!(j.lines[2].kind, LineKind::Rounding);
+        assert_eq!(j.lines[2].amount, d("0.01"));
+        let total: Decimal = j.lines.iter().map(|l| l.amount).sum();
+        assert_eq!(total, d("11.01"));
+        let t = j.totals().unwrap();
+        assert_eq!(t["USD"].0, t["USD"].1);
     }
 }

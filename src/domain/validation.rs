@@ -101,6 +101,15 @@ fn account_field(line: &JournalLine, offset: bool) -> &'static str {
     }
 }
 
+/// `field`, followed by the line's amount column when a row makes several lines: the issue
+/// then names the row (from the line) and the column.
+fn with_column(line: &JournalLine, offset: bool, field: String) -> String {
+    match (&line.source_column, line.kind, offset) {
+        (Some(c), LineKind::Detail, false) => format!("{field} (amount column {c})"),
+        _ => field,
+    }
+}
+
 /// Checks journals against reference data per legal entity. Empty result = safe to write.
 pub fn validate(
     journals: &[Journal],
@@ -272,13 +281,14 @@ fn check_account(
     issues: &mut Vec<Issue>,
 ) {
     let le = &rd.legal_entity;
-    let field = account_field(line, offset);
+    // Only formatted when there is an issue to report (this runs for every line).
+    let field = || with_column(line, offset, account_field(line, offset).to_string());
     let date = line.trans_date;
     match rd.main_accounts.get(&acct.main_account) {
         None => issues.push(Issue::for_line(
             line,
             le,
-            field,
+            field(),
             format!(
                 "main account `{}` does not exist in chart of accounts `{}`",
                 acct.main_account, rd.ledger.chart_of_accounts
@@ -289,7 +299,7 @@ fn check_account(
                 issues.push(Issue::for_line(
                     line,
                     le,
-                    field,
+                    field(),
                     format!("main account `{}` ({}) is suspended", ma.id, ma.name),
                 ));
             }
@@ -297,7 +307,7 @@ fn check_account(
                 issues.push(Issue::for_line(
                     line,
                     le,
-                    field,
+                    field(),
                     format!(
                         "main account `{}` ({}) does not allow manual entry",
                         ma.id, ma.name
@@ -308,7 +318,7 @@ fn check_account(
                 issues.push(Issue::for_line(
                     line,
                     le,
-                    field,
+                    field(),
                     format!("main account `{}` is not active on {date}", ma.id),
                 ));
             }
@@ -316,10 +326,13 @@ fn check_account(
     }
     for (dim, value) in &acct.dimensions {
         // Only formatted when there is an issue to report (this runs for every line).
-        let dim_field = || match (line.kind, offset) {
-            (LineKind::Detail, false) => format!("dimensions.{dim}"),
-            (LineKind::Rounding, false) => format!("rounding.dimensions.{dim}"),
-            _ => format!("balancing.dimensions.{dim}"),
+        let dim_field = || {
+            let field = match (line.kind, offset) {
+                (LineKind::Detail, false) => format!("dimensions.{dim}"),
+                (LineKind::Rounding, false) => format!("rounding.dimensions.{dim}"),
+                _ => format!("balancing.dimensions.{dim}"),
+            };
+            with_column(line, offset, field)
         };
         if !rd.format.segments.iter().skip(1).any(|s| s == dim) {
             issues.push(Issue::for_line(
@@ -480,6 +493,7 @@ mod tests {
             text: String::new(),
             kind: LineKind::Detail,
             source_rows: vec![no as usize - 1],
+            source_column: None,
         }
     }
 

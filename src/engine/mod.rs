@@ -66,6 +66,14 @@ pub trait Progress: Send + Sync {
     fn crash_at(&self, _point: CrashPoint) -> bool {
         false
     }
+    /// Called once a run's final status is recorded, whatever it is. The Lambdas publish the
+    /// run's notification here (see [`crate::notify`]); best effort: it cannot change the run.
+    fn finished<'a>(
+        &'a self,
+        _run: &'a RunRecord,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Step boundaries where a crash can be injected.
@@ -546,6 +554,7 @@ impl<'a> Engine<'a> {
             format!("{}: {message}", status.as_str())
         };
         self.event(&run.run_id, level, "finish", finish).await;
+        self.progress.finished(&run).await;
         let outcome = match status {
             RunStatus::Completed => Outcome::Posted,
             RunStatus::AlreadyPosted => Outcome::AlreadyPosted,

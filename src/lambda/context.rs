@@ -189,6 +189,8 @@ pub struct LambdaContext {
     pub secrets: Arc<dyn SecretSource>,
     pub settings: Settings,
     clients: Mutex<HashMap<String, CachedClients>>,
+    /// Publishes finished runs' notifications (none: only logged).
+    notifier: Option<crate::notify::Notifier>,
 }
 
 /// A digest of every secret of an instance (never logged; only compared), so a rotated secret
@@ -223,6 +225,27 @@ impl LambdaContext {
             secrets,
             settings,
             clients: Mutex::new(HashMap::new()),
+            notifier: None,
+        }
+    }
+
+    /// Publishes every finished run's notification through `notifier`.
+    pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// Engine progress for a run of `inst`: log lines, and the notification when it finishes
+    /// (to the SNS topic and the instance's Slack/Teams webhooks).
+    pub fn progress<'a>(
+        &'a self,
+        inst: &Instance,
+    ) -> crate::notify::PublishingProgress<'a, super::LogProgress> {
+        crate::notify::PublishingProgress {
+            inner: super::LogProgress,
+            notifier: self.notifier.as_ref(),
+            chat: inst.secrets.notify.clone(),
+            store: self.store.as_ref(),
         }
     }
 
@@ -348,8 +371,15 @@ impl LambdaContext {
         let sdk_loaded = started.elapsed();
         let store = Arc::new(crate::store::dynamodb::DynamoStore::new(
             aws_sdk_dynamodb::Client::new(&sdk),
-            table,
+            table.clone(),
         ));
+        let mut notifier = crate::notify::Notifier::new(Some(table));
+        if let Some(arn) = env(crate::notify::sns::ENV_NOTIFY_TOPIC_ARN) {
+            notifier = notifier.with_topic(crate::notify::sns::SnsTopic::new(
+                aws_sdk_sns::Client::new(&sdk),
+                arn,
+            ));
+        }
         let secrets = crate::secrets::aws::SecretsManagerSource::new(
             aws_sdk_secretsmanager::Client::new(&sdk),
             prefix,
@@ -360,11 +390,9 @@ impl LambdaContext {
             clients_us = (started.elapsed() - sdk_loaded).as_micros() as u64,
             "cold-start init steps"
         );
-        Ok(LambdaContext::new(
-            store.clone(),
-            store,
-            Arc::new(secrets),
-            settings,
-        ))
+        Ok(
+            LambdaContext::new(store.clone(), store, Arc::new(secrets), settings)
+                .with_notifier(notifier),
+        )
     }
 }

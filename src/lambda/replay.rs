@@ -22,7 +22,7 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::context::{Invocation, LambdaContext};
-use super::{acquire, complete, release, Idempotency, LambdaError, LogProgress, RunSummary};
+use super::{acquire, complete, release, Idempotency, LambdaError, RunSummary};
 use crate::domain::run::{AuditEvent, RunStatus};
 use crate::engine::{Engine, EngineError, Outcome};
 
@@ -259,7 +259,7 @@ async fn replay(
     .await;
     let deadline = inv.work_deadline(ctx.settings.deadline_margin);
     let clients = inst.clients.with_deadline(deadline);
-    let progress = LogProgress;
+    let progress = ctx.progress(&inst);
     let engine = Engine {
         extractor: &clients.looker,
         ledger: &clients.d365,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::context::{Invocation, LambdaContext};
-use super::{acquire, complete, release, Idempotency, LambdaError, LogProgress, RunSummary};
+use super::{acquire, complete, release, Idempotency, LambdaError, RunSummary};
 use crate::engine::{Engine, EngineError, Mode, Outcome, RunOptions};
 
 /// The schedule's input.
@@ -119,7 +119,7 @@ async fn run(
     // Every wait of the clients and every write of the engine ends before this.
     let deadline = inv.work_deadline(ctx.settings.deadline_margin);
     let clients = inst.clients.with_deadline(deadline);
-    let progress = LogProgress;
+    let progress = ctx.progress(&inst);
     let engine = Engine {
         extractor: &clients.looker,
         ledger: &clients.d365,

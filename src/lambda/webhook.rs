@@ -470,7 +470,7 @@ async fn ingest(
         "work deadline: the invocation's deadline minus DEADLINE_MARGIN_SECS"
     );
     let clients = inst.clients.with_deadline(deadline);
-    let progress = super::LogProgress;
+    let progress = ctx.progress(&inst);
     let engine = Engine {
         extractor: &clients.looker,
         ledger: &clients.d365,

@@ -30,7 +30,7 @@ const FIELDS: [&str; 6] = [
 ];
 
 /// Optional fields of a [`SecretDocument`]: non-empty strings when present.
-const OPTIONAL_FIELDS: [&str; 1] = ["looker_webhook_token"];
+const OPTIONAL_FIELDS: [&str; 3] = ["looker_webhook_token", "slack_webhook_url", "teams_webhook_url"];
 
 /// Longest instance name looked up (Secrets Manager names are at most 512 characters).
 const MAX_INSTANCE_LEN: usize = 128;
@@ -164,8 +164,13 @@ pub(crate) fn parse_document(instance: &str, text: &str) -> Result<SecretDocumen
         return Err(malformed(instance, format!("expected {expected}")));
     };
     let mut problems = Vec::new();
-    for field in FIELDS {
+    for (field, required) in FIELDS
+        .iter()
+        .map(|f| (*f, true))
+        .chain(OPTIONAL_FIELDS.iter().map(|f| (*f, false)))
+    {
         match object.get(field) {
+            None if !required => {}
             None => problems.push(format!("missing field {field}")),
             Some(serde_json::Value::String(v)) if v.is_empty() => {
                 problems.push(format!("field {field} is empty"))
@@ -224,6 +229,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("looker_webhook_token is empty"), "{e}");
+    }
+
+    #[test]
+    fn chat_webhook_urls_are_optional() {
+        let d = parse_document("fees", GOOD).unwrap();
+        assert!(d.slack_webhook_url.is_none() && d.teams_webhook_url.is_none());
+        let with = GOOD.replace(
+            "\"webhook_secret\":\"wh\"",
+            "\"webhook_secret\":\"wh\",\"slack_webhook_url\":\"https://hooks.slack.com/services/T/B/hunter2\",\"teams_webhook_url\":\"https://t.example/hunter2\"",
+        );
+        let s: InstanceSecrets = parse_document("fees", &with).unwrap().into();
+        assert_eq!(
+            s.notify.slack.as_ref().map(|u| u.expose()),
+            Some("https://hooks.slack.com/services/T/B/hunter2")
+        );
+        assert!(s.notify.teams.is_some());
+        // Set but empty is an error naming the field, never its value.
+        let e = parse_document("fees", &with.replace("https://t.example/hunter2", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field teams_webhook_url is empty") && !e.contains("hunter2"),
+            "{e}"
+        );
+        assert!(!format!("{:?}", s.notify).contains("hunter2"));
     }
 
     #[test]

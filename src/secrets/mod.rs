@@ -223,6 +223,8 @@ pub struct InstanceSecrets {
     /// of Looker's *Admin > Webhooks* page), because the path is visible to every user who can
     /// see the schedule.
     pub looker_webhook_token: Option<Secret>,
+    /// Slack/Teams incoming webhooks run notifications are sent to (optional).
+    pub notify: crate::notify::ChatTargets,
 }
 
 /// The JSON document stored as one secret per instance (in AWS: Secrets Manager, KMS-encrypted,
@@ -239,6 +241,12 @@ pub struct SecretDocument {
     /// Optional: see [`InstanceSecrets::looker_webhook_token`].
     #[serde(default)]
     pub looker_webhook_token: Option<Secret>,
+    /// Slack incoming-webhook URL for run notifications (optional).
+    #[serde(default)]
+    pub slack_webhook_url: Option<Secret>,
+    /// Teams incoming-webhook URL for run notifications (optional).
+    #[serde(default)]
+    pub teams_webhook_url: Option<Secret>,
 }
 
 impl From<SecretDocument> for InstanceSecrets {
@@ -253,6 +261,10 @@ impl From<SecretDocument> for InstanceSecrets {
             },
             webhook_secret: d.webhook_secret,
             looker_webhook_token: d.looker_webhook_token,
+            notify: crate::notify::ChatTargets {
+                slack: d.slack_webhook_url,
+                teams: d.teams_webhook_url,
+            },
         }
     }
 }

@@ -47,11 +47,14 @@ impl World {
     }
 
     pub async fn start_with(seed: LookerSeed) -> World {
+        Self::start_seeded(seed, D365Seed::demo(today()), EXAMPLE).await
+    }
+
+    /// Both simulators from the given seeds, and instance config `config_toml` pointed at them.
+    pub async fn start_seeded(seed: LookerSeed, d365_seed: D365Seed, config_toml: &str) -> World {
         let looker = LookerSim::start(seed).await.expect("looker sim");
-        let d365 = D365Sim::start(D365Seed::demo(today()))
-            .await
-            .expect("d365 sim");
-        let mut config = InstanceConfig::from_toml(EXAMPLE).expect("example config");
+        let d365 = D365Sim::start(d365_seed).await.expect("d365 sim");
+        let mut config = InstanceConfig::from_toml(config_toml).expect("instance config");
         config.looker.base_url = looker.base_url();
         config.d365.environment_url = d365.environment_url();
         config.d365.authority = d365.authority_url();

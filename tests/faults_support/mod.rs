@@ -54,6 +54,7 @@ pub fn sandbox_secrets() -> InstanceSecrets {
         },
         webhook_secret: Secret::new(SECRET),
         looker_webhook_token: None,
+        notify: Default::default(),
     }
 }
 

@@ -179,6 +179,7 @@ pub fn line(run_id: &str, legal_entity: &str, line_no: u32, amount: &str) -> Lin
             text: format!("fees L{line_no:04}"),
             kind: LineKind::Detail,
             source_rows: vec![line_no as usize - 1],
+            source_column: None,
         },
         account_display: "618100--022".to_string(),
         offset_display: Some("110180".to_string()),

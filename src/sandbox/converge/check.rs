@@ -587,6 +587,7 @@ mod tests {
                     text: l.text.clone(),
                     kind: LineKind::Detail,
                     source_rows: vec![],
+                    source_column: None,
                 },
                 account_display: l.account_display.clone(),
                 offset_display: None,

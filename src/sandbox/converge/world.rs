@@ -158,7 +158,10 @@ fn config(
     if let (Mapping::Changed, Some(change)) = (mapping, &s.change) {
         lookup.insert(change.fee_type.into(), change.to.into());
     }
-    c.account.lookup = Some(lookup);
+    c.account
+        .as_mut()
+        .ok_or("the base config has no [account]")?
+        .lookup = Some(lookup);
     // Through TOML and back: the config every poster gets is one `from_toml` accepts.
     let text = toml::to_string(&c).map_err(|e| e.to_string())?;
     InstanceConfig::from_toml(&text).map_err(|e| e.to_string())
