@@ -505,6 +505,67 @@ async fn lock_items_carry_the_ttl_attribute() {
     assert_eq!(attr_s(&item, "status"), "COMPLETED");
 }
 
+/// Refused webhook requests can be made by anyone: each must be one small item that expires,
+/// with no per-request counter item (issue 11: bounded cost, no unbounded growth).
+#[tokio::test]
+async fn refused_webhook_requests_are_one_small_expiring_item_each() {
+    use ml_connector::lambda::webhook::REJECTED_AUDIT_ID;
+    use ml_connector::store::dynamodb::{MAX_REFUSAL_MESSAGE_CHARS, REFUSED_REQUEST_TTL_DAYS};
+    let store = fresh_store().await;
+    let long = "x".repeat(5_000);
+    let messages = ["first refusal", long.as_str(), "third refusal"];
+    let before = Utc::now().timestamp();
+    for (i, m) in messages.iter().enumerate() {
+        let mut e = event(REJECTED_AUDIT_ID, at(i as i64), m);
+        e.level = "warn".into();
+        e.kind = "webhook_refused".into();
+        store.append_event(&e).await.expect("append refusal");
+    }
+    let after = Utc::now().timestamp();
+    let pk = format!("RUN#{REJECTED_AUDIT_ID}");
+    let items = raw_partition(&store, &pk).await;
+    assert_eq!(
+        items.len(),
+        3,
+        "one item per refused request, no counter item"
+    );
+    let ttl = REFUSED_REQUEST_TTL_DAYS * 86_400;
+    for item in &items {
+        assert!(attr_s(item, "sk").starts_with("EVENT#"));
+        let exp = attr_n(item, "expiration");
+        assert!(
+            exp >= before + ttl && exp <= after + ttl + 1,
+            "expiration {exp} not {REFUSED_REQUEST_TTL_DAYS} days from now"
+        );
+        assert!(approx_size(item) <= 1024, "{} bytes", approx_size(item));
+    }
+    let events = store.events(REJECTED_AUDIT_ID).await.expect("events");
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0].message, "first refusal");
+    assert_eq!(events[2].message, "third refusal");
+    assert_eq!(
+        events[1].message.chars().count(),
+        MAX_REFUSAL_MESSAGE_CHARS + 1
+    );
+    assert!(events[1].message.ends_with('…'));
+    assert_eq!(events[0].kind, "webhook_refused");
+
+    // A run's own events still take the counter and do not expire.
+    let r = fresh_run(at(0));
+    store.insert_run(&r).await.expect("insert run");
+    store
+        .append_event(&event(&r.run_id, at(1), "step"))
+        .await
+        .expect("append");
+    let run_items = raw_partition(&store, &format!("RUN#{}", r.run_id)).await;
+    let ev = run_items
+        .iter()
+        .find(|i| attr_s(i, "sk").starts_with("EVENT#"))
+        .expect("event item");
+    assert!(!ev.contains_key("expiration"));
+    assert!(run_items.iter().any(|i| attr_s(i, "sk") == "SEQ#EVENT"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_clients_race_for_a_lock() {
     const TASKS: usize = 16;

@@ -30,6 +30,7 @@
 //! | config (current) | `CONFIG#{instance}` | `CURRENT` | `kind=config`, `instance`, `version`, `toml`, `updated_at` |
 //! | config (history) | `CONFIG#{instance}` | `VERSION#{version}` | same (what each run's `config_version` refers to) |
 //! | replay request | `REPLAY#{run_id}` | `REQUEST#{rfc3339 now, ms}` | `kind=replay_request`, `run_id`, `requested_by`, `requested_at`, `expiration` (now + 30 days) |
+//! | refused webhook request | `RUN#webhook#rejected` | `EVENT#{ts}#{8 random hex}` | `kind=event`, `run_id`, `at`, `level`, `record`, `expiration` (now + 30 days) |
 //!
 //! How each read works:
 //! - `get_run`: `GetItem RUN#{id}/RUN`.
@@ -87,7 +88,16 @@
 //!   mistyped run id fails at once instead of in the Lambda).
 //! - `put_config` writes `CURRENT` and `VERSION#{version}` in one transaction.
 //!
-//! Nothing but locks and replay requests expires: the audit trail is kept.
+//! - Refused webhook requests (events of the audit id
+//!   [`REJECTED_AUDIT_ID`](crate::lambda::webhook::REJECTED_AUDIT_ID)): anyone who finds the
+//!   Function URL can make them, so each is exactly one conditional `PutItem` of at most ~1 KB
+//!   (1 write unit; the message is cut at [`MAX_REFUSAL_MESSAGE_CHARS`]) that expires after
+//!   [`REFUSED_REQUEST_TTL_DAYS`], and they take no event counter (the sort key is the time plus
+//!   random bits, which keeps them in time order). Junk traffic costs a bounded amount per
+//!   request and cannot grow the table for ever.
+//!
+//! Nothing but locks, replay requests and refused webhook requests expires: the audit trail of
+//! runs is kept.
 //!
 //! Transactions that DynamoDB cancels for `TransactionConflict` (another transaction touching
 //! the same items) are retried a few times; throttling and transient errors are retried by the
@@ -112,6 +122,7 @@ use serde::Serialize;
 
 use super::{ConfigStore, LockOutcome, ReplayRequests, Store, StoreError};
 use crate::domain::run::{AuditEvent, LineRecord, RunRecord, SourceRowRecord};
+use crate::lambda::webhook::REJECTED_AUDIT_ID;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -125,6 +136,11 @@ pub const MAX_BATCH_ITEMS: usize = 25;
 const MAX_TRANSACT_BYTES: usize = 3_500_000;
 /// How long replay request items are kept.
 pub const REPLAY_REQUEST_TTL_DAYS: i64 = 30;
+/// How long the record of a refused webhook request is kept (long enough to look into a probe
+/// or a misconfigured Looker destination; TTL deletion itself may be up to ~48 h late).
+pub const REFUSED_REQUEST_TTL_DAYS: i64 = 30;
+/// Longest message kept for a refused webhook request (keeps the item within one write unit).
+pub const MAX_REFUSAL_MESSAGE_CHARS: usize = 400;
 
 const LOCK_IN_PROGRESS: &str = "INPROGRESS";
 const LOCK_COMPLETED: &str = "COMPLETED";
@@ -155,6 +171,43 @@ impl DynamoStore {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+}
+
+impl DynamoStore {
+    /// One refused webhook request: one bounded `PutItem` with a TTL (see the module docs).
+    async fn append_refusal(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let mut event = event.clone();
+        if event.message.chars().count() > MAX_REFUSAL_MESSAGE_CHARS {
+            event.message = event
+                .message
+                .chars()
+                .take(MAX_REFUSAL_MESSAGE_CHARS)
+                .chain("…".chars())
+                .collect();
+        }
+        let record = encode("event", &event)?;
+        let sk = format!("EVENT#{}#{:08x}", sort_ts(&event.at), fastrand::u32(..));
+        let mut item = key(run_pk(&event.run_id), sk);
+        item.insert("kind".into(), s("event"));
+        item.insert("run_id".into(), s(&event.run_id));
+        item.insert("at".into(), s(sort_ts(&event.at)));
+        item.insert("level".into(), s(&event.level));
+        item.insert("record".into(), s(record));
+        item.insert(
+            "expiration".into(),
+            n(ceil_secs(&Utc::now()) + REFUSED_REQUEST_TTL_DAYS * 86_400),
+        );
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", "pk")
+            .send()
+            .await
+            .map_err(|e| sdk_err("PutItem (refused webhook request)", e))?;
+        Ok(())
     }
 }
 
@@ -940,6 +993,9 @@ impl Store for DynamoStore {
     }
 
     async fn append_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        if event.run_id == REJECTED_AUDIT_ID {
+            return self.append_refusal(event).await;
+        }
         let what = format!("event counter of run {}", event.run_id);
         let record = encode("event", event)?;
         let out = self
