@@ -15,7 +15,7 @@ use ml_connector::domain::journal::JournalPart;
 use ml_connector::domain::mapping::{description_key, header_of_run, part_key};
 use ml_connector::domain::run::{LineStatus, RowStatus, RunRecord, RunStatus};
 use ml_connector::engine::{CrashPoint, Engine, EngineError, Mode, Outcome, Progress};
-use ml_connector::sandbox::d365::{SimHeader, SimLine};
+use ml_connector::sandbox::d365::{CostModel, SimHeader, SimLine};
 use ml_connector::store::Store;
 use rust_decimal::Decimal;
 
@@ -411,4 +411,58 @@ async fn the_same_data_split_another_way_stops_with_nothing_written() {
     assert!(msg.contains("max_journal_lines"), "{msg}");
     assert_eq!(w.d365.headers().len(), headers);
     assert_eq!(w.d365.lines().len(), lines);
+}
+
+/// Parts are different journals, so they are written concurrently (up to
+/// `d365.max_concurrent_requests`), while the writes to each journal stay sequential: against an
+/// F&O that refuses overlapping writes to one journal, no write meets an update conflict, several
+/// journals are written at the same moment, and the result is exactly the sequential one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_are_written_concurrently_without_overlapping_writes_to_one_journal() {
+    let mut w = world(1200, 50, 300).await;
+    w.config.d365.batch_operations = 50;
+    w.config.d365.max_concurrent_requests = 4;
+    w.config.check().expect("valid config");
+    w.d365.set_cost_model(CostModel {
+        request_overhead: std::time::Duration::from_millis(20),
+        batch_line_cost: std::time::Duration::from_millis(1),
+        line_cost: std::time::Duration::from_millis(1),
+        serialise_journal_writes: true,
+        ..CostModel::default()
+    });
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    let run = report.run.clone();
+    let parts = report.journals.len();
+    assert!(parts >= 4, "{parts} parts");
+    check_parts(&w, &run, parts, 300).await;
+    assert_eq!(
+        w.d365.update_conflicts(),
+        0,
+        "no two writes to one journal overlapped"
+    );
+    assert!(
+        w.d365.peak_journals_writing() >= 2,
+        "journals were written concurrently (peak {})",
+        w.d365.peak_journals_writing()
+    );
+    // The period's reversal journals are looked up once per legal entity, not once per part.
+    let reversal_lookups = w
+        .d365
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/data/LedgerJournalHeaders")
+        .filter(|r| r.decoded_query().contains("MLC-R "))
+        .count();
+    assert_eq!(reversal_lookups, 1, "reversals read once for {parts} parts");
+
+    // A re-run converges on the same journals and writes nothing.
+    let again = w.run(Mode::Post).await;
+    assert_eq!(
+        again.outcome,
+        Outcome::AlreadyPosted,
+        "{:?}",
+        again.run.message
+    );
+    check_parts(&w, &run, parts, 300).await;
 }
