@@ -184,6 +184,17 @@ impl Engine<'_> {
         let done = cx.shared.done.load(Ordering::Relaxed);
         let run = cx.shared.run.into_inner();
         ended.sort_by(|a, b| a.0.cmp(&b.0));
+        // The run's journals in part order, whichever header was created first.
+        let order: Vec<(String, String)> = ended
+            .iter()
+            .filter_map(|((le, _), r)| {
+                r.as_ref()
+                    .ok()
+                    .map(|s| (le.clone(), s.batch_number.clone()))
+            })
+            .collect();
+        run.journals
+            .sort_by_key(|j| order.iter().position(|o| o == j).unwrap_or(usize::MAX));
         let mut summaries = Vec::new();
         let mut stops = Vec::new();
         for (_, r) in ended {
