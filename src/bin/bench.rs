@@ -57,6 +57,8 @@ use ml_connector::sandbox::looker::{
     LookerSeed, LookerSim, SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET,
 };
 
+// The engine part lives in its own file (src/bin/bench/engine.rs: no main.rs, so not a target).
+#[path = "bench/engine.rs"]
 mod engine;
 use ml_connector::secrets::{Credentials, Secret};
 use ml_connector::store::SqliteStore;
