@@ -8,7 +8,8 @@ use ml_connector::d365::{AuthError, D365Client, D365Error, D365Settings, NewJour
 use ml_connector::domain::reference::{PeriodStatus, VoucherAllocation};
 use ml_connector::http::RetryPolicy;
 use ml_connector::sandbox::d365::{
-    D365Seed, D365Sim, SimService, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
+    CostModel, D365Seed, D365Sim, SimService, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET,
+    SANDBOX_TENANT,
 };
 use ml_connector::secrets::Secret;
 use rust_decimal::Decimal;
@@ -852,4 +853,77 @@ fn settings_validate_and_normalize() {
         Secret::new("s")
     )
     .is_err());
+}
+
+/// The cost model's F&O: two writes to one journal that overlap are an update conflict (the
+/// second is refused, nothing of it saved, and the client cannot know its outcome); writes to
+/// different journals overlap freely; above the concurrency knee F&O answers 429.
+#[tokio::test]
+async fn cost_model_serialises_writes_per_journal_and_throttles_at_the_knee() {
+    let sim = sim().await;
+    let c = client(&sim);
+    let h1 = c.create_header("usmf", "GenJrn", "one").await.unwrap();
+    let h2 = c.create_header("usmf", "GenJrn", "two").await.unwrap();
+    let slow = CostModel {
+        request_overhead: Duration::from_millis(300),
+        serialise_journal_writes: true,
+        ..CostModel::default()
+    };
+    sim.set_cost_model(slow);
+
+    let (l1, l2) = (
+        line(&h1.batch_number, "618100--022-AMZ", "1.00", "0"),
+        line(&h1.batch_number, "618100--022-AMZ", "2.00", "0"),
+    );
+    let (a, b) = tokio::join!(c.create_line(&l1), c.create_line(&l2));
+    let (ok, err) = match (a, b) {
+        (Ok(x), Err(e)) | (Err(e), Ok(x)) => (x, e),
+        other => panic!("exactly one write must win: {other:?}"),
+    };
+    assert!(
+        matches!(err, D365Error::OutcomeUnknown { .. }),
+        "an update conflict is a 500: the client cannot know, {err:?}"
+    );
+    assert_eq!(sim.update_conflicts(), 1);
+    let stored = sim.lines();
+    assert_eq!(stored.len(), 1, "the conflicting write saved nothing");
+    assert_eq!(stored[0].debit, ok.debit);
+    let conflict = sim
+        .request_log()
+        .into_iter()
+        .find(|r| r.status == 500)
+        .expect("logged");
+    assert!(conflict.body.contains("2.00"), "{}", conflict.body);
+
+    let (l3, l4) = (
+        line(&h1.batch_number, "618100--022-AMZ", "3.00", "0"),
+        line(&h2.batch_number, "618100--022-AMZ", "4.00", "0"),
+    );
+    let (a, b) = tokio::join!(c.create_line(&l3), c.create_line(&l4));
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(
+        sim.update_conflicts(),
+        1,
+        "different journals do not conflict"
+    );
+    assert_eq!(sim.peak_journals_writing(), 2);
+
+    // The knee: one request in flight at most; the second read is answered 429 with
+    // Retry-After, and the client's retry gets through.
+    sim.set_cost_model(CostModel {
+        max_in_flight: Some(1),
+        retry_after_secs: 1,
+        ..slow
+    });
+    let (a, b) = tokio::join!(
+        c.lines("usmf", &h1.batch_number),
+        c.lines("usmf", &h2.batch_number)
+    );
+    assert_eq!(a.unwrap().len(), 2);
+    assert_eq!(b.unwrap().len(), 1);
+    assert!(
+        sim.request_log().iter().any(|r| r.status == 429),
+        "the second concurrent read met the knee"
+    );
 }

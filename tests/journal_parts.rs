@@ -15,7 +15,7 @@ use ml_connector::domain::journal::JournalPart;
 use ml_connector::domain::mapping::{description_key, header_of_run, part_key};
 use ml_connector::domain::run::{LineStatus, RowStatus, RunRecord, RunStatus};
 use ml_connector::engine::{CrashPoint, Engine, EngineError, Mode, Outcome, Progress};
-use ml_connector::sandbox::d365::{SimHeader, SimLine};
+use ml_connector::sandbox::d365::{CostModel, SimHeader, SimLine};
 use ml_connector::store::Store;
 use rust_decimal::Decimal;
 
@@ -196,7 +196,9 @@ impl Progress for CrashNth {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_parts_resumes_with_only_the_missing_lines() {
-    let w = world(2500, 100, 1000).await;
+    let mut w = world(2500, 100, 1000).await;
+    // One part at a time, so "between parts" is a moment (the concurrent case is below).
+    w.config.d365.max_concurrent_requests = 1;
     let clients = w.clients();
     // Part 1 complete, part 2's header created (and recorded), then the process dies.
     let crash = CrashNth {
@@ -369,7 +371,9 @@ impl Progress for DropSecondHeader<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_outcome_on_a_later_part_header_finds_that_part_not_another() {
-    let w = world(2500, 100, 1000).await;
+    let mut w = world(2500, 100, 1000).await;
+    // One part at a time, so the second header created is part 2's.
+    w.config.d365.max_concurrent_requests = 1;
     let clients = w.clients();
     let progress = DropSecondHeader {
         d365: &w.d365,
@@ -411,4 +415,136 @@ async fn the_same_data_split_another_way_stops_with_nothing_written() {
     assert!(msg.contains("max_journal_lines"), "{msg}");
     assert_eq!(w.d365.headers().len(), headers);
     assert_eq!(w.d365.lines().len(), lines);
+}
+
+/// Parts are different journals, so they are written concurrently (up to
+/// `d365.max_concurrent_requests`), while the writes to each journal stay sequential: against an
+/// F&O that refuses overlapping writes to one journal, no write meets an update conflict, several
+/// journals are written at the same moment, and the result is exactly the sequential one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_are_written_concurrently_without_overlapping_writes_to_one_journal() {
+    let mut w = world(1200, 50, 300).await;
+    w.config.d365.batch_operations = 50;
+    w.config.d365.max_concurrent_requests = 4;
+    w.config.check().expect("valid config");
+    w.d365.set_cost_model(CostModel {
+        request_overhead: std::time::Duration::from_millis(20),
+        batch_line_cost: std::time::Duration::from_millis(1),
+        line_cost: std::time::Duration::from_millis(1),
+        serialise_journal_writes: true,
+        ..CostModel::default()
+    });
+    let report = w.run(Mode::Post).await;
+    assert_eq!(report.outcome, Outcome::Posted, "{:?}", report.run.message);
+    let run = report.run.clone();
+    let parts = report.journals.len();
+    assert!(parts >= 4, "{parts} parts");
+    check_parts(&w, &run, parts, 300).await;
+    assert_eq!(
+        w.d365.update_conflicts(),
+        0,
+        "no two writes to one journal overlapped"
+    );
+    assert!(
+        w.d365.peak_journals_writing() >= 2,
+        "journals were written concurrently (peak {})",
+        w.d365.peak_journals_writing()
+    );
+    // The period's reversal journals are looked up once per legal entity, not once per part.
+    let reversal_lookups = w
+        .d365
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == "/data/LedgerJournalHeaders")
+        .filter(|r| r.decoded_query().contains("MLC-R "))
+        .count();
+    assert_eq!(reversal_lookups, 1, "reversals read once for {parts} parts");
+
+    // A re-run converges on the same journals and writes nothing.
+    let again = w.run(Mode::Post).await;
+    assert_eq!(
+        again.outcome,
+        Outcome::AlreadyPosted,
+        "{:?}",
+        again.run.message
+    );
+    check_parts(&w, &run, parts, 300).await;
+}
+
+async fn crashed_id(w: &World) -> String {
+    w.store.list_runs(None, 1).await.unwrap()[0].run_id.clone()
+}
+
+/// A crash while several parts are being written at once (the process dies with every part's
+/// writes in flight): the next run finds each part by its own key and writes only what is
+/// missing, so every part ends with each line once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_with_parts_in_flight_resumes_with_only_the_missing_lines() {
+    let mut w = world(2500, 100, 1000).await;
+    w.config.d365.max_concurrent_requests = 4;
+    w.config.d365.batch_operations = 100;
+    w.d365.set_cost_model(CostModel {
+        request_overhead: std::time::Duration::from_millis(10),
+        serialise_journal_writes: true,
+        ..CostModel::default()
+    });
+    let clients = w.clients();
+    // The first part to finish its writes crashes the process; the others are mid-way (a
+    // part's vouchers go in one write step of sequential `$batch` requests).
+    let crash = CrashNth {
+        point: CrashPoint::LinesWritten,
+        nth: 1,
+        seen: AtomicUsize::new(0),
+    };
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &w.store,
+        progress: &crash,
+    };
+    let err = engine
+        .run(&w.config, &w.options(Mode::Post))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Crashed(CrashPoint::LinesWritten)),
+        "{err}"
+    );
+    let before = w.d365.lines().len();
+    assert!(before > 0, "something was written before the crash");
+    let planned = w.store.lines(&crashed_id(&w).await).await.unwrap().len();
+    assert!(
+        before < planned,
+        "parts were in flight: {before} of {planned} lines written"
+    );
+    let crashed: RunRecord = w
+        .store
+        .list_runs(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    assert_eq!(crashed.status, RunStatus::Posting);
+    let engine = Engine {
+        progress: &ml_connector::engine::NoProgress,
+        ..engine
+    };
+    let replayed = engine
+        .replay(&w.config, &crashed.run_id, chrono::Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        replayed.outcome,
+        Outcome::Posted,
+        "{:?}",
+        replayed.run.message
+    );
+    check_parts(&w, &replayed.run, 3, 1000).await;
+    let found: usize = replayed.posted.iter().map(|p| p.lines_found).sum();
+    assert!(
+        found >= before.min(1),
+        "what was written before the crash was found, not rewritten"
+    );
+    assert_eq!(w.d365.update_conflicts(), 0);
 }

@@ -56,6 +56,10 @@ use ml_connector::sandbox::looker::seed::GENERATED_ACCOUNTS;
 use ml_connector::sandbox::looker::{
     LookerSeed, LookerSim, SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET,
 };
+
+// The engine part lives in its own file (src/bin/bench/engine.rs: no main.rs, so not a target).
+#[path = "bench/engine.rs"]
+mod engine;
 use ml_connector::secrets::{Credentials, Secret};
 use ml_connector::store::SqliteStore;
 
@@ -64,6 +68,8 @@ enum Part {
     Post,
     Extract,
     Cold,
+    /// Whole runs under the F&O cost model, parts in parallel vs sequential (opt-in: ~20 min).
+    Engine,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -122,6 +128,16 @@ struct Args {
     /// Also print the Markdown section for BENCHMARKS.md.
     #[arg(long)]
     markdown: bool,
+    /// Engine part: journal line counts of the whole runs.
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
+    engine_lines: Vec<usize>,
+    /// Engine part: F&O server time per journal line, in milliseconds (250 ms per request).
+    #[arg(long, value_delimiter = ',', default_value = "5,20,80")]
+    line_costs: Vec<u64>,
+    /// Print only the engine part's results, as one JSON array (keys: lines, line_cost_ms,
+    /// wall_s, sequential_wall_s, speedup, requests, floor_s, parts, concurrency, time_factor).
+    #[arg(long)]
+    json: bool,
     /// Internal: run the extract part in this process with this instance config and print one
     /// JSON line (used by the parent through a child process).
     #[arg(long, hide = true)]
@@ -169,8 +185,18 @@ fn main() -> anyhow::Result<()> {
         if args.parts.contains(&Part::Cold) {
             report.cold = Some(cold_part(&args, &bin_dir).await?);
         }
+        if args.parts.contains(&Part::Engine) {
+            report.engine = Some(engine::engine_part(&args).await?);
+        }
         anyhow::Ok(())
     })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report.engine.as_deref().unwrap_or_default())?
+        );
+        return Ok(());
+    }
     report.load_after = Machine::loadavg();
     let text = report.text();
     print!("{text}");
@@ -183,6 +209,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn check_args(a: &Args) -> anyhow::Result<()> {
+    if a.json && !a.parts.contains(&Part::Engine) {
+        bail!("--json prints the engine part: add --parts engine");
+    }
+    if a.engine_lines.iter().any(|&n| n < 10) || a.line_costs.is_empty() {
+        bail!("--engine-lines must be at least 10 and --line-costs must not be empty");
+    }
     if a.voucher_lines < 2 || a.voucher_lines >= a.max_operations {
         bail!("--voucher-lines must be at least 2 and less than --max-operations");
     }
@@ -1183,6 +1215,7 @@ struct Report {
     post: Option<PostResults>,
     extract: Option<ExtractResults>,
     cold: Option<ColdResults>,
+    engine: Option<Vec<engine::EngineRow>>,
     load_after: String,
 }
 
@@ -1288,6 +1321,42 @@ struct Section {
 impl Report {
     fn sections(&self) -> Vec<Section> {
         let mut out = Vec::new();
+        if let Some(rows) = &self.engine {
+            let mut t = Table::new(&[
+                "lines",
+                "ms/line",
+                "parts",
+                "parallel",
+                "sequential",
+                "speed-up",
+                "floor",
+                "× floor",
+                "requests",
+            ]);
+            for r in rows {
+                t.row(vec![
+                    thousands(r.lines),
+                    r.line_cost_ms.to_string(),
+                    format!("{} ({} at a time)", r.parts, r.concurrency),
+                    format!("{:.0} s", r.wall_s),
+                    format!("{:.0} s", r.sequential_wall_s),
+                    format!("{:.2}×", r.speedup),
+                    format!("{:.0} s", r.floor_s),
+                    format!("{:.2}", r.wall_s / r.floor_s),
+                    thousands(r.requests),
+                ]);
+            }
+            out.push(Section {
+                title: "Whole runs under the F&O cost model (`--parts engine`)".into(),
+                intro: vec![
+                    "Extract, map, validate, reference reads, header lookups, header creation, `$batch` posting, read-back and audit, against a D365 simulator charging 250 ms per request plus the line cost per line, with writes to one journal serialised (`CostModel::realistic`). Parts of 2,000 lines, vouchers of 10 lines, 200 operations per `$batch`. Times are model seconds: the server times run compressed by the line cost / 4 ms and the wall time is multiplied back (the connector's own CPU time with it, so they are upper bounds).".into(),
+                ],
+                table: t,
+                notes: vec![
+                    "floor: the least time the model allows for the writes alone (one header request and one `$batch` per 200 lines per part, parts spread over the concurrency, longest first); sequential: the same engine with `d365.max_concurrent_requests = 1`.".into(),
+                ],
+            });
+        }
         if let Some(p) = &self.post {
             let mut t = Table::new(&[
                 "lines",

@@ -66,7 +66,7 @@ pub struct D365Settings {
 }
 
 /// Default of [`D365Settings::max_concurrent_requests`].
-pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 4;
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 8;
 /// Default of [`D365Settings::max_requests_per_window`] (unverified; see its docs).
 pub const DEFAULT_MAX_REQUESTS_PER_WINDOW: u32 = 600;
 /// Default of [`D365Settings::request_window`].

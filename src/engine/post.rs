@@ -9,11 +9,14 @@
 //! own header keyed `{run_key}/P2of3` (see `mapping::part_key`); lines record their part, so a
 //! retry or replay reconciles each part against its own header.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rust_decimal::Decimal;
+use tokio::sync::Mutex;
 
 use super::budget::Budget;
 use super::writer::{content_of_new, HeaderKey, JournalSpec, JournalWriter, WriteEnd, WriterHooks};
@@ -57,8 +60,44 @@ enum Stop {
     DuplicatePosted(String),
 }
 
+/// What the journals of one run share while they are posted concurrently.
+struct RunShared<'r> {
+    /// Held across the store write of the record, so two journals never write an older copy
+    /// over a newer one.
+    run: Mutex<&'r mut RunRecord>,
+    run_id: String,
+    period: String,
+    /// Lines of the run in D365 so far (progress).
+    done: AtomicUsize,
+    total: usize,
+}
+
+/// What every journal part of one run needs, whatever its legal entity.
+struct PostContext<'a, 'r> {
+    config: &'a InstanceConfig,
+    keys: &'a RunKeys,
+    budget: &'a Budget,
+    supersede: bool,
+    shared: RunShared<'r>,
+}
+
+/// What the parts of one legal entity's journal have in common, read from D365 once before any
+/// part is written (not once per part: the reference read pages through every account).
+struct EntityContext {
+    /// Journals reversed by `ml-connector reverse`: no longer postings of the period.
+    reversed: BTreeSet<String>,
+    /// Whether the journal name wants the connector to number vouchers.
+    manual_vouchers: bool,
+}
+
 impl Engine<'_> {
     /// Posts every line of `run`; returns the final status, a message and per-journal summaries.
+    ///
+    /// Different journals (legal entities, parts) do not conflict in F&O, so they are posted
+    /// concurrently, up to `d365.max_concurrent_requests` at a time; the writes to one journal
+    /// stay sequential (F&O answers overlapping writes to one journal with an update conflict).
+    /// When one journal stops, the journals already started finish their current work and no
+    /// new one starts; a crash stops everything at once, like a dead process.
     pub(super) async fn post_all(
         &self,
         run: &mut RunRecord,
@@ -68,8 +107,8 @@ impl Engine<'_> {
         supersede: bool,
         budget: &Budget,
     ) -> Result<(RunStatus, String, Vec<PostSummary>), EngineError> {
-        // One journal header per legal entity and part, in that order (parts as recorded at
-        // mapping time, so a replay writes into the same headers).
+        // One journal header per legal entity and part (parts as recorded at mapping time, so
+        // a replay writes into the same headers).
         let mut by_journal: BTreeMap<(String, JournalPart), Vec<LineRecord>> = BTreeMap::new();
         for l in lines {
             by_journal
@@ -78,42 +117,94 @@ impl Engine<'_> {
                 .push(l);
         }
         let total: usize = by_journal.values().map(Vec::len).sum();
-        let mut done = 0usize;
-        let mut summaries = Vec::new();
-        // Whether each entity's journal name wants manual vouchers: read once per entity, not
-        // once per part (the reference read pages through every account and dimension value).
-        let mut manual_vouchers: BTreeMap<String, bool> = BTreeMap::new();
-        for ((le, part), mut lines) in by_journal {
-            lines.sort_by_key(|l| l.line.line_no);
-            // Boxed: the journal's state machine is large, and inlining it into every caller's
-            // future overflowed the 2 MiB stack of a test thread in debug builds.
-            let journal = Box::pin(self.post_journal(
-                run,
-                config,
-                keys,
-                (&le, part),
-                &mut lines,
-                &mut done,
-                total,
-                (budget, supersede),
-                &mut manual_vouchers,
-            ));
-            match journal.await {
-                Ok(s) => summaries.push(s),
-                Err(Stop::Interrupted(m)) => {
-                    let run_id = &run.run_id;
-                    let msg = format!(
-                        "{m} In all {done} of {total} line(s) of this run are in D365, each recorded in the audit, and the period lock is released: finish it with `ml-connector replay {run_id} --config FILE` (AWS: `ml-connector replay {run_id} --request --table TABLE`)."
-                    );
-                    return Ok((RunStatus::Interrupted, msg, summaries));
+
+        // Once per legal entity, before anything is written: the period's journals in D365
+        // (a journal of other data, or of this data split another way, stops the run) and the
+        // journal name's voucher numbering.
+        let mut entities: BTreeMap<String, EntityContext> = BTreeMap::new();
+        for (le, part) in by_journal.keys() {
+            if entities.contains_key(le) {
+                continue;
+            }
+            match self.entity_context(run, config, keys, le, part.of).await {
+                Ok(c) => {
+                    entities.insert(le.clone(), c);
                 }
-                Err(Stop::Failed(m)) => return Ok((RunStatus::Failed, m, summaries)),
-                Err(Stop::Conflict(m)) => return Ok((RunStatus::Conflict, m, summaries)),
+                Err(Stop::Failed(m)) => return Ok((RunStatus::Failed, m, Vec::new())),
+                Err(Stop::Conflict(m)) => return Ok((RunStatus::Conflict, m, Vec::new())),
                 Err(Stop::DuplicatePosted(m)) => {
-                    return Ok((RunStatus::DuplicatePosted, m, summaries))
+                    return Ok((RunStatus::DuplicatePosted, m, Vec::new()))
                 }
+                Err(Stop::Interrupted(m)) => return Ok((RunStatus::Interrupted, m, Vec::new())),
                 Err(Stop::Crashed(p)) => return Err(EngineError::Crashed(p)),
             }
+        }
+
+        let run_id = run.run_id.clone();
+        let cx = PostContext {
+            config,
+            keys,
+            budget,
+            supersede,
+            shared: RunShared {
+                run_id: run.run_id.clone(),
+                period: run.period.clone(),
+                run: Mutex::new(run),
+                done: AtomicUsize::new(0),
+                total,
+            },
+        };
+        let limit = config.d365.max_concurrent_requests.max(1);
+        let mut waiting = by_journal.into_iter();
+        let mut running = FuturesUnordered::new();
+        let mut ended: Vec<((String, JournalPart), Result<PostSummary, Stop>)> = Vec::new();
+        let mut stopping = false;
+        loop {
+            while !stopping && running.len() < limit {
+                let Some(((le, part), mut lines)) = waiting.next() else {
+                    break;
+                };
+                let (cx, entity) = (&cx, &entities[&le]);
+                running.push(Box::pin(async move {
+                    lines.sort_by_key(|l| l.line.line_no);
+                    let r = self.post_journal(cx, &le, part, entity, &mut lines).await;
+                    ((le, part), r)
+                }));
+            }
+            let Some((key, r)) = running.next().await else {
+                break;
+            };
+            if let Err(Stop::Crashed(p)) = r {
+                return Err(EngineError::Crashed(p));
+            }
+            stopping |= r.is_err();
+            ended.push((key, r));
+        }
+        drop(running);
+        let done = cx.shared.done.load(Ordering::Relaxed);
+        let run = cx.shared.run.into_inner();
+        ended.sort_by(|a, b| a.0.cmp(&b.0));
+        // The run's journals in part order, whichever header was created first.
+        let order: Vec<(String, String)> = ended
+            .iter()
+            .filter_map(|((le, _), r)| {
+                r.as_ref()
+                    .ok()
+                    .map(|s| (le.clone(), s.batch_number.clone()))
+            })
+            .collect();
+        run.journals
+            .sort_by_key(|j| order.iter().position(|o| o == j).unwrap_or(usize::MAX));
+        let mut summaries = Vec::new();
+        let mut stops = Vec::new();
+        for (_, r) in ended {
+            match r {
+                Ok(s) => summaries.push(s),
+                Err(stop) => stops.push(stop),
+            }
+        }
+        if let Some((status, msg)) = stopped(stops, &run_id, done, total) {
+            return Ok((status, msg, summaries));
         }
         // Checked sums (`Iterator::sum` panics on overflow): mapping bounds every line by
         // `amount.max_abs` and checks its sums, but an audit from before that may not be.
@@ -172,29 +263,17 @@ impl Engine<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn post_journal(
+    /// What the parts of `le`'s journal share, read from D365 once; a stop when D365 holds the
+    /// period's journal under another key.
+    async fn entity_context(
         &self,
-        run: &mut RunRecord,
+        run: &RunRecord,
         config: &InstanceConfig,
         keys: &RunKeys,
-        (le, part): (&str, JournalPart),
-        lines: &mut [LineRecord],
-        done: &mut usize,
-        total: usize,
-        (budget, supersede): (&Budget, bool),
-        manual_cache: &mut BTreeMap<String, bool>,
-    ) -> Result<PostSummary, Stop> {
-        let run_id = run.run_id.clone();
+        le: &str,
+        parts: u32,
+    ) -> Result<EntityContext, Stop> {
         let failed = |what: &str, e: LedgerError| Stop::Failed(format!("{what} in {le}: {e}"));
-        // This header's own natural key: the run key, or `{run_key}/P2of3` for a part.
-        let key = part_key(&keys.run_key, part);
-        let of_part = if part.is_split() {
-            format!(" ({part})")
-        } else {
-            String::new()
-        };
-
         // 1. Does D365 hold this period under another key (other data, another split)?
         let period_prefix = format!("{}-", description_prefix(&keys.period_key));
         let headers = self
@@ -218,7 +297,7 @@ impl Engine<'_> {
         let mut others = Vec::new();
         for h in headers {
             match header_of_run(&h.description, &keys.run_key) {
-                Some(p) if p.of == part.of => ours += 1,
+                Some(p) if p.of == parts => ours += 1,
                 Some(_) => split_otherwise.push(h),
                 None => others.push(h),
             }
@@ -230,8 +309,8 @@ impl Engine<'_> {
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(Stop::Conflict(format!(
-                "D365 already holds journal(s) of this data for period {} in {le} split into a different number of parts: {list}; this attempt splits it into {} (was journal.max_journal_lines changed?). Nothing more was written. Restore the setting, or reverse or delete those journals and run again.",
-                run.period, part.of
+                "D365 already holds journal(s) of this data for period {} in {le} split into a different number of parts: {list}; this attempt splits it into {parts} (was journal.max_journal_lines changed?). Nothing more was written. Restore the setting, or reverse or delete those journals and run again.",
+                run.period
             )));
         }
         if ours == 0 && !others.is_empty() {
@@ -245,26 +324,50 @@ impl Engine<'_> {
                 run.period
             )));
         }
+        let manual_vouchers = match self.ledger.reference(le).await {
+            Ok(r) => r
+                .journal_names
+                .get(&config.journal.journal_name)
+                .map(|j| j.voucher_allocation == VoucherAllocation::Manual)
+                .unwrap_or(false),
+            Err(e) => return Err(failed("could not read the journal name", e)),
+        };
+        Ok(EntityContext {
+            reversed,
+            manual_vouchers,
+        })
+    }
+
+    async fn post_journal(
+        &self,
+        cx: &PostContext<'_, '_>,
+        le: &str,
+        part: JournalPart,
+        entity: &EntityContext,
+        lines: &mut [LineRecord],
+    ) -> Result<PostSummary, Stop> {
+        let (config, keys, shared) = (cx.config, cx.keys, &cx.shared);
+        let run_id = shared.run_id.clone();
+        // This header's own natural key: the run key, or `{run_key}/P2of3` for a part.
+        let key = part_key(&keys.run_key, part);
+        let of_part = if part.is_split() {
+            format!(" ({part})")
+        } else {
+            String::new()
+        };
 
         // 2. The plan: exactly these lines, once, under this key.
-        let manual_vouchers = match manual_cache.get(le) {
-            Some(&manual) => manual,
-            None => match self.ledger.reference(le).await {
-                Ok(r) => {
-                    let manual = r
-                        .journal_names
-                        .get(&config.journal.journal_name)
-                        .map(|j| j.voucher_allocation == VoucherAllocation::Manual)
-                        .unwrap_or(false);
-                    manual_cache.insert(le.to_string(), manual);
-                    manual
-                }
-                Err(e) => return Err(failed("could not read the journal name", e)),
-            },
-        };
-        let mut spec = journal_spec(config, keys, le, part, &run.period, lines, manual_vouchers);
-        spec.exclude = reversed;
-        spec.supersede = supersede;
+        let mut spec = journal_spec(
+            config,
+            keys,
+            le,
+            part,
+            &shared.period,
+            lines,
+            entity.manual_vouchers,
+        );
+        spec.exclude = entity.reversed.clone();
+        spec.supersede = cx.supersede;
 
         // 3. Converge D365 on one copy (see `writer` and `domain::converge`).
         let writer = JournalWriter {
@@ -272,23 +375,27 @@ impl Engine<'_> {
         };
         let mut hooks = PostHooks {
             engine: self,
-            run,
+            shared,
             lines,
-            done,
-            total,
-            budget,
+            budget: cx.budget,
             le,
             of_part: &of_part,
             journal_name: &config.journal.journal_name,
             removed: Vec::new(),
+            batch: None,
         };
         let end = writer.converge(&spec, &mut hooks).await;
         let removed = std::mem::take(&mut hooks.removed);
-        let done_now = *hooks.done;
+        // This part's header (the journal of this legal entity's part, not another part's).
+        let this_batch = hooks.batch.take();
         drop(hooks);
         // Duplicates removed from D365 are no journals of this run any more.
         if !removed.is_empty() {
-            run.journals
+            shared
+                .run
+                .lock()
+                .await
+                .journals
                 .retain(|(l, b)| !(l == le && removed.contains(b)));
         }
         match end {
@@ -300,9 +407,6 @@ impl Engine<'_> {
                 cleaned,
             } => {
                 let batch = header.batch_number.clone();
-                if !run.journals.iter().any(|(l, b)| l == le && *b == batch) {
-                    run.journals.push((le.to_string(), batch.clone()));
-                }
                 let mut debit = Decimal::ZERO;
                 let mut credit = Decimal::ZERO;
                 for rec in lines.iter_mut() {
@@ -335,10 +439,15 @@ impl Engine<'_> {
                 if let Err(e) = self.store.put_lines(lines).await {
                     return Err(Stop::Failed(format!("audit store: {e}")));
                 }
-                if let Err(e) = self.store.update_run(run).await {
-                    return Err(Stop::Failed(format!("audit store: {e}")));
+                {
+                    let mut run = shared.run.lock().await;
+                    if !run.journals.iter().any(|(l, b)| l == le && *b == batch) {
+                        run.journals.push((le.to_string(), batch.clone()));
+                    }
+                    if let Err(e) = self.store.update_run(&run).await {
+                        return Err(Stop::Failed(format!("audit store: {e}")));
+                    }
                 }
-                *done = done_now.max(*done);
                 let lines_found = lines.len().saturating_sub(created);
                 self.event(
                     &run_id,
@@ -368,17 +477,23 @@ impl Engine<'_> {
                 })
             }
             WriteEnd::Conflict(c) => {
-                let msg = self.changed_mapping_message(run, le, &of_part, &c).await;
+                let msg = {
+                    let run = shared.run.lock().await;
+                    self.changed_mapping_message(&run, le, &of_part, &c).await
+                };
                 self.event(&run_id, "error", "conflict", msg.clone()).await;
                 Err(Stop::Conflict(msg))
             }
             WriteEnd::DuplicatePosted { batches, detail } => {
-                for b in &batches {
-                    if !run.journals.iter().any(|(l, x)| l == le && x == b) {
-                        run.journals.push((le.to_string(), b.clone()));
+                {
+                    let mut run = shared.run.lock().await;
+                    for b in &batches {
+                        if !run.journals.iter().any(|(l, x)| l == le && x == b) {
+                            run.journals.push((le.to_string(), b.clone()));
+                        }
                     }
+                    let _ = self.store.update_run(&run).await;
                 }
-                let _ = self.store.update_run(run).await;
                 let list = batches
                     .iter()
                     .map(|b| format!("{le}/{b}"))
@@ -395,13 +510,7 @@ impl Engine<'_> {
                 lines: refused_lines,
                 message,
             } => {
-                let batch = run
-                    .journals
-                    .iter()
-                    .rev()
-                    .find(|(l, _)| l == le)
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default();
+                let batch = this_batch.unwrap_or_default();
                 let in_d365 = lines
                     .iter()
                     .filter(|l| l.status == LineStatus::Created)
@@ -558,6 +667,47 @@ impl Engine<'_> {
     }
 }
 
+/// The run's status and message when journals stopped: the most serious stop decides the
+/// status (posted duplicates, then conflicts, then failures, then the deadline), and every
+/// stopped journal's message is kept. `None` when none stopped.
+fn stopped(
+    stops: Vec<Stop>,
+    run_id: &str,
+    done: usize,
+    total: usize,
+) -> Option<(RunStatus, String)> {
+    let rank = |s: &Stop| match s {
+        Stop::Crashed(_) => 0,
+        Stop::DuplicatePosted(_) => 1,
+        Stop::Conflict(_) => 2,
+        Stop::Failed(_) => 3,
+        Stop::Interrupted(_) => 4,
+    };
+    let worst = stops.iter().map(rank).min()?;
+    let status = match worst {
+        1 => RunStatus::DuplicatePosted,
+        2 => RunStatus::Conflict,
+        3 => RunStatus::Failed,
+        _ => RunStatus::Interrupted,
+    };
+    let mut msgs: Vec<String> = stops
+        .into_iter()
+        .map(|s| match s {
+            Stop::Crashed(p) => format!("crashed at {p:?}"),
+            Stop::DuplicatePosted(m)
+            | Stop::Conflict(m)
+            | Stop::Failed(m)
+            | Stop::Interrupted(m) => m,
+        })
+        .collect();
+    if status == RunStatus::Interrupted {
+        msgs.push(format!(
+            "In all {done} of {total} line(s) of this run are in D365, each recorded in the audit, and the period lock is released: finish it with `ml-connector replay {run_id} --config FILE` (AWS: `ml-connector replay {run_id} --request --table TABLE`)."
+        ));
+    }
+    Some((status, msgs.join(" ")))
+}
+
 fn new_line(le: &str, batch: &str, rec: &LineRecord, voucher: Option<String>) -> NewLedgerLine {
     NewLedgerLine {
         legal_entity: le.to_string(),
@@ -635,31 +785,35 @@ fn journal_spec(
 }
 
 /// What the engine records while the writer converges one journal.
-struct PostHooks<'e, 'a> {
+struct PostHooks<'e, 'a, 'r> {
     engine: &'e Engine<'a>,
-    run: &'e mut RunRecord,
+    shared: &'e RunShared<'r>,
     lines: &'e mut [LineRecord],
-    done: &'e mut usize,
-    total: usize,
     budget: &'e Budget,
     le: &'e str,
     of_part: &'e str,
     journal_name: &'e str,
     /// Duplicate headers the writer removed.
     removed: Vec<String>,
+    /// The header this journal part writes into, once known.
+    batch: Option<String>,
 }
 
 #[async_trait]
-impl WriterHooks for PostHooks<'_, '_> {
+impl WriterHooks for PostHooks<'_, '_, '_> {
     async fn header(&mut self, batch: &str, created: bool) {
         let le = self.le;
-        if !self.run.journals.iter().any(|(l, b)| l == le && b == batch) {
-            self.run.journals.push((le.to_string(), batch.to_string()));
-            if let Err(e) = self.engine.store.update_run(self.run).await {
-                tracing::error!(run_id = %self.run.run_id, "audit store: {e}");
+        self.batch = Some(batch.to_string());
+        {
+            let mut run = self.shared.run.lock().await;
+            if !run.journals.iter().any(|(l, b)| l == le && b == batch) {
+                run.journals.push((le.to_string(), batch.to_string()));
+                if let Err(e) = self.engine.store.update_run(&run).await {
+                    tracing::error!(run_id = %self.shared.run_id, "audit store: {e}");
+                }
             }
         }
-        let (of_part, run_id) = (self.of_part, self.run.run_id.clone());
+        let of_part = self.of_part;
         let msg = if created {
             format!(
                 "created journal {le}/{batch}{of_part} ({})",
@@ -668,7 +822,9 @@ impl WriterHooks for PostHooks<'_, '_> {
         } else {
             format!("found journal {le}/{batch}{of_part} from an earlier attempt; reconciling its lines")
         };
-        self.engine.event(&run_id, "info", "post", msg).await;
+        self.engine
+            .event(&self.shared.run_id, "info", "post", msg)
+            .await;
     }
 
     async fn written(&mut self, batch: &str, rows: &[(u32, LedgerLine)]) {
@@ -680,10 +836,10 @@ impl WriterHooks for PostHooks<'_, '_> {
             }
         }
         if let Err(e) = self.engine.store.put_lines(&changed).await {
-            tracing::error!(run_id = %self.run.run_id, "audit store: {e}");
+            tracing::error!(run_id = %self.shared.run_id, "audit store: {e}");
         }
-        *self.done += rows.len();
-        self.engine.progress.line_posted(*self.done, self.total);
+        let done = self.shared.done.fetch_add(rows.len(), Ordering::Relaxed) + rows.len();
+        self.engine.progress.line_posted(done, self.shared.total);
     }
 
     async fn cleaned(&mut self, deletion: &Deletion, result: &str) {
@@ -718,18 +874,26 @@ impl WriterHooks for PostHooks<'_, '_> {
             }
         }
         if !changed.is_empty() {
-            *self.done = self.done.saturating_sub(changed.len());
+            let n = changed.len();
+            let _ = self
+                .shared
+                .done
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                    Some(d.saturating_sub(n))
+                });
             if let Err(e) = self.engine.store.put_lines(&changed).await {
-                tracing::error!(run_id = %self.run.run_id, "audit store: {e}");
+                tracing::error!(run_id = %self.shared.run_id, "audit store: {e}");
             }
         }
-        let run_id = self.run.run_id.clone();
-        self.engine.event(&run_id, "warn", "cleanup", result).await;
+        self.engine
+            .event(&self.shared.run_id, "warn", "cleanup", result)
+            .await;
     }
 
     async fn unknown(&mut self, what: &str) {
-        let run_id = self.run.run_id.clone();
-        self.engine.event(&run_id, "warn", "post", what).await;
+        self.engine
+            .event(&self.shared.run_id, "warn", "post", what)
+            .await;
     }
 
     fn crash_at(&self, point: CrashPoint) -> bool {

@@ -12,7 +12,7 @@ use super::error::LambdaError;
 use crate::cli::{build_clients, Clients};
 use crate::domain::config::InstanceConfig;
 use crate::secrets::{InstanceSecrets, SecretSource};
-use crate::store::{ConfigStore, Store};
+use crate::store::{ConfigStore, ReplayRequests, Store};
 
 /// Environment variable: largest accepted webhook body in bytes (default 6 MiB, the Function
 /// URL payload limit).
@@ -26,6 +26,10 @@ pub const ENV_IDEMPOTENCY_TTL_SECS: &str = "IDEMPOTENCY_TTL_SECS";
 /// of time still records where it stopped and releases its lock before Lambda kills it.
 pub const ENV_DEADLINE_MARGIN_SECS: &str = "DEADLINE_MARGIN_SECS";
 
+/// Environment variable: how many times a run that runs out of time is continued by the replay
+/// function before it waits for a person (default 16; see [`super::continuation`]).
+pub const ENV_MAX_CONTINUATIONS: &str = "MAX_CONTINUATIONS";
+
 /// Tunables read once at cold start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -33,6 +37,9 @@ pub struct Settings {
     pub idempotency_ttl: Duration,
     /// See [`ENV_DEADLINE_MARGIN_SECS`].
     pub deadline_margin: std::time::Duration,
+    /// See [`ENV_MAX_CONTINUATIONS`]. 16 invocations of 15 minutes post about 100,000 lines
+    /// at the cost model's slowest line cost with parts in parallel (BENCHMARKS.md).
+    pub max_continuations: u32,
 }
 
 impl Default for Settings {
@@ -41,6 +48,7 @@ impl Default for Settings {
             max_body_bytes: 6 * 1024 * 1024,
             idempotency_ttl: Duration::hours(24),
             deadline_margin: std::time::Duration::from_secs(10),
+            max_continuations: 16,
         }
     }
 }
@@ -65,6 +73,9 @@ impl Settings {
         }
         if let Some(n) = number(ENV_DEADLINE_MARGIN_SECS)? {
             s.deadline_margin = std::time::Duration::from_secs(n.min(900));
+        }
+        if let Some(n) = number(ENV_MAX_CONTINUATIONS)? {
+            s.max_continuations = u32::try_from(n).unwrap_or(u32::MAX);
         }
         if let Some(n) = number(ENV_IDEMPOTENCY_TTL_SECS)? {
             s.idempotency_ttl = Duration::seconds(
@@ -188,6 +199,9 @@ pub struct LambdaContext {
     pub configs: Arc<dyn ConfigStore>,
     pub secrets: Arc<dyn SecretSource>,
     pub settings: Settings,
+    /// Where a run that ran out of time queues its continuation (the replay requests of the
+    /// audit table); `None`: interrupted runs wait for their invocation's retry or a person.
+    pub continuations: Option<Arc<dyn ReplayRequests>>,
     clients: Mutex<HashMap<String, CachedClients>>,
     /// Publishes finished runs' notifications (none: only logged).
     notifier: Option<crate::notify::Notifier>,
@@ -224,6 +238,7 @@ impl LambdaContext {
             configs,
             secrets,
             settings,
+            continuations: None,
             clients: Mutex::new(HashMap::new()),
             notifier: None,
         }
@@ -247,6 +262,12 @@ impl LambdaContext {
             chat: inst.secrets.notify.clone(),
             store: self.store.as_ref(),
         }
+    }
+
+    /// Interrupted runs queue their continuation here (see [`super::continuation`]).
+    pub fn with_continuations(mut self, queue: Arc<dyn ReplayRequests>) -> Self {
+        self.continuations = Some(queue);
+        self
     }
 
     /// The instance's current configuration from the config store, parsed and checked.
@@ -391,8 +412,9 @@ impl LambdaContext {
             "cold-start init steps"
         );
         Ok(
-            LambdaContext::new(store.clone(), store, Arc::new(secrets), settings)
-                .with_notifier(notifier),
+            LambdaContext::new(store.clone(), store.clone(), Arc::new(secrets), settings)
+                .with_notifier(notifier)
+                .with_continuations(store),
         )
     }
 }

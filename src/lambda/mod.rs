@@ -13,6 +13,7 @@
 //! deadline as the in-progress lease, complete with the result, release on failure.
 
 pub mod context;
+pub mod continuation;
 pub mod error;
 pub mod payload;
 pub mod replay;
@@ -43,6 +44,9 @@ pub struct RunSummary {
     /// Validation problems (rejected runs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issues: Vec<String>,
+    /// For an interrupted run: whether it continues by itself ([`continuation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<String>,
 }
 
 /// A journal a run created or found: legal entity and D365 batch number.
@@ -71,6 +75,7 @@ impl RunSummary {
             lines_created: run.totals.created_lines,
             message: run.message.clone(),
             issues: report.issues.iter().map(|i| i.to_string()).collect(),
+            continuation: None,
         }
     }
 }

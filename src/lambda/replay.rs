@@ -277,14 +277,28 @@ async fn replay(
                     tracing::info!(run_id, status = %summary.status, lines_created = summary.lines_created, "replay finished");
                     RecordResult::Done
                 }
-                // Interrupted: the stream retries the record, and the next replay continues.
-                Outcome::Failed | Outcome::Busy | Outcome::Interrupted => {
-                    RecordResult::Retry(format!(
-                        "replay ended `{}`: {}",
-                        summary.status,
-                        summary.message.unwrap_or_default()
-                    ))
+                // Interrupted: the next continuation is queued as a new request item (its own
+                // stream record), so this record is done; without a queue, the stream retries
+                // this record and that replay continues.
+                Outcome::Interrupted => {
+                    use super::continuation::{continue_interrupted, Continuation};
+                    let c = continue_interrupted(ctx, run_id).await;
+                    match c {
+                        Continuation::Queued { .. } => RecordResult::Done,
+                        Continuation::GaveUp { .. } => RecordResult::Permanent(c.describe(run_id)),
+                        Continuation::Unavailable(_) => RecordResult::Retry(format!(
+                            "replay ended `{}`: {}; {}",
+                            summary.status,
+                            summary.message.unwrap_or_default(),
+                            c.describe(run_id)
+                        )),
+                    }
                 }
+                Outcome::Failed | Outcome::Busy => RecordResult::Retry(format!(
+                    "replay ended `{}`: {}",
+                    summary.status,
+                    summary.message.unwrap_or_default()
+                )),
                 _ => RecordResult::Permanent(format!(
                     "replay ended `{}`: {}",
                     summary.status,

@@ -65,9 +65,25 @@ pub async fn handle_schedule(
         }
     }
     match run(ctx, &instance, &input, inv).await {
-        Ok((summary, outcome)) => {
+        Ok((mut summary, outcome)) => {
+            // Out of time: the replay function continues the run (see `continuation`); only
+            // when no continuation could be queued does the scheduler's retry take it on.
+            let mut continued = false;
+            if outcome == Outcome::Interrupted {
+                use super::continuation::{continue_interrupted, Continuation};
+                let c = continue_interrupted(ctx, &summary.run_id).await;
+                continued = !matches!(c, Continuation::Unavailable(_));
+                summary.continuation = Some(c.describe(&summary.run_id));
+            }
             let value = serde_json::to_value(&summary).unwrap_or(serde_json::Value::Null);
             match outcome {
+                // Handed on: the continuation (or, when the chain gave up, a person) finishes
+                // the run; this schedule's event is done.
+                Outcome::Interrupted if continued => {
+                    tracing::warn!(%instance, run_id = %summary.run_id, continuation = summary.continuation.as_deref().unwrap_or("-"), "scheduled run out of time; handed on");
+                    complete(ctx.store.as_ref(), &key, inv, &value.to_string(), ttl).await;
+                    Ok(value)
+                }
                 // Interrupted (out of time): the retry starts a new run of the same data, which
                 // finds the journal by its natural key, posts only the rest and closes the
                 // interrupted run as superseded.

@@ -512,7 +512,11 @@ async fn ingest(
     };
     match result {
         Ok(report) => {
-            let summary = RunSummary::of(&report);
+            let mut summary = RunSummary::of(&report);
+            if report.outcome == Outcome::Interrupted {
+                let c = super::continuation::continue_interrupted(ctx, &summary.run_id).await;
+                summary.continuation = Some(c.describe(&summary.run_id));
+            }
             let response = run_response(&summary, report.outcome);
             tracing::info!(
                 instance,
@@ -605,6 +609,7 @@ mod tests {
             lines_created: 3,
             message: Some("stopped before the deadline; ml-connector replay r-1".into()),
             issues: vec![],
+            continuation: None,
         };
         let r = run_response(&summary, Outcome::Interrupted);
         assert_eq!(r.status, 202);

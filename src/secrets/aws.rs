@@ -30,7 +30,11 @@ const FIELDS: [&str; 6] = [
 ];
 
 /// Optional fields of a [`SecretDocument`]: non-empty strings when present.
-const OPTIONAL_FIELDS: [&str; 3] = ["looker_webhook_token", "slack_webhook_url", "teams_webhook_url"];
+const OPTIONAL_FIELDS: [&str; 3] = [
+    "looker_webhook_token",
+    "slack_webhook_url",
+    "teams_webhook_url",
+];
 
 /// Longest instance name looked up (Secrets Manager names are at most 512 characters).
 const MAX_INSTANCE_LEN: usize = 128;

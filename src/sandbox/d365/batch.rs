@@ -70,6 +70,61 @@ pub(super) fn handle(st: &mut State, req: &SimRequest) -> SimResponse {
     }
 }
 
+/// Every operation of a `$batch` as (method, target relative to `/data/`, body), without
+/// applying anything; empty when the request cannot be read.
+pub(super) fn operations(env_url: &str, req: &SimRequest) -> Vec<(String, String, Vec<u8>)> {
+    let Ok(items) = read_items(req) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let ops = match item {
+            Item::Changeset(ops) => ops,
+            Item::Single(op) => vec![op],
+        };
+        for op in ops {
+            let path = op.target.split('?').next().unwrap_or("");
+            let rel = path
+                .strip_prefix(env_url)
+                .unwrap_or(path)
+                .trim_start_matches('/');
+            let rel = rel.strip_prefix("data/").unwrap_or(rel);
+            out.push((op.method, rel.to_string(), op.body));
+        }
+    }
+    out
+}
+
+/// The answer to a `$batch` whose first changeset (or operation) failed with `error` and of
+/// which nothing was applied (F&O stops at the first failed changeset).
+pub(super) fn failed_first_changeset(req: &SimRequest, error: SimResponse) -> SimResponse {
+    let first_id = read_items(req).ok().and_then(|items| {
+        items.into_iter().next().and_then(|i| match i {
+            Item::Changeset(ops) => ops.into_iter().next().and_then(|o| o.content_id),
+            Item::Single(o) => o.content_id,
+        })
+    });
+    let out = vec![http_part(first_id.as_deref(), &as_http(&error))];
+    batch_answer(&out)
+}
+
+fn batch_answer(out: &[Part]) -> SimResponse {
+    let boundary = new_boundary("batchresponse");
+    let body = write_multipart(&boundary, out);
+    SimResponse {
+        status: StatusCode::OK,
+        headers: vec![
+            (
+                "content-type",
+                format!("multipart/mixed; boundary={boundary}"),
+            ),
+            ("odata-version", "4.0".into()),
+        ],
+        body: String::from_utf8(body).expect("parts are UTF-8"),
+        drop_connection: false,
+    }
+}
+
 fn bad_batch(msg: &str) -> SimResponse {
     odata_error(
         StatusCode::BAD_REQUEST,
@@ -227,20 +282,7 @@ fn process(st: &mut State, req: &SimRequest) -> SimResponse {
             }
         }
     }
-    let boundary = new_boundary("batchresponse");
-    let body = write_multipart(&boundary, &out);
-    SimResponse {
-        status: StatusCode::OK,
-        headers: vec![
-            (
-                "content-type",
-                format!("multipart/mixed; boundary={boundary}"),
-            ),
-            ("odata-version", "4.0".into()),
-        ],
-        body: String::from_utf8(body).expect("parts are UTF-8"),
-        drop_connection: false,
-    }
+    batch_answer(&out)
 }
 
 /// The entity set an operation's URL points at (absolute, `/data/…` or relative).

@@ -476,6 +476,10 @@ fn template_state(seed: super::seed::D365Seed) -> State {
         batch_max_operations: 200,
         reject_containing: vec![],
         latency: std::time::Duration::ZERO,
+        cost: Default::default(),
+        writing: Default::default(),
+        in_flight: 0,
+        peak_writing: 0,
         log: vec![],
     }
 }
@@ -597,7 +601,7 @@ fn with_write_failure(
 }
 
 /// Parses an OData key predicate (`a='x',b=1`) into name → raw value (strings unquoted).
-fn parse_key(key: &str) -> Result<Vec<(String, String)>, String> {
+pub(super) fn parse_key(key: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     let mut chars = key.chars().peekable();
     loop {

@@ -8,6 +8,7 @@
 //! Knobs let tests throttle, expire tokens, fail writes, close periods and post journals.
 
 mod batch;
+mod cost;
 mod entra;
 mod faults;
 pub mod filter;
@@ -15,7 +16,7 @@ mod fno;
 pub mod seed;
 mod tamper;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use crate::domain::reference::PeriodStatus;
 
+pub use cost::CostModel;
 pub use faults::PendingFaults;
 pub use seed::D365Seed;
 
@@ -90,6 +92,9 @@ pub struct LoggedRequest {
     pub body: String,
     /// Status the simulator answered.
     pub status: u16,
+    /// Why the simulator answered as it did, where the status alone does not say (e.g. the
+    /// update conflict of the cost model).
+    pub note: Option<&'static str>,
 }
 
 impl LoggedRequest {
@@ -135,6 +140,14 @@ pub(crate) struct State {
     reject_containing: Vec<String>,
     /// Added before every F&O answer.
     latency: Duration,
+    /// Server time and load limits (see [`CostModel`]); all off by default.
+    cost: CostModel,
+    /// Journals (company, batch number) with a write in progress, under the cost model.
+    writing: BTreeSet<(String, String)>,
+    /// F&O requests being answered right now.
+    in_flight: usize,
+    /// Most journals written at the same moment so far (under the cost model).
+    peak_writing: usize,
     log: Vec<LoggedRequest>,
 }
 
@@ -219,6 +232,10 @@ impl D365Sim {
                 batch_max_operations: 200,
                 reject_containing: vec![],
                 latency: Duration::ZERO,
+                cost: CostModel::default(),
+                writing: BTreeSet::new(),
+                in_flight: 0,
+                peak_writing: 0,
                 log: vec![],
             }),
         });
@@ -363,6 +380,27 @@ impl D365Sim {
         self.state().latency = latency;
     }
 
+    /// Server time and load limits of F&O from now on (see [`CostModel`]).
+    pub fn set_cost_model(&self, cost: CostModel) {
+        self.state().cost = cost;
+    }
+
+    /// Answers F&O gave with the update-conflict error of overlapping journal writes.
+    pub fn update_conflicts(&self) -> usize {
+        self.state()
+            .log
+            .iter()
+            .filter(|r| r.service == SimService::FinOps)
+            .filter(|r| r.note == Some(cost::UPDATE_CONFLICT_NOTE))
+            .count()
+    }
+
+    /// Most journals that were being written at the same moment (needs a cost model with
+    /// `serialise_journal_writes`): shows whether a client wrote journals in parallel.
+    pub fn peak_journals_writing(&self) -> usize {
+        self.state().peak_writing
+    }
+
     /// Number of requests F&O received (any method, any status, including 401/429).
     pub fn fno_request_count(&self) -> usize {
         self.state()
@@ -427,7 +465,9 @@ async fn entra_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(&shared, SimService::Entra, method, uri, headers, body)
+    let req = SimRequest::new(method, uri, headers, body);
+    let resp = entra::handle(&mut shared.lock(), &req);
+    respond(&shared, SimService::Entra, &req, resp, None)
 }
 
 async fn fno_handler(
@@ -437,37 +477,142 @@ async fn fno_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let latency = shared
-        .state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+    let req = SimRequest::new(method, uri, headers, body);
+    // Admission under the cost model: the concurrency knee, then the journals this request
+    // writes (a write overlapping another write to one journal is an update conflict).
+    let (latency, cost, fp) = {
+        let st = shared.lock();
+        let fp = if st.cost == CostModel::default() {
+            cost::Footprint::default()
+        } else {
+            cost::footprint(&st.env_url, &req)
+        };
+        (st.latency, st.cost, fp)
+    };
+    let _flight = InFlight::enter(&shared);
+    if cost.max_in_flight.is_some_and(|max| _flight.count > max) {
+        let mut r = fno::odata_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "This request could not be processed at this time due to system experiencing high resource utilization.",
+            None,
+        );
+        r.headers
+            .push(("retry-after", cost.retry_after_secs.to_string()));
+        return respond(&shared, SimService::FinOps, &req, r, None);
     }
-    handle(&shared, SimService::FinOps, method, uri, headers, body)
+    let claim = if cost.serialise_journal_writes && !fp.journals.is_empty() {
+        match JournalClaim::take(&shared, &fp.journals) {
+            Some(c) => Some(c),
+            None => {
+                let r = if fp.batch {
+                    batch::failed_first_changeset(&req, cost::update_conflict())
+                } else {
+                    cost::update_conflict()
+                };
+                return respond(
+                    &shared,
+                    SimService::FinOps,
+                    &req,
+                    r,
+                    Some(cost::UPDATE_CONFLICT_NOTE),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let wait = latency + cost.service_time(&fp);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    let resp = fno::handle(&mut shared.lock(), &req);
+    drop(claim);
+    respond(&shared, SimService::FinOps, &req, resp, None)
 }
 
-fn handle(
+impl SimRequest {
+    fn new(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Self {
+        Self {
+            method,
+            path: uri.path().to_string(),
+            query: uri.query().unwrap_or("").to_string(),
+            headers,
+            body,
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counts a request in flight until it is answered (or its connection is dropped).
+struct InFlight<'a> {
+    shared: &'a Shared,
+    count: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let mut st = shared.lock();
+        st.in_flight += 1;
+        Self {
+            shared,
+            count: st.in_flight,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.in_flight = st.in_flight.saturating_sub(1);
+    }
+}
+
+/// The journals a write holds while F&O works on it; released when the write ends, also when
+/// the client drops the connection.
+struct JournalClaim<'a> {
+    shared: &'a Shared,
+    journals: Vec<(String, String)>,
+}
+
+impl<'a> JournalClaim<'a> {
+    /// `None` when another write holds one of the journals.
+    fn take(shared: &'a Shared, journals: &BTreeSet<(String, String)>) -> Option<Self> {
+        let mut st = shared.lock();
+        if journals.iter().any(|j| st.writing.contains(j)) {
+            return None;
+        }
+        st.writing.extend(journals.iter().cloned());
+        st.peak_writing = st.peak_writing.max(st.writing.len());
+        Some(Self {
+            shared,
+            journals: journals.iter().cloned().collect(),
+        })
+    }
+}
+
+impl Drop for JournalClaim<'_> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        for j in &self.journals {
+            st.writing.remove(j);
+        }
+    }
+}
+
+/// Logs the request with its answer and turns the answer into an HTTP response.
+fn respond(
     shared: &Shared,
     service: SimService,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    req: &SimRequest,
+    resp: SimResponse,
+    note: Option<&'static str>,
 ) -> Response {
-    let req = SimRequest {
-        method,
-        path: uri.path().to_string(),
-        query: uri.query().unwrap_or("").to_string(),
-        headers,
-        body,
-    };
-    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-    let resp = match service {
-        SimService::Entra => entra::handle(&mut st, &req),
-        SimService::FinOps => fno::handle(&mut st, &req),
-    };
+    let mut st = shared.lock();
     let logged_body = match service {
         SimService::Entra => entra::redact_form(&String::from_utf8_lossy(&req.body)),
         SimService::FinOps => String::from_utf8_lossy(&req.body).into_owned(),
@@ -491,6 +636,7 @@ fn handle(
             .collect(),
         body: logged_body,
         status: resp.status.as_u16(),
+        note,
     });
     drop(st);
     let announced = resp.body.len() + 64;
