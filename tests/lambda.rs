@@ -446,7 +446,7 @@ async fn base64_function_url_event_and_a_wrong_secret_through_lambda_http() {
         .expect("handler");
     assert_eq!(resp.status(), 404);
     assert!(resp.body().is_empty(), "{:?}", resp.body());
-    // The same through the binary's entry point: the payload-2.0 response has no body.
+    // The same from the raw event to the payload-2.0 response: no body.
     let lr: lambda_http::request::LambdaRequest = serde_json::from_value(ev.clone()).unwrap();
     let resp = function_url_handler(
         &w.ctx,

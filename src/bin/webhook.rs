@@ -1,18 +1,17 @@
 //! Lambda `webhook`: Function URL receiving Looker scheduled-plan deliveries on
-//! `POST /ingest/{instance}/{secret}`. `lambda_http` turns each Function URL event into an
-//! `http::Request`; the handler answers an `http::Response`, sent back as the Function URL
-//! response. See `ml_connector::lambda::webhook` (and `function_url_handler` there for why
-//! this is not `lambda_http::run`).
+//! `POST /ingest/{instance}/{secret}`. `lambda_http::run` turns each Function URL event into an
+//! `http::Request` and sends the handler's `http::Response` back as the Function URL response.
+//! See `ml_connector::lambda::webhook::http_handler`.
 
 use ml_connector::lambda::{webhook, LambdaContext};
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn main() -> Result<(), lambda_http::Error> {
     ml_connector::lambda::init_tracing();
     let ctx = LambdaContext::from_env().await?;
     let ctx = &ctx;
-    lambda_runtime::run(lambda_runtime::service_fn(move |event| {
-        webhook::function_url_handler(ctx, event)
+    lambda_http::run(lambda_http::service_fn(move |req| {
+        webhook::http_handler(ctx, req)
     }))
     .await
 }

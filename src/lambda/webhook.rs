@@ -558,12 +558,11 @@ pub async fn http_handler(
     Ok(handle_webhook(ctx, req, &inv).await.into_http())
 }
 
-/// The Lambda entry point of the `webhook` binary: `lambda_http`'s own conversion of the
-/// Function URL event into an `http::Request` (with the Lambda context), [`http_handler`], and
-/// its `http::Response` as the payload-2.0 response. Not `lambda_http::run`: its response path
-/// re-decodes every text body through `encoding_rs` for the charset of `content-type`, which
-/// links all of that crate's legacy encodings (about 0.5 MB, over the 10 MB size target) for
-/// bodies that are always UTF-8 JSON here.
+/// A raw Function URL event through [`http_handler`]: `lambda_http`'s own conversion of the
+/// event into an `http::Request` (with the Lambda context), and the `http::Response` as the
+/// payload-2.0 response, as `lambda_http::run` (the `webhook` binary's entry point) does it.
+/// For callers that hold the raw event (tests); it builds the response itself instead of going
+/// through `lambda_http`'s `IntoResponse`, which re-decodes text bodies for their charset.
 pub async fn function_url_handler(
     ctx: &LambdaContext,
     event: lambda_runtime::LambdaEvent<lambda_http::request::LambdaRequest>,
