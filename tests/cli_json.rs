@@ -1,4 +1,4 @@
-//! Scripting through the real binary: `--json` on `run`, `preview` and `runs` with the
+//! Scripting through the real binary: `--json` on `run`, `preview`, `check` and `runs` with the
 //! documented shape, and `--quiet` keeping stderr free of progress.
 
 mod cli_support;
@@ -71,4 +71,62 @@ async fn completions_for_bash_zsh_and_fish() {
     }
     let out = cli(args(&["completions", "tcsh"]), vec![]).await;
     assert_eq!(out.status.code(), Some(64));
+}
+
+/// `check --json`: one object with the outcome, the exit code, the problem counts and every item
+/// per service; a configuration problem (an unknown journal name) is an item of its own and
+/// the exit code says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_speaks_json() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&w, dir.path());
+    let c = cfg.to_str().unwrap();
+    let out = cli(args(&["check", "--config", c, "--json"]), sandbox_env()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check json");
+    assert_eq!(v["outcome"], "passed");
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["connection_problems"], 0);
+    let services: Vec<&str> = v["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(services, ["Looker", "D365"]);
+    assert!(v["sections"][1]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["status"] == "ok"));
+
+    let bad_cfg = dir.path().join("bad-journal.toml");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let bad_text = good.replace(
+        "journal_name = \"GenJrn\"",
+        "journal_name = \"NoSuchJournal\"",
+    );
+    assert_ne!(bad_text, good, "the example names journal GenJrn");
+    std::fs::write(&bad_cfg, bad_text).unwrap();
+    let out = cli(
+        args(&["check", "--config", bad_cfg.to_str().unwrap(), "--json"]),
+        sandbox_env(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check json");
+    assert_eq!(v["outcome"], "configuration_problems");
+    assert_eq!(v["configuration_problems"], 1);
+    let bad: Vec<&serde_json::Value> = v["sections"][1]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["status"] == "configuration_problem")
+        .collect();
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("journal name `NoSuchJournal` does not exist"));
 }

@@ -180,6 +180,9 @@ enum Command {
     Check {
         #[command(flatten)]
         cfg: ConfigArgs,
+        /// Machine-readable output: one object (shape in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// Re-post what a failed or interrupted run did not get into D365, from its audited lines.
     /// With `--request` (and `--table`), ask the deployed replay Lambda to do it instead.
@@ -351,7 +354,7 @@ impl Command {
         match self {
             Command::Run { cfg, .. }
             | Command::Preview { cfg, .. }
-            | Command::Check { cfg }
+            | Command::Check { cfg, .. }
             | Command::Reverse { cfg, .. } => Some(&cfg.config),
             Command::Replay { config, .. } | Command::Show { config, .. } => config.as_deref(),
             _ => None,
@@ -454,7 +457,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
-        Command::Check { cfg } => check_command(&cfg).await,
+        Command::Check { cfg, json } => check_command(&cfg, json).await,
         Command::Replay {
             run_id,
             request: true,
@@ -1059,42 +1062,124 @@ async fn replay_command(
 }
 
 /// `check`: connect to both systems and confirm the config fits them, without writing.
-async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
-    let (cfg, clients) = load_instance(args)?;
-    let mut failures = 0usize;
-    let mut problems = 0usize;
-    let ok = |m: &str| outln!("  ok    {}", terminal::clean(m));
-    let mut bad = |m: &str, hard: bool| {
-        outln!("  FAIL  {}", terminal::clean(m));
-        if hard {
-            failures += 1;
-        } else {
-            problems += 1;
-        }
-    };
+/// What `check` found, item by item: printed as it goes, or collected for `--json`.
+struct CheckReport {
+    json: bool,
+    failures: usize,
+    problems: usize,
+    sections: Vec<serde_json::Value>,
+}
 
-    outln!("Looker ({})", crate::http::redact_url(&cfg.looker.base_url));
+impl CheckReport {
+    /// A service heading (`Looker (https://…)`).
+    fn section(&mut self, service: &str, target: &str) {
+        if self.json {
+            self.sections.push(serde_json::json!({
+                "service": service, "target": target, "items": [],
+            }));
+        } else {
+            outln!("{service} ({target})");
+        }
+    }
+
+    fn item(&mut self, status: &str, message: &str) {
+        if self.json {
+            if let Some(items) = self
+                .sections
+                .last_mut()
+                .and_then(|s| s.get_mut("items"))
+                .and_then(|i| i.as_array_mut())
+            {
+                items.push(serde_json::json!({ "status": status, "message": message }));
+            }
+        } else {
+            let tag = match status {
+                "ok" => "ok  ",
+                "skip" => "skip",
+                _ => "FAIL",
+            };
+            outln!("  {tag}  {}", terminal::clean(message));
+        }
+    }
+
+    fn ok(&mut self, m: &str) {
+        self.item("ok", m);
+    }
+
+    /// `hard`: a connection problem (exit 1); otherwise a configuration problem (exit 2).
+    fn bad(&mut self, m: &str, hard: bool) {
+        if hard {
+            self.failures += 1;
+            self.item("connection_problem", m);
+        } else {
+            self.problems += 1;
+            self.item("configuration_problem", m);
+        }
+    }
+
+    fn skip(&mut self, m: &str) {
+        self.item("skip", m);
+    }
+}
+
+async fn check_command(args: &ConfigArgs, json: bool) -> anyhow::Result<i32> {
+    let (cfg, clients) = load_instance(args)?;
+    let mut report = CheckReport {
+        json,
+        failures: 0,
+        problems: 0,
+        sections: Vec::new(),
+    };
+    let code = check_items(args, &cfg, &clients, &mut report).await?;
+    if json {
+        let outcome = match code {
+            c if c == exit::OK => "passed",
+            c if c == exit::REJECTED => "configuration_problems",
+            _ => "failed",
+        };
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "outcome": outcome,
+                "exit_code": code,
+                "connection_problems": report.failures,
+                "configuration_problems": report.problems,
+                "sections": report.sections,
+            }))?
+        );
+    }
+    Ok(code)
+}
+
+/// Every check item, in order; returns the exit code.
+async fn check_items(
+    args: &ConfigArgs,
+    cfg: &InstanceConfig,
+    clients: &Clients,
+    report: &mut CheckReport,
+) -> anyhow::Result<i32> {
+    report.section("Looker", &crate::http::redact_url(&cfg.looker.base_url));
     // One failure, one message: without a login the other Looker items would only fail
     // again (each logging in, with its retries) with the same error.
     let looker_ok = match clients.looker.login_check().await {
         Ok(()) => {
-            ok("logged in with the API client id/secret");
+            report.ok("logged in with the API client id/secret");
             true
         }
         Err(e) => {
-            bad(&e.to_string(), true);
+            report.bad(&e.to_string(), true);
             false
         }
     };
     let period = cfg.period.kind.period_for(today());
     let extract = if !looker_ok {
-        outln!("  skip  source and columns: not logged in to Looker");
+        report.skip("source and columns: not logged in to Looker");
         None
     } else {
         Some(match cfg.source.resolve()? {
             Source::Look(id) => match clients.looker.look(id).await {
                 Ok(info) => {
-                    ok(&format!("Look {id} \"{}\" exists", info.title));
+                    report.ok(&format!("Look {id} \"{}\" exists", info.title));
                     clients.looker.run_look(id).await
                 }
                 Err(e) => Err(e),
@@ -1102,10 +1187,10 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
             Source::Query(q) => {
                 match clients.looker.explore_fields(&q.model, &q.explore).await {
                     Ok(fields) => {
-                        ok(&format!("explore {}/{} exists", q.model, q.explore));
+                        report.ok(&format!("explore {}/{} exists", q.model, q.explore));
                         for f in &q.fields {
                             if !fields.contains(f) {
-                                bad(
+                                report.bad(
                                     &format!(
                                         "field `{f}` is not in explore {}/{}",
                                         q.model, q.explore
@@ -1115,7 +1200,7 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                             }
                         }
                     }
-                    Err(e) => bad(&e.to_string(), true),
+                    Err(e) => report.bad(&e.to_string(), true),
                 }
                 match cfg.query_for_period(&period) {
                     Some(q) => clients.looker.run_inline_query(&q).await,
@@ -1128,7 +1213,7 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
     match &extract {
         None => {}
         Some(Ok(x)) => {
-            ok(&format!(
+            report.ok(&format!(
                 "source runs: {} rows for {}",
                 x.rows.len(),
                 period.label
@@ -1143,9 +1228,9 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
             };
             for c in cfg.referenced_columns() {
                 if cols.is_empty() || cols.contains(&c.as_str()) {
-                    ok(&format!("column `{c}` present"));
+                    report.ok(&format!("column `{c}` present"));
                 } else {
-                    bad(
+                    report.bad(
                         &format!("column `{c}` used by the mapping is not in the result"),
                         false,
                     );
@@ -1172,37 +1257,34 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                 }
             }
         }
-        Some(Err(e)) => bad(&format!("source does not run: {e}"), true),
+        Some(Err(e)) => report.bad(&format!("source does not run: {e}"), true),
     }
 
-    outln!(
-        "D365 ({})",
-        crate::http::redact_url(&cfg.d365.environment_url)
-    );
+    report.section("D365", &crate::http::redact_url(&cfg.d365.environment_url));
     let d365_ok = match clients.d365.token_check().await {
         Ok(()) => {
-            ok("token obtained from Entra ID and accepted by the environment");
+            report.ok("token obtained from Entra ID and accepted by the environment");
             true
         }
         Err(e) => {
-            bad(&e.to_string(), true);
+            report.bad(&e.to_string(), true);
             false
         }
     };
     if !d365_ok && !legal_entities.is_empty() {
-        outln!("  skip  journal names, accounts and dimensions: no D365 token");
+        report.skip("journal names, accounts and dimensions: no D365 token");
         legal_entities.clear();
     }
     for le in &legal_entities {
         match clients.d365.load_reference(le).await {
             Ok(r) => {
-                ok(&format!(
+                report.ok(&format!(
                     "{le}: ledger format {} ({})",
                     r.format.name,
                     r.format.segments.join(&r.format.delimiter.to_string())
                 ));
                 match r.journal_names.get(&cfg.journal.journal_name) {
-                    Some(j) => ok(&format!(
+                    Some(j) => report.ok(&format!(
                         "{le}: journal name {} ({}){}",
                         j.name,
                         j.description,
@@ -1212,7 +1294,7 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                             ""
                         }
                     )),
-                    None => bad(
+                    None => report.bad(
                         &format!(
                             "{le}: journal name `{}` does not exist",
                             cfg.journal.journal_name
@@ -1222,7 +1304,7 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                 }
                 for dim in cfg.dimension_names() {
                     if !r.format.segments.iter().any(|s| s == dim) {
-                        bad(
+                        report.bad(
                             &format!("{le}: dimension `{dim}` is not in the active ledger format"),
                             false,
                         );
@@ -1245,41 +1327,51 @@ async fn check_command(args: &ConfigArgs) -> anyhow::Result<i32> {
                 for (key, a) in accounts {
                     match r.main_accounts.get(&a) {
                         Some(m) if !m.suspended => {
-                            ok(&format!("{le}: `{key}` main account {a} ({})", m.name))
+                            report.ok(&format!("{le}: `{key}` main account {a} ({})", m.name))
                         }
-                        Some(_) => bad(
+                        Some(_) => report.bad(
                             &format!("{le}: `{key}` main account {a} is suspended"),
                             false,
                         ),
-                        None => bad(
+                        None => report.bad(
                             &format!("{le}: `{key}` main account {a} does not exist"),
                             false,
                         ),
                     }
                 }
                 let sample = LedgerAccount::new("000000");
-                ok(&format!(
+                report.ok(&format!(
                     "{le}: account strings look like `{}`",
                     sample.display_value(&r.format)
                 ));
             }
-            Err(e) => bad(&format!("{le}: {e}"), true),
+            Err(e) => report.bad(&format!("{le}: {e}"), true),
         }
     }
-    outln!();
+    let (failures, problems) = (report.failures, report.problems);
+    let text = !report.json;
+    if text {
+        outln!();
+    }
     if failures > 0 {
-        outln!(
-            "check failed: {failures} connection problem(s), {problems} configuration problem(s)"
-        );
+        if text {
+            outln!(
+                "check failed: {failures} connection problem(s), {problems} configuration problem(s)"
+            );
+        }
         Ok(exit::FAILED)
     } else if problems > 0 {
-        outln!("check found {problems} configuration problem(s); fix them before running");
+        if text {
+            outln!("check found {problems} configuration problem(s); fix them before running");
+        }
         Ok(exit::REJECTED)
     } else {
-        outln!(
-            "check passed: `ml-connector preview --config {}` shows the exact journal",
-            args.config.display()
-        );
+        if text {
+            outln!(
+                "check passed: `ml-connector preview --config {}` shows the exact journal",
+                args.config.display()
+            );
+        }
         Ok(exit::OK)
     }
 }

@@ -1152,8 +1152,10 @@ mod tests {
         include_str!("../../infra/config/weekly-marketplace-fees.toml");
 
     /// `version()` of the example config. Adding `[[lines]]` left its serialized form (asserted
-    /// below) and so this hash unchanged: runs recorded before keep matching their config.
-    const EXAMPLE_VERSION: &str = "9bc6877337ea";
+    /// below) and so this hash unchanged (9bc6877337ea); the default of
+    /// `d365.max_concurrent_requests` going from 4 to 8 (journal parts written in parallel)
+    /// changed it, as a changed effective setting should.
+    const EXAMPLE_VERSION: &str = "8a899cf12714";
 
     #[test]
     fn example_config_parses_and_checks() {
