@@ -1219,7 +1219,7 @@ async fn d365_concurrency_cap_limits_requests_in_flight() {
             ml_connector::secrets::Secret::new(ml_connector::sandbox::d365::SANDBOX_CLIENT_SECRET),
         )
         .unwrap();
-        assert_eq!(s.max_concurrent_requests, 4, "default");
+        assert_eq!(s.max_concurrent_requests, 8, "default");
         s.max_concurrent_requests = cap;
         D365Client::new(s).unwrap()
     };
