@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rust_decimal::Decimal;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use super::budget::Budget;
 use super::writer::{content_of_new, HeaderKey, JournalSpec, JournalWriter, WriteEnd, WriterHooks};
@@ -58,6 +58,8 @@ enum Stop {
     Interrupted(String),
     /// D365 holds posted duplicates: only a reversal fixes it.
     DuplicatePosted(String),
+    /// Not started: the legal entity's first part stopped before it owned its header.
+    NotStarted,
 }
 
 /// What the journals of one run share while they are posted concurrently.
@@ -88,6 +90,19 @@ struct EntityContext {
     reversed: BTreeSet<String>,
     /// Whether the journal name wants the connector to number vouchers.
     manual_vouchers: bool,
+    /// Opens once part 1's header is this plan's in D365 (read back), closes if part 1 stops
+    /// before: the other parts wait for it. Part 1 is the journal's claim, as when parts went
+    /// one after another: a poster of another mapping (or split) that finds part 1 stops, so it
+    /// never writes a later part, and D365 never holds parts of two mappings.
+    gate: watch::Sender<Gate>,
+}
+
+/// See [`EntityContext::gate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Waiting,
+    Open,
+    Closed,
 }
 
 impl Engine<'_> {
@@ -136,6 +151,14 @@ impl Engine<'_> {
                     return Ok((RunStatus::DuplicatePosted, m, Vec::new()))
                 }
                 Err(Stop::Interrupted(m)) => return Ok((RunStatus::Interrupted, m, Vec::new())),
+                // entity_context starts no journal, so it never answers this.
+                Err(Stop::NotStarted) => {
+                    return Ok((
+                        RunStatus::Failed,
+                        format!("the journal of {le} was not started"),
+                        Vec::new(),
+                    ))
+                }
                 Err(Stop::Crashed(p)) => return Err(EngineError::Crashed(p)),
             }
         }
@@ -166,8 +189,29 @@ impl Engine<'_> {
                 };
                 let (cx, entity) = (&cx, &entities[&le]);
                 running.push(Box::pin(async move {
+                    if part.part > 1 {
+                        let mut gate = entity.gate.subscribe();
+                        let open = gate
+                            .wait_for(|g| *g != Gate::Waiting)
+                            .await
+                            .map(|g| *g == Gate::Open)
+                            .unwrap_or(false);
+                        if !open {
+                            return ((le, part), Err(Stop::NotStarted));
+                        }
+                    }
                     lines.sort_by_key(|l| l.line.line_no);
                     let r = self.post_journal(cx, &le, part, entity, &mut lines).await;
+                    if part.part == 1 {
+                        // Converged opened it; a stop before owning the header closes it.
+                        entity.gate.send_if_modified(|g| {
+                            let was = *g;
+                            if was == Gate::Waiting {
+                                *g = if r.is_ok() { Gate::Open } else { Gate::Closed };
+                            }
+                            *g != was
+                        });
+                    }
                     ((le, part), r)
                 }));
             }
@@ -335,6 +379,7 @@ impl Engine<'_> {
         Ok(EntityContext {
             reversed,
             manual_vouchers,
+            gate: watch::channel(Gate::Waiting).0,
         })
     }
 
@@ -383,6 +428,7 @@ impl Engine<'_> {
             journal_name: &config.journal.journal_name,
             removed: Vec::new(),
             batch: None,
+            gate: (part.part == 1).then_some(&entity.gate),
         };
         let end = writer.converge(&spec, &mut hooks).await;
         let removed = std::mem::take(&mut hooks.removed);
@@ -676,12 +722,16 @@ fn stopped(
     done: usize,
     total: usize,
 ) -> Option<(RunStatus, String)> {
+    let stops: Vec<Stop> = stops
+        .into_iter()
+        .filter(|s| !matches!(s, Stop::NotStarted))
+        .collect();
     let rank = |s: &Stop| match s {
         Stop::Crashed(_) => 0,
         Stop::DuplicatePosted(_) => 1,
         Stop::Conflict(_) => 2,
         Stop::Failed(_) => 3,
-        Stop::Interrupted(_) => 4,
+        Stop::Interrupted(_) | Stop::NotStarted => 4,
     };
     let worst = stops.iter().map(rank).min()?;
     let status = match worst {
@@ -698,6 +748,7 @@ fn stopped(
             | Stop::Conflict(m)
             | Stop::Failed(m)
             | Stop::Interrupted(m) => m,
+            Stop::NotStarted => String::new(),
         })
         .collect();
     if status == RunStatus::Interrupted {
@@ -797,6 +848,8 @@ struct PostHooks<'e, 'a, 'r> {
     removed: Vec<String>,
     /// The header this journal part writes into, once known.
     batch: Option<String>,
+    /// Part 1's: opened once its header is this plan's (see [`EntityContext::gate`]).
+    gate: Option<&'e watch::Sender<Gate>>,
 }
 
 #[async_trait]
@@ -910,6 +963,18 @@ impl WriterHooks for PostHooks<'_, '_, '_> {
 
     fn has_deadline(&self) -> bool {
         self.budget.has_deadline()
+    }
+
+    fn owned(&mut self, _batch: &str) {
+        if let Some(g) = self.gate {
+            g.send_if_modified(|g| {
+                let open = *g == Gate::Waiting;
+                if open {
+                    *g = Gate::Open;
+                }
+                open
+            });
+        }
     }
 }
 

@@ -113,6 +113,10 @@ pub trait WriterHooks: Send {
     fn took(&self, started: tokio::time::Instant);
     /// Whether a deadline applies at all (then `$batch` requests go one at a time).
     fn has_deadline(&self) -> bool;
+    /// D365's canonical header under this key is this plan's (same fingerprint), read back:
+    /// another mapping's poster finds it and stops. Called before every write and on
+    /// convergence.
+    fn owned(&mut self, _batch: &str) {}
 }
 
 /// How a journal ended.
@@ -283,6 +287,7 @@ impl JournalWriter<'_> {
                             return WriteEnd::Crashed(CrashPoint::HeaderCreated);
                         }
                     }
+                    hooks.owned(&batch);
                     return WriteEnd::Converged {
                         header,
                         header_created,
@@ -398,6 +403,7 @@ impl JournalWriter<'_> {
                             return WriteEnd::Crashed(CrashPoint::HeaderCreated);
                         }
                     }
+                    hooks.owned(&batch);
                     let groups: Vec<Vec<NewLedgerLine>> = vouchers
                         .iter()
                         .map(|nos| {
