@@ -9,14 +9,14 @@
 mod common;
 mod common_aws;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use chrono::{Duration, Utc};
-use common::{sandbox_creds, World};
+use common::{sandbox_creds, MemConfigs, World};
 use ml_connector::domain::run::RunStatus;
 use ml_connector::lambda::continuation::KIND;
 use ml_connector::lambda::replay::handle_replay;
@@ -25,33 +25,11 @@ use ml_connector::lambda::{Invocation, LambdaContext, Settings};
 use ml_connector::sandbox::d365::CostModel;
 use ml_connector::secrets::{InstanceSecrets, Secret, SecretSource, SecretsError};
 use ml_connector::store::dynamodb::{create_table_for_tests, DynamoStore};
-use ml_connector::store::{ConfigStore, Store, StoreError};
+use ml_connector::store::{ConfigStore, Store};
 
 /// One invocation's time: long enough for a few `$batch` requests of the slow D365 below, far
 /// too short for the whole run.
 const INVOCATION: i64 = 25;
-
-#[derive(Default)]
-struct OneConfig(Mutex<HashMap<String, (String, String)>>);
-
-#[async_trait]
-impl ConfigStore for OneConfig {
-    async fn put_config(
-        &self,
-        instance: &str,
-        version: &str,
-        toml: &str,
-    ) -> Result<(), StoreError> {
-        self.0
-            .lock()
-            .unwrap()
-            .insert(instance.into(), (version.into(), toml.into()));
-        Ok(())
-    }
-    async fn get_config(&self, instance: &str) -> Result<Option<(String, String)>, StoreError> {
-        Ok(self.0.lock().unwrap().get(instance).cloned())
-    }
-}
 
 struct SandboxSecrets;
 
@@ -95,7 +73,7 @@ async fn setup(max_continuations: u32) -> Setup {
         .await
         .expect("create table on the local DynamoDB");
     let store = Arc::new(DynamoStore::new(client.clone(), table.clone()));
-    let configs = OneConfig::default();
+    let configs = MemConfigs::default();
     let toml = toml::to_string(&world.config).expect("config to toml");
     configs
         .put_config(&world.config.instance, &world.config.version(), &toml)

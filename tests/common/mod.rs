@@ -163,3 +163,30 @@ pub fn fee_rows_json(rows: usize, week: &str) -> (String, Decimal) {
     out.push(']');
     (out, total)
 }
+
+/// An in-memory config store (what `ml-connector config push` fills in AWS), for Lambda contexts
+/// built in tests.
+#[derive(Default)]
+pub struct MemConfigs(std::sync::Mutex<std::collections::HashMap<String, (String, String)>>);
+
+#[async_trait::async_trait]
+impl ml_connector::store::ConfigStore for MemConfigs {
+    async fn put_config(
+        &self,
+        instance: &str,
+        version: &str,
+        toml: &str,
+    ) -> Result<(), ml_connector::store::StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(instance.into(), (version.into(), toml.into()));
+        Ok(())
+    }
+    async fn get_config(
+        &self,
+        instance: &str,
+    ) -> Result<Option<(String, String)>, ml_connector::store::StoreError> {
+        Ok(self.0.lock().unwrap().get(instance).cloned())
+    }
+}
