@@ -483,8 +483,12 @@ async fn a_crash_with_parts_in_flight_resumes_with_only_the_missing_lines() {
     let mut w = world(2500, 100, 1000).await;
     w.config.d365.max_concurrent_requests = 4;
     w.config.d365.batch_operations = 100;
+    // Server time, not CPU, sets the pace: a `$batch` of 100 lines takes 210 ms, so the
+    // 526-line part ends its writes about 0.8 s before the two 1,000-line parts, however
+    // loaded the machine is (with CPU-bound debug requests the three could end together).
     w.d365.set_cost_model(CostModel {
         request_overhead: std::time::Duration::from_millis(10),
+        batch_line_cost: std::time::Duration::from_millis(2),
         serialise_journal_writes: true,
         ..CostModel::default()
     });
