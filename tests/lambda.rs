@@ -19,13 +19,14 @@ use ml_connector::domain::config::InstanceConfig;
 use ml_connector::domain::reference::ReferenceData;
 use ml_connector::domain::run::{LineStatus, RunStatus};
 use ml_connector::engine::{Engine, Mode, NoProgress, Outcome, RunOptions};
-use ml_connector::lambda::payload::{decode_body, parse_delivery, PayloadError};
+use ml_connector::lambda::payload::{decode_body, DeliveryStatus as _};
 use ml_connector::lambda::replay::handle_replay;
 use ml_connector::lambda::scheduler::{handle_schedule, ScheduleInput};
 use ml_connector::lambda::webhook::{
     function_url_handler, handle_webhook, http_handler, WebhookRequest, REJECTED_AUDIT_ID,
 };
 use ml_connector::lambda::{Invocation, LambdaContext, Settings};
+use ml_connector::looker::delivery::{parse_delivery, DeliveryError};
 use ml_connector::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
 use ml_connector::sandbox::d365::{
     D365Seed, D365Sim, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
@@ -1152,7 +1153,7 @@ async fn run_item_modify_with_replay_requested_triggers_a_replay() {
 
 // ---- payload parser properties ----------------------------------------------------------
 
-fn is_client_error(e: &PayloadError) -> bool {
+fn is_client_error(e: &DeliveryError) -> bool {
     (400..500).contains(&e.status_code())
 }
 

@@ -2,7 +2,7 @@
 //! `scheduler.rs`, `replay.rs`) wrap.
 //!
 //! - [`webhook`]: Function URL `POST /ingest/{instance}/{secret}` receiving a Looker
-//!   scheduled-plan delivery ([`payload`] parses it) → `Engine::run_extract`.
+//!   scheduled-plan delivery ([`crate::looker::delivery`] parses it) → `Engine::run_extract`.
 //! - [`scheduler`]: EventBridge Scheduler (ScheduleV2) input `{instance, scheduled_time,
 //!   execution_id}` → `Engine::run`.
 //! - [`replay`]: DynamoDB stream records asking for a replay → `Engine::replay`, reporting

@@ -11,7 +11,7 @@
 //! 2. Body larger than [`Settings::max_body_bytes`](super::Settings) → 413 saying to make the
 //!    instance's delivery a trigger (`[webhook] delivery = "trigger"`). A body over the Function
 //!    URL's 6 MB never reaches the function at all.
-//! 3. The delivery is parsed ([`super::payload`]); malformed → 400 naming what is wrong.
+//! 3. The delivery is parsed ([`crate::looker::delivery`]); malformed → 400 naming what is wrong.
 //! 4. Idempotency: a lock on `webhook#{instance}#{sha256(body)}` held until the invocation's
 //!    deadline. A delivery already completed returns its recorded answer (200) without running
 //!    again; one being handled right now → 429 with `Retry-After`.
@@ -33,11 +33,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::context::{Invocation, LambdaContext};
-use super::payload::{self, PayloadError};
+use super::payload::{self, DeliveryStatus as _};
 use super::{acquire, complete, outcome_is_final, release, Idempotency, LambdaError, RunSummary};
 use crate::domain::config::DeliveryMode;
 use crate::domain::run::AuditEvent;
 use crate::engine::{Engine, EngineError, Mode, Outcome, RunOptions};
+use crate::looker::delivery::{self, DeliveryError};
 use crate::secrets::{InstanceSecrets, SecretsError};
 
 /// The header in which Looker sends the webhook token of its *Admin > Webhooks* page.
@@ -307,7 +308,7 @@ fn too_large(bytes: usize, max: usize) -> WebhookResponse {
     )
 }
 
-fn payload_error(e: &PayloadError) -> WebhookResponse {
+fn payload_error(e: &DeliveryError) -> WebhookResponse {
     let status = e.status_code();
     let text = if status == 422 {
         "rejected"
@@ -408,8 +409,8 @@ pub async fn handle_webhook(
 }
 
 enum Work {
-    Rows(payload::Delivery),
-    Trigger(payload::DeliveryMeta),
+    Rows(delivery::Delivery),
+    Trigger(delivery::DeliveryMeta),
 }
 
 async fn ingest(
@@ -423,9 +424,9 @@ async fn ingest(
     let inst = ctx.instance(instance, Some(secrets)).await?;
     let trigger_only = inst.config.webhook.delivery == DeliveryMode::Trigger;
     let work = if trigger_only {
-        payload::parse_delivery_meta(body).map(Work::Trigger)
+        delivery::parse_delivery_meta(body).map(Work::Trigger)
     } else {
-        payload::parse_delivery(body).map(Work::Rows)
+        delivery::parse_delivery(body).map(Work::Rows)
     };
     let work = match work {
         Ok(w) => w,
