@@ -1,6 +1,9 @@
 //! The webhook Lambda (Function URL): `POST /ingest/{instance}/{secret}` with a Looker
 //! scheduled-plan delivery.
 //!
+//! The same Function URL serves the Looker action hub under `/actions` when the function has
+//! one ([`super::action_hub`]).
+//!
 //! 1. Anything but `POST /ingest/{instance}/{secret}`, an unknown instance or a wrong secret →
 //!    **404 with an empty body** (no hint which instances exist), a warn log and an audit event
 //!    under [`REJECTED_AUDIT_ID`]. The presented secret is compared in constant time and never
@@ -61,6 +64,12 @@ pub struct WebhookRequest {
     pub user_agent: Option<String>,
     /// `X-Looker-Webhook-Token` as sent (a credential: never log it).
     pub looker_token: Option<String>,
+    /// `Authorization` as sent (the action hub's token: never log it).
+    pub authorization: Option<String>,
+    /// `X-Looker-Webhook-Id`: the id of a Looker delivery (the action hub's idempotency key).
+    pub webhook_id: Option<String>,
+    /// The host the request was sent to (the Function URL's domain).
+    pub host: Option<String>,
 }
 
 impl WebhookRequest {
@@ -73,13 +82,14 @@ impl WebhookRequest {
             "" => parts.uri.path().to_string(),
             raw => raw.to_string(),
         };
-        let (received_at, source_ip, context_ua) = match parts.request_context_ref() {
+        let (received_at, source_ip, context_ua, domain) = match parts.request_context_ref() {
             Some(RequestContext::ApiGatewayV2(c)) => (
                 plausible_time(c.time_epoch),
                 c.http.source_ip.clone(),
                 c.http.user_agent.clone(),
+                c.domain_name.clone(),
             ),
-            _ => (None, None, None),
+            _ => (None, None, None, None),
         };
         let header = |name: &str| {
             parts
@@ -111,6 +121,9 @@ impl WebhookRequest {
             source_ip,
             user_agent: context_ua.or_else(|| header("user-agent")),
             looker_token: header(LOOKER_TOKEN_HEADER),
+            authorization: header("authorization"),
+            webhook_id: header("x-looker-webhook-id"),
+            host: header("host").or(domain),
         }
     }
 }
@@ -133,7 +146,7 @@ pub struct WebhookResponse {
 }
 
 impl WebhookResponse {
-    fn json(status: u16, body: serde_json::Value) -> Self {
+    pub(crate) fn json(status: u16, body: serde_json::Value) -> Self {
         WebhookResponse {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
@@ -149,14 +162,14 @@ impl WebhookResponse {
         }
     }
 
-    fn error(status: u16, status_text: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn error(status: u16, status_text: &str, message: impl Into<String>) -> Self {
         Self::json(
             status,
             json!({ "status": status_text, "error": message.into() }),
         )
     }
 
-    fn with_header(mut self, name: &str, value: String) -> Self {
+    pub(crate) fn with_header(mut self, name: &str, value: String) -> Self {
         self.headers.push((name.into(), value));
         self
     }
@@ -234,7 +247,7 @@ fn route<'a>(method: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
 
 /// Constant-time comparison of a presented credential with the stored one (both hashed first
 /// so the comparison does not depend on their lengths). An empty stored value matches nothing.
-fn ct_matches(presented: &str, expected: &str) -> bool {
+pub(crate) fn ct_matches(presented: &str, expected: &str) -> bool {
     if expected.is_empty() {
         return false;
     }
@@ -353,6 +366,12 @@ pub async fn handle_webhook(
     req: WebhookRequest,
     inv: &Invocation,
 ) -> WebhookResponse {
+    if let Some(hub) = &ctx.action_hub {
+        if super::action_hub::protocol::Route::is_hub_path(&req.path) {
+            let route = super::action_hub::protocol::Route::of(&req.method, &req.path);
+            return super::action_hub::handle(ctx, hub, route, &req, inv).await;
+        }
+    }
     let Some((instance, presented)) = route(&req.method, &req.path) else {
         return refuse(ctx, Refusal::Route, None, &req).await;
     };
