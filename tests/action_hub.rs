@@ -558,6 +558,79 @@ async fn an_instance_may_restrict_who_posts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_url_event_reaches_the_hub_with_its_headers() {
+    use lambda_http::RequestExt;
+    const EVENT: &str = include_str!("../events/action-hub-list.json");
+    const SAMPLE_TOKEN: &str = "sample-hub-token-5d0b8e61c2a94f37";
+    let dir = tempfile::tempdir().unwrap();
+    let store = test_store(dir.path()).await;
+    let ctx = LambdaContext::new(
+        store.clone(),
+        Arc::new(MemConfigs::default()),
+        Arc::new(FixedSecrets(HashMap::new())),
+        Settings::default(),
+    );
+    let hub = |token: &str| ActionHub {
+        token: Arc::new(StaticHubToken(Secret::new(token))),
+        settings: ActionHubSettings::default(),
+    };
+    let event = || {
+        let ev: lambda_http::request::LambdaRequest = serde_json::from_str(EVENT).unwrap();
+        let mut lc = lambda_runtime::Context::default();
+        lc.request_id = "7c9d1e2f".into();
+        lc.deadline = (chrono::Utc::now().timestamp_millis() + 60_000) as u64;
+        lambda_runtime::LambdaEvent::new(ev, lc)
+    };
+    // The raw event through lambda_http's conversion, as the webhook binary runs it.
+    let ctx = ctx.with_action_hub(hub(SAMPLE_TOKEN));
+    let r = ml_connector::lambda::webhook::function_url_handler(&ctx, event())
+        .await
+        .unwrap();
+    assert_eq!(r.status_code, 200);
+    let body: Value = match r.body {
+        Some(lambda_http::Body::Text(t)) => serde_json::from_str(&t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        body["integrations"][0]["url"],
+        "https://x7k2p4q9r1s3t5v8w0y6z2a4b6c8d0e2.lambda-url.eu-west-1.on.aws/actions/d365_journal/execute"
+    );
+    // The headers the hub reads survive the conversion.
+    let req = WebhookRequest::from_http(
+        lambda_http::Request::from(
+            serde_json::from_str::<lambda_http::request::LambdaRequest>(EVENT).unwrap(),
+        )
+        .with_lambda_context(lambda_runtime::Context::default()),
+    );
+    assert_eq!(req.webhook_id.as_deref(), Some("9e4a7c1b3d5f8a20"));
+    assert_eq!(
+        req.authorization.as_deref(),
+        Some(r#"Token token="sample-hub-token-5d0b8e61c2a94f37""#)
+    );
+    // Another token: 403, audited with the source address, never the token.
+    let dir2 = tempfile::tempdir().unwrap();
+    let store2 = test_store(dir2.path()).await;
+    let ctx2 = LambdaContext::new(
+        store2.clone(),
+        Arc::new(MemConfigs::default()),
+        Arc::new(FixedSecrets(HashMap::new())),
+        Settings::default(),
+    )
+    .with_action_hub(hub("another-token-entirely"));
+    let r = ml_connector::lambda::webhook::function_url_handler(&ctx2, event())
+        .await
+        .unwrap();
+    assert_eq!(r.status_code, 403);
+    let refused = store2.events(REJECTED_AUDIT_ID).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].message.contains("35.190.41.17")
+            && refused[0].message.contains("9e4a7c1b3d5f8a20")
+    );
+    assert!(!refused[0].message.contains(SAMPLE_TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_flow_posts_one_journal_and_the_redelivery_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = test_store(dir.path()).await;

@@ -604,6 +604,10 @@ async fn record_sender(
     sender: Option<&str>,
     note: Option<&str>,
 ) {
+    // Only on a recorded run (a busy period, say, records none): never an orphan event.
+    if !matches!(ctx.store.get_run(run_id).await, Ok(Some(_))) {
+        return;
+    }
     let mut message = format!(
         "sent through the Looker action `{}` by {} (X-Looker-Webhook-Id {})",
         protocol::ACTION_NAME,
