@@ -557,6 +557,80 @@ async fn an_instance_may_restrict_who_posts() {
     assert!(!w.d365.lines().is_empty());
 }
 
+/// Replay requests as the replay function's queue receives them.
+#[derive(Default)]
+struct Queue(std::sync::Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl ml_connector::store::ReplayRequests for Queue {
+    async fn request_replay(
+        &self,
+        run_id: &str,
+        _by: &str,
+    ) -> Result<(), ml_connector::store::StoreError> {
+        self.0.lock().unwrap().push(run_id.to_string());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_longer_than_the_inline_budget_is_accepted_and_continued() {
+    let mut w = World::start().await;
+    // Every D365 request takes 400 ms; the action may run inline for 1 s.
+    w.d365
+        .set_cost_model(ml_connector::sandbox::d365::CostModel {
+            request_overhead: std::time::Duration::from_millis(400),
+            ..Default::default()
+        });
+    let queue = Arc::new(Queue::default());
+    let hub = w.ctx.action_hub.take().expect("hub");
+    let ctx = std::mem::replace(
+        &mut w.ctx,
+        LambdaContext::new(
+            w.store.clone(),
+            Arc::new(MemConfigs::default()),
+            Arc::new(FixedSecrets(HashMap::new())),
+            Settings::default(),
+        ),
+    );
+    w.ctx = ctx
+        .with_continuations(queue.clone())
+        .with_action_hub(ActionHub {
+            settings: ActionHubSettings {
+                inline_budget: std::time::Duration::from_secs(1),
+                ..hub.settings
+            },
+            ..hub
+        });
+    let body = w.execute_body(w.form("no"));
+    let r = w
+        .call(EXECUTE_PATH, Some(TOKEN), Some(&body), Some("wh-large"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let l = looker(&r);
+    assert_eq!(l["success"], true, "{l}");
+    assert!(
+        l["message"].as_str().unwrap().starts_with("Accepted"),
+        "{l}"
+    );
+    let b = r.json_body();
+    assert_eq!(b["run"]["status"], "interrupted", "{b}");
+    let run_id = b["run"]["run_id"].as_str().unwrap().to_string();
+    // Queued for the replay function, which takes the run on from where it stopped.
+    assert_eq!(*queue.0.lock().unwrap(), vec![run_id.clone()]);
+    let posted = w.d365.lines().len();
+    assert!(
+        posted < 14,
+        "the run stopped before its end: {posted} lines"
+    );
+    // Looker's redelivery gets the same answer; nothing runs again.
+    let again = w
+        .call(EXECUTE_PATH, Some(TOKEN), Some(&body), Some("wh-large"))
+        .await;
+    assert_eq!(again.json_body(), b);
+    assert_eq!(queue.0.lock().unwrap().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_function_url_event_reaches_the_hub_with_its_headers() {
     use lambda_http::RequestExt;
