@@ -197,6 +197,35 @@ pub async fn action_demo(
     store: Arc<dyn crate::store::Store>,
     say: &mut (dyn FnMut(String) + Send),
 ) -> Result<ActionDemoOutcome, ActionDemoError> {
+    let LocalHub {
+        looker,
+        d365,
+        base,
+        token,
+        server,
+    } = start_local_hub(config_toml, store).await?;
+    say(format!("Sandbox Looker {} and D365 {} on loopback; the webhook function with its action hub on {base}", looker.base_url(), d365.environment_url()));
+    let outcome = play_looker(&looker, &d365, &base, token, say).await;
+    server.abort();
+    outcome
+}
+
+/// The sandbox and the function with its hub, running on loopback.
+struct LocalHub {
+    looker: LookerSim,
+    d365: D365Sim,
+    /// `http://127.0.0.1:<port>`.
+    base: String,
+    token: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the sandbox, pushes `config_toml` (pointed at it) into an in-memory config store,
+/// and serves the function with its action hub (a random token) on 127.0.0.1.
+async fn start_local_hub(
+    config_toml: &str,
+    store: Arc<dyn crate::store::Store>,
+) -> Result<LocalHub, ActionDemoError> {
     let sandbox = |e: std::io::Error| ActionDemoError::Sandbox(e.to_string());
     let today = chrono::Utc::now().date_naive();
     let looker = LookerSim::start(LookerSeed::demo(today))
@@ -239,8 +268,23 @@ pub async fn action_demo(
         },
     });
     let server = serve(Arc::new(ctx), listener);
-    say(format!("Sandbox Looker {} and D365 {} on loopback; the webhook function with its action hub on {base}", looker.base_url(), d365.environment_url()));
+    Ok(LocalHub {
+        looker,
+        d365,
+        base,
+        token,
+        server,
+    })
+}
 
+/// Looker's calls against the hub, each step said and checked.
+async fn play_looker(
+    looker: &LookerSim,
+    d365: &D365Sim,
+    base: &str,
+    token: String,
+    say: &mut (dyn FnMut(String) + Send),
+) -> Result<ActionDemoOutcome, ActionDemoError> {
     let client = ActionClient::new(format!("{base}/actions"), token);
     say("\n1. Admin > Actions > Add Action Hub: Looker POSTs the hub URL (list)".into());
     let list = client.list().await?;
@@ -373,7 +417,6 @@ pub async fn action_demo(
         "   {} answered from the record: {}; D365 still holds {lines} lines",
         again.status, again.replayed
     ));
-    server.abort();
     Ok(ActionDemoOutcome {
         journal,
         redelivery_idempotent: idempotent,
