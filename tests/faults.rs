@@ -41,11 +41,11 @@ use ml_connector::domain::run::RunStatus;
 use ml_connector::engine::{
     CrashPoint, Engine, EngineError, Mode, NoProgress, Outcome, RunOptions,
 };
-use ml_connector::lambda::payload::parse_delivery;
 use ml_connector::lambda::replay::handle_replay;
 use ml_connector::lambda::scheduler::{handle_schedule, ScheduleInput};
 use ml_connector::lambda::webhook::{handle_webhook, WebhookRequest, WebhookResponse};
 use ml_connector::lambda::Invocation;
+use ml_connector::looker::delivery::parse_delivery;
 use ml_connector::store::LockOutcome;
 use tokio::sync::Semaphore;
 

@@ -19,13 +19,14 @@ use ml_connector::domain::config::InstanceConfig;
 use ml_connector::domain::reference::ReferenceData;
 use ml_connector::domain::run::{LineStatus, RunStatus};
 use ml_connector::engine::{Engine, Mode, NoProgress, Outcome, RunOptions};
-use ml_connector::lambda::payload::{decode_body, parse_delivery, PayloadError};
+use ml_connector::lambda::payload::{decode_body, DeliveryStatus as _};
 use ml_connector::lambda::replay::handle_replay;
 use ml_connector::lambda::scheduler::{handle_schedule, ScheduleInput};
 use ml_connector::lambda::webhook::{
     function_url_handler, handle_webhook, http_handler, WebhookRequest, REJECTED_AUDIT_ID,
 };
 use ml_connector::lambda::{Invocation, LambdaContext, Settings};
+use ml_connector::looker::delivery::{parse_delivery, DeliveryError};
 use ml_connector::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
 use ml_connector::sandbox::d365::{
     D365Seed, D365Sim, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
@@ -632,6 +633,13 @@ async fn malformed_deliveries_are_400_naming_the_problem() {
             "row 0 has 1 values",
         ),
         (
+            // The csv crate alone would read `"1,5"0` as `1,50`.
+            format!(
+                r#"{{{plan},"attachment":{{"mimetype":"text/csv","extension":"csv","data":"a.x,a.y\nfee,\"1,5\"0\n"}}}}"#
+            ),
+            "row 0, line 2, column `a.y`: text after a closing quote",
+        ),
+        (
             format!(
                 r#"{{{plan},"attachment":{{"mimetype":"application/json","data":"[{{\"a.m\":{{\"2024\":5}}}}]"}}}}"#
             ),
@@ -1152,7 +1160,7 @@ async fn run_item_modify_with_replay_requested_triggers_a_replay() {
 
 // ---- payload parser properties ----------------------------------------------------------
 
-fn is_client_error(e: &PayloadError) -> bool {
+fn is_client_error(e: &DeliveryError) -> bool {
     (400..500).contains(&e.status_code())
 }
 
@@ -1264,6 +1272,18 @@ proptest! {
         if let Err(e) = parse_delivery(&decoded) {
             prop_assert!(is_client_error(&e), "{e}");
         }
+    }
+
+    #[test]
+    fn csv_text_after_a_closing_quote_is_refused_never_mis_split(
+        cell in "[^\u{0}\"]{0,12}",
+        tail in "[^\u{0},\"\r\n]{1,6}",
+    ) {
+        let csv = format!("v.a,v.b\r\nok,1\r\n\"{cell}\"{tail},2\r\n");
+        let body = attachment_body("text/csv", &serde_json::to_string(&csv).unwrap());
+        let e = parse_delivery(body.as_bytes()).expect_err("a record with text after its closing quote");
+        prop_assert!(e.to_string().contains("row 1") && e.to_string().contains("closing quote"), "{e}");
+        prop_assert_eq!(e.status_code(), 400);
     }
 
     #[test]

@@ -124,6 +124,14 @@ enum Command {
     /// Start the built-in sandbox and post the example weekly fee journal end to end.
     #[command(after_help = "Example:\n  ml-connector demo")]
     Demo,
+    /// Show the Looker action "Post to Dynamics 365 journal" without AWS: the sandbox, the
+    /// webhook function with its action hub on loopback, and Looker's calls (list, form, a wrong
+    /// token, a dry run, the post, a redelivery).
+    #[command(
+        name = "action-demo",
+        after_help = "Example:\n  ml-connector action-demo"
+    )]
+    ActionDemo,
     /// Keep the sandbox (Looker, D365, Entra simulators) running on loopback until Ctrl-C, and
     /// write a config pointing at it; try `check`, `preview` and `run` against it.
     #[command(after_help = "Example:\n  ml-connector sandbox --write-config /tmp/sandbox.toml")]
@@ -375,6 +383,7 @@ impl Command {
                 action: ConfigAction::Push { table, .. },
             } => table.table.clone(),
             Command::Demo
+            | Command::ActionDemo
             | Command::Sandbox { .. }
             | Command::Check { .. }
             | Command::Completions { .. } => None,
@@ -412,6 +421,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
     match cli.command {
         Command::Demo => demo_command(&store_path).await,
+        Command::ActionDemo => action_demo_command(&store_path).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut buf = Vec::new();
@@ -696,6 +706,30 @@ async fn sandbox_command(_config_out: &Path) -> anyhow::Result<i32> {
 async fn demo_command(_store: &Path) -> anyhow::Result<i32> {
     Err(anyhow::anyhow!(
         "this build has no sandbox; build with the default `sandbox` feature to run the demo"
+    ))
+}
+
+#[cfg(all(feature = "sandbox", feature = "aws"))]
+async fn action_demo_command(store: &Path) -> anyhow::Result<i32> {
+    let store = std::sync::Arc::new(open_store(store)?);
+    let mut say = |line: String| outln!("{line}");
+    let outcome = crate::lambda::local::action_demo(demo::EXAMPLE_CONFIG, store, &mut say).await?;
+    match outcome.journal {
+        Some(j) if outcome.redelivery_idempotent => {
+            outln!("\nJournal {j} posted once through the action; the redelivery wrote nothing.");
+            Ok(exit::OK)
+        }
+        _ => {
+            outln!("\nThe action flow did not end as expected (see above).");
+            Ok(exit::FAILED)
+        }
+    }
+}
+
+#[cfg(not(all(feature = "sandbox", feature = "aws")))]
+async fn action_demo_command(_store: &Path) -> anyhow::Result<i32> {
+    Err(anyhow::anyhow!(
+        "this build has no sandbox or no AWS adapters; build with the default features to run the action demo"
     ))
 }
 

@@ -89,6 +89,30 @@ pub struct InstanceConfig {
     /// How the AWS webhook treats a Looker scheduled-plan delivery for this instance.
     #[serde(default)]
     pub webhook: WebhookConfig,
+    /// Who may post this instance through the Looker action (the AWS action hub). Left out of
+    /// the serialized config when unset, so existing configs keep their version hash.
+    #[serde(default, skip_serializing_if = "ActionConfig::is_unset")]
+    pub action: ActionConfig,
+}
+
+/// The Looker action's per-instance settings. The action's `sender` setting is bound to a
+/// Looker user attribute (e.g. `email`); its value is recorded on every post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ActionConfig {
+    /// Refuse posts whose sender is not known (no user attribute bound, or empty).
+    #[serde(default)]
+    pub require_sender: bool,
+    /// When not empty, only these senders (compared case-insensitively) may post; implies
+    /// `require_sender`.
+    #[serde(default)]
+    pub senders: Vec<String>,
+}
+
+impl ActionConfig {
+    pub fn is_unset(&self) -> bool {
+        *self == ActionConfig::default()
+    }
 }
 
 /// Webhook behaviour of an instance.

@@ -205,6 +205,8 @@ pub struct LambdaContext {
     clients: Mutex<HashMap<String, CachedClients>>,
     /// Publishes finished runs' notifications (none: only logged).
     notifier: Option<crate::notify::Notifier>,
+    /// The Looker action hub served beside the webhook (none: no `/actions` routes).
+    pub action_hub: Option<super::action_hub::ActionHub>,
 }
 
 /// A digest of every secret of an instance (never logged; only compared), so a rotated secret
@@ -241,7 +243,14 @@ impl LambdaContext {
             continuations: None,
             clients: Mutex::new(HashMap::new()),
             notifier: None,
+            action_hub: None,
         }
+    }
+
+    /// Serves the Looker action hub beside the webhook.
+    pub fn with_action_hub(mut self, hub: super::action_hub::ActionHub) -> Self {
+        self.action_hub = Some(hub);
+        self
     }
 
     /// Publishes every finished run's notification through `notifier`.
@@ -411,10 +420,20 @@ impl LambdaContext {
             clients_us = (started.elapsed() - sdk_loaded).as_micros() as u64,
             "cold-start init steps"
         );
-        Ok(
-            LambdaContext::new(store.clone(), store.clone(), Arc::new(secrets), settings)
-                .with_notifier(notifier)
-                .with_continuations(store),
-        )
+        let mut ctx = LambdaContext::new(store.clone(), store.clone(), Arc::new(secrets), settings)
+            .with_notifier(notifier)
+            .with_continuations(store);
+        if let Some(secret_id) = env(super::action_hub::token::ENV_ACTION_HUB_TOKEN_SECRET) {
+            let token = super::action_hub::token::SecretsManagerHubToken::new(
+                aws_sdk_secretsmanager::Client::new(&sdk),
+                secret_id,
+                std::time::Duration::from_secs(ttl_secs),
+            );
+            ctx = ctx.with_action_hub(super::action_hub::ActionHub {
+                token: Arc::new(token),
+                settings: super::action_hub::ActionHubSettings::from_lookup(env)?,
+            });
+        }
+        Ok(ctx)
     }
 }

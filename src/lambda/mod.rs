@@ -2,7 +2,9 @@
 //! `scheduler.rs`, `replay.rs`) wrap.
 //!
 //! - [`webhook`]: Function URL `POST /ingest/{instance}/{secret}` receiving a Looker
-//!   scheduled-plan delivery ([`payload`] parses it) → `Engine::run_extract`.
+//!   scheduled-plan delivery ([`crate::looker::delivery`] parses it) → `Engine::run_extract`.
+//! - [`action_hub`]: the Looker action "Post to Dynamics 365 journal" on the same Function URL
+//!   (`/actions`, token in `Authorization`).
 //! - [`scheduler`]: EventBridge Scheduler (ScheduleV2) input `{instance, scheduled_time,
 //!   execution_id}` → `Engine::run`.
 //! - [`replay`]: DynamoDB stream records asking for a replay → `Engine::replay`, reporting
@@ -12,9 +14,12 @@
 //! Powertools-style idempotency discipline on [`Store::acquire_lock`]: lock with the invocation's
 //! deadline as the in-progress lease, complete with the result, release on failure.
 
+pub mod action_hub;
 pub mod context;
 pub mod continuation;
 pub mod error;
+#[cfg(feature = "sandbox")]
+pub mod local;
 pub mod payload;
 pub mod replay;
 pub mod scheduler;

@@ -1,6 +1,9 @@
 //! The webhook Lambda (Function URL): `POST /ingest/{instance}/{secret}` with a Looker
 //! scheduled-plan delivery.
 //!
+//! The same Function URL serves the Looker action hub under `/actions` when the function has
+//! one ([`super::action_hub`]).
+//!
 //! 1. Anything but `POST /ingest/{instance}/{secret}`, an unknown instance or a wrong secret →
 //!    **404 with an empty body** (no hint which instances exist), a warn log and an audit event
 //!    under [`REJECTED_AUDIT_ID`]. The presented secret is compared in constant time and never
@@ -11,7 +14,7 @@
 //! 2. Body larger than [`Settings::max_body_bytes`](super::Settings) → 413 saying to make the
 //!    instance's delivery a trigger (`[webhook] delivery = "trigger"`). A body over the Function
 //!    URL's 6 MB never reaches the function at all.
-//! 3. The delivery is parsed ([`super::payload`]); malformed → 400 naming what is wrong.
+//! 3. The delivery is parsed ([`crate::looker::delivery`]); malformed → 400 naming what is wrong.
 //! 4. Idempotency: a lock on `webhook#{instance}#{sha256(body)}` held until the invocation's
 //!    deadline. A delivery already completed returns its recorded answer (200) without running
 //!    again; one being handled right now → 429 with `Retry-After`.
@@ -33,11 +36,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::context::{Invocation, LambdaContext};
-use super::payload::{self, PayloadError};
+use super::payload::{self, DeliveryStatus as _};
 use super::{acquire, complete, outcome_is_final, release, Idempotency, LambdaError, RunSummary};
 use crate::domain::config::DeliveryMode;
 use crate::domain::run::AuditEvent;
 use crate::engine::{Engine, EngineError, Mode, Outcome, RunOptions};
+use crate::looker::delivery::{self, DeliveryError};
 use crate::secrets::{InstanceSecrets, SecretsError};
 
 /// The header in which Looker sends the webhook token of its *Admin > Webhooks* page.
@@ -60,6 +64,12 @@ pub struct WebhookRequest {
     pub user_agent: Option<String>,
     /// `X-Looker-Webhook-Token` as sent (a credential: never log it).
     pub looker_token: Option<String>,
+    /// `Authorization` as sent (the action hub's token: never log it).
+    pub authorization: Option<String>,
+    /// `X-Looker-Webhook-Id`: the id of a Looker delivery (the action hub's idempotency key).
+    pub webhook_id: Option<String>,
+    /// The host the request was sent to (the Function URL's domain).
+    pub host: Option<String>,
 }
 
 impl WebhookRequest {
@@ -72,13 +82,14 @@ impl WebhookRequest {
             "" => parts.uri.path().to_string(),
             raw => raw.to_string(),
         };
-        let (received_at, source_ip, context_ua) = match parts.request_context_ref() {
+        let (received_at, source_ip, context_ua, domain) = match parts.request_context_ref() {
             Some(RequestContext::ApiGatewayV2(c)) => (
                 plausible_time(c.time_epoch),
                 c.http.source_ip.clone(),
                 c.http.user_agent.clone(),
+                c.domain_name.clone(),
             ),
-            _ => (None, None, None),
+            _ => (None, None, None, None),
         };
         let header = |name: &str| {
             parts
@@ -110,6 +121,9 @@ impl WebhookRequest {
             source_ip,
             user_agent: context_ua.or_else(|| header("user-agent")),
             looker_token: header(LOOKER_TOKEN_HEADER),
+            authorization: header("authorization"),
+            webhook_id: header("x-looker-webhook-id"),
+            host: header("host").or(domain),
         }
     }
 }
@@ -132,7 +146,7 @@ pub struct WebhookResponse {
 }
 
 impl WebhookResponse {
-    fn json(status: u16, body: serde_json::Value) -> Self {
+    pub(crate) fn json(status: u16, body: serde_json::Value) -> Self {
         WebhookResponse {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
@@ -148,14 +162,14 @@ impl WebhookResponse {
         }
     }
 
-    fn error(status: u16, status_text: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn error(status: u16, status_text: &str, message: impl Into<String>) -> Self {
         Self::json(
             status,
             json!({ "status": status_text, "error": message.into() }),
         )
     }
 
-    fn with_header(mut self, name: &str, value: String) -> Self {
+    pub(crate) fn with_header(mut self, name: &str, value: String) -> Self {
         self.headers.push((name.into(), value));
         self
     }
@@ -233,7 +247,7 @@ fn route<'a>(method: &str, path: &'a str) -> Option<(&'a str, &'a str)> {
 
 /// Constant-time comparison of a presented credential with the stored one (both hashed first
 /// so the comparison does not depend on their lengths). An empty stored value matches nothing.
-fn ct_matches(presented: &str, expected: &str) -> bool {
+pub(crate) fn ct_matches(presented: &str, expected: &str) -> bool {
     if expected.is_empty() {
         return false;
     }
@@ -307,7 +321,7 @@ fn too_large(bytes: usize, max: usize) -> WebhookResponse {
     )
 }
 
-fn payload_error(e: &PayloadError) -> WebhookResponse {
+fn payload_error(e: &DeliveryError) -> WebhookResponse {
     let status = e.status_code();
     let text = if status == 422 {
         "rejected"
@@ -352,6 +366,12 @@ pub async fn handle_webhook(
     req: WebhookRequest,
     inv: &Invocation,
 ) -> WebhookResponse {
+    if let Some(hub) = &ctx.action_hub {
+        if super::action_hub::protocol::Route::is_hub_path(&req.path) {
+            let route = super::action_hub::protocol::Route::of(&req.method, &req.path);
+            return super::action_hub::handle(ctx, hub, route, &req, inv).await;
+        }
+    }
     let Some((instance, presented)) = route(&req.method, &req.path) else {
         return refuse(ctx, Refusal::Route, None, &req).await;
     };
@@ -408,8 +428,8 @@ pub async fn handle_webhook(
 }
 
 enum Work {
-    Rows(payload::Delivery),
-    Trigger(payload::DeliveryMeta),
+    Rows(delivery::Delivery),
+    Trigger(delivery::DeliveryMeta),
 }
 
 async fn ingest(
@@ -423,9 +443,9 @@ async fn ingest(
     let inst = ctx.instance(instance, Some(secrets)).await?;
     let trigger_only = inst.config.webhook.delivery == DeliveryMode::Trigger;
     let work = if trigger_only {
-        payload::parse_delivery_meta(body).map(Work::Trigger)
+        delivery::parse_delivery_meta(body).map(Work::Trigger)
     } else {
-        payload::parse_delivery(body).map(Work::Rows)
+        delivery::parse_delivery(body).map(Work::Rows)
     };
     let work = match work {
         Ok(w) => w,

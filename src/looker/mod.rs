@@ -9,12 +9,14 @@
 //! - [`client`]: the endpoints the connector uses, synchronous runs and asynchronous query
 //!   tasks (for results beyond Looker's 5,000-row cap, see [`settings::ExtractPath`]).
 //! - [`results`]: exact parsing of `json` / `json_detail` result bodies.
+//! - [`delivery`]: what Looker POSTs to a webhook or action (json, json_detail, csv, base64).
 //! - [`error`]: operator-facing errors.
 //!
 //! [`Extract`]: crate::domain::source::Extract
 
 pub mod auth;
 pub mod client;
+pub mod delivery;
 pub mod error;
 mod port;
 // The rate limiter is shared with the D365 client; `super::rate` keeps working in here.

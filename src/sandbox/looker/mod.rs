@@ -13,6 +13,7 @@
 //! - `model`: stored values and the query engine.
 //! - `server`: routing, auth and quirks.
 
+pub mod action_client;
 mod model;
 pub mod seed;
 mod server;
