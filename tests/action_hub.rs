@@ -718,4 +718,17 @@ async fn the_sandbox_flow_posts_one_journal_and_the_redelivery_nothing() {
     assert!(outcome.redelivery_idempotent, "{text}");
     assert!(text.contains("403") && text.contains("Dry run"), "{text}");
     assert_eq!(store.list_runs(None, 10).await.unwrap().len(), 1, "{text}");
+    // A second demo on the same store (a new sandbox D365) writes its journal again: its
+    // delivery is a new one, not answered from the first demo's record.
+    let mut said = Vec::new();
+    let mut say = |l: String| said.push(l);
+    let again = action_demo(EXAMPLE, store.clone(), &mut say)
+        .await
+        .expect("second action demo");
+    let text = said.join("\n");
+    assert!(
+        again.journal.is_some() && again.redelivery_idempotent,
+        "{text}"
+    );
+    assert_eq!(store.list_runs(None, 10).await.unwrap().len(), 2, "{text}");
 }

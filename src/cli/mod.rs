@@ -716,7 +716,7 @@ async fn action_demo_command(store: &Path) -> anyhow::Result<i32> {
     let outcome = crate::lambda::local::action_demo(demo::EXAMPLE_CONFIG, store, &mut say).await?;
     match outcome.journal {
         Some(j) if outcome.redelivery_idempotent => {
-            outln!("\nJournal {j} posted once through the action; the redelivery wrote nothing.");
+            outln!("\nJournal {j} written once through the action; the redelivery wrote nothing.");
             Ok(exit::OK)
         }
         _ => {

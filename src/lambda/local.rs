@@ -396,11 +396,18 @@ async fn play_looker(
         "   … D365 holds {lines_before} journal lines: nothing was written"
     ));
 
-    say("\n5. The same with dry run = no: the journal is posted".into());
+    say("\n5. The same with dry run = no: the journal is written".into());
     let body = execute_body(&look_url, DEMO_LOOK_TITLE, &rows, &data, &form_params("no"));
-    let post = client.execute(url, "demo-delivery-1", &body).await?;
-    step(post.success() == Some(true), "post", post.body.to_string())?;
+    // Looker gives every delivery its own id; so does each demo, whose sandbox D365 starts
+    // empty while the local store keeps earlier demos' answers.
+    let delivery = format!("demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f"));
+    let post = client.execute(url, &delivery, &body).await?;
     let lines = d365.lines().len();
+    step(
+        post.success() == Some(true) && !post.replayed && lines > 0,
+        "post",
+        post.body.to_string(),
+    )?;
     say(format!("   {}", post.message()));
     let journal = post.body["run"]["journals"][0].as_object().map(|j| {
         format!(
@@ -411,7 +418,7 @@ async fn play_looker(
     });
 
     say("\n6. Looker delivers the same execute again (same X-Looker-Webhook-Id)".into());
-    let again = client.execute(url, "demo-delivery-1", &body).await?;
+    let again = client.execute(url, &delivery, &body).await?;
     let idempotent = again.replayed && d365.lines().len() == lines && again.body == post.body;
     say(format!(
         "   {} answered from the record: {}; D365 still holds {lines} lines",

@@ -673,8 +673,13 @@ fn post_answer(summary: &RunSummary, outcome: Outcome, queued: bool) -> ActionAn
     let period = &summary.period;
     let detail = summary.message.clone().unwrap_or_default();
     match outcome {
+        // The connector creates journals and leaves them unposted for review; the run's own
+        // message says so, where "posted" alone would claim a ledger posting.
+        Outcome::Posted if !detail.is_empty() => {
+            ActionAnswer::ok(format!("Period {period}: {detail} (run {run})."))
+        }
         Outcome::Posted => ActionAnswer::ok(format!(
-            "Journal {} posted for period {period}: {} lines (run {run}).",
+            "Journal {} for period {period}: {} lines written, unposted for review (run {run}).",
             journals_text(summary),
             summary.lines_created
         )),
