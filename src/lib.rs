@@ -24,3 +24,4 @@ pub(crate) mod rate;
 pub mod sandbox;
 pub mod secrets;
 pub mod store;
+pub mod wiring;

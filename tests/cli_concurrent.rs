@@ -1,4 +1,4 @@
-//! Exactly once without a shared lock, as a user would see it (issue 10, "Done when"): twelve
+//! Exactly once without a shared lock, as a user would see it: twelve
 //! rounds of two `ml-connector run` processes started together with separate `--store` files,
 //! each round a different week, against one sandbox D365; then a rerun after a mapping change.
 //!

@@ -567,7 +567,7 @@ async fn cli_show_reconciles_trace_resolves_and_reverse_refuses_then_reverses() 
         "show", &run_id, "--config", &c, "--store", &s, "--json",
     ]))
     .await;
-    // A fresh reconciliation that finds differences exits 1 (issue 10), the report still printed.
+    // A fresh reconciliation that finds differences exits 1, the report still printed.
     assert_eq!(code, Some(1), "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let diffs = v["reconciliation"]["differences"].as_array().unwrap();

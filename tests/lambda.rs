@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use chrono::{Duration, NaiveDate};
 use lambda_http::RequestExt;
-use ml_connector::cli::build_clients;
 use ml_connector::domain::config::InstanceConfig;
 use ml_connector::domain::reference::ReferenceData;
 use ml_connector::domain::run::{LineStatus, RunStatus};
@@ -39,6 +38,7 @@ use ml_connector::sandbox::looker::{
 use ml_connector::secrets::{Credentials, InstanceSecrets, Secret, SecretSource, SecretsError};
 use ml_connector::store::sqlite::SqliteStore;
 use ml_connector::store::{ConfigStore, Store, StoreError};
+use ml_connector::wiring::build_clients;
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 

@@ -20,9 +20,7 @@ pub mod reconcile;
 pub mod reverse;
 pub mod trace;
 
-use chrono::Utc;
-
-use crate::domain::run::{AuditEvent, RunRecord};
+use crate::domain::run::RunRecord;
 use crate::ports::LedgerError;
 use crate::store::{Store, StoreError};
 
@@ -63,24 +61,8 @@ pub enum ControlsError {
     Overflow(#[from] crate::domain::money::Overflow),
 }
 
-/// Appends an audit event (also logged). A failure to record is logged, not fatal.
-pub(crate) async fn record(store: &dyn Store, run_id: &str, level: &str, kind: &str, msg: String) {
-    match level {
-        "error" => tracing::error!(run_id, kind, "{msg}"),
-        "warn" => tracing::warn!(run_id, kind, "{msg}"),
-        _ => tracing::info!(run_id, kind, "{msg}"),
-    }
-    let ev = AuditEvent {
-        run_id: run_id.to_string(),
-        at: Utc::now(),
-        level: level.into(),
-        kind: kind.into(),
-        message: msg,
-    };
-    if let Err(e) = store.append_event(&ev).await {
-        tracing::error!(run_id, "could not record audit event: {e}");
-    }
-}
+/// Appends an audit event (also logged): the engine's own recorder.
+pub(crate) use crate::engine::record_event as record;
 
 /// Whether an earlier run of a period still counts for the engine's "period already posted with
 /// other data" check. It does not when it is itself a reversal, when its journals were reversed,

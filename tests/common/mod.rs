@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use chrono::NaiveDate;
-use ml_connector::cli::{build_clients, Clients};
 use ml_connector::domain::config::{InlineQuery, InstanceConfig};
 use ml_connector::engine::{Engine, Mode, NoProgress, RunOptions, RunReport};
 use ml_connector::sandbox::d365::{
@@ -14,6 +13,7 @@ use ml_connector::sandbox::looker::{
 };
 use ml_connector::secrets::{Credentials, Secret};
 use ml_connector::store::sqlite::SqliteStore;
+use ml_connector::wiring::{build_clients, Clients};
 use rust_decimal::Decimal;
 
 pub const EXAMPLE: &str = include_str!("../../infra/config/weekly-marketplace-fees.toml");

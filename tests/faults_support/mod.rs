@@ -326,7 +326,7 @@ impl LedgerGateway for FaultLedger<'_> {
             self.fired.store(true, Ordering::SeqCst);
             return Err(LedgerError::Other(format!(
                 "D365 is unavailable (HTTP 503 on GET LedgerJournalLines of {le}/{batch}, still failing after the client's retries)"
-            )));
+            ).into()));
         }
         self.inner.lines(le, batch).await
     }
