@@ -29,16 +29,9 @@ pub use reconcile::{reconcile, Reconciliation};
 pub use reverse::{reverse, ReverseOptions, ReverseReport};
 pub use trace::{trace, Trace};
 
-/// Audit event kind carrying a reconciliation report (the message is its JSON).
-pub const KIND_RECONCILIATION: &str = "reconciliation";
-/// Audit event on an original run: its journals were reversed by another run.
-pub const KIND_REVERSED: &str = "reversed";
-/// Audit event on a reversal run: what it reverses.
-pub const KIND_REVERSAL: &str = "reversal";
-/// Audit event on an original run: its unposted journal lines were deleted from D365.
-pub const KIND_DELETED_UNPOSTED: &str = "deleted_unposted";
-/// `RunRecord::trigger` of a reversal run.
-pub const TRIGGER_REVERSE: &str = "reverse";
+pub use crate::domain::run::{
+    KIND_DELETED_UNPOSTED, KIND_RECONCILIATION, KIND_REVERSAL, KIND_REVERSED, TRIGGER_REVERSE,
+};
 /// Header Description prefix of a reversal journal: `MLC-R {original run key} {original batch} …`.
 /// Deliberately not `MLC {…}`, so the period lookup of the posting engine (`MLC {period_key}-`)
 /// never mistakes a reversal for an earlier posting of the period.

@@ -1,57 +1,12 @@
 //! The ledger port: journal headers and lines in the general ledger (D365 F&O in production).
 //!
-//! These types mirror `crate::d365::journal` field for field on purpose: the engine and the
-//! controls see a ledger, not OData; the adapter's types carry F&O's wire detail (its entity
-//! names, `dataAreaId` casing, `$batch` changesets) and may grow with it without the engine,
-//! the converge simulator or test doubles having to follow. `crate::d365::port` converts.
-
-use async_trait::async_trait;
-use chrono::NaiveDate;
-use rust_decimal::Decimal;
+//! The journal types it speaks are plain data in [`crate::domain::ledger`] (re-exported here).
 
 use super::Cause;
+use async_trait::async_trait;
 
+pub use crate::domain::ledger::{LedgerHeader, LedgerLine, NewLedgerLine};
 use crate::domain::reference::ReferenceData;
-
-/// A journal header as D365 holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerHeader {
-    pub legal_entity: String,
-    pub batch_number: String,
-    pub journal_name: String,
-    pub description: String,
-    pub is_posted: bool,
-}
-
-/// A journal line as D365 holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerLine {
-    pub batch_number: String,
-    pub line_number: String,
-    pub voucher: String,
-    pub trans_date: NaiveDate,
-    pub account_display: String,
-    pub offset_display: Option<String>,
-    pub debit: Decimal,
-    pub credit: Decimal,
-    pub currency: String,
-    pub text: String,
-}
-
-/// A line to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewLedgerLine {
-    pub legal_entity: String,
-    pub batch_number: String,
-    pub trans_date: NaiveDate,
-    pub account_display: String,
-    pub offset_display: Option<String>,
-    pub debit: Decimal,
-    pub credit: Decimal,
-    pub currency: String,
-    pub text: String,
-    pub voucher: Option<String>,
-}
 
 /// Why a ledger call failed, classified by what the engine must do about it.
 #[derive(Debug, thiserror::Error)]
