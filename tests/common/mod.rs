@@ -190,3 +190,41 @@ impl ml_connector::store::ConfigStore for MemConfigs {
         Ok(self.0.lock().unwrap().get(instance).cloned())
     }
 }
+
+/// An in-memory secret source (what Secrets Manager holds in AWS), for Lambda contexts built in
+/// tests.
+#[derive(Default)]
+pub struct MemSecrets(
+    pub std::sync::Mutex<std::collections::HashMap<String, ml_connector::secrets::InstanceSecrets>>,
+);
+
+impl MemSecrets {
+    /// A source holding `secrets` for `instance` only.
+    pub fn with(instance: &str, secrets: ml_connector::secrets::InstanceSecrets) -> Self {
+        let s = Self::default();
+        s.insert(instance, secrets);
+        s
+    }
+
+    pub fn insert(&self, instance: &str, secrets: ml_connector::secrets::InstanceSecrets) {
+        self.0.lock().unwrap().insert(instance.into(), secrets);
+    }
+}
+
+#[async_trait::async_trait]
+impl ml_connector::secrets::SecretSource for MemSecrets {
+    async fn instance_secrets(
+        &self,
+        instance: &str,
+    ) -> Result<ml_connector::secrets::InstanceSecrets, ml_connector::secrets::SecretsError> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(instance)
+            .cloned()
+            .ok_or_else(|| ml_connector::secrets::SecretsError::NotFound {
+                instance: instance.into(),
+                detail: "not in the test source".into(),
+            })
+    }
+}
