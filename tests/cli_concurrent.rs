@@ -5,6 +5,7 @@
 //! The processes are the real binary; the simulators run in this test process (as in
 //! `tests/cli.rs`), so D365's state is read from the simulator itself and checked with the
 //! convergence harness's invariant checker (`ml_connector::sandbox::converge::check`).
+#![cfg(feature = "sandbox")]
 
 mod common;
 

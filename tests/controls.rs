@@ -1,6 +1,7 @@
 //! Finance controls against the simulators over real sockets: reconciliation read back from
 //! D365 (and tampering detected), reversal and deletion of unposted journals, lineage tracing
 //! of every line, and a two-entity run.
+#![cfg(feature = "sandbox")]
 
 mod common;
 
