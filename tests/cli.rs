@@ -1,5 +1,6 @@
 //! The `ml-connector` binary as a user runs it: real process, real config file, credentials from
 //! the environment, simulators on loopback. Checks exit codes, output and that no secret leaks.
+#![cfg(feature = "sandbox")]
 
 mod common;
 

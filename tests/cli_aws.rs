@@ -1,5 +1,6 @@
 //! Operator commands against the deployed-table layout, on the local moto server `.ci/test`
 //! starts: `config push`, `replay --request`, `runs`/`show --table`.
+#![cfg(feature = "aws")]
 
 mod common_aws;
 

@@ -1,10 +1,11 @@
-//! Exactly once without a shared lock, as a user would see it (issue 10, "Done when"): twelve
+//! Exactly once without a shared lock, as a user would see it: twelve
 //! rounds of two `ml-connector run` processes started together with separate `--store` files,
 //! each round a different week, against one sandbox D365; then a rerun after a mapping change.
 //!
 //! The processes are the real binary; the simulators run in this test process (as in
 //! `tests/cli.rs`), so D365's state is read from the simulator itself and checked with the
 //! convergence harness's invariant checker (`ml_connector::sandbox::converge::check`).
+#![cfg(feature = "sandbox")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Exit codes of the real binary: each means one thing (table in `--help` and the README),
 //! and an empty or unfinished period is never reported as posted.
+#![cfg(feature = "sandbox")]
 
 mod cli_support;
 mod common;

@@ -1,5 +1,6 @@
 //! Help and wording of the real binary: every argument described, an example per command,
 //! `--table` only where it applies, and messages that say each thing once.
+#![cfg(feature = "sandbox")]
 
 mod cli_support;
 mod common;

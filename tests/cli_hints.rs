@@ -1,5 +1,6 @@
 //! Every command a message of the binary suggests works exactly as printed: each test makes
 //! the binary print a suggestion, then runs it (real process, simulators on loopback).
+#![cfg(feature = "sandbox")]
 
 mod cli_support;
 mod common;

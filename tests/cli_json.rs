@@ -1,5 +1,6 @@
 //! Scripting through the real binary: `--json` on `run`, `preview`, `check` and `runs` with the
 //! documented shape, and `--quiet` keeping stderr free of progress.
+#![cfg(feature = "sandbox")]
 
 mod cli_support;
 mod common;

@@ -1,5 +1,6 @@
 //! One clear message per problem through the real binary: no repeats, no log noise, no
 //! terminal escapes, no unbounded echo of bad values, no panic on a closed pipe.
+#![cfg(feature = "sandbox")]
 
 mod cli_support;
 mod common;

@@ -1,5 +1,6 @@
 //! One store: every command of a user finds the same audit store wherever it runs, says which
 //! store it read, and never answers from a silently created empty one.
+#![cfg(feature = "sandbox")]
 
 mod cli_support;
 mod common;

@@ -1,5 +1,6 @@
 //! `trace` through the real binary: a line reference leads to the run that wrote the line, not
 //! to a later rerun of the same data, and the query definition is readable in both outputs.
+#![cfg(feature = "sandbox")]
 
 mod cli_support;
 mod common;

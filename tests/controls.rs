@@ -1,6 +1,7 @@
 //! Finance controls against the simulators over real sockets: reconciliation read back from
 //! D365 (and tampering detected), reversal and deletion of unposted journals, lineage tracing
 //! of every line, and a two-entity run.
+#![cfg(feature = "sandbox")]
 
 mod common;
 
@@ -567,7 +568,7 @@ async fn cli_show_reconciles_trace_resolves_and_reverse_refuses_then_reverses() 
         "show", &run_id, "--config", &c, "--store", &s, "--json",
     ]))
     .await;
-    // A fresh reconciliation that finds differences exits 1 (issue 10), the report still printed.
+    // A fresh reconciliation that finds differences exits 1, the report still printed.
     assert_eq!(code, Some(1), "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let diffs = v["reconciliation"]["differences"].as_array().unwrap();

@@ -1,4 +1,4 @@
-//! Exactly once even without a shared lock (issue 10, item 8): a seeded concurrency simulation.
+//! Exactly once even without a shared lock: a seeded concurrency simulation.
 //!
 //! Each seed runs 2–4 posters at once against one sandbox — engines with separate SQLite
 //! stores, engines sharing one, and (under `.ci/test`, which sets `AWS_ENDPOINT_URL` to a local

@@ -1,4 +1,5 @@
 //! D365 F&O client against the D365 + Entra simulator, over real loopback sockets.
+#![cfg(feature = "sandbox")]
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};

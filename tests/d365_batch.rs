@@ -1,5 +1,6 @@
 //! Journal lines through OData `$batch` (one atomic changeset per voucher), and deletes of
 //! unposted journals, against the D365 simulator over real loopback sockets.
+#![cfg(feature = "sandbox")]
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};

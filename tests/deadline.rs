@@ -1,4 +1,4 @@
-//! Time budgets (issue 4): no wait outlives the caller's deadline, a run that runs out of time
+//! Time budgets: no wait outlives the caller's deadline, a run that runs out of time
 //! stops cleanly (`interrupted`, lock released, audit says where) and a replay finishes it
 //! exactly once, and the D365 request throttle spaces requests. Real sockets against the
 //! sandbox simulators.
@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use chrono::Duration as ChronoDuration;
 use faults_support::{check, snapshot, World, INSTANCE};
-use ml_connector::cli::build_clients;
 use ml_connector::d365::D365Error;
 use ml_connector::domain::config::{InstanceConfig, Posting, VoucherBy};
 use ml_connector::domain::run::{LineStatus, RunStatus};
@@ -19,6 +18,7 @@ use ml_connector::engine::{Engine, Mode, NoProgress, Outcome, Progress, RunOptio
 use ml_connector::looker::LookerError;
 use ml_connector::sandbox::d365::SimService;
 use ml_connector::store::LockOutcome;
+use ml_connector::wiring::build_clients;
 use tokio::time::Instant;
 
 fn creds() -> ml_connector::secrets::Credentials {

@@ -35,7 +35,6 @@ use std::time::{Duration as StdDuration, Instant};
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use chrono::Duration;
 use faults_support::*;
-use ml_connector::cli::build_clients;
 use ml_connector::domain::config::{DeliveryMode, InstanceConfig, Posting, VoucherBy};
 use ml_connector::domain::run::RunStatus;
 use ml_connector::engine::{
@@ -47,6 +46,7 @@ use ml_connector::lambda::webhook::{handle_webhook, WebhookRequest, WebhookRespo
 use ml_connector::lambda::Invocation;
 use ml_connector::looker::delivery::parse_delivery;
 use ml_connector::store::LockOutcome;
+use ml_connector::wiring::build_clients;
 use tokio::sync::Semaphore;
 
 /// Lease of a run that is about to be killed: the next attempt may take over after it.

@@ -2,6 +2,7 @@
 //! its own natural key, against the simulators over real sockets: every part balances, every row
 //! is audited, a re-run posts nothing new, a crash between parts resumes without a second header
 //! for any part, and `reverse` undoes every part once.
+#![cfg(feature = "sandbox")]
 
 mod common;
 

@@ -6,15 +6,18 @@
 //! sources.
 #![cfg(all(feature = "aws", feature = "sandbox"))]
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+
+use common::{MemConfigs, MemSecrets};
 
 use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use chrono::{Duration, NaiveDate};
 use lambda_http::RequestExt;
-use ml_connector::cli::build_clients;
 use ml_connector::domain::config::InstanceConfig;
 use ml_connector::domain::reference::ReferenceData;
 use ml_connector::domain::run::{LineStatus, RunStatus};
@@ -37,9 +40,10 @@ use ml_connector::sandbox::looker::seed::{
 use ml_connector::sandbox::looker::{
     LookerSeed, LookerSim, SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET,
 };
-use ml_connector::secrets::{Credentials, InstanceSecrets, Secret, SecretSource, SecretsError};
+use ml_connector::secrets::{Credentials, InstanceSecrets, Secret};
 use ml_connector::store::sqlite::SqliteStore;
-use ml_connector::store::{ConfigStore, Store, StoreError};
+use ml_connector::store::{ConfigStore, Store};
+use ml_connector::wiring::build_clients;
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 
@@ -69,46 +73,6 @@ fn d(s: &str) -> Decimal {
 
 fn round2(x: Decimal) -> Decimal {
     x.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
-}
-
-#[derive(Default)]
-struct MemConfigs(Mutex<HashMap<String, (String, String)>>);
-
-#[async_trait]
-impl ConfigStore for MemConfigs {
-    async fn put_config(
-        &self,
-        instance: &str,
-        version: &str,
-        toml: &str,
-    ) -> Result<(), StoreError> {
-        self.0
-            .lock()
-            .unwrap()
-            .insert(instance.into(), (version.into(), toml.into()));
-        Ok(())
-    }
-    async fn get_config(&self, instance: &str) -> Result<Option<(String, String)>, StoreError> {
-        Ok(self.0.lock().unwrap().get(instance).cloned())
-    }
-}
-
-#[derive(Default)]
-struct MemSecrets(Mutex<HashMap<String, InstanceSecrets>>);
-
-#[async_trait]
-impl SecretSource for MemSecrets {
-    async fn instance_secrets(&self, instance: &str) -> Result<InstanceSecrets, SecretsError> {
-        self.0
-            .lock()
-            .unwrap()
-            .get(instance)
-            .cloned()
-            .ok_or_else(|| SecretsError::NotFound {
-                instance: instance.into(),
-                detail: "not in the test source".into(),
-            })
-    }
 }
 
 fn sandbox_secrets() -> InstanceSecrets {

@@ -1,4 +1,5 @@
 //! Looker client against the Looker simulator, over real loopback sockets.
+#![cfg(feature = "sandbox")]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! Extracts beyond Looker's 5,000-row cap: the async query-task path (create query → task →
 //! bounded polling → results), against the Looker simulator over real loopback sockets, plus
 //! the streaming parser on a large body.
+#![cfg(feature = "sandbox")]
 
 use std::time::{Duration, Instant};
 

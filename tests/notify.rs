@@ -1,8 +1,7 @@
 //! Run notifications, published for real: the engine's finished-run hook, the Slack and Teams
 //! webhooks against a loopback receiver, and the SNS topic on the local moto server (`.ci/test`),
 //! whose HTTP subscription delivers to the same receiver.
-
-#![cfg(feature = "aws")]
+#![cfg(all(feature = "aws", feature = "sandbox"))]
 mod common;
 
 #[path = "common_aws/mod.rs"]

@@ -1,5 +1,6 @@
 //! The whole pipeline (extract → map → validate → post → record) against the Looker and D365
 //! simulators over real sockets, with the real clients and a real SQLite audit store.
+#![cfg(feature = "sandbox")]
 
 mod common;
 

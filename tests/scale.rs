@@ -1,6 +1,7 @@
 //! Scale: a 12,000-row Look becomes complete journals through Looker's async query-task path and
 //! batched posting, split into several journal headers at `journal.max_journal_lines`; the same
 //! Look through a path capped at 5,000 rows is refused, not posted.
+#![cfg(feature = "sandbox")]
 
 mod common;
 

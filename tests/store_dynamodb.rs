@@ -506,7 +506,7 @@ async fn lock_items_carry_the_ttl_attribute() {
 }
 
 /// Refused webhook requests can be made by anyone: each must be one small item that expires,
-/// with no per-request counter item (issue 11: bounded cost, no unbounded growth).
+/// with no per-request counter item (bounded cost, no unbounded growth).
 #[tokio::test]
 async fn refused_webhook_requests_are_one_small_expiring_item_each() {
     use ml_connector::lambda::webhook::REJECTED_AUDIT_ID;

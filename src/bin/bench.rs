@@ -802,7 +802,7 @@ fn child_extract(config: &Path, path: LookerPath, breakdown: bool) -> anyhow::Re
             d365_client_id: SANDBOX_CLIENT_ID.into(),
             d365_client_secret: Secret::new(SANDBOX_CLIENT_SECRET),
         };
-        let clients = ml_connector::cli::build_clients(&cfg, &creds)?;
+        let clients = ml_connector::wiring::build_clients(&cfg, &creds)?;
         let mut ls = clients.looker.settings().clone();
         if path == LookerPath::Async {
             ls.extract_path = ExtractPath::Async;

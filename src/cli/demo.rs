@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rust_decimal::Decimal;
 
-use super::{build_clients, render, TerminalProgress};
+use super::{render, TerminalProgress};
 use crate::domain::config::InstanceConfig;
 use crate::engine::{Engine, Mode, Outcome, RunOptions};
 use crate::sandbox::d365::{
@@ -18,6 +18,7 @@ use crate::sandbox::looker::{
     LookerSeed, LookerSim, SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET,
 };
 use crate::secrets::{Credentials, Secret};
+use crate::wiring::build_clients;
 
 /// The example config the demo runs (also the documented example).
 pub const EXAMPLE_CONFIG: &str = include_str!("../../infra/config/weekly-marketplace-fees.toml");

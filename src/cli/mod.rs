@@ -33,20 +33,18 @@ mod terminal;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
-use crate::d365::{D365Client, D365Settings};
-use crate::domain::config::{ExtractMode, InstanceConfig, Source};
+use crate::domain::config::{InstanceConfig, Source};
 use crate::domain::journal::LedgerAccount;
 use crate::engine::{Engine, Mode, Progress, RunOptions};
-use crate::looker::{ExtractPath, LookerClient, LookerSettings};
 use crate::secrets::Credentials;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+use crate::wiring::{build_clients, Clients};
 use hints::{Hints, StoreArg};
 
 /// Posts numbers from a Looker model into the Dynamics 365 F&O general ledger as balanced,
@@ -845,61 +843,6 @@ fn apply_endpoints(cfg: &mut InstanceConfig, e: &Endpoints) {
     }
 }
 
-/// The two clients an instance needs.
-#[derive(Clone)]
-pub struct Clients {
-    pub looker: LookerClient,
-    pub d365: D365Client,
-}
-
-impl Clients {
-    /// Views of both clients (sharing tokens, pools and limits) that start no wait ending after
-    /// `deadline`: what one Lambda invocation uses, with its deadline minus a margin.
-    pub fn with_deadline(&self, deadline: tokio::time::Instant) -> Clients {
-        Clients {
-            looker: self.looker.with_deadline(deadline.into_std()),
-            d365: self.d365.with_deadline(deadline),
-        }
-    }
-}
-
-/// Builds both clients from a config and credentials.
-pub fn build_clients(cfg: &InstanceConfig, creds: &Credentials) -> anyhow::Result<Clients> {
-    let mut ls = LookerSettings::new(
-        &cfg.looker.base_url,
-        creds.looker_client_id.clone(),
-        creds.looker_client_secret.clone(),
-    )?;
-    ls.max_rows = cfg.looker.max_rows;
-    ls.timeout = Duration::from_secs(cfg.looker.timeout_secs.max(1));
-    ls.max_requests_per_minute = cfg.looker.max_requests_per_minute;
-    ls.retry.max_attempts = cfg.looker.max_retry_attempts.max(1);
-    ls.retry.max_delay = Duration::from_secs(cfg.looker.max_retry_wait_secs.max(1));
-    if cfg.looker.extract == ExtractMode::Async {
-        ls.extract_path = ExtractPath::Async;
-        ls.max_wait = Duration::from_secs(cfg.looker.async_max_wait_secs.max(1));
-        ls.poll_interval = Duration::from_secs(cfg.looker.poll_interval_secs.max(1));
-        ls.max_poll_interval = ls.poll_interval * 5;
-    }
-    let mut ds = D365Settings::new(
-        &cfg.d365.environment_url,
-        &cfg.d365.authority,
-        creds.d365_tenant_id.clone(),
-        creds.d365_client_id.clone(),
-        creds.d365_client_secret.clone(),
-    )?;
-    ds.timeout = Duration::from_secs(cfg.d365.timeout_secs.max(1));
-    ds.max_concurrent_requests = cfg.d365.max_concurrent_requests;
-    ds.max_requests_per_window = cfg.d365.max_requests_per_window;
-    ds.request_window = Duration::from_secs(cfg.d365.window_secs.max(1));
-    ds.retry.max_attempts = cfg.d365.max_retry_attempts.max(1);
-    ds.retry.max_delay = Duration::from_secs(cfg.d365.max_retry_wait_secs.max(1));
-    Ok(Clients {
-        looker: LookerClient::new(ls)?,
-        d365: D365Client::new(ds)?,
-    })
-}
-
 fn load_instance(args: &ConfigArgs) -> anyhow::Result<(InstanceConfig, Clients)> {
     let mut cfg = load_config(&args.config)?;
     apply_endpoints(&mut cfg, &args.endpoints);
@@ -1192,6 +1135,28 @@ async fn check_items(
     clients: &Clients,
     report: &mut CheckReport,
 ) -> anyhow::Result<i32> {
+    let period = cfg.period.kind.period_for(today());
+    let extract = check_looker(cfg, clients, &period, report).await?;
+    let legal_entities = match &extract {
+        None => Vec::new(),
+        Some(Ok(x)) => check_source(cfg, x, &period, report),
+        Some(Err(e)) => {
+            report.bad(&format!("source does not run: {e}"), true);
+            Vec::new()
+        }
+    };
+    check_d365(cfg, clients, legal_entities, report).await;
+    Ok(check_verdict(args, report))
+}
+
+/// Looker: the login, the Look or explore and its fields; then the source is run for the
+/// current period (`None`: not logged in).
+async fn check_looker(
+    cfg: &InstanceConfig,
+    clients: &Clients,
+    period: &crate::domain::config::Period,
+    report: &mut CheckReport,
+) -> anyhow::Result<Option<Result<crate::domain::source::Extract, crate::looker::LookerError>>> {
     report.section("Looker", &crate::http::redact_url(&cfg.looker.base_url));
     // One failure, one message: without a login the other Looker items would only fail
     // again (each logging in, with its retries) with the same error.
@@ -1205,8 +1170,7 @@ async fn check_items(
             false
         }
     };
-    let period = cfg.period.kind.period_for(today());
-    let extract = if !looker_ok {
+    Ok(if !looker_ok {
         report.skip("source and columns: not logged in to Looker");
         None
     } else {
@@ -1236,64 +1200,77 @@ async fn check_items(
                     }
                     Err(e) => report.bad(&e.to_string(), true),
                 }
-                match cfg.query_for_period(&period) {
+                match cfg.query_for_period(period) {
                     Some(q) => clients.looker.run_inline_query(&q).await,
                     None => Err(crate::looker::LookerError::Config("no query".into())),
                 }
             }
         })
-    };
+    })
+}
+
+/// The source's result: its row count and the columns the mapping uses. Returns the legal
+/// entities the data posts to.
+fn check_source(
+    cfg: &InstanceConfig,
+    x: &crate::domain::source::Extract,
+    period: &crate::domain::config::Period,
+    report: &mut CheckReport,
+) -> Vec<String> {
     let mut legal_entities: Vec<String> = Vec::new();
-    match &extract {
-        None => {}
-        Some(Ok(x)) => {
-            report.ok(&format!(
-                "source runs: {} rows for {}",
-                x.rows.len(),
-                period.label
-            ));
-            let cols: Vec<&str> = if x.columns.is_empty() {
-                x.rows
-                    .first()
-                    .map(|r| r.column_names().collect())
-                    .unwrap_or_default()
-            } else {
-                x.columns.iter().map(String::as_str).collect()
-            };
-            for c in cfg.referenced_columns() {
-                if cols.is_empty() || cols.contains(&c.as_str()) {
-                    report.ok(&format!("column `{c}` present"));
-                } else {
-                    report.bad(
-                        &format!("column `{c}` used by the mapping is not in the result"),
-                        false,
-                    );
-                }
-            }
-            if let Some(le) = &cfg.journal.legal_entity.constant {
-                legal_entities.push(le.to_ascii_lowercase());
-            } else if let Some(col) = &cfg.journal.legal_entity.column {
-                for r in &x.rows {
-                    if let Some(v) = r.get(col) {
-                        let v = v.display();
-                        let v = cfg
-                            .journal
-                            .legal_entity
-                            .lookup
-                            .as_ref()
-                            .and_then(|t| t.get(&v).cloned())
-                            .unwrap_or(v)
-                            .to_ascii_lowercase();
-                        if !legal_entities.contains(&v) {
-                            legal_entities.push(v);
-                        }
-                    }
+    report.ok(&format!(
+        "source runs: {} rows for {}",
+        x.rows.len(),
+        period.label
+    ));
+    let cols: Vec<&str> = if x.columns.is_empty() {
+        x.rows
+            .first()
+            .map(|r| r.column_names().collect())
+            .unwrap_or_default()
+    } else {
+        x.columns.iter().map(String::as_str).collect()
+    };
+    for c in cfg.referenced_columns() {
+        if cols.is_empty() || cols.contains(&c.as_str()) {
+            report.ok(&format!("column `{c}` present"));
+        } else {
+            report.bad(
+                &format!("column `{c}` used by the mapping is not in the result"),
+                false,
+            );
+        }
+    }
+    if let Some(le) = &cfg.journal.legal_entity.constant {
+        legal_entities.push(le.to_ascii_lowercase());
+    } else if let Some(col) = &cfg.journal.legal_entity.column {
+        for r in &x.rows {
+            if let Some(v) = r.get(col) {
+                let v = v.display();
+                let v = cfg
+                    .journal
+                    .legal_entity
+                    .lookup
+                    .as_ref()
+                    .and_then(|t| t.get(&v).cloned())
+                    .unwrap_or(v)
+                    .to_ascii_lowercase();
+                if !legal_entities.contains(&v) {
+                    legal_entities.push(v);
                 }
             }
         }
-        Some(Err(e)) => report.bad(&format!("source does not run: {e}"), true),
     }
+    legal_entities
+}
 
+/// D365: the token, then each legal entity's reference data.
+async fn check_d365(
+    cfg: &InstanceConfig,
+    clients: &Clients,
+    mut legal_entities: Vec<String>,
+    report: &mut CheckReport,
+) {
     report.section("D365", &crate::http::redact_url(&cfg.d365.environment_url));
     let d365_ok = match clients.d365.token_check().await {
         Ok(()) => {
@@ -1311,77 +1288,89 @@ async fn check_items(
     }
     for le in &legal_entities {
         match clients.d365.load_reference(le).await {
-            Ok(r) => {
-                report.ok(&format!(
-                    "{le}: ledger format {} ({})",
-                    r.format.name,
-                    r.format.segments.join(&r.format.delimiter.to_string())
-                ));
-                match r.journal_names.get(&cfg.journal.journal_name) {
-                    Some(j) => report.ok(&format!(
-                        "{le}: journal name {} ({}){}",
-                        j.name,
-                        j.description,
-                        if j.workflow_approval {
-                            ", workflow approval required"
-                        } else {
-                            ""
-                        }
-                    )),
-                    None => report.bad(
-                        &format!(
-                            "{le}: journal name `{}` does not exist",
-                            cfg.journal.journal_name
-                        ),
-                        false,
-                    ),
-                }
-                for dim in cfg.dimension_names() {
-                    if !r.format.segments.iter().any(|s| s == dim) {
-                        report.bad(
-                            &format!("{le}: dimension `{dim}` is not in the active ledger format"),
-                            false,
-                        );
-                    }
-                }
-                let mut accounts: Vec<(String, String)> = Vec::new();
-                let mut rules = cfg.account_rules();
-                rules.push(("balancing.account".into(), &cfg.balancing.account));
-                for (key, src) in rules {
-                    if let Some(c) = &src.constant {
-                        accounts.push((key.clone(), c.clone()));
-                    }
-                    if let Some(t) = &src.lookup {
-                        accounts.extend(t.values().map(|v| (format!("{key}.lookup"), v.clone())));
-                    }
-                }
-                if let Some(a) = &cfg.rounding.account {
-                    accounts.push(("rounding.account".into(), a.clone()));
-                }
-                for (key, a) in accounts {
-                    match r.main_accounts.get(&a) {
-                        Some(m) if !m.suspended => {
-                            report.ok(&format!("{le}: `{key}` main account {a} ({})", m.name))
-                        }
-                        Some(_) => report.bad(
-                            &format!("{le}: `{key}` main account {a} is suspended"),
-                            false,
-                        ),
-                        None => report.bad(
-                            &format!("{le}: `{key}` main account {a} does not exist"),
-                            false,
-                        ),
-                    }
-                }
-                let sample = LedgerAccount::new("000000");
-                report.ok(&format!(
-                    "{le}: account strings look like `{}`",
-                    sample.display_value(&r.format)
-                ));
-            }
+            Ok(r) => check_reference(cfg, le, &r, report),
             Err(e) => report.bad(&format!("{le}: {e}"), true),
         }
     }
+}
+
+/// One legal entity's ledger format, journal name, dimensions and main accounts.
+fn check_reference(
+    cfg: &InstanceConfig,
+    le: &str,
+    r: &crate::domain::reference::ReferenceData,
+    report: &mut CheckReport,
+) {
+    report.ok(&format!(
+        "{le}: ledger format {} ({})",
+        r.format.name,
+        r.format.segments.join(&r.format.delimiter.to_string())
+    ));
+    match r.journal_names.get(&cfg.journal.journal_name) {
+        Some(j) => report.ok(&format!(
+            "{le}: journal name {} ({}){}",
+            j.name,
+            j.description,
+            if j.workflow_approval {
+                ", workflow approval required"
+            } else {
+                ""
+            }
+        )),
+        None => report.bad(
+            &format!(
+                "{le}: journal name `{}` does not exist",
+                cfg.journal.journal_name
+            ),
+            false,
+        ),
+    }
+    for dim in cfg.dimension_names() {
+        if !r.format.segments.iter().any(|s| s == dim) {
+            report.bad(
+                &format!("{le}: dimension `{dim}` is not in the active ledger format"),
+                false,
+            );
+        }
+    }
+    let mut accounts: Vec<(String, String)> = Vec::new();
+    let mut rules = cfg.account_rules();
+    rules.push(("balancing.account".into(), &cfg.balancing.account));
+    for (key, src) in rules {
+        if let Some(c) = &src.constant {
+            accounts.push((key.clone(), c.clone()));
+        }
+        if let Some(t) = &src.lookup {
+            accounts.extend(t.values().map(|v| (format!("{key}.lookup"), v.clone())));
+        }
+    }
+    if let Some(a) = &cfg.rounding.account {
+        accounts.push(("rounding.account".into(), a.clone()));
+    }
+    for (key, a) in accounts {
+        match r.main_accounts.get(&a) {
+            Some(m) if !m.suspended => {
+                report.ok(&format!("{le}: `{key}` main account {a} ({})", m.name))
+            }
+            Some(_) => report.bad(
+                &format!("{le}: `{key}` main account {a} is suspended"),
+                false,
+            ),
+            None => report.bad(
+                &format!("{le}: `{key}` main account {a} does not exist"),
+                false,
+            ),
+        }
+    }
+    let sample = LedgerAccount::new("000000");
+    report.ok(&format!(
+        "{le}: account strings look like `{}`",
+        sample.display_value(&r.format)
+    ));
+}
+
+/// The summary line and the exit code.
+fn check_verdict(args: &ConfigArgs, report: &CheckReport) -> i32 {
     let (failures, problems) = (report.failures, report.problems);
     let text = !report.json;
     if text {
@@ -1393,12 +1382,12 @@ async fn check_items(
                 "check failed: {failures} connection problem(s), {problems} configuration problem(s)"
             );
         }
-        Ok(exit::FAILED)
+        exit::FAILED
     } else if problems > 0 {
         if text {
             outln!("check found {problems} configuration problem(s); fix them before running");
         }
-        Ok(exit::REJECTED)
+        exit::REJECTED
     } else {
         if text {
             outln!(
@@ -1406,6 +1395,6 @@ async fn check_items(
                 args.config.display()
             );
         }
-        Ok(exit::OK)
+        exit::OK
     }
 }

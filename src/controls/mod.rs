@@ -20,9 +20,7 @@ pub mod reconcile;
 pub mod reverse;
 pub mod trace;
 
-use chrono::Utc;
-
-use crate::domain::run::{AuditEvent, RunRecord};
+use crate::domain::run::RunRecord;
 use crate::ports::LedgerError;
 use crate::store::{Store, StoreError};
 
@@ -31,16 +29,9 @@ pub use reconcile::{reconcile, Reconciliation};
 pub use reverse::{reverse, ReverseOptions, ReverseReport};
 pub use trace::{trace, Trace};
 
-/// Audit event kind carrying a reconciliation report (the message is its JSON).
-pub const KIND_RECONCILIATION: &str = "reconciliation";
-/// Audit event on an original run: its journals were reversed by another run.
-pub const KIND_REVERSED: &str = "reversed";
-/// Audit event on a reversal run: what it reverses.
-pub const KIND_REVERSAL: &str = "reversal";
-/// Audit event on an original run: its unposted journal lines were deleted from D365.
-pub const KIND_DELETED_UNPOSTED: &str = "deleted_unposted";
-/// `RunRecord::trigger` of a reversal run.
-pub const TRIGGER_REVERSE: &str = "reverse";
+pub use crate::domain::run::{
+    KIND_DELETED_UNPOSTED, KIND_RECONCILIATION, KIND_REVERSAL, KIND_REVERSED, TRIGGER_REVERSE,
+};
 /// Header Description prefix of a reversal journal: `MLC-R {original run key} {original batch} …`.
 /// Deliberately not `MLC {…}`, so the period lookup of the posting engine (`MLC {period_key}-`)
 /// never mistakes a reversal for an earlier posting of the period.
@@ -63,24 +54,8 @@ pub enum ControlsError {
     Overflow(#[from] crate::domain::money::Overflow),
 }
 
-/// Appends an audit event (also logged). A failure to record is logged, not fatal.
-pub(crate) async fn record(store: &dyn Store, run_id: &str, level: &str, kind: &str, msg: String) {
-    match level {
-        "error" => tracing::error!(run_id, kind, "{msg}"),
-        "warn" => tracing::warn!(run_id, kind, "{msg}"),
-        _ => tracing::info!(run_id, kind, "{msg}"),
-    }
-    let ev = AuditEvent {
-        run_id: run_id.to_string(),
-        at: Utc::now(),
-        level: level.into(),
-        kind: kind.into(),
-        message: msg,
-    };
-    if let Err(e) = store.append_event(&ev).await {
-        tracing::error!(run_id, "could not record audit event: {e}");
-    }
-}
+/// Appends an audit event (also logged): the engine's own recorder.
+pub(crate) use crate::engine::record_event as record;
 
 /// Whether an earlier run of a period still counts for the engine's "period already posted with
 /// other data" check. It does not when it is itself a reversal, when its journals were reversed,

@@ -242,8 +242,6 @@ async fn reverse_locked(
     posted: Vec<(String, LedgerHeader)>,
     unposted: Vec<(String, LedgerHeader)>,
 ) -> Result<ReverseReport, ControlsError> {
-    let run_id = original.run_id.as_str();
-    let key = original.keys.run_key.as_str();
     let mut deleted = Vec::new();
     for (le, h) in &unposted {
         deleted.push(delete_unposted(store, ledger, original, le, &h.batch_number).await?);
@@ -256,125 +254,208 @@ async fn reverse_locked(
             .iter()
             .map(|(le, h)| (le.clone(), h.batch_number.clone()))
             .collect();
-        let rev_key = reversal_run_key(original, &journals);
-        let records = store.lines(run_id).await?;
+        let cx = Reversal {
+            store,
+            ledger,
+            config,
+            original,
+            rev_key: reversal_run_key(original, &journals),
+        };
+        // Plan every reversal journal (and validate it) before writing any of them.
+        let plans = cx.plan(&posted).await?;
+        let mut rev = cx.find_or_record_run(&plans, &journals).await?;
+        let mut recs = cx.line_records(&rev, &plans).await?;
+        let mut failure = None;
+        for plan in &plans {
+            match cx.write_journal(&mut rev, plan, &mut recs).await {
+                Ok(r) => reversed.push(r),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        cx.finish(&mut rev, &recs, &reversed, failure).await?;
+        reversal_run = Some(rev);
+    }
+    Ok(reverse_report(original, reversal_run, reversed, deleted))
+}
+
+/// One reversal journal, planned and validated before any is written.
+struct ReversalPlan {
+    le: String,
+    original_batch: String,
+    date: NaiveDate,
+    journal: Journal,
+    manual_vouchers: bool,
+    /// Account and offset display values of each line, as D365 holds the original.
+    display: BTreeMap<u32, (String, Option<String>)>,
+}
+
+/// What every step of one reversal shares.
+struct Reversal<'a> {
+    store: &'a dyn Store,
+    ledger: &'a dyn LedgerGateway,
+    config: &'a InstanceConfig,
+    original: &'a RunRecord,
+    /// The reversal run's key (see [`reversal_run_key`]).
+    rev_key: String,
+}
+
+impl Reversal<'_> {
+    /// The reversal journal of each posted journal that holds lines of the original run.
+    async fn plan(
+        &self,
+        posted: &[(String, LedgerHeader)],
+    ) -> Result<Vec<ReversalPlan>, ControlsError> {
+        let records = self.store.lines(&self.original.run_id).await?;
         let by_no: BTreeMap<(String, u32), &LineRecord> = records
             .iter()
             .map(|r| ((r.legal_entity.clone(), r.line.line_no), r))
             .collect();
-        let precision = CurrencyPrecision::with_overrides(config.currencies.clone());
-
-        // Plan every reversal journal (and validate it) before writing any of them.
+        let precision = CurrencyPrecision::with_overrides(self.config.currencies.clone());
         let mut plans = Vec::new();
-        for (le, h) in &posted {
-            let back = ledger.lines(le, &h.batch_number).await?;
-            let (ours, foreign): (Vec<&LedgerLine>, Vec<&LedgerLine>) = back
-                .iter()
-                .partition(|l| matches!(parse_line_ref(&l.text), Some((k, _)) if k == key));
-            if !foreign.is_empty() {
-                return Err(refused(format!(
-                    "journal {le}/{} holds {} line(s) not created by run {run_id} (D365 line(s) {}); the connector only reverses its own lines. Reverse the journal in D365 (Reverse / Mass reversal) instead. Nothing was written.",
-                    h.batch_number,
-                    foreign.len(),
-                    foreign.iter().map(|l| l.line_number.as_str()).collect::<Vec<_>>().join(", ")
-                )));
+        for (le, h) in posted {
+            if let Some(p) = self.plan_journal(le, h, &by_no, &precision).await? {
+                plans.push(p);
             }
-            if ours.is_empty() {
-                continue;
-            }
-            let refd = ledger.reference(le).await?;
-            let last = ours.iter().map(|l| l.trans_date).max().expect("not empty");
-            let date = next_open_period_start(&refd, last).ok_or_else(|| {
+        }
+        Ok(plans)
+    }
+
+    /// Plans the reversal of one posted journal; `None` when it holds none of the run's lines.
+    async fn plan_journal(
+        &self,
+        le: &String,
+        h: &LedgerHeader,
+        by_no: &BTreeMap<(String, u32), &LineRecord>,
+        precision: &CurrencyPrecision,
+    ) -> Result<Option<ReversalPlan>, ControlsError> {
+        let (ledger, config) = (self.ledger, self.config);
+        let (run_id, key) = (
+            self.original.run_id.as_str(),
+            self.original.keys.run_key.as_str(),
+        );
+        let rev_key = &self.rev_key;
+        let back = ledger.lines(le, &h.batch_number).await?;
+        let (ours, foreign): (Vec<&LedgerLine>, Vec<&LedgerLine>) = back
+            .iter()
+            .partition(|l| matches!(parse_line_ref(&l.text), Some((k, _)) if k == key));
+        if !foreign.is_empty() {
+            return Err(refused(format!(
+                "journal {le}/{} holds {} line(s) not created by run {run_id} (D365 line(s) {}); the connector only reverses its own lines. Reverse the journal in D365 (Reverse / Mass reversal) instead. Nothing was written.",
+                h.batch_number,
+                foreign.len(),
+                foreign.iter().map(|l| l.line_number.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if ours.is_empty() {
+            return Ok(None);
+        }
+        let refd = ledger.reference(le).await?;
+        let last = ours.iter().map(|l| l.trans_date).max().expect("not empty");
+        let date = next_open_period_start(&refd, last).ok_or_else(|| {
+            refused(format!(
+                "{le} has no open fiscal period after the one containing {last}: open the next period in D365 (General ledger > Ledger calendar), then reverse again. Nothing was written."
+            ))
+        })?;
+        let mut lines = Vec::new();
+        for l in &ours {
+            let (_, n) = parse_line_ref(&l.text).expect("ours");
+            let rec = by_no.get(&(le.clone(), n)).ok_or_else(|| {
                 refused(format!(
-                    "{le} has no open fiscal period after the one containing {last}: open the next period in D365 (General ledger > Ledger calendar), then reverse again. Nothing was written."
+                    "D365 line {} of {le}/{} carries {} but the audit trail of run {run_id} has no such line; nothing was written",
+                    l.line_number,
+                    h.batch_number,
+                    line_ref(key, n)
                 ))
             })?;
-            let mut lines = Vec::new();
-            for l in &ours {
-                let (_, n) = parse_line_ref(&l.text).expect("ours");
-                let rec = by_no.get(&(le.clone(), n)).ok_or_else(|| {
-                    refused(format!(
-                        "D365 line {} of {le}/{} carries {} but the audit trail of run {run_id} has no such line; nothing was written",
-                        l.line_number,
-                        h.batch_number,
-                        line_ref(key, n)
-                    ))
-                })?;
-                lines.push(JournalLine {
-                    line_no: n,
-                    voucher: rec.line.voucher,
-                    trans_date: date,
-                    account: rec.line.account.clone(),
-                    offset_account: rec.line.offset_account.clone(),
-                    currency: l.currency.clone(),
-                    // What D365 holds, negated (not what the run meant to send).
-                    amount: l.credit - l.debit,
-                    text: truncate_chars(
-                        &format!("{} reversal of {}", line_ref(&rev_key, n), line_ref(key, n)),
-                        config.journal.max_text_len,
-                    ),
-                    kind: rec.line.kind,
-                    source_rows: rec.line.source_rows.clone(),
-                    source_column: rec.line.source_column.clone(),
-                });
-            }
-            let journal = Journal {
-                legal_entity: le.clone(),
-                journal_name: h.journal_name.clone(),
-                description: truncate_chars(
-                    &format!(
-                        "{}reversal of run {run_id}",
-                        reversal_description_prefix(key, &h.batch_number)
-                    ),
+            lines.push(JournalLine {
+                line_no: n,
+                voucher: rec.line.voucher,
+                trans_date: date,
+                account: rec.line.account.clone(),
+                offset_account: rec.line.offset_account.clone(),
+                currency: l.currency.clone(),
+                // What D365 holds, negated (not what the run meant to send).
+                amount: l.credit - l.debit,
+                text: truncate_chars(
+                    &format!("{} reversal of {}", line_ref(rev_key, n), line_ref(key, n)),
                     config.journal.max_text_len,
                 ),
-                // One reversal header per original header (each part has its own).
-                part: JournalPart::default(),
-                lines,
-            };
-            let refs = BTreeMap::from([(le.clone(), refd.clone())]);
-            let issues = validate(std::slice::from_ref(&journal), &refs, &precision);
-            if !issues.is_empty() {
-                return Err(refused(format!(
-                    "the reversal of {le}/{} would not be accepted; nothing was written: {}",
-                    h.batch_number,
-                    issues
-                        .iter()
-                        .map(|i| i.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )));
-            }
-            let manual = refd
-                .journal_names
-                .get(&h.journal_name)
-                .map(|j| j.voucher_allocation == VoucherAllocation::Manual)
-                .unwrap_or(false);
-            let display: BTreeMap<u32, (String, Option<String>)> = ours
-                .iter()
-                .map(|l| {
-                    (
-                        parse_line_ref(&l.text).expect("ours").1,
-                        (l.account_display.clone(), l.offset_display.clone()),
-                    )
-                })
-                .collect();
-            plans.push((
-                le.clone(),
-                h.batch_number.clone(),
-                date,
-                journal,
-                manual,
-                display,
-            ));
+                kind: rec.line.kind,
+                source_rows: rec.line.source_rows.clone(),
+                source_column: rec.line.source_column.clone(),
+            });
         }
+        let journal = Journal {
+            legal_entity: le.clone(),
+            journal_name: h.journal_name.clone(),
+            description: truncate_chars(
+                &format!(
+                    "{}reversal of run {run_id}",
+                    reversal_description_prefix(key, &h.batch_number)
+                ),
+                config.journal.max_text_len,
+            ),
+            // One reversal header per original header (each part has its own).
+            part: JournalPart::default(),
+            lines,
+        };
+        let refs = BTreeMap::from([(le.clone(), refd.clone())]);
+        let issues = validate(std::slice::from_ref(&journal), &refs, precision);
+        if !issues.is_empty() {
+            return Err(refused(format!(
+                "the reversal of {le}/{} would not be accepted; nothing was written: {}",
+                h.batch_number,
+                issues
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+        let manual = refd
+            .journal_names
+            .get(&h.journal_name)
+            .map(|j| j.voucher_allocation == VoucherAllocation::Manual)
+            .unwrap_or(false);
+        let display: BTreeMap<u32, (String, Option<String>)> = ours
+            .iter()
+            .map(|l| {
+                (
+                    parse_line_ref(&l.text).expect("ours").1,
+                    (l.account_display.clone(), l.offset_display.clone()),
+                )
+            })
+            .collect();
+        Ok(Some(ReversalPlan {
+            le: le.clone(),
+            original_batch: h.batch_number.clone(),
+            date,
+            journal,
+            manual_vouchers: manual,
+            display,
+        }))
+    }
 
-        // The reversal run: found again (idempotent) or recorded before anything is written.
-        let mut rev = match store
+    /// The reversal run: found again (idempotent) or recorded before anything is written.
+    async fn find_or_record_run(
+        &self,
+        plans: &[ReversalPlan],
+        journals: &[(String, String)],
+    ) -> Result<RunRecord, ControlsError> {
+        let (store, config, original) = (self.store, self.config, self.original);
+        let (run_id, key, rev_key) = (
+            original.run_id.as_str(),
+            original.keys.run_key.as_str(),
+            &self.rev_key,
+        );
+        let rev = match store
             .runs_for_period(&original.instance, &original.keys.period_key)
             .await?
             .into_iter()
-            .find(|r| r.trigger == TRIGGER_REVERSE && r.keys.run_key == rev_key)
+            .find(|r| r.trigger == TRIGGER_REVERSE && r.keys.run_key == *rev_key)
         {
             Some(r) => r,
             None => {
@@ -388,7 +469,7 @@ async fn reverse_locked(
                     },
                     source: original.source.clone(),
                     period: original.period.clone(),
-                    run_date: plans.first().map(|p| p.2).unwrap_or(original.run_date),
+                    run_date: plans.first().map(|p| p.date).unwrap_or(original.run_date),
                     config_version: config.version(),
                     trigger: TRIGGER_REVERSE.into(),
                     status: RunStatus::Posting,
@@ -422,10 +503,22 @@ async fn reverse_locked(
                 r
             }
         };
+        Ok(rev)
+    }
+
+    /// The reversal run's line records, keeping what an earlier attempt recorded as created;
+    /// stored before anything is written.
+    async fn line_records(
+        &self,
+        rev: &RunRecord,
+        plans: &[ReversalPlan],
+    ) -> Result<Vec<LineRecord>, ControlsError> {
+        let store = self.store;
         let recs: Vec<LineRecord> = plans
             .iter()
-            .flat_map(|(le, _, _, j, _, display)| {
-                j.lines.iter().map(|l| LineRecord {
+            .flat_map(|p| {
+                let (le, display) = (&p.le, &p.display);
+                p.journal.lines.iter().map(|l| LineRecord {
                     run_id: rev.run_id.clone(),
                     legal_entity: le.clone(),
                     part: JournalPart::default(),
@@ -446,7 +539,7 @@ async fn reverse_locked(
             .into_iter()
             .map(|r| ((r.legal_entity.clone(), r.line.line_no), r))
             .collect();
-        let mut recs: Vec<LineRecord> = recs
+        let recs: Vec<LineRecord> = recs
             .into_iter()
             .map(|r| {
                 known
@@ -458,21 +551,20 @@ async fn reverse_locked(
             .collect();
         store.put_lines(&recs).await?;
 
-        let mut failure = None;
-        for (le, batch, date, journal, manual, _) in &plans {
-            match write_reversal(
-                store, ledger, config, original, &mut rev, &rev_key, le, batch, *date, journal,
-                *manual, &mut recs,
-            )
-            .await
-            {
-                Ok(r) => reversed.push(r),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
+        Ok(recs)
+    }
+
+    /// Records how the reversal run ended, and on the original that it was reversed.
+    async fn finish(
+        &self,
+        rev: &mut RunRecord,
+        recs: &[LineRecord],
+        reversed: &[JournalReversal],
+        failure: Option<ControlsError>,
+    ) -> Result<(), ControlsError> {
+        let store = self.store;
+        let run_id = self.original.run_id.as_str();
+        let rev_key = &self.rev_key;
         rev.totals.journal_lines = recs.len() as u64;
         rev.totals.created_lines = reversed
             .iter()
@@ -502,7 +594,7 @@ async fn reverse_locked(
             rev.message = Some(format!(
                 "reversal of run {run_id} stopped: {e}. Run `ml-connector reverse {run_id} --config FILE` again to resume (nothing is written twice)."
             ));
-            store.update_run(&rev).await?;
+            store.update_run(rev).await?;
             record(
                 store,
                 &rev.run_id,
@@ -517,7 +609,7 @@ async fn reverse_locked(
         rev.message = Some(format!(
             "reversal journal(s) created and left unposted for review: {summary}"
         ));
-        store.update_run(&rev).await?;
+        store.update_run(rev).await?;
         let already = store
             .events(run_id)
             .await?
@@ -536,9 +628,198 @@ async fn reverse_locked(
             )
             .await;
         }
-        reversal_run = Some(rev);
+        Ok(())
     }
 
+    /// Writes (or finds) one reversal journal through the convergent writer, which leaves
+    /// exactly one copy in D365 whoever else reverses the same run, and reads it back.
+    async fn write_journal(
+        &self,
+        rev: &mut RunRecord,
+        plan: &ReversalPlan,
+        recs: &mut [LineRecord],
+    ) -> Result<JournalReversal, ControlsError> {
+        let (store, ledger, config, original) =
+            (self.store, self.ledger, self.config, self.original);
+        let rev_key = self.rev_key.as_str();
+        let (le, original_batch, date, journal) = (
+            plan.le.as_str(),
+            plan.original_batch.as_str(),
+            plan.date,
+            &plan.journal,
+        );
+        let (news, planned) = self.new_lines(plan, recs);
+        let spec = JournalSpec {
+            legal_entity: le.to_string(),
+            journal_name: journal.journal_name.clone(),
+            key: HeaderKey::Prefix(reversal_description_prefix(
+                &original.keys.run_key,
+                original_batch,
+            )),
+            description: journal.description.clone(),
+            line_key: rev_key.to_string(),
+            fingerprint: None,
+            plan: planned,
+            lines: news,
+            posting: config.d365.posting,
+            batch_operations: config.d365.batch_operations,
+            exclude: Default::default(),
+            supersede: false,
+        };
+        let mut hooks = ReverseHooks {
+            store,
+            rev,
+            recs,
+            le,
+        };
+        let end = JournalWriter { ledger }.converge(&spec, &mut hooks).await;
+        let ReverseHooks { rev, recs, .. } = hooks;
+        let refs = |n: u32| line_ref(rev_key, n);
+        match end {
+            WriteEnd::Converged {
+                header,
+                lines,
+                created,
+                ..
+            } => {
+                let batch = header.batch_number.clone();
+                let mut debit = Decimal::ZERO;
+                let mut credit = Decimal::ZERO;
+                for rec in recs.iter_mut().filter(|r| r.legal_entity == le) {
+                    let Some(x) = lines.get(&rec.line.line_no) else {
+                        continue;
+                    };
+                    if rec.status != LineStatus::Created {
+                        rec.status = LineStatus::Created;
+                        rec.journal_batch = Some(batch.clone());
+                        rec.d365_line_number = Some(x.line_number.clone());
+                        rec.d365_response = Some(format!(
+                            "reversal line {} voucher {} (already in D365)",
+                            x.line_number, x.voucher
+                        ));
+                    }
+                    let off = !x.offset_display.as_deref().unwrap_or("").is_empty();
+                    let sums = (|| -> Result<(), crate::domain::money::Overflow> {
+                        crate::domain::money::add_to(&mut debit, x.debit)?;
+                        crate::domain::money::add_to(&mut credit, x.credit)?;
+                        if off {
+                            crate::domain::money::add_to(&mut debit, x.credit)?;
+                            crate::domain::money::add_to(&mut credit, x.debit)?;
+                        }
+                        Ok(())
+                    })();
+                    if let Err(e) = sums {
+                        return Err(refused(format!(
+                            "reversal journal {le}/{} is in D365, but its totals cannot be computed: {e}",
+                            header.batch_number
+                        )));
+                    }
+                }
+                store.put_lines(recs).await?;
+                let found = spec.plan.len().saturating_sub(created);
+                record(
+                    store,
+                    &rev.run_id,
+                    "info",
+                    "post",
+                    format!(
+                        "reversal journal {le}/{batch} of {le}/{original_batch}: {created} line(s) created, {found} already present; dated {date}; read back: exactly one copy of each line, D365 holds debit {debit}, credit {credit}"
+                    ),
+                )
+                .await;
+                Ok(JournalReversal {
+                    legal_entity: le.to_string(),
+                    original_batch: original_batch.to_string(),
+                    reversal_batch: batch,
+                    reversal_date: date,
+                    lines_created: created,
+                    lines_found: found,
+                    debit,
+                    credit,
+                })
+            }
+            WriteEnd::Conflict(c) => Err(refused(format!(
+                "D365 holds reversal journal {le}/{} of {le}/{original_batch} with other lines than the reversal planned now ({}); nothing was written. Check it in D365 (delete it while unposted), then reverse again",
+                c.batch,
+                c.describe(8)
+            ))),
+            WriteEnd::DuplicatePosted { batches, detail } => Err(refused(format!(
+                "D365 holds posted duplicates of the reversal of {le}/{original_batch}: {} ({detail}); reverse the extra one in D365",
+                batches.join(", ")
+            ))),
+            WriteEnd::Refused { lines, message } => {
+                for rec in recs
+                    .iter_mut()
+                    .filter(|r| r.legal_entity == le && lines.contains(&r.line.line_no))
+                {
+                    rec.status = LineStatus::Failed;
+                    rec.d365_response = Some(message.clone());
+                    store.put_lines(std::slice::from_ref(rec)).await?;
+                }
+                Err(refused(format!(
+                    "D365 did not accept line {} of the reversal journal in {le}: {message}",
+                    refs(lines.first().copied().unwrap_or_default())
+                )))
+            }
+            WriteEnd::Failed(m) => Err(refused(m)),
+            WriteEnd::Interrupted { .. } => Err(refused(format!(
+                "the reversal of {le}/{original_batch} stopped before its deadline"
+            ))),
+            WriteEnd::Crashed(p) => Err(refused(format!("crashed (injected) at {p:?}"))),
+        }
+    }
+
+    /// The lines to create for `plan` (those of `recs` in its legal entity), with their plan
+    /// for the writer.
+    fn new_lines(
+        &self,
+        plan: &ReversalPlan,
+        recs: &[LineRecord],
+    ) -> (BTreeMap<u32, NewLedgerLine>, Vec<PlannedLine>) {
+        let (le, journal, manual_vouchers) =
+            (plan.le.as_str(), &plan.journal, plan.manual_vouchers);
+        let original = self.original;
+        let mut news = BTreeMap::new();
+        let mut plan = Vec::with_capacity(journal.lines.len());
+        for l in &journal.lines {
+            let Some(rec) = recs
+                .iter()
+                .find(|r| r.legal_entity == le && r.line.line_no == l.line_no)
+            else {
+                continue;
+            };
+            let new = NewLedgerLine {
+                legal_entity: le.to_string(),
+                batch_number: String::new(),
+                trans_date: l.trans_date,
+                account_display: rec.account_display.clone(),
+                offset_display: rec.offset_display.clone(),
+                debit: l.debit(),
+                credit: l.credit(),
+                currency: l.currency.clone(),
+                text: l.text.clone(),
+                voucher: manual_vouchers
+                    .then(|| format!("MLR{}-{:04}", original.keys.period_key, l.voucher)),
+            };
+            plan.push(PlannedLine {
+                line_no: l.line_no,
+                voucher: l.voucher,
+                content: content_of_new(&new),
+            });
+            news.insert(l.line_no, new);
+        }
+        (news, plan)
+    }
+}
+
+/// What `reverse` reports: the reversal run and the journals deleted.
+fn reverse_report(
+    original: &RunRecord,
+    reversal_run: Option<RunRecord>,
+    reversed: Vec<JournalReversal>,
+    deleted: Vec<JournalDeletion>,
+) -> ReverseReport {
+    let run_id = original.run_id.as_str();
     let nothing_new = deleted
         .iter()
         .all(|d| d.lines_deleted == 0 && !d.header_deleted)
@@ -574,179 +855,13 @@ async fn reverse_locked(
             }
         ));
     }
-    Ok(ReverseReport {
+    ReverseReport {
         original_run_id: run_id.to_string(),
         reversal: reversal_run,
         reversed,
         deleted,
         nothing_new,
         message: parts.join(". "),
-    })
-}
-
-/// Writes (or finds) one reversal journal through the convergent writer, which leaves exactly
-/// one copy in D365 whoever else reverses the same run, and reads it back.
-#[allow(clippy::too_many_arguments)]
-async fn write_reversal(
-    store: &dyn Store,
-    ledger: &dyn LedgerGateway,
-    config: &InstanceConfig,
-    original: &RunRecord,
-    rev: &mut RunRecord,
-    rev_key: &str,
-    le: &str,
-    original_batch: &str,
-    date: NaiveDate,
-    journal: &Journal,
-    manual_vouchers: bool,
-    recs: &mut [LineRecord],
-) -> Result<JournalReversal, ControlsError> {
-    let mut news = BTreeMap::new();
-    let mut plan = Vec::with_capacity(journal.lines.len());
-    for l in &journal.lines {
-        let Some(rec) = recs
-            .iter()
-            .find(|r| r.legal_entity == le && r.line.line_no == l.line_no)
-        else {
-            continue;
-        };
-        let new = NewLedgerLine {
-            legal_entity: le.to_string(),
-            batch_number: String::new(),
-            trans_date: l.trans_date,
-            account_display: rec.account_display.clone(),
-            offset_display: rec.offset_display.clone(),
-            debit: l.debit(),
-            credit: l.credit(),
-            currency: l.currency.clone(),
-            text: l.text.clone(),
-            voucher: manual_vouchers
-                .then(|| format!("MLR{}-{:04}", original.keys.period_key, l.voucher)),
-        };
-        plan.push(PlannedLine {
-            line_no: l.line_no,
-            voucher: l.voucher,
-            content: content_of_new(&new),
-        });
-        news.insert(l.line_no, new);
-    }
-    let spec = JournalSpec {
-        legal_entity: le.to_string(),
-        journal_name: journal.journal_name.clone(),
-        key: HeaderKey::Prefix(reversal_description_prefix(
-            &original.keys.run_key,
-            original_batch,
-        )),
-        description: journal.description.clone(),
-        line_key: rev_key.to_string(),
-        fingerprint: None,
-        plan,
-        lines: news,
-        posting: config.d365.posting,
-        batch_operations: config.d365.batch_operations,
-        exclude: Default::default(),
-        supersede: false,
-    };
-    let mut hooks = ReverseHooks {
-        store,
-        rev,
-        recs,
-        le,
-    };
-    let end = JournalWriter { ledger }.converge(&spec, &mut hooks).await;
-    let ReverseHooks { rev, recs, .. } = hooks;
-    let refs = |n: u32| line_ref(rev_key, n);
-    match end {
-        WriteEnd::Converged {
-            header,
-            lines,
-            created,
-            ..
-        } => {
-            let batch = header.batch_number.clone();
-            let mut debit = Decimal::ZERO;
-            let mut credit = Decimal::ZERO;
-            for rec in recs.iter_mut().filter(|r| r.legal_entity == le) {
-                let Some(x) = lines.get(&rec.line.line_no) else {
-                    continue;
-                };
-                if rec.status != LineStatus::Created {
-                    rec.status = LineStatus::Created;
-                    rec.journal_batch = Some(batch.clone());
-                    rec.d365_line_number = Some(x.line_number.clone());
-                    rec.d365_response = Some(format!(
-                        "reversal line {} voucher {} (already in D365)",
-                        x.line_number, x.voucher
-                    ));
-                }
-                let off = !x.offset_display.as_deref().unwrap_or("").is_empty();
-                let sums = (|| -> Result<(), crate::domain::money::Overflow> {
-                    crate::domain::money::add_to(&mut debit, x.debit)?;
-                    crate::domain::money::add_to(&mut credit, x.credit)?;
-                    if off {
-                        crate::domain::money::add_to(&mut debit, x.credit)?;
-                        crate::domain::money::add_to(&mut credit, x.debit)?;
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = sums {
-                    return Err(refused(format!(
-                        "reversal journal {le}/{} is in D365, but its totals cannot be computed: {e}",
-                        header.batch_number
-                    )));
-                }
-            }
-            store.put_lines(recs).await?;
-            let found = spec.plan.len().saturating_sub(created);
-            record(
-                store,
-                &rev.run_id,
-                "info",
-                "post",
-                format!(
-                    "reversal journal {le}/{batch} of {le}/{original_batch}: {created} line(s) created, {found} already present; dated {date}; read back: exactly one copy of each line, D365 holds debit {debit}, credit {credit}"
-                ),
-            )
-            .await;
-            Ok(JournalReversal {
-                legal_entity: le.to_string(),
-                original_batch: original_batch.to_string(),
-                reversal_batch: batch,
-                reversal_date: date,
-                lines_created: created,
-                lines_found: found,
-                debit,
-                credit,
-            })
-        }
-        WriteEnd::Conflict(c) => Err(refused(format!(
-            "D365 holds reversal journal {le}/{} of {le}/{original_batch} with other lines than the reversal planned now ({}); nothing was written. Check it in D365 (delete it while unposted), then reverse again",
-            c.batch,
-            c.describe(8)
-        ))),
-        WriteEnd::DuplicatePosted { batches, detail } => Err(refused(format!(
-            "D365 holds posted duplicates of the reversal of {le}/{original_batch}: {} ({detail}); reverse the extra one in D365",
-            batches.join(", ")
-        ))),
-        WriteEnd::Refused { lines, message } => {
-            for rec in recs
-                .iter_mut()
-                .filter(|r| r.legal_entity == le && lines.contains(&r.line.line_no))
-            {
-                rec.status = LineStatus::Failed;
-                rec.d365_response = Some(message.clone());
-                store.put_lines(std::slice::from_ref(rec)).await?;
-            }
-            Err(refused(format!(
-                "D365 did not accept line {} of the reversal journal in {le}: {message}",
-                refs(lines.first().copied().unwrap_or_default())
-            )))
-        }
-        WriteEnd::Failed(m) => Err(refused(m)),
-        WriteEnd::Interrupted { .. } => Err(refused(format!(
-            "the reversal of {le}/{original_batch} stopped before its deadline"
-        ))),
-        WriteEnd::Crashed(p) => Err(refused(format!("crashed (injected) at {p:?}"))),
     }
 }
 

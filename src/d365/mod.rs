@@ -1,4 +1,4 @@
-//! D365 F&O OData + Entra ID client (adapter). Owned by the D365 work stream.
+//! D365 F&O OData + Entra ID client (adapter).
 //!
 //! - [`entra`]: client-credentials tokens, cache, AADSTS classification.
 //! - [`odata`]: URLs, headers, paging, 401-refresh, HTTP outcome → [`D365Error`].
@@ -60,7 +60,8 @@ pub struct D365Settings {
     /// Most F&O requests this client starts within any [`Self::request_window`] (0 = no
     /// limit): throttle ourselves before F&O's service protection has to. Default
     /// [`DEFAULT_MAX_REQUESTS_PER_WINDOW`] per [`DEFAULT_REQUEST_WINDOW`] — a conservative
-    /// guess, not a published F&O number (see `d365-fo-odata.md`, service protection).
+    /// guess, not a published F&O number (see Microsoft's "Service protection API limits" for F&O,
+    /// <https://learn.microsoft.com/en-us/dynamics365/fin-ops-core/dev-itpro/data-entities/service-protection-api-limits>).
     pub max_requests_per_window: u32,
     pub request_window: Duration,
 }

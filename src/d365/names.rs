@@ -1,7 +1,8 @@
 //! Every OData entity-set, field and enum-symbol name the connector relies on, in one place.
 //!
-//! Names come from Microsoft's CDM schemas of the F&O entities (see
-//! `/work/shared/reference/d365-fo-odata.md`). Where a name is not confirmed by a schema it is
+//! Names come from Microsoft's CDM schemas of the F&O entities
+//! (<https://github.com/MicrosoftDocs/common-data-model-and-service>,
+//! `common-data-model/schema/core/operationsCommon/Entities/Finance/`). Where a name is not confirmed by a schema it is
 //! marked `UNCERTAIN` so it can be checked against an environment's `/data/$metadata` and changed
 //! here only. The sandbox simulator uses the same constants, so a change here moves both.
 

@@ -8,21 +8,21 @@ use super::{
 };
 use crate::domain::reference::ReferenceData;
 use crate::ports::{
-    LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine, VoucherOutcome,
+    Cause, LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine, VoucherOutcome,
 };
 
 impl From<D365Error> for LedgerError {
     fn from(e: D365Error) -> Self {
         match e {
             D365Error::Rejected { .. } | D365Error::InvalidInput(_) | D365Error::Setup(_) => {
-                LedgerError::Rejected(e.to_string())
+                LedgerError::Rejected(Cause::error(e))
             }
-            D365Error::OutcomeUnknown { .. } => LedgerError::OutcomeUnknown(e.to_string()),
-            D365Error::OutOfTime { .. } => LedgerError::OutOfTime(e.to_string()),
+            D365Error::OutcomeUnknown { .. } => LedgerError::OutcomeUnknown(Cause::error(e)),
+            D365Error::OutOfTime { .. } => LedgerError::OutOfTime(Cause::error(e)),
             D365Error::Auth(_) | D365Error::NotAuthorized { .. } | D365Error::Config(_) => {
-                LedgerError::Auth(e.to_string())
+                LedgerError::Auth(Cause::error(e))
             }
-            other => LedgerError::Other(other.to_string()),
+            other => LedgerError::Other(Cause::error(other)),
         }
     }
 }
@@ -191,13 +191,16 @@ impl LedgerGateway for D365Client {
                 );
                 Ok(false)
             }
-            DeleteOutcome::Failed { status, messages } => Err(LedgerError::Rejected(format!(
-                "D365 refused to delete lines {} of journal {batch_number} (HTTP {status}): {}",
-                line_numbers.join(", "),
-                messages.join("; ")
-            ))),
-            DeleteOutcome::NotProcessed { reason } => Err(LedgerError::Other(reason)),
-            DeleteOutcome::Unknown { detail } => Err(LedgerError::OutcomeUnknown(detail)),
+            DeleteOutcome::Failed { status, messages } => Err(LedgerError::Rejected(
+                format!(
+                    "D365 refused to delete lines {} of journal {batch_number} (HTTP {status}): {}",
+                    line_numbers.join(", "),
+                    messages.join("; ")
+                )
+                .into(),
+            )),
+            DeleteOutcome::NotProcessed { reason } => Err(LedgerError::Other(reason.into())),
+            DeleteOutcome::Unknown { detail } => Err(LedgerError::OutcomeUnknown(detail.into())),
         }
     }
 

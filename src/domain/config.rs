@@ -185,7 +185,8 @@ fn default_d365_concurrency() -> usize {
     8
 }
 /// F&O publishes no fixed per-app request budget (service protection is resource based), so
-/// this is a conservative guess: see `d365-fo-odata.md`.
+/// this is a conservative guess: see
+/// <https://learn.microsoft.com/en-us/dynamics365/fin-ops-core/dev-itpro/data-entities/priority-based-throttling>.
 fn default_d365_requests_per_window() -> u32 {
     600
 }

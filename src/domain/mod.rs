@@ -6,8 +6,10 @@
 pub mod config;
 pub mod converge;
 pub mod journal;
+pub mod ledger;
 pub mod mapping;
 pub mod money;
+pub mod reconcile;
 pub mod reference;
 pub mod run;
 pub mod source;

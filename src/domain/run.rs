@@ -223,6 +223,17 @@ pub struct AuditEvent {
     pub message: String,
 }
 
+/// Audit event kind carrying a reconciliation report (the message is its JSON).
+pub const KIND_RECONCILIATION: &str = "reconciliation";
+/// Audit event on an original run: its journals were reversed by another run.
+pub const KIND_REVERSED: &str = "reversed";
+/// Audit event on a reversal run: what it reverses.
+pub const KIND_REVERSAL: &str = "reversal";
+/// Audit event on an original run: its unposted journal lines were deleted from D365.
+pub const KIND_DELETED_UNPOSTED: &str = "deleted_unposted";
+/// `RunRecord::trigger` of a reversal run.
+pub const TRIGGER_REVERSE: &str = "reverse";
+
 #[cfg(test)]
 mod tests {
     use super::*;

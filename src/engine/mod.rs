@@ -31,6 +31,8 @@ use crate::store::{LockOutcome, Store, StoreError};
 
 pub use post::PostSummary;
 
+pub use crate::ports::{CrashPoint, NoProgress, Progress};
+
 /// Errors that stop the engine itself (as opposed to a run ending rejected or failed, which is
 /// a normal, recorded outcome).
 #[derive(Debug, thiserror::Error)]
@@ -56,45 +58,32 @@ pub enum Mode {
     Post,
 }
 
-/// Progress callbacks for long runs (the CLI draws a line on a terminal; Lambdas log).
-pub trait Progress: Send + Sync {
-    fn step(&self, _message: &str) {}
-    fn line_posted(&self, _done: usize, _total: usize) {}
-    /// Fault injection: called at every durable step boundary. Returning `true` makes the
-    /// engine stop right there, as a killed process would: no cleanup, no lock release, no final
-    /// status. The next attempt (a retry, a redelivery or a replay) must converge from there.
-    fn crash_at(&self, _point: CrashPoint) -> bool {
-        false
+/// Records one audit event of `run_id` (and logs it). Best effort: a store that cannot take
+/// the event is logged, and the run goes on. The engine and the finance controls both record
+/// through here.
+pub(crate) async fn record_event(
+    store: &dyn Store,
+    run_id: &str,
+    level: &str,
+    kind: &str,
+    message: String,
+) {
+    match level {
+        "error" => tracing::error!(run_id, kind, "{message}"),
+        "warn" => tracing::warn!(run_id, kind, "{message}"),
+        _ => tracing::info!(run_id, kind, "{message}"),
     }
-    /// Called once a run's final status is recorded, whatever it is. The Lambdas publish the
-    /// run's notification here (see [`crate::notify`]); best effort: it cannot change the run.
-    fn finished<'a>(
-        &'a self,
-        _run: &'a RunRecord,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-        Box::pin(std::future::ready(()))
+    let ev = AuditEvent {
+        run_id: run_id.to_string(),
+        at: Utc::now(),
+        level: level.into(),
+        kind: kind.into(),
+        message,
+    };
+    if let Err(e) = store.append_event(&ev).await {
+        tracing::error!(run_id, "could not record audit event: {e}");
     }
 }
-
-/// Step boundaries where a crash can be injected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrashPoint {
-    /// The run, its source rows and planned lines are recorded and validated; nothing sent to
-    /// D365.
-    Recorded,
-    /// The period lock is held; nothing sent to D365.
-    Locked,
-    /// The journal header exists in D365 and is recorded.
-    HeaderCreated,
-    /// Some lines (or whole vouchers) were written and recorded.
-    LinesWritten,
-    /// Everything is in D365; the final status is not yet recorded.
-    Posted,
-}
-
-/// A progress sink that ignores everything.
-pub struct NoProgress;
-impl Progress for NoProgress {}
 
 /// How a run ended, for exit codes and messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,22 +188,7 @@ impl<'a> Engine<'a> {
     }
 
     async fn event(&self, run_id: &str, level: &str, kind: &str, message: impl Into<String>) {
-        let message = message.into();
-        match level {
-            "error" => tracing::error!(run_id, kind, "{message}"),
-            "warn" => tracing::warn!(run_id, kind, "{message}"),
-            _ => tracing::info!(run_id, kind, "{message}"),
-        }
-        let ev = AuditEvent {
-            run_id: run_id.to_string(),
-            at: Utc::now(),
-            level: level.into(),
-            kind: kind.into(),
-            message,
-        };
-        if let Err(e) = self.store.append_event(&ev).await {
-            tracing::error!(run_id, "could not record audit event: {e}");
-        }
+        record_event(self.store, run_id, level, kind, message.into()).await
     }
 
     /// Runs one sync of `config`.

@@ -250,61 +250,7 @@ impl Engine<'_> {
         if let Some((status, msg)) = stopped(stops, &run_id, done, total) {
             return Ok((status, msg, summaries));
         }
-        // Checked sums (`Iterator::sum` panics on overflow): mapping bounds every line by
-        // `amount.max_abs` and checks its sums, but an audit from before that may not be.
-        let (Ok(debit), Ok(credit)) = (
-            money::sum(summaries.iter().map(|s| s.debit)),
-            money::sum(summaries.iter().map(|s| s.credit)),
-        ) else {
-            let msg = format!("the journals are in D365, but their debit and credit totals cannot be computed: {Overflow}");
-            return Ok((RunStatus::Failed, msg, summaries));
-        };
-        run.totals.created_debit = debit;
-        run.totals.created_credit = credit;
-        run.totals.created_lines = summaries
-            .iter()
-            .map(|s| (s.lines_created + s.lines_found) as u64)
-            .sum();
-        let nothing_new = summaries
-            .iter()
-            .all(|s| !s.header_created && s.lines_created == 0);
-        let journals = summaries
-            .iter()
-            .map(|s| {
-                format!(
-                    "{}/{} ({}{} lines, debit {} = credit {}{})",
-                    s.legal_entity,
-                    s.batch_number,
-                    if s.part.is_split() {
-                        format!("{}, ", s.part)
-                    } else {
-                        String::new()
-                    },
-                    s.lines_created + s.lines_found,
-                    s.debit,
-                    s.credit,
-                    if s.is_posted {
-                        ", posted"
-                    } else {
-                        ", unposted"
-                    }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        if nothing_new {
-            Ok((
-                RunStatus::AlreadyPosted,
-                format!("already posted, nothing new written: {journals}"),
-                summaries,
-            ))
-        } else {
-            Ok((
-                RunStatus::Completed,
-                format!("journal(s) created and left unposted for review: {journals}"),
-                summaries,
-            ))
-        }
+        Ok(summarize(run, summaries))
     }
 
     /// What the parts of `le`'s journal share, read from D365 once; a stop when D365 holds the
@@ -453,35 +399,7 @@ impl Engine<'_> {
                 cleaned,
             } => {
                 let batch = header.batch_number.clone();
-                let mut debit = Decimal::ZERO;
-                let mut credit = Decimal::ZERO;
-                for rec in lines.iter_mut() {
-                    let Some(l) = held.get(&rec.line.line_no) else {
-                        continue; // cannot happen: converged means every planned line is there
-                    };
-                    if rec.status != LineStatus::Created
-                        || rec.journal_batch.as_deref() != Some(batch.as_str())
-                        || rec.d365_line_number.as_deref() != Some(l.line_number.as_str())
-                    {
-                        mark_created(rec, &batch, l, "already in D365");
-                    }
-                    // Checked (`+` panics on overflow): an audit from before `amount.max_abs`
-                    // may hold amounts mapping no longer allows.
-                    let mut add = || -> Result<(), Overflow> {
-                        money::add_to(&mut debit, l.debit)?;
-                        money::add_to(&mut credit, l.credit)?;
-                        if rec.offset_display.is_some() {
-                            money::add_to(&mut debit, l.credit)?;
-                            money::add_to(&mut credit, l.debit)?;
-                        }
-                        Ok(())
-                    };
-                    if let Err(e) = add() {
-                        return Err(Stop::Failed(format!(
-                            "journal {le}/{batch} is in D365, but its totals cannot be computed: {e}"
-                        )));
-                    }
-                }
+                let (debit, credit) = mark_converged(lines, &held, le, &batch)?;
                 if let Err(e) = self.store.put_lines(lines).await {
                     return Err(Stop::Failed(format!("audit store: {e}")));
                 }
@@ -530,50 +448,17 @@ impl Engine<'_> {
                 self.event(&run_id, "error", "conflict", msg.clone()).await;
                 Err(Stop::Conflict(msg))
             }
-            WriteEnd::DuplicatePosted { batches, detail } => {
-                {
-                    let mut run = shared.run.lock().await;
-                    for b in &batches {
-                        if !run.journals.iter().any(|(l, x)| l == le && x == b) {
-                            run.journals.push((le.to_string(), b.clone()));
-                        }
-                    }
-                    let _ = self.store.update_run(&run).await;
-                }
-                let list = batches
-                    .iter()
-                    .map(|b| format!("{le}/{b}"))
-                    .collect::<Vec<_>>()
-                    .join(" and ");
-                let msg = format!(
-                    "D365 holds posted duplicates of journal key {key}{of_part}: {list} ({detail}). Posted entries are never changed by the connector and nothing was written. Reverse them with `ml-connector reverse {run_id} --config FILE`, then run the period again to post exactly one copy."
-                );
-                self.event(&run_id, "error", "duplicate_posted", msg.clone())
-                    .await;
-                Err(Stop::DuplicatePosted(msg))
-            }
+            WriteEnd::DuplicatePosted { batches, detail } => Err(self
+                .duplicate_posted(shared, le, &key, &of_part, &batches, &detail)
+                .await),
             WriteEnd::Refused {
                 lines: refused_lines,
                 message,
             } => {
                 let batch = this_batch.unwrap_or_default();
-                let in_d365 = lines
-                    .iter()
-                    .filter(|l| l.status == LineStatus::Created)
-                    .count();
-                let idx: Vec<usize> = lines
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| refused_lines.contains(&r.line.line_no))
-                    .map(|(i, _)| i)
-                    .collect();
-                let mut recs: Vec<LineRecord> = idx.iter().map(|&i| lines[i].clone()).collect();
                 let msg = self
-                    .refused(&run_id, le, &batch, &mut recs, &message, in_d365)
+                    .refused(&run_id, le, &batch, lines, &refused_lines, &message)
                     .await;
-                for (&i, r) in idx.iter().zip(recs) {
-                    lines[i] = r;
-                }
                 Err(Stop::Failed(msg))
             }
             WriteEnd::Failed(m) => {
@@ -590,6 +475,40 @@ impl Engine<'_> {
             }
             WriteEnd::Crashed(p) => Err(Stop::Crashed(p)),
         }
+    }
+
+    /// D365 holds posted duplicates of this journal: they are recorded as the run's journals,
+    /// and the stop says how to reverse them.
+    async fn duplicate_posted(
+        &self,
+        shared: &RunShared<'_>,
+        le: &str,
+        key: &str,
+        of_part: &str,
+        batches: &[String],
+        detail: &str,
+    ) -> Stop {
+        let run_id = shared.run_id.as_str();
+        {
+            let mut run = shared.run.lock().await;
+            for b in batches {
+                if !run.journals.iter().any(|(l, x)| l == le && x == b) {
+                    run.journals.push((le.to_string(), b.clone()));
+                }
+            }
+            let _ = self.store.update_run(&run).await;
+        }
+        let list = batches
+            .iter()
+            .map(|b| format!("{le}/{b}"))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let msg = format!(
+            "D365 holds posted duplicates of journal key {key}{of_part}: {list} ({detail}). Posted entries are never changed by the connector and nothing was written. Reverse them with `ml-connector reverse {run_id} --config FILE`, then run the period again to post exactly one copy."
+        );
+        self.event(run_id, "error", "duplicate_posted", msg.clone())
+            .await;
+        Stop::DuplicatePosted(msg)
     }
 
     /// The CONFLICT message for a journal whose key D365 holds with other lines: what differs,
@@ -689,16 +608,25 @@ impl Engine<'_> {
         run_id: &str,
         le: &str,
         batch: &str,
-        recs: &mut [LineRecord],
+        lines: &mut [LineRecord],
+        refused_lines: &[u32],
         why: &str,
-        in_d365: usize,
     ) -> String {
-        for rec in recs.iter_mut() {
+        let in_d365 = lines
+            .iter()
+            .filter(|l| l.status == LineStatus::Created)
+            .count();
+        let mut recs = Vec::new();
+        for rec in lines
+            .iter_mut()
+            .filter(|r| refused_lines.contains(&r.line.line_no))
+        {
             rec.status = LineStatus::Failed;
             rec.journal_batch = Some(batch.to_string());
             rec.d365_response = Some(why.to_string());
+            recs.push(rec.clone());
         }
-        let _ = self.store.put_lines(recs).await;
+        let _ = self.store.put_lines(&recs).await;
         let first = recs.first();
         let line = first.map(|r| r.line.line_no).unwrap_or_default();
         let row = first
@@ -757,6 +685,107 @@ fn stopped(
         ));
     }
     Some((status, msgs.join(" ")))
+}
+
+/// The run's totals and final status once every journal converged.
+fn summarize(
+    run: &mut RunRecord,
+    summaries: Vec<PostSummary>,
+) -> (RunStatus, String, Vec<PostSummary>) {
+    // Checked sums (`Iterator::sum` panics on overflow): mapping bounds every line by
+    // `amount.max_abs` and checks its sums, but an audit from before that may not be.
+    let (Ok(debit), Ok(credit)) = (
+        money::sum(summaries.iter().map(|s| s.debit)),
+        money::sum(summaries.iter().map(|s| s.credit)),
+    ) else {
+        let msg = format!("the journals are in D365, but their debit and credit totals cannot be computed: {Overflow}");
+        return (RunStatus::Failed, msg, summaries);
+    };
+    run.totals.created_debit = debit;
+    run.totals.created_credit = credit;
+    run.totals.created_lines = summaries
+        .iter()
+        .map(|s| (s.lines_created + s.lines_found) as u64)
+        .sum();
+    let nothing_new = summaries
+        .iter()
+        .all(|s| !s.header_created && s.lines_created == 0);
+    let journals = summaries
+        .iter()
+        .map(|s| {
+            format!(
+                "{}/{} ({}{} lines, debit {} = credit {}{})",
+                s.legal_entity,
+                s.batch_number,
+                if s.part.is_split() {
+                    format!("{}, ", s.part)
+                } else {
+                    String::new()
+                },
+                s.lines_created + s.lines_found,
+                s.debit,
+                s.credit,
+                if s.is_posted {
+                    ", posted"
+                } else {
+                    ", unposted"
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    if nothing_new {
+        (
+            RunStatus::AlreadyPosted,
+            format!("already posted, nothing new written: {journals}"),
+            summaries,
+        )
+    } else {
+        (
+            RunStatus::Completed,
+            format!("journal(s) created and left unposted for review: {journals}"),
+            summaries,
+        )
+    }
+}
+
+/// Marks each line of a converged journal created (as D365 holds it) and totals what D365 holds.
+fn mark_converged(
+    lines: &mut [LineRecord],
+    held: &BTreeMap<u32, LedgerLine>,
+    le: &str,
+    batch: &str,
+) -> Result<(Decimal, Decimal), Stop> {
+    let mut debit = Decimal::ZERO;
+    let mut credit = Decimal::ZERO;
+    for rec in lines.iter_mut() {
+        let Some(l) = held.get(&rec.line.line_no) else {
+            continue; // cannot happen: converged means every planned line is there
+        };
+        if rec.status != LineStatus::Created
+            || rec.journal_batch.as_deref() != Some(batch)
+            || rec.d365_line_number.as_deref() != Some(l.line_number.as_str())
+        {
+            mark_created(rec, batch, l, "already in D365");
+        }
+        // Checked (`+` panics on overflow): an audit from before `amount.max_abs` may hold
+        // amounts mapping no longer allows.
+        let mut add = || -> Result<(), Overflow> {
+            money::add_to(&mut debit, l.debit)?;
+            money::add_to(&mut credit, l.credit)?;
+            if rec.offset_display.is_some() {
+                money::add_to(&mut debit, l.credit)?;
+                money::add_to(&mut credit, l.debit)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = add() {
+            return Err(Stop::Failed(format!(
+                "journal {le}/{batch} is in D365, but its totals cannot be computed: {e}"
+            )));
+        }
+    }
+    Ok((debit, credit))
 }
 
 fn new_line(le: &str, batch: &str, rec: &LineRecord, voucher: Option<String>) -> NewLedgerLine {

@@ -661,7 +661,7 @@ impl JournalWriter<'_> {
                     Err(LedgerError::Rejected(m)) => {
                         return Some(Err(WriteStop::End(WriteEnd::Refused {
                             lines: vec![n],
-                            message: m,
+                            message: m.to_string(),
                         })))
                     }
                     Err(e) => {

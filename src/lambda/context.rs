@@ -9,10 +9,10 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use sha2::{Digest, Sha256};
 
 use super::error::LambdaError;
-use crate::cli::{build_clients, Clients};
 use crate::domain::config::InstanceConfig;
 use crate::secrets::{InstanceSecrets, SecretSource};
 use crate::store::{ConfigStore, ReplayRequests, Store};
+use crate::wiring::{build_clients, Clients};
 
 /// Environment variable: largest accepted webhook body in bytes (default 6 MiB, the Function
 /// URL payload limit).

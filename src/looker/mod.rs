@@ -1,4 +1,4 @@
-//! Looker API 4.0 client (adapter). Owned by the Looker work stream.
+//! Looker API 4.0 client (adapter).
 //!
 //! Runs saved Looks and inline queries and hands back a complete [`Extract`] or an error —
 //! never a partial result: the extract is posted to the general ledger, so a silently capped

@@ -4,17 +4,17 @@ use async_trait::async_trait;
 
 use super::{LookerClient, LookerError};
 use crate::domain::source::Extract;
-use crate::ports::{ExtractError, ExtractRequest, Extractor};
+use crate::ports::{Cause, ExtractError, ExtractRequest, Extractor};
 
 impl From<LookerError> for ExtractError {
     fn from(e: LookerError) -> Self {
         match e {
-            LookerError::Truncated { .. } => ExtractError::Truncated(e.to_string()),
-            LookerError::Auth(_) => ExtractError::Auth(e.to_string()),
+            LookerError::Truncated { .. } => ExtractError::Truncated(Cause::error(e)),
+            LookerError::Auth(_) => ExtractError::Auth(Cause::error(e)),
             LookerError::NotFound(_) | LookerError::Invalid(_) | LookerError::Config(_) => {
-                ExtractError::Invalid(e.to_string())
+                ExtractError::Invalid(Cause::error(e))
             }
-            other => ExtractError::Other(other.to_string()),
+            other => ExtractError::Other(Cause::error(other)),
         }
     }
 }

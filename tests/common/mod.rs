@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use chrono::NaiveDate;
-use ml_connector::cli::{build_clients, Clients};
 use ml_connector::domain::config::{InlineQuery, InstanceConfig};
 use ml_connector::engine::{Engine, Mode, NoProgress, RunOptions, RunReport};
 use ml_connector::sandbox::d365::{
@@ -14,6 +13,7 @@ use ml_connector::sandbox::looker::{
 };
 use ml_connector::secrets::{Credentials, Secret};
 use ml_connector::store::sqlite::SqliteStore;
+use ml_connector::wiring::{build_clients, Clients};
 use rust_decimal::Decimal;
 
 pub const EXAMPLE: &str = include_str!("../../infra/config/weekly-marketplace-fees.toml");
@@ -188,5 +188,43 @@ impl ml_connector::store::ConfigStore for MemConfigs {
         instance: &str,
     ) -> Result<Option<(String, String)>, ml_connector::store::StoreError> {
         Ok(self.0.lock().unwrap().get(instance).cloned())
+    }
+}
+
+/// An in-memory secret source (what Secrets Manager holds in AWS), for Lambda contexts built in
+/// tests.
+#[derive(Default)]
+pub struct MemSecrets(
+    pub std::sync::Mutex<std::collections::HashMap<String, ml_connector::secrets::InstanceSecrets>>,
+);
+
+impl MemSecrets {
+    /// A source holding `secrets` for `instance` only.
+    pub fn with(instance: &str, secrets: ml_connector::secrets::InstanceSecrets) -> Self {
+        let s = Self::default();
+        s.insert(instance, secrets);
+        s
+    }
+
+    pub fn insert(&self, instance: &str, secrets: ml_connector::secrets::InstanceSecrets) {
+        self.0.lock().unwrap().insert(instance.into(), secrets);
+    }
+}
+
+#[async_trait::async_trait]
+impl ml_connector::secrets::SecretSource for MemSecrets {
+    async fn instance_secrets(
+        &self,
+        instance: &str,
+    ) -> Result<ml_connector::secrets::InstanceSecrets, ml_connector::secrets::SecretsError> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(instance)
+            .cloned()
+            .ok_or_else(|| ml_connector::secrets::SecretsError::NotFound {
+                instance: instance.into(),
+                detail: "not in the test source".into(),
+            })
     }
 }

@@ -3,9 +3,9 @@
 //! checks every case ends with.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -23,9 +23,9 @@ use ml_connector::sandbox::d365::{
 use ml_connector::sandbox::looker::{
     LookerSeed, LookerSim, SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET,
 };
-use ml_connector::secrets::{Credentials, InstanceSecrets, Secret, SecretSource, SecretsError};
+use ml_connector::secrets::{Credentials, InstanceSecrets, Secret};
 use ml_connector::store::sqlite::SqliteStore;
-use ml_connector::store::{ConfigStore, Store, StoreError};
+use ml_connector::store::{ConfigStore, Store};
 use rust_decimal::Decimal;
 
 pub const EXAMPLE: &str = include_str!("../../infra/config/weekly-marketplace-fees.toml");
@@ -58,6 +58,11 @@ pub fn sandbox_secrets() -> InstanceSecrets {
     }
 }
 
+// The in-memory config and secret sources, shared with the other tests.
+#[path = "../common/mod.rs"]
+mod common;
+use common::{MemConfigs, MemSecrets};
+
 // The moto connection helpers (`AWS_ENDPOINT_URL`, set by `.ci/test`).
 #[path = "../common_aws/mod.rs"]
 mod common_aws;
@@ -69,44 +74,6 @@ pub enum Backend {
     Sqlite,
     /// A fresh DynamoDB table on the local moto server (what the Lambdas use).
     Dynamo,
-}
-
-#[derive(Default)]
-struct MemConfigs(Mutex<HashMap<String, (String, String)>>);
-
-#[async_trait]
-impl ConfigStore for MemConfigs {
-    async fn put_config(
-        &self,
-        instance: &str,
-        version: &str,
-        toml: &str,
-    ) -> Result<(), StoreError> {
-        self.0
-            .lock()
-            .unwrap()
-            .insert(instance.into(), (version.into(), toml.into()));
-        Ok(())
-    }
-    async fn get_config(&self, instance: &str) -> Result<Option<(String, String)>, StoreError> {
-        Ok(self.0.lock().unwrap().get(instance).cloned())
-    }
-}
-
-struct MemSecrets;
-
-#[async_trait]
-impl SecretSource for MemSecrets {
-    async fn instance_secrets(&self, instance: &str) -> Result<InstanceSecrets, SecretsError> {
-        if instance == INSTANCE {
-            Ok(sandbox_secrets())
-        } else {
-            Err(SecretsError::NotFound {
-                instance: instance.into(),
-                detail: "not in the test source".into(),
-            })
-        }
-    }
 }
 
 /// One isolated case: fresh simulators, a fresh SQLite store, a Lambda context over them.
@@ -164,7 +131,7 @@ impl World {
         let ctx = LambdaContext::new(
             store.clone(),
             Arc::new(configs),
-            Arc::new(MemSecrets),
+            Arc::new(MemSecrets::with(INSTANCE, sandbox_secrets())),
             // The cases' invocations have 30 s (`inv` in faults.rs), not a deployed function's
             // 300-900 s: keep the deadline margin in proportion so a fault's 10 s fallback
             // wait still fits when the shared moto server is slow.
@@ -326,7 +293,7 @@ impl LedgerGateway for FaultLedger<'_> {
             self.fired.store(true, Ordering::SeqCst);
             return Err(LedgerError::Other(format!(
                 "D365 is unavailable (HTTP 503 on GET LedgerJournalLines of {le}/{batch}, still failing after the client's retries)"
-            )));
+            ).into()));
         }
         self.inner.lines(le, batch).await
     }

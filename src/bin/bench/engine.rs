@@ -142,7 +142,7 @@ async fn one_run(
         d365_client_id: SANDBOX_CLIENT_ID.into(),
         d365_client_secret: Secret::new(SANDBOX_CLIENT_SECRET),
     };
-    let clients = ml_connector::cli::build_clients(&cfg, &creds)?;
+    let clients = ml_connector::wiring::build_clients(&cfg, &creds)?;
     let dir = tempfile_dir()?;
     let store = SqliteStore::open(&dir.join("audit.sqlite"))?;
     let engine = Engine {

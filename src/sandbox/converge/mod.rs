@@ -1,5 +1,5 @@
 //! Seeded concurrency simulation: several posters at once against one sandbox, then the
-//! exactly-once invariants checked against D365's own state (issue 10, item 8).
+//! exactly-once invariants checked against D365's own state.
 //!
 //! Each seed builds a fresh world (the Looker and D365 simulators on loopback, a small Look of
 //! 6–20 fee rows for 2026-W47) and a [`Scenario`] drawn from `fastrand::Rng::with_seed(seed)`:

@@ -643,15 +643,31 @@ async fn run_inner(
             e.insert(make_store(p.store, &dir, s.seed).await?);
         }
     }
-    let result =
-        chaos_settle_check(s, opts, &d365, &specs, &dir, &configs, violations, outcomes).await;
+    let result = chaos_settle_check(
+        s,
+        opts,
+        &d365,
+        &specs,
+        &dir,
+        &configs,
+        Found {
+            violations,
+            outcomes,
+        },
+    )
+    .await;
     for spec in specs.values() {
         drop_store(spec).await;
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a seed's checks put what they find.
+struct Found<'a> {
+    violations: &'a mut Vec<Violation>,
+    outcomes: &'a mut Vec<String>,
+}
+
 async fn chaos_settle_check(
     s: &Scenario,
     opts: &Options,
@@ -659,9 +675,12 @@ async fn chaos_settle_check(
     specs: &BTreeMap<StoreSlot, StoreSpec>,
     dir: &TempDir,
     configs: &Configs,
-    violations: &mut Vec<Violation>,
-    outcomes: &mut Vec<String>,
+    found: Found<'_>,
 ) -> Result<(usize, usize), String> {
+    let Found {
+        violations,
+        outcomes,
+    } = found;
     // --- The concurrent posters, under faults.
     let mut handles = Vec::new();
     for p in &s.posters {

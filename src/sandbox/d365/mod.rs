@@ -1,4 +1,4 @@
-//! D365 F&O OData + Microsoft Entra ID token endpoint simulator. Owned by the D365 work stream.
+//! D365 F&O OData + Microsoft Entra ID token endpoint simulator.
 //!
 //! Two loopback listeners: one plays Entra (`/{tenant}/oauth2/v2.0/token`), one plays an F&O
 //! environment (`/data/{EntitySet}`). It behaves like the real services as far as the reference

@@ -1,4 +1,4 @@
-//! Looker API 4.0 simulator. Owned by the Looker work stream.
+//! Looker API 4.0 simulator.
 //!
 //! A real HTTP server on `127.0.0.1:0` so the client is tested over real sockets: login with
 //! the sandbox API key, token checks, 429s with `Retry-After`, row caps, `apply_formatting`,

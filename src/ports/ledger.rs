@@ -1,106 +1,34 @@
-//! Ports: what the engine needs from the outside world, as traits.
+//! The ledger port: journal headers and lines in the general ledger (D365 F&O in production).
 //!
-//! The engine depends on these, not on HTTP clients, so the same pipeline runs from the CLI, the
-//! Lambdas and tests, and fault injection can wrap any of them.
+//! The journal types it speaks are plain data in [`crate::domain::ledger`] (re-exported here).
 
+use super::Cause;
 use async_trait::async_trait;
-use chrono::NaiveDate;
-use rust_decimal::Decimal;
 
-use crate::domain::config::InlineQuery;
+pub use crate::domain::ledger::{LedgerHeader, LedgerLine, NewLedgerLine};
 use crate::domain::reference::ReferenceData;
-use crate::domain::source::Extract;
-
-/// What to extract.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExtractRequest {
-    Look(String),
-    Query(InlineQuery),
-}
-
-/// Why an extract failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ExtractError {
-    /// The result is (or may be) incomplete: refused, nothing is posted.
-    #[error("{0}")]
-    Truncated(String),
-    /// Bad query, unknown Look/field: the configuration must change.
-    #[error("{0}")]
-    Invalid(String),
-    /// Credentials rejected.
-    #[error("{0}")]
-    Auth(String),
-    /// Anything else (network, throttling exhausted, unexpected response).
-    #[error("{0}")]
-    Other(String),
-}
-
-#[async_trait]
-pub trait Extractor: Send + Sync {
-    async fn extract(&self, request: &ExtractRequest) -> Result<Extract, ExtractError>;
-}
-
-/// A journal header as D365 holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerHeader {
-    pub legal_entity: String,
-    pub batch_number: String,
-    pub journal_name: String,
-    pub description: String,
-    pub is_posted: bool,
-}
-
-/// A journal line as D365 holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerLine {
-    pub batch_number: String,
-    pub line_number: String,
-    pub voucher: String,
-    pub trans_date: NaiveDate,
-    pub account_display: String,
-    pub offset_display: Option<String>,
-    pub debit: Decimal,
-    pub credit: Decimal,
-    pub currency: String,
-    pub text: String,
-}
-
-/// A line to create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewLedgerLine {
-    pub legal_entity: String,
-    pub batch_number: String,
-    pub trans_date: NaiveDate,
-    pub account_display: String,
-    pub offset_display: Option<String>,
-    pub debit: Decimal,
-    pub credit: Decimal,
-    pub currency: String,
-    pub text: String,
-    pub voucher: Option<String>,
-}
 
 /// Why a ledger call failed, classified by what the engine must do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// D365 refused the request (validation): permanent, the message says why.
-    #[error("{0}")]
-    Rejected(String),
+    #[error(transparent)]
+    Rejected(Cause),
     /// The request may or may not have been applied (timeout, dropped connection, 5xx on a
     /// write): reconcile by natural key before trying again.
-    #[error("{0}")]
-    OutcomeUnknown(String),
+    #[error(transparent)]
+    OutcomeUnknown(Cause),
     /// Credentials/registration problem.
-    #[error("{0}")]
-    Auth(String),
+    #[error(transparent)]
+    Auth(Cause),
     /// Anything else on a read (network, throttling exhausted, unexpected response).
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Other(Cause),
     /// The caller's deadline came first: the request was not sent, or was refused before
     /// processing (429) and its retry would have outlived the deadline. Nothing was applied; the
     /// run stops resumably (`interrupted`), not as a failure.
-    #[error("{0}")]
-    OutOfTime(String),
+    #[error(transparent)]
+    OutOfTime(Cause),
 }
 
 /// What happened to one voucher posted atomically (an OData `$batch` changeset).

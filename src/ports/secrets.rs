@@ -1,0 +1,20 @@
+//! The secret source port: where an instance's credentials come from.
+
+use crate::secrets::InstanceSecrets;
+
+/// Why an instance's secrets could not be read. Never contains secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("no secret for instance `{instance}` ({detail})")]
+    NotFound { instance: String, detail: String },
+    #[error("the secret of instance `{instance}` is malformed: {detail}")]
+    Malformed { instance: String, detail: String },
+    #[error("secrets backend: {0}")]
+    Backend(String),
+}
+
+/// Where instance secrets come from (Secrets Manager in AWS; fixed values in tests).
+#[async_trait::async_trait]
+pub trait SecretSource: Send + Sync {
+    async fn instance_secrets(&self, instance: &str) -> Result<InstanceSecrets, SecretsError>;
+}
