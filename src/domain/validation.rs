@@ -176,10 +176,32 @@ pub fn validate(
             .iter()
             .map(|((d, v), dv)| ((d.as_str(), v.as_str()), dv))
             .collect();
+        // The last account (and offset account) found clean on a date: consecutive lines
+        // mostly repeat them (one interned dimension set), and a clean account stays clean.
+        let mut clean: Option<(&LedgerAccount, NaiveDate)> = None;
+        let mut clean_offset: Option<(&LedgerAccount, NaiveDate)> = None;
+        // The last currency and its decimals.
+        let mut last_currency: Option<(&str, Option<u32>)> = None;
         for line in &j.lines {
-            check_account(&line.account, line, false, rd, &dim_values, &mut issues);
+            check_account_once(
+                &mut clean,
+                &line.account,
+                line,
+                false,
+                rd,
+                &dim_values,
+                &mut issues,
+            );
             if let Some(off) = &line.offset_account {
-                check_account(off, line, true, rd, &dim_values, &mut issues);
+                check_account_once(
+                    &mut clean_offset,
+                    off,
+                    line,
+                    true,
+                    rd,
+                    &dim_values,
+                    &mut issues,
+                );
             } else if let Err(e) =
                 money::add_to(voucher_sums.entry(line.voucher).or_default(), line.amount)
             {
@@ -233,22 +255,33 @@ pub fn validate(
                 )),
                 Some(_) => {}
             }
-            match precision.decimals(&line.currency) {
+            let decimals = match last_currency {
+                Some((c, d)) if c == line.currency => d,
+                _ => {
+                    let d = precision.decimals(&line.currency);
+                    last_currency = Some((&line.currency, d));
+                    d
+                }
+            };
+            match decimals {
                 None => issues.push(Issue::for_line(
                     line,
                     le,
                     "journal.currency",
                     format!("currency `{}` has no known precision", line.currency),
                 )),
-                Some(dp) if line.amount.normalize().scale() > dp => issues.push(Issue::for_line(
-                    line,
-                    le,
-                    "amount",
-                    format!(
-                        "{} has more than {dp} decimals for {}",
-                        line.amount, line.currency
-                    ),
-                )),
+                // Normalizing only lowers the scale: no need when it is within already.
+                Some(dp) if line.amount.scale() > dp && line.amount.normalize().scale() > dp => {
+                    issues.push(Issue::for_line(
+                        line,
+                        le,
+                        "amount",
+                        format!(
+                            "{} has more than {dp} decimals for {}",
+                            line.amount, line.currency
+                        ),
+                    ))
+                }
                 Some(_) => {}
             }
             if line.amount.is_zero() {
@@ -271,6 +304,30 @@ pub fn validate(
 }
 
 type DimValues<'r> = HashMap<(&'r str, &'r str), &'r DimensionValue>;
+
+/// [`check_account`], skipped when `acct` is the account `clean` last passed on the same date
+/// (the checks depend on the account, its dimension values and the date only).
+fn check_account_once<'j>(
+    clean: &mut Option<(&'j LedgerAccount, NaiveDate)>,
+    acct: &'j LedgerAccount,
+    line: &JournalLine,
+    offset: bool,
+    rd: &ReferenceData,
+    dim_values: &DimValues<'_>,
+    issues: &mut Vec<Issue>,
+) {
+    if let Some((a, date)) = *clean {
+        if date == line.trans_date
+            && a.main_account == acct.main_account
+            && a.dimensions == acct.dimensions
+        {
+            return;
+        }
+    }
+    let before = issues.len();
+    check_account(acct, line, offset, rd, dim_values, issues);
+    *clean = (issues.len() == before).then_some((acct, line.trans_date));
+}
 
 fn check_account(
     acct: &LedgerAccount,
