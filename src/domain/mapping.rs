@@ -1291,23 +1291,27 @@ fn build_journals(mut rows: Vec<RowLine>, b: &Build<'_>, issues: &mut Vec<Issue>
     };
     rows.sort_by_key(|r| (group_key(r), if offset { r.index } else { 0 }));
 
+    // Consumed from the back (the groups reversed), so the resolved rows shrink while the
+    // journal lines grow: the two are never both alive in full.
+    rows.reverse();
     let mut numbering = Numbering::new(b);
-    let mut start = 0;
-    while start < rows.len() {
-        let key = group_key(&rows[start]);
-        let len = rows[start..]
+    let mut chunk: Vec<RowLine> = Vec::new();
+    while let Some(last) = rows.last() {
+        let key = group_key(last);
+        let len = rows
             .iter()
+            .rev()
             .position(|r| group_key(r) != key)
-            .unwrap_or(rows.len() - start);
-        let group = &mut rows[start..start + len];
-        start += len;
-        let (le, cur, date) = (group[0].entity, group[0].currency, group[0].trans_date);
+            .unwrap_or(rows.len());
+        let group = &rows[rows.len() - len..];
+        let (le, cur, date) = (last.entity, last.currency, last.trans_date);
         if offset {
             // Each row is its own self-balancing voucher; residue is computed per
             // (entity, currency, date, balancing account) and booked once per such group.
-            let bal = group[0].balancing;
-            let members: Vec<usize> = group.iter().map(|r| r.index).collect();
-            let built = offset_group((le, cur, date, bal), group, b, issues).and_then(
+            let bal = last.balancing;
+            take_back(&mut rows, len, &mut chunk);
+            let members: Vec<usize> = chunk.iter().map(|r| r.index).collect();
+            let built = offset_group((le, cur, date, bal), &mut chunk, b, issues).and_then(
                 |(g, sum, residue)| {
                     add_totals(sum, residue, members[0])?;
                     Ok(g)
@@ -1327,7 +1331,11 @@ fn build_journals(mut rows: Vec<RowLine>, b: &Build<'_>, issues: &mut Vec<Issue>
         let reserve =
             balancing_accounts.len() + usize::from(cfg.rounding.book_to == RoundingTarget::Account);
         let per_voucher = cfg.journal.max_voucher_lines.saturating_sub(reserve).max(1);
-        for chunk in group.chunks_mut(per_voucher) {
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(per_voucher);
+            left -= n;
+            take_back(&mut rows, n, &mut chunk);
             let first = chunk[0].index;
             let v = DraftVoucher {
                 legal_entity: le,
@@ -1335,7 +1343,7 @@ fn build_journals(mut rows: Vec<RowLine>, b: &Build<'_>, issues: &mut Vec<Issue>
                 trans_date: date,
                 lines: Vec::with_capacity(chunk.len() + reserve),
             };
-            let built = lines_voucher(v, chunk, b, issues).and_then(|(v, sum, residue)| {
+            let built = lines_voucher(v, &mut chunk, b, issues).and_then(|(v, sum, residue)| {
                 add_totals(sum, residue, first)?;
                 Ok(v)
             });
@@ -1346,12 +1354,21 @@ fn build_journals(mut rows: Vec<RowLine>, b: &Build<'_>, issues: &mut Vec<Issue>
             }
         }
     }
-    drop(rows);
     Built {
         journals: numbering.finish(),
         mapped_total,
         residue: residue_total,
         overflows,
+    }
+}
+
+/// Moves the last `n` rows of `rows` (stored back to front) into `into`, front to back, and
+/// gives memory back once `rows` is less than half full.
+fn take_back(rows: &mut Vec<RowLine>, n: usize, into: &mut Vec<RowLine>) {
+    into.clear();
+    into.extend((0..n).map_while(|_| rows.pop()));
+    if rows.capacity() > 4096 && rows.len() < rows.capacity() / 2 {
+        rows.shrink_to_fit();
     }
 }
 

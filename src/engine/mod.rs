@@ -368,6 +368,7 @@ impl<'a> Engine<'a> {
             Mode::Post => rows,
             Mode::Preview => {
                 drop(rows);
+                release_freed_memory();
                 vec![]
             }
         };
@@ -963,6 +964,24 @@ impl Checked {
             formats,
             issues,
             posted: vec![],
+        }
+    }
+}
+
+/// Hands memory freed by dropping an extract back to the OS. The rows were parsed on a blocking
+/// thread, so glibc keeps their memory in that thread's arena, where the engine's thread does
+/// not reuse it: without this, a 100,000-row extract's ~30 MiB stays resident while mapping
+/// allocates its journals afresh. `malloc_trim` releases the free pages of every arena.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's `malloc_trim` takes no pointers and only returns free pages of the
+        // allocator's own heaps to the kernel; it is safe to call at any time from any thread.
+        unsafe {
+            malloc_trim(0);
         }
     }
 }
