@@ -1491,9 +1491,13 @@ impl Report {
                         .breakdown
                         .as_ref()
                         .map(|b| b.map_ns as f64 / 1000.0 / c.rows as f64);
+                    // Issue 16: at most 0.5 KiB per row on top of a fixed 16 MiB.
+                    let rss_limit = 16.0 + 0.5 * c.rows as f64 / 1024.0;
+                    let growth_kib =
+                        c.hwm_end_kib.saturating_sub(c.hwm_start_kib) as f64 / c.rows as f64;
                     n.push(format!(
-                        "Targets: peak RSS ≤ 128 MiB — {hwm_mib:.1} MiB, {}; mapping ≤ 2 µs CPU per row — {map_us:.2} µs for map + validate through the engine, {}{}.",
-                        yes(hwm_mib <= 128.0),
+                        "Targets: peak RSS ≤ 16 MiB + 0.5 KiB per row = {rss_limit:.1} MiB — {hwm_mib:.1} MiB ({growth_kib:.2} KiB per row over the process before the extract), {}; map + validate ≤ 2 µs CPU per row — {map_us:.2} µs through the engine, {}{}.",
+                        yes(hwm_mib <= rss_limit),
                         yes(map_us <= 2.0),
                         mapping_only.map_or(String::new(), |m| format!(
                             "; {m:.2} µs for `map_extract` alone, {}",

@@ -168,28 +168,168 @@ pub fn render_description(
     format!("{head}{tail}")
 }
 
-/// A row after its values were resolved, before lines are numbered.
-#[derive(Debug, Clone)]
+/// A line of a row after its values were resolved, before vouchers are built and lines
+/// numbered. Compact on purpose (a 100,000-row extract has 100,000 of them alive at once): the
+/// legal entity, currency and accounts are ids into the extract's [`Tables`], not copies.
+#[derive(Debug)]
 struct RowLine {
     index: usize,
-    legal_entity: String,
-    currency: String,
+    /// Legal entity (lower case), an id into [`Tables::strings`].
+    entity: u32,
+    /// Currency (upper case), an id into [`Tables::strings`].
+    currency: u32,
+    /// Line rule (`[[lines]]` position, 0 for the single-line form): its lineage column.
+    rule: u32,
     decimals: u32,
     trans_date: NaiveDate,
-    account: LedgerAccount,
-    balancing: LedgerAccount,
+    /// Id into [`Tables::accounts`].
+    account: u32,
+    /// Id into [`Tables::accounts`].
+    balancing: u32,
     exact: Decimal,
+    /// The rendered line text, with room reserved in front for its lineage reference (added
+    /// in place when the line is numbered).
     text: String,
-    /// The amount column of a `[[lines]]` line (its lineage with the row); `None` for the
-    /// single-line form.
-    column: Option<String>,
+}
+
+/// The strings and ledger accounts a large extract repeats (a handful of legal entities,
+/// currencies and accounts over 100,000 rows), each kept once.
+#[derive(Debug, Default)]
+struct Tables {
+    strings: Vec<String>,
+    string_ids: HashMap<String, u32>,
+    accounts: Vec<LedgerAccount>,
+    account_ids: HashMap<(u32, Dimensions), u32>,
+    /// Scratch for case folding without an allocation per row.
+    fold: String,
+}
+
+/// Below this many entries a table is searched in order (no hashing per row).
+const SCAN: usize = 16;
+
+impl Tables {
+    fn string(&mut self, s: &str) -> u32 {
+        if self.strings.len() <= SCAN {
+            if let Some(i) = self.strings.iter().position(|k| k == s) {
+                return i as u32;
+            }
+        } else if let Some(&id) = self.string_ids.get(s) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(s.to_string());
+        self.string_ids.insert(s.to_string(), id);
+        id
+    }
+
+    /// `s` in ASCII lower (or upper) case, interned.
+    fn folded(&mut self, s: &str, upper: bool) -> u32 {
+        let mut fold = std::mem::take(&mut self.fold);
+        fold.clear();
+        fold.push_str(s);
+        if upper {
+            fold.make_ascii_uppercase();
+        } else {
+            fold.make_ascii_lowercase();
+        }
+        let id = self.string(&fold);
+        self.fold = fold;
+        id
+    }
+
+    fn account(&mut self, main: &str, dimensions: Dimensions) -> u32 {
+        let main_id = self.string(main);
+        if self.accounts.len() <= SCAN {
+            // Interned dimension sets compare by pointer first.
+            if let Some(i) = self
+                .accounts
+                .iter()
+                .position(|a| a.dimensions == dimensions && a.main_account.as_str() == main)
+            {
+                return i as u32;
+            }
+        } else if let Some(&id) = self.account_ids.get(&(main_id, dimensions.clone())) {
+            return id;
+        }
+        let id = self.accounts.len() as u32;
+        self.accounts.push(LedgerAccount {
+            main_account: main.to_string(),
+            dimensions: dimensions.clone(),
+        });
+        self.account_ids.insert((main_id, dimensions), id);
+        id
+    }
+
+    fn str(&self, id: u32) -> &str {
+        &self.strings[id as usize]
+    }
+
+    fn acct(&self, id: u32) -> &LedgerAccount {
+        &self.accounts[id as usize]
+    }
+
+    /// Each string's position in string order: ids that compare as their strings do.
+    fn string_ranks(&self) -> Vec<u32> {
+        ranks(&self.strings)
+    }
+
+    /// Each account's position in account order.
+    fn account_ranks(&self) -> Vec<u32> {
+        ranks(&self.accounts)
+    }
+}
+
+fn ranks<T: Ord>(items: &[T]) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| items[a].cmp(&items[b]));
+    let mut rank = vec![0u32; items.len()];
+    for (r, i) in order.into_iter().enumerate() {
+        rank[i] = r as u32;
+    }
+    rank
+}
+
+/// An extract read and checked row by row, before vouchers are built: everything mapping needs
+/// from the extract, so a caller that has no further use for the rows can drop them before the
+/// journals are built (see [`resolve_extract`]).
+#[derive(Debug)]
+pub struct Resolved {
+    /// Mapping stopped before reading rows (the result lacks columns, the line rules do not
+    /// resolve): the outcome as it is.
+    stopped: Option<Mapped>,
+    rows: Vec<RowOutcome>,
+    issues: Vec<Issue>,
+    source_total: Decimal,
+    lines: Vec<RowLine>,
+    tables: Tables,
+    /// The lineage column of each line rule, by rule position.
+    lineage: Vec<Option<String>>,
 }
 
 /// Maps every row; never panics on data, records a row error instead.
 pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
+    resolve_extract(extract, ctx).build(ctx)
+}
+
+/// The first half of [`map_extract`]: every row's values read and checked. The result no
+/// longer borrows the extract.
+pub fn resolve_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Resolved {
     let cfg = ctx.config;
     let mut issues = Vec::new();
     let mut rows_out = Vec::with_capacity(extract.rows.len());
+    let stopped = |rows, issues| Resolved {
+        stopped: Some(Mapped {
+            rows,
+            issues,
+            ..Mapped::empty()
+        }),
+        rows: vec![],
+        issues: vec![],
+        source_total: Decimal::ZERO,
+        lines: vec![],
+        tables: Tables::default(),
+        lineage: vec![],
+    };
 
     // Columns the mapping needs but the result doesn't have: one clear issue each, instead of
     // the same error on every row.
@@ -226,15 +366,10 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
                 errors: vec!["not mapped: the result lacks columns the mapping needs".into()],
             });
         }
-        return Mapped {
-            rows: rows_out,
-            issues,
-            ..Mapped::empty()
-        };
+        return stopped(rows_out, issues);
     }
 
     let mut source_total = Decimal::ZERO;
-    let mut resolved: Vec<RowLine> = Vec::with_capacity(extract.rows.len());
     let rules = match cfg.line_rules() {
         Ok(r) => r,
         Err(e) => {
@@ -248,17 +383,15 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
                     errors: vec![format!("not mapped: {e}")],
                 });
             }
-            return Mapped {
-                rows: rows_out,
-                issues,
-                ..Mapped::empty()
-            };
+            return stopped(rows_out, issues);
         }
     };
     let mut plan = RowPlan::new(extract, ctx, &rules);
+    let mut resolved: Vec<RowLine> = Vec::with_capacity(extract.rows.len() * plan.lines.len());
     let mut amounts: Vec<Option<Decimal>> = Vec::with_capacity(rules.len());
+    let mut errs: Vec<(String, String)> = Vec::new();
     for row in &extract.rows {
-        let mut errs: Vec<(String, String)> = Vec::new();
+        errs.clear();
         amounts.clear();
         for line in &plan.lines {
             let mut amount = read_amount(row, &line.rule.amount, cfg.amount.max_abs, &mut errs);
@@ -276,15 +409,17 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
             }
             amounts.push(amount);
         }
-        let lines = resolve_row(row, &amounts, ctx, &mut plan, &mut errs);
+        let before = resolved.len();
+        resolve_row(row, &amounts, ctx, &mut plan, &mut errs, &mut resolved);
         if plan.lines.len() > 1 && errs.len() > 1 {
             // A dimension every line shares is resolved once per line: report each problem once.
             let mut seen = std::collections::HashSet::new();
             errs.retain(|e| seen.insert(e.clone()));
         }
         let status = if !errs.is_empty() {
+            resolved.truncate(before);
             RowStatus::Rejected
-        } else if lines.is_empty() {
+        } else if resolved.len() == before {
             RowStatus::Skipped
         } else {
             RowStatus::Mapped
@@ -298,67 +433,94 @@ pub fn map_extract(extract: &Extract, ctx: &MappingContext<'_>) -> Mapped {
             line_nos: vec![],
             errors: errs.iter().map(|(f, m)| format!("{f}: {m}")).collect(),
         });
-        if errs.is_empty() {
-            resolved.extend(lines);
-        }
     }
-
-    let built = build_journals(resolved, ctx, &mut issues);
-    let (journals, mapped_total, residue) = (built.journals, built.mapped_total, built.residue);
-    check_line_amounts(&journals, cfg, &mut issues);
-    // Rows of vouchers whose sums overflowed: rejected, the row the overflow happened at named.
-    let mut row_errors: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for (o, members) in built.overflows {
-        let field = o.field.clone().unwrap_or_else(|| amount_field(cfg));
-        let message = overflow_message(o.amount, o.what, Overflow);
-        row_errors
-            .entry(o.row)
-            .or_default()
-            .push(format!("{field}: {message}"));
-        issues.push(Issue::row(o.row, field.clone(), message));
-        for r in members.into_iter().filter(|r| *r != o.row) {
-            row_errors.entry(r).or_default().push(format!(
-                "{field}: not mapped: its voucher could not be totalled (see row {})",
-                o.row
-            ));
-        }
-    }
-    if !row_errors.is_empty() {
-        for r in &mut rows_out {
-            if let Some(errors) = row_errors.remove(&r.index) {
-                r.status = RowStatus::Rejected;
-                r.errors.extend(errors);
-            }
-        }
-    }
-    // Tell each row which lines it became. Rows normally sit at their own index: fill those
-    // in place; a map only for any that do not.
-    let mut by_row: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-    for j in &journals {
-        for l in &j.lines {
-            for r in &l.source_rows {
-                match rows_out.get_mut(*r) {
-                    Some(o) if o.index == *r => o.line_nos.push(l.line_no),
-                    _ => by_row.entry(*r).or_default().push(l.line_no),
-                }
-            }
-        }
-    }
-    for r in &mut rows_out {
-        if let Some(nos) = by_row.remove(&r.index) {
-            r.line_nos = nos;
-        } else if r.line_nos.is_empty() && r.status == RowStatus::Mapped {
-            // Rounded to zero: its exact amount lives on in the residue.
-            r.status = RowStatus::Skipped;
-        }
-    }
-    Mapped {
-        journals,
+    resolved.shrink_to_fit();
+    Resolved {
+        stopped: None,
         rows: rows_out,
         issues,
         source_total,
-        mapped_total,
-        rounding_residue: residue,
+        lines: resolved,
+        lineage: plan
+            .lines
+            .iter()
+            .map(|l| l.rule.lineage.map(str::to_string))
+            .collect(),
+        tables: std::mem::take(&mut plan.tables),
+    }
+}
+
+impl Resolved {
+    /// The second half of [`map_extract`]: vouchers, balancing and rounding lines, numbering,
+    /// parts, and which lines each row became.
+    pub fn build(self, ctx: &MappingContext<'_>) -> Mapped {
+        if let Some(m) = self.stopped {
+            return m;
+        }
+        let cfg = ctx.config;
+        let (mut issues, mut rows_out) = (self.issues, self.rows);
+        let b = Build {
+            ctx,
+            tables: &self.tables,
+            lineage: &self.lineage,
+        };
+        let built = build_journals(self.lines, &b, &mut issues);
+        let (journals, mapped_total, residue) = (built.journals, built.mapped_total, built.residue);
+        check_line_amounts(&journals, cfg, &mut issues);
+        // Rows of vouchers whose sums overflowed: rejected, the row the overflow happened at named.
+        let mut row_errors: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (o, members) in built.overflows {
+            let field = o.field.clone().unwrap_or_else(|| amount_field(cfg));
+            let message = overflow_message(o.amount, o.what, Overflow);
+            row_errors
+                .entry(o.row)
+                .or_default()
+                .push(format!("{field}: {message}"));
+            issues.push(Issue::row(o.row, field.clone(), message));
+            for r in members.into_iter().filter(|r| *r != o.row) {
+                row_errors.entry(r).or_default().push(format!(
+                    "{field}: not mapped: its voucher could not be totalled (see row {})",
+                    o.row
+                ));
+            }
+        }
+        if !row_errors.is_empty() {
+            for r in &mut rows_out {
+                if let Some(errors) = row_errors.remove(&r.index) {
+                    r.status = RowStatus::Rejected;
+                    r.errors.extend(errors);
+                }
+            }
+        }
+        // Tell each row which lines it became. Rows normally sit at their own index: fill those
+        // in place; a map only for any that do not.
+        let mut by_row: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        for j in &journals {
+            for l in &j.lines {
+                for r in &l.source_rows {
+                    match rows_out.get_mut(*r) {
+                        Some(o) if o.index == *r => o.line_nos.push(l.line_no),
+                        _ => by_row.entry(*r).or_default().push(l.line_no),
+                    }
+                }
+            }
+        }
+        for r in &mut rows_out {
+            if let Some(nos) = by_row.remove(&r.index) {
+                r.line_nos = nos;
+            } else if r.line_nos.is_empty() && r.status == RowStatus::Mapped {
+                // Rounded to zero: its exact amount lives on in the residue.
+                r.status = RowStatus::Skipped;
+            }
+        }
+        Mapped {
+            journals,
+            rows: rows_out,
+            issues,
+            source_total: self.source_total,
+            mapped_total,
+            rounding_residue: residue,
+        }
     }
 }
 
@@ -486,6 +648,16 @@ struct RowPlan<'a> {
     trans_date: Option<Col<'a>>,
     interned: HashMap<String, Dimensions>,
     key_buf: String,
+    /// Legal entities, currencies and accounts seen so far.
+    tables: Tables,
+    /// Scratch of `resolve_row`: each line's account and text.
+    per_line: Vec<(Option<u32>, String)>,
+    /// Scratch for rendering line texts.
+    text_buf: String,
+    /// The last currency id seen and its decimals.
+    last_currency: Option<(u32, Option<u32>)>,
+    /// Bytes a line text reserves for the lineage reference put in front of it when numbered.
+    text_reserve: usize,
 }
 
 /// One journal line of a row, its rule resolved against the extract's columns.
@@ -569,6 +741,12 @@ impl<'a> RowPlan<'a> {
             trans_date,
             interned: HashMap::new(),
             key_buf: String::new(),
+            tables: Tables::default(),
+            per_line: Vec::new(),
+            text_buf: String::new(),
+            last_currency: None,
+            // `{run_key}.L{line_no:04} `, line numbers up to 9,999,999.
+            text_reserve: ctx.run_key.len() + ".L ".len() + 7,
             shared,
         }
     }
@@ -611,22 +789,27 @@ fn parse_template<'a>(
     pieces
 }
 
-fn render_text(plan: &RowPlan<'_>, line: usize, row: &SourceRow) -> String {
-    let mut out = String::with_capacity(64);
+/// The line text of a row, in a string sized to take its lineage reference later.
+fn render_text(plan: &mut RowPlan<'_>, line: usize, row: &SourceRow) -> String {
+    let mut buf = std::mem::take(&mut plan.text_buf);
+    buf.clear();
     for piece in &plan.lines[line].text {
         match piece {
-            Piece::Literal(s) => out.push_str(s),
-            Piece::Fixed(s) => out.push_str(s),
+            Piece::Literal(s) => buf.push_str(s),
+            Piece::Fixed(s) => buf.push_str(s),
             Piece::Column(c) => match plan.cell(row, *c) {
-                Some(cell) => push_display(&mut out, cell),
+                Some(cell) => push_display(&mut buf, cell),
                 None => {
-                    out.push('{');
-                    out.push_str(c.name);
-                    out.push('}');
+                    buf.push('{');
+                    buf.push_str(c.name);
+                    buf.push('}');
                 }
             },
         }
     }
+    let mut out = String::with_capacity(plan.text_reserve + buf.len());
+    out.push_str(&buf);
+    plan.text_buf = buf;
     out
 }
 
@@ -754,23 +937,30 @@ fn resolve_dims(
     dims
 }
 
-/// The lines of one row, given the amounts read for each of its line rules (`None` where the
-/// amount could not be read: `errs` says why). Zero amounts make no line (or an error under
-/// `amount.zero = "reject"`).
+/// The lines of one row, appended to `out`, given the amounts read for each of its line rules
+/// (`None` where the amount could not be read: `errs` says why). Zero amounts make no line (or
+/// an error under `amount.zero = "reject"`). The caller drops what was appended when `errs`
+/// is not empty.
 fn resolve_row(
     row: &SourceRow,
     amounts: &[Option<Decimal>],
     ctx: &MappingContext<'_>,
     plan: &mut RowPlan<'_>,
     errs: &mut Vec<(String, String)>,
-) -> Vec<RowLine> {
+    out: &mut Vec<RowLine>,
+) {
     let cfg = ctx.config;
-    let legal_entity = resolve_value(plan, &plan.legal_entity, row, "journal.legal_entity", errs)
-        .map(|s| s.to_ascii_lowercase());
+    let entity = resolve_value(plan, &plan.legal_entity, row, "journal.legal_entity", errs)
+        .map(|s| plan.tables.folded(&s, false));
     let currency = resolve_value(plan, &plan.currency, row, "journal.currency", errs)
-        .map(|s| s.to_ascii_uppercase());
-    let decimals = currency.as_ref().and_then(|c| {
-        let d = ctx.precision.decimals(c);
+        .map(|s| plan.tables.folded(&s, true));
+    let decimals = currency.and_then(|id| {
+        let c = plan.tables.str(id);
+        let d = match plan.last_currency {
+            Some((last, d)) if last == id => d,
+            _ => ctx.precision.decimals(c),
+        };
+        plan.last_currency = Some((id, d));
         if d.is_none() {
             errs.push((
                 "journal.currency".into(),
@@ -804,14 +994,15 @@ fn resolve_row(
         Err(_) => None,
     };
     // Per line: account, dimensions, text (in line order, so errors come out in that order).
-    let mut per_line = Vec::with_capacity(plan.lines.len());
+    let mut per_line = std::mem::take(&mut plan.per_line);
+    per_line.clear();
     for i in 0..plan.lines.len() {
         let line = &plan.lines[i];
-        let main =
-            resolve_value(plan, &line.account, row, &line.account_key, errs).map(Cow::into_owned);
+        let main = resolve_value(plan, &line.account, row, &line.account_key, errs);
         let dims = resolve_dims(plan, DimList::Line(i), row, errs);
+        let account = main.map(|m| plan.tables.account(&m, dims));
         let text = render_text(plan, i, row);
-        per_line.push((main, dims, text));
+        per_line.push((account, text));
     }
     let bal_main = resolve_value(
         plan,
@@ -819,71 +1010,45 @@ fn resolve_row(
         row,
         "balancing.account",
         errs,
-    )
-    .map(Cow::into_owned);
+    );
     let bal_dims = resolve_dims(plan, DimList::Balancing, row, errs);
+    let balancing = bal_main.map(|m| plan.tables.account(&m, bal_dims));
 
-    let (mut legal_entity, mut currency, mut bal_main) = (legal_entity, currency, bal_main);
-    let n = per_line.len();
-    let mut out = Vec::with_capacity(n);
-    for (i, (main, dims, text)) in per_line.into_iter().enumerate() {
-        // The last line takes the row's strings; earlier ones copy them (one line per row, the
-        // common case, copies nothing).
-        let share = |v: &mut Option<String>| {
-            if i + 1 == n {
-                v.take()
-            } else {
-                v.clone()
-            }
-        };
+    for (i, (account, text)) in per_line.drain(..).enumerate() {
         let Some(amount) = amounts.get(i).copied().flatten() else {
             continue;
         };
-        let line = &plan.lines[i];
         if amount.is_zero() {
             if cfg.amount.zero == ZeroAmounts::Reject {
-                errs.push((line.amount_field.clone(), "amount is zero".into()));
+                errs.push((plan.lines[i].amount_field.clone(), "amount is zero".into()));
             }
             continue;
         }
         let (
-            Some(legal_entity),
+            Some(entity),
             Some(currency),
             Some(decimals),
             Some(trans_date),
-            Some(main),
-            Some(bal_main),
-        ) = (
-            share(&mut legal_entity),
-            share(&mut currency),
-            decimals,
-            trans_date,
-            main,
-            share(&mut bal_main),
-        )
+            Some(account),
+            Some(balancing),
+        ) = (entity, currency, decimals, trans_date, account, balancing)
         else {
             continue;
         };
         out.push(RowLine {
             index: row.index,
-            legal_entity,
+            entity,
             currency,
+            rule: i as u32,
             decimals,
             trans_date,
-            account: LedgerAccount {
-                main_account: main,
-                dimensions: dims,
-            },
-            balancing: LedgerAccount {
-                main_account: bal_main,
-                dimensions: bal_dims.clone(),
-            },
+            account,
+            balancing,
             exact: amount,
             text,
-            column: line.rule.lineage.map(str::to_string),
         });
     }
-    out
+    plan.per_line = per_line;
 }
 
 fn amount_field(cfg: &InstanceConfig) -> String {
@@ -896,8 +1061,9 @@ fn amount_field(cfg: &InstanceConfig) -> String {
 
 /// A voucher before numbering: its detail rows and generated lines.
 struct DraftVoucher {
-    legal_entity: String,
-    currency: String,
+    /// Ids into [`Tables::strings`].
+    legal_entity: u32,
+    currency: u32,
     trans_date: NaiveDate,
     lines: Vec<JournalLine>,
 }
@@ -914,15 +1080,49 @@ struct RowOverflow {
     what: &'static str,
 }
 
-impl RowOverflow {
+/// What building vouchers reads besides the rows: the run's context and the extract's tables.
+struct Build<'b> {
+    ctx: &'b MappingContext<'b>,
+    tables: &'b Tables,
+    lineage: &'b [Option<String>],
+}
+
+impl Build<'_> {
     /// For `map_err`: the overflow happened adding `row`'s amount to `what`.
-    fn at(row: &RowLine, what: &'static str) -> impl FnOnce(Overflow) -> RowOverflow {
-        let (r, amount, field) = (row.index, row.exact, row.column.clone());
+    fn overflow_at(
+        &self,
+        row: &RowLine,
+        what: &'static str,
+    ) -> impl FnOnce(Overflow) -> RowOverflow {
+        let (r, amount) = (row.index, row.exact);
+        let field = self.lineage[row.rule as usize].clone();
         move |_| RowOverflow {
             row: r,
             field,
             amount,
             what,
+        }
+    }
+
+    /// The detail line of a row; its text moves into the line.
+    fn detail_line(
+        &self,
+        r: &mut RowLine,
+        rounded: Decimal,
+        offset: Option<LedgerAccount>,
+    ) -> JournalLine {
+        JournalLine {
+            line_no: 0,
+            voucher: 0,
+            trans_date: r.trans_date,
+            account: self.tables.acct(r.account).clone(),
+            offset_account: offset,
+            currency: self.tables.str(r.currency).to_string(),
+            amount: rounded,
+            text: std::mem::take(&mut r.text),
+            kind: LineKind::Detail,
+            source_rows: vec![r.index],
+            source_column: self.lineage[r.rule as usize].clone(),
         }
     }
 }
@@ -936,12 +1136,112 @@ struct Built {
     overflows: Vec<(RowOverflow, Vec<usize>)>,
 }
 
-fn build_journals(
-    rows: Vec<RowLine>,
-    ctx: &MappingContext<'_>,
-    issues: &mut Vec<super::validation::Issue>,
-) -> Built {
-    let cfg = ctx.config;
+/// Numbers vouchers and lines across the whole run as the vouchers arrive (in legal-entity
+/// order) and puts each legal entity's vouchers into parts of at most `max_lines` lines, the
+/// greedy rule of [`partition_vouchers`] applied as they come: no journal is built whole and
+/// then copied into its parts.
+struct Numbering<'n> {
+    b: &'n Build<'n>,
+    journals: Vec<Journal>,
+    entity: Option<u32>,
+    parts: Vec<Vec<JournalLine>>,
+    part_lines: usize,
+    voucher_no: u32,
+    line_no: u32,
+    prefix: String,
+}
+
+impl<'n> Numbering<'n> {
+    fn new(b: &'n Build<'n>) -> Self {
+        Numbering {
+            b,
+            journals: Vec::new(),
+            entity: None,
+            parts: Vec::new(),
+            part_lines: 0,
+            voucher_no: 0,
+            line_no: 0,
+            prefix: String::new(),
+        }
+    }
+
+    fn push(&mut self, v: DraftVoucher) {
+        if self.entity != Some(v.legal_entity) {
+            self.finish_entity();
+            self.entity = Some(v.legal_entity);
+        }
+        self.voucher_no += 1;
+        let n = v.lines.len();
+        if n == 0 {
+            return;
+        }
+        let max_lines = self.b.ctx.config.journal.max_journal_lines;
+        if self.parts.is_empty() || (self.part_lines > 0 && self.part_lines + n > max_lines) {
+            self.parts.push(Vec::new());
+            self.part_lines = 0;
+        }
+        self.part_lines += n;
+        let (run_key, max) = (self.b.ctx.run_key, self.b.ctx.config.journal.max_text_len);
+        let Some(part) = self.parts.last_mut() else {
+            return;
+        };
+        part.reserve(n);
+        for mut l in v.lines {
+            self.line_no += 1;
+            l.line_no = self.line_no;
+            l.voucher = self.voucher_no;
+            number_text(&mut l.text, run_key, self.line_no, max, &mut self.prefix);
+            part.push(l);
+        }
+    }
+
+    /// Closes the current legal entity's journal: one header, or one per part.
+    fn finish_entity(&mut self) {
+        let Some(entity) = self.entity.take() else {
+            return;
+        };
+        let ctx = self.b.ctx;
+        let cfg = ctx.config;
+        let mut parts = std::mem::take(&mut self.parts);
+        self.part_lines = 0;
+        if parts.is_empty() {
+            parts.push(Vec::new());
+        }
+        let of = parts.len() as u32;
+        let legal_entity = self.b.tables.str(entity);
+        for (i, lines) in parts.into_iter().enumerate() {
+            let part = JournalPart {
+                part: i as u32 + 1,
+                of,
+            };
+            let key = if of == 1 {
+                // A journal within the limit stays one unsplit header.
+                ctx.run_key.to_string()
+            } else {
+                part_key(ctx.run_key, part)
+            };
+            self.journals.push(Journal {
+                legal_entity: legal_entity.to_string(),
+                journal_name: cfg.journal.journal_name.clone(),
+                description: render_description(cfg, &key, None, &ctx.period.label),
+                part: if of == 1 {
+                    JournalPart::default()
+                } else {
+                    part
+                },
+                lines,
+            });
+        }
+    }
+
+    fn finish(mut self) -> Vec<Journal> {
+        self.finish_entity();
+        self.journals
+    }
+}
+
+fn build_journals(mut rows: Vec<RowLine>, b: &Build<'_>, issues: &mut Vec<Issue>) -> Built {
+    let cfg = b.ctx.config;
     let mut mapped_total = Decimal::ZERO;
     let mut residue_total = Decimal::ZERO;
     let mut overflows = Vec::new();
@@ -964,123 +1264,111 @@ fn build_journals(
         }),
     };
 
-    // Group rows into vouchers, deterministically ordered.
-    let mut groups: BTreeMap<(String, String, NaiveDate, usize), Vec<RowLine>> = BTreeMap::new();
-    for r in rows {
-        let per_row = cfg.balancing.style == BalancingStyle::Offset
-            || cfg.journal.voucher_by == VoucherBy::Row;
-        let discriminator = if per_row { r.index } else { 0 };
-        groups
-            .entry((
-                r.legal_entity.clone(),
-                r.currency.clone(),
-                r.trans_date,
-                discriminator,
-            ))
-            .or_default()
-            .push(r);
-    }
+    // Vouchers group rows by (legal entity, currency, date), and by row under `voucher_by =
+    // "row"`; style `offset` groups by (legal entity, currency, date, balancing account) with
+    // the rows in row order. Sorted by string rank, stably: rows keep their extract order
+    // within a group, as in the map of groups this replaces.
+    let offset = cfg.balancing.style == BalancingStyle::Offset;
+    let per_row = offset || cfg.journal.voucher_by == VoucherBy::Row;
+    let ranks = b.tables.string_ranks();
+    let account_ranks = if offset {
+        b.tables.account_ranks()
+    } else {
+        vec![]
+    };
+    let group_key = |r: &RowLine| {
+        (
+            ranks[r.entity as usize],
+            ranks[r.currency as usize],
+            r.trans_date,
+            if offset {
+                account_ranks[r.balancing as usize]
+            } else {
+                0
+            },
+            if per_row && !offset { r.index } else { 0 },
+        )
+    };
+    rows.sort_by_key(|r| (group_key(r), if offset { r.index } else { 0 }));
 
-    let mut vouchers: Vec<DraftVoucher> = Vec::new();
-    match cfg.balancing.style {
-        BalancingStyle::Lines => {
-            // Split each group into vouchers that leave room for their balancing and rounding
-            // lines within `max_voucher_lines`.
-            let mut chunks: Vec<((String, String, NaiveDate), Vec<RowLine>)> = Vec::new();
-            for ((le, cur, date, _), rows) in groups {
-                let balancing_accounts: std::collections::BTreeSet<&LedgerAccount> =
-                    rows.iter().map(|r| &r.balancing).collect();
-                let reserve = balancing_accounts.len()
-                    + usize::from(cfg.rounding.book_to == RoundingTarget::Account);
-                let per_voucher = cfg.journal.max_voucher_lines.saturating_sub(reserve).max(1);
-                // Moved into chunks, not cloned: a large group would otherwise exist twice.
-                let mut rows = rows.into_iter().peekable();
-                while rows.peek().is_some() {
-                    let chunk: Vec<RowLine> = rows.by_ref().take(per_voucher).collect();
-                    chunks.push(((le.clone(), cur.clone(), date), chunk));
-                }
-            }
-            for ((le, cur, date), rows) in chunks {
-                let members: Vec<usize> = rows.iter().map(|r| r.index).collect();
-                let v = DraftVoucher {
-                    legal_entity: le,
-                    currency: cur,
-                    trans_date: date,
-                    lines: vec![],
-                };
-                let built = lines_voucher(v, rows, ctx, issues).and_then(|(v, sum, residue)| {
-                    add_totals(sum, residue, members[0])?;
-                    Ok(v)
-                });
-                match built {
-                    Ok(v) if v.lines.is_empty() => {}
-                    Ok(v) => vouchers.push(v),
-                    Err(o) => overflows.push((o, members)),
-                }
-            }
-        }
-        BalancingStyle::Offset => {
+    // Consumed from the back (the groups reversed), so the resolved rows shrink while the
+    // journal lines grow: the two are never both alive in full.
+    rows.reverse();
+    let mut numbering = Numbering::new(b);
+    let mut chunk: Vec<RowLine> = Vec::new();
+    while let Some(last) = rows.last() {
+        let key = group_key(last);
+        let len = rows
+            .iter()
+            .rev()
+            .position(|r| group_key(r) != key)
+            .unwrap_or(rows.len());
+        let group = &rows[rows.len() - len..];
+        let (le, cur, date) = (last.entity, last.currency, last.trans_date);
+        if offset {
             // Each row is its own self-balancing voucher; residue is computed per
             // (entity, currency, date, balancing account) and booked once per such group.
-            let mut by_bal: BTreeMap<(String, String, NaiveDate, LedgerAccount), Vec<RowLine>> =
-                BTreeMap::new();
-            for ((le, cur, date, _), rows) in groups {
-                for r in rows {
-                    by_bal
-                        .entry((le.clone(), cur.clone(), date, r.balancing.clone()))
-                        .or_default()
-                        .push(r);
-                }
-            }
-            for (key, rows) in by_bal {
-                let members: Vec<usize> = rows.iter().map(|r| r.index).collect();
-                let built = offset_group(key, rows, ctx, issues).and_then(|(g, sum, residue)| {
+            let bal = last.balancing;
+            take_back(&mut rows, len, &mut chunk);
+            let members: Vec<usize> = chunk.iter().map(|r| r.index).collect();
+            let built = offset_group((le, cur, date, bal), &mut chunk, b, issues).and_then(
+                |(g, sum, residue)| {
                     add_totals(sum, residue, members[0])?;
                     Ok(g)
-                });
-                match built {
-                    Ok(group) => vouchers.extend(group),
-                    Err(o) => overflows.push((o, members)),
-                }
+                },
+            );
+            match built {
+                Ok(vouchers) => vouchers.into_iter().for_each(|v| numbering.push(v)),
+                Err(o) => overflows.push((o, members)),
+            }
+            continue;
+        }
+        // Split each group into vouchers that leave room for their balancing and rounding
+        // lines within `max_voucher_lines`.
+        let mut balancing_accounts: Vec<u32> = group.iter().map(|r| r.balancing).collect();
+        balancing_accounts.sort_unstable();
+        balancing_accounts.dedup();
+        let reserve =
+            balancing_accounts.len() + usize::from(cfg.rounding.book_to == RoundingTarget::Account);
+        let per_voucher = cfg.journal.max_voucher_lines.saturating_sub(reserve).max(1);
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(per_voucher);
+            left -= n;
+            take_back(&mut rows, n, &mut chunk);
+            let first = chunk[0].index;
+            let v = DraftVoucher {
+                legal_entity: le,
+                currency: cur,
+                trans_date: date,
+                lines: Vec::with_capacity(chunk.len() + reserve),
+            };
+            let built = lines_voucher(v, &mut chunk, b, issues).and_then(|(v, sum, residue)| {
+                add_totals(sum, residue, first)?;
+                Ok(v)
+            });
+            match built {
+                Ok(v) if v.lines.is_empty() => {}
+                Ok(v) => numbering.push(v),
+                Err(o) => overflows.push((o, chunk.iter().map(|r| r.index).collect())),
             }
         }
     }
-
-    // Number vouchers and lines across the whole run, journal by journal.
-    let mut journals: BTreeMap<String, Journal> = BTreeMap::new();
-    let mut voucher_no = 0u32;
-    let mut line_no = 0u32;
-    let mut ordered: Vec<DraftVoucher> = vouchers;
-    ordered.sort_by(|a, b| a.legal_entity.cmp(&b.legal_entity));
-    let description = render_description(cfg, ctx.run_key, None, &ctx.period.label);
-    for v in ordered {
-        voucher_no += 1;
-        let j = journals
-            .entry(v.legal_entity.clone())
-            .or_insert_with(|| Journal {
-                legal_entity: v.legal_entity.clone(),
-                journal_name: cfg.journal.journal_name.clone(),
-                description: description.clone(),
-                part: JournalPart::default(),
-                lines: vec![],
-            });
-        for mut l in v.lines {
-            line_no += 1;
-            l.line_no = line_no;
-            l.voucher = voucher_no;
-            l.text = numbered_text(ctx.run_key, line_no, &l.text, cfg.journal.max_text_len);
-            j.lines.push(l);
-        }
-    }
-    let max_lines = cfg.journal.max_journal_lines;
     Built {
-        journals: journals
-            .into_values()
-            .flat_map(|j| split_journal(j, max_lines, ctx))
-            .collect(),
+        journals: numbering.finish(),
         mapped_total,
         residue: residue_total,
         overflows,
+    }
+}
+
+/// Moves the last `n` rows of `rows` (stored back to front) into `into`, front to back, and
+/// gives memory back once `rows` is less than half full.
+fn take_back(rows: &mut Vec<RowLine>, n: usize, into: &mut Vec<RowLine>) {
+    into.clear();
+    into.extend((0..n).map_while(|_| rows.pop()));
+    if rows.capacity() > 4096 && rows.len() < rows.capacity() / 2 {
+        rows.shrink_to_fit();
     }
 }
 
@@ -1089,26 +1377,25 @@ fn build_journals(
 /// voucher, the sum of its rounded detail lines and the residue; every sum is checked.
 fn lines_voucher(
     mut v: DraftVoucher,
-    rows: Vec<RowLine>,
-    ctx: &MappingContext<'_>,
+    rows: &mut [RowLine],
+    b: &Build<'_>,
     issues: &mut Vec<Issue>,
 ) -> Result<(DraftVoucher, Decimal, Decimal), RowOverflow> {
+    let ctx = b.ctx;
     let decimals = rows[0].decimals;
     // Exact total per balancing account, and its first row (named if the rounded totals do
-    // not add up).
-    let mut balancing: BTreeMap<LedgerAccount, (Decimal, usize)> = BTreeMap::new();
-    for r in &rows {
-        // Clone the account only for a new key (this runs for every row).
-        match balancing.get_mut(&r.balancing) {
-            Some((total, _)) => money::add_to(total, r.exact)
-                .map_err(RowOverflow::at(r, "the voucher's balancing total"))?,
-            None => {
-                balancing.insert(r.balancing.clone(), (r.exact, r.index));
-            }
+    // not add up). A voucher has a handful: a list, put in account order below.
+    let mut balancing: Vec<(u32, Decimal, usize)> = Vec::new();
+    for r in rows.iter() {
+        match balancing.iter_mut().find(|(a, _, _)| *a == r.balancing) {
+            Some((_, total, _)) => money::add_to(total, r.exact)
+                .map_err(b.overflow_at(r, "the voucher's balancing total"))?,
+            None => balancing.push((r.balancing, r.exact, r.index)),
         }
     }
+    balancing.sort_by(|x, y| b.tables.acct(x.0).cmp(b.tables.acct(y.0)));
     let mut balancing_total = Decimal::ZERO;
-    for (total, first) in balancing.values() {
+    for (_, total, first) in &balancing {
         balancing_total =
             money::add(balancing_total, round(*total, decimals)).map_err(|_| RowOverflow {
                 row: *first,
@@ -1119,14 +1406,14 @@ fn lines_voucher(
     }
     let first = rows[0].index;
     let mut detail_sum = Decimal::ZERO;
-    for r in rows {
+    for r in rows.iter_mut() {
         let rounded = round(r.exact, decimals);
         if rounded.is_zero() {
             continue;
         }
         detail_sum =
-            money::add(detail_sum, rounded).map_err(RowOverflow::at(&r, "the voucher's lines"))?;
-        v.lines.push(detail_line(r, rounded, None));
+            money::add(detail_sum, rounded).map_err(b.overflow_at(r, "the voucher's lines"))?;
+        v.lines.push(b.detail_line(r, rounded, None));
     }
     let residue = money::sub(balancing_total, detail_sum).map_err(|_| RowOverflow {
         row: first,
@@ -1134,8 +1421,8 @@ fn lines_voucher(
         amount: balancing_total,
         what: "the voucher's rounding residue (the amount is the voucher's balancing total)",
     })?;
-    book_residue(&mut v, residue, None, ctx, issues)?;
-    for (acct, (total, _)) in balancing {
+    book_residue(&mut v, residue, None, b, issues)?;
+    for (acct, total, _) in balancing {
         // Negating a decimal cannot overflow.
         let amt = -round(total, decimals);
         if amt.is_zero() {
@@ -1145,9 +1432,9 @@ fn lines_voucher(
             line_no: 0,
             voucher: 0,
             trans_date: v.trans_date,
-            account: acct,
+            account: b.tables.acct(acct).clone(),
             offset_account: None,
-            currency: v.currency.clone(),
+            currency: b.tables.str(v.currency).to_string(),
             amount: amt,
             text: format!("Balancing {}", ctx.period.label),
             kind: LineKind::Balancing,
@@ -1162,33 +1449,34 @@ fn lines_voucher(
 /// balancing account), the group's residue booked once. Returns them, the sum of their rounded
 /// detail lines and the residue; every sum is checked.
 fn offset_group(
-    (le, cur, date, bal): (String, String, NaiveDate, LedgerAccount),
-    rows: Vec<RowLine>,
-    ctx: &MappingContext<'_>,
+    (le, cur, date, bal): (u32, u32, NaiveDate, u32),
+    rows: &mut [RowLine],
+    b: &Build<'_>,
     issues: &mut Vec<Issue>,
 ) -> Result<(Vec<DraftVoucher>, Decimal, Decimal), RowOverflow> {
-    let cfg = ctx.config;
+    let cfg = b.ctx.config;
     let decimals = rows[0].decimals;
     let mut exact = Decimal::ZERO;
-    for r in &rows {
+    for r in rows.iter() {
         money::add_to(&mut exact, r.exact)
-            .map_err(RowOverflow::at(r, "the total of its balancing account"))?;
+            .map_err(b.overflow_at(r, "the total of its balancing account"))?;
     }
     let first = rows[0].index;
+    let bal = b.tables.acct(bal);
     let mut group: Vec<DraftVoucher> = Vec::new();
     let mut detail_sum = Decimal::ZERO;
-    for r in rows {
+    for r in rows.iter_mut() {
         let rounded = round(r.exact, decimals);
         if rounded.is_zero() {
             continue;
         }
         detail_sum = money::add(detail_sum, rounded)
-            .map_err(RowOverflow::at(&r, "the lines of its balancing account"))?;
+            .map_err(b.overflow_at(r, "the lines of its balancing account"))?;
         group.push(DraftVoucher {
-            legal_entity: le.clone(),
-            currency: cur.clone(),
+            legal_entity: le,
+            currency: cur,
             trans_date: date,
-            lines: vec![detail_line(r, rounded, Some(bal.clone()))],
+            lines: vec![b.detail_line(r, rounded, Some(bal.clone()))],
         });
     }
     let residue = money::sub(round(exact, decimals), detail_sum).map_err(|_| RowOverflow {
@@ -1219,12 +1507,12 @@ fn offset_group(
             }
             RoundingTarget::Account => {
                 let mut v = DraftVoucher {
-                    legal_entity: le.clone(),
-                    currency: cur.clone(),
+                    legal_entity: le,
+                    currency: cur,
                     trans_date: date,
                     lines: vec![],
                 };
-                book_residue(&mut v, residue, Some(bal.clone()), ctx, issues)?;
+                book_residue(&mut v, residue, Some(bal.clone()), b, issues)?;
                 group.push(v);
             }
         }
@@ -1287,75 +1575,17 @@ pub fn partition_vouchers(sizes: &[usize], max_lines: usize) -> Vec<std::ops::Ra
     parts
 }
 
-/// Splits one legal entity's journal into parts of whole vouchers (see [`partition_vouchers`]),
-/// each with its own description key. A journal within the limit stays one unsplit header.
-fn split_journal(j: Journal, max_lines: usize, ctx: &MappingContext<'_>) -> Vec<Journal> {
-    if j.lines.len() <= max_lines {
-        return vec![j];
-    }
-    // Lines are numbered voucher by voucher, so a voucher's lines are contiguous.
-    let mut sizes: Vec<usize> = Vec::new();
-    let mut last = None;
-    for l in &j.lines {
-        match sizes.last_mut() {
-            Some(n) if last == Some(l.voucher) => *n += 1,
-            _ => sizes.push(1),
-        }
-        last = Some(l.voucher);
-    }
-    let ranges = partition_vouchers(&sizes, max_lines);
-    let of = ranges.len() as u32;
-    let mut lines = j.lines.into_iter();
-    let mut out = Vec::with_capacity(ranges.len());
-    for (i, r) in ranges.into_iter().enumerate() {
-        let n: usize = sizes[r].iter().sum();
-        let part = JournalPart {
-            part: i as u32 + 1,
-            of,
-        };
-        out.push(Journal {
-            legal_entity: j.legal_entity.clone(),
-            journal_name: j.journal_name.clone(),
-            description: render_description(
-                ctx.config,
-                &part_key(ctx.run_key, part),
-                None,
-                &ctx.period.label,
-            ),
-            part,
-            lines: lines.by_ref().take(n).collect(),
-        });
-    }
-    out
-}
-
-/// `{line_ref} {text}` cut to `max` characters, in one buffer (runs for every line).
-fn numbered_text(run_key: &str, line_no: u32, text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(run_key.len() + 8 + text.len());
+/// Puts `{line_ref} ` in front of `text` and cuts it to `max` characters, in place (the text
+/// was allocated with room for it): runs for every line.
+fn number_text(text: &mut String, run_key: &str, line_no: u32, max: usize, prefix: &mut String) {
+    prefix.clear();
     // The same reference as `line_ref` (the mapping tests check every line starts with it).
-    let _ = write!(out, "{run_key}.L{line_no:04} {text}");
-    if let Some((end, _)) = out.char_indices().nth(max) {
-        out.truncate(end);
+    let _ = write!(prefix, "{run_key}.L{line_no:04} ");
+    text.insert_str(0, prefix);
+    if let Some((end, _)) = text.char_indices().nth(max) {
+        text.truncate(end);
     }
-    out.truncate(out.trim_end().len());
-    out
-}
-
-/// Takes the row by value: its strings move into the line instead of being copied.
-fn detail_line(r: RowLine, rounded: Decimal, offset: Option<LedgerAccount>) -> JournalLine {
-    JournalLine {
-        line_no: 0,
-        voucher: 0,
-        trans_date: r.trans_date,
-        account: r.account,
-        offset_account: offset,
-        currency: r.currency,
-        amount: rounded,
-        text: r.text,
-        kind: LineKind::Detail,
-        source_rows: vec![r.index],
-        source_column: r.column,
-    }
+    text.truncate(text.trim_end().len());
 }
 
 /// Books `residue` in voucher `v`: onto its largest detail line, or as a rounding line.
@@ -1363,13 +1593,13 @@ fn book_residue(
     v: &mut DraftVoucher,
     residue: Decimal,
     offset: Option<LedgerAccount>,
-    ctx: &MappingContext<'_>,
+    b: &Build<'_>,
     issues: &mut Vec<Issue>,
 ) -> Result<(), RowOverflow> {
     if residue.is_zero() {
         return Ok(());
     }
-    let cfg = ctx.config;
+    let (ctx, cfg) = (b.ctx, b.ctx.config);
     match cfg.rounding.book_to {
         RoundingTarget::LargestLine => {
             // Largest absolute amount; ties go to the earliest source row.
@@ -1414,7 +1644,7 @@ fn book_residue(
                     dimensions: cfg.rounding.dimensions.clone().into(),
                 },
                 offset_account: offset,
-                currency: v.currency.clone(),
+                currency: b.tables.str(v.currency).to_string(),
                 amount: residue,
                 text: format!("Rounding residue {}", ctx.period.label),
                 kind: LineKind::Rounding,

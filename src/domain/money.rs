@@ -65,13 +65,18 @@ impl CurrencyPrecision {
 
     /// Decimal places for `code`, or `None` when the currency is unknown.
     pub fn decimals(&self, code: &str) -> Option<u32> {
-        let code = code.to_ascii_uppercase();
-        if let Some(d) = self.overrides.get(&code) {
+        // No allocation for a code already in upper case (every line asks).
+        let over = if code.bytes().any(|b| b.is_ascii_lowercase()) {
+            self.overrides.get(&code.to_ascii_uppercase())
+        } else {
+            self.overrides.get(code)
+        };
+        if let Some(d) = over {
             return Some(*d);
         }
         MINOR_UNITS
             .iter()
-            .find(|(c, _)| *c == code)
+            .find(|(c, _)| c.eq_ignore_ascii_case(code))
             .map(|(_, d)| *d)
     }
 }

@@ -166,81 +166,119 @@ pub fn validate(
             Some(_) => {}
         }
 
-        let mut voucher_sums: BTreeMap<u32, Decimal> = BTreeMap::new();
-        // Vouchers whose sum overflowed (reported once, at the line it happened).
-        let mut overflowed: BTreeSet<u32> = BTreeSet::new();
-        let mut voucher_dates: BTreeMap<u32, NaiveDate> = BTreeMap::new();
-        // Dimension values by borrowed (dimension, value): no key copies per line.
-        let dim_values: DimValues<'_> = rd
-            .dimension_values
-            .iter()
-            .map(|((d, v), dv)| ((d.as_str(), v.as_str()), dv))
-            .collect();
-        for line in &j.lines {
-            check_account(&line.account, line, false, rd, &dim_values, &mut issues);
-            if let Some(off) = &line.offset_account {
-                check_account(off, line, true, rd, &dim_values, &mut issues);
-            } else if let Err(e) =
-                money::add_to(voucher_sums.entry(line.voucher).or_default(), line.amount)
-            {
-                if overflowed.insert(line.voucher) {
-                    issues.push(Issue::for_line(
-                        line,
-                        le,
-                        "balancing",
-                        format!(
-                            "voucher {} cannot be totalled at this line (amount {}): {e}",
-                            line.voucher, line.amount
-                        ),
-                    ));
-                }
+        check_lines(j, rd, precision, &mut issues);
+    }
+    issues
+}
+
+/// The line-by-line checks of one journal against its legal entity's reference data: accounts
+/// and dimension values, voucher balance and dates, fiscal periods, currency decimals.
+fn check_lines(
+    j: &Journal,
+    rd: &ReferenceData,
+    precision: &CurrencyPrecision,
+    issues: &mut Vec<Issue>,
+) {
+    let le = &j.legal_entity;
+    let mut voucher_sums: BTreeMap<u32, Decimal> = BTreeMap::new();
+    // Vouchers whose sum overflowed (reported once, at the line it happened).
+    let mut overflowed: BTreeSet<u32> = BTreeSet::new();
+    let mut voucher_dates: BTreeMap<u32, NaiveDate> = BTreeMap::new();
+    // Dimension values by borrowed (dimension, value): no key copies per line.
+    let dim_values: DimValues<'_> = rd
+        .dimension_values
+        .iter()
+        .map(|((d, v), dv)| ((d.as_str(), v.as_str()), dv))
+        .collect();
+    // The last account (and offset account) found clean on a date: consecutive lines
+    // mostly repeat them (one interned dimension set), and a clean account stays clean.
+    let mut clean: Option<(&LedgerAccount, NaiveDate)> = None;
+    let mut clean_offset: Option<(&LedgerAccount, NaiveDate)> = None;
+    // The last currency and its decimals.
+    let mut last_currency: Option<(&str, Option<u32>)> = None;
+    for line in &j.lines {
+        check_account_once(
+            &mut clean,
+            &line.account,
+            line,
+            false,
+            rd,
+            &dim_values,
+            issues,
+        );
+        if let Some(off) = &line.offset_account {
+            check_account_once(&mut clean_offset, off, line, true, rd, &dim_values, issues);
+        } else if let Err(e) =
+            money::add_to(voucher_sums.entry(line.voucher).or_default(), line.amount)
+        {
+            if overflowed.insert(line.voucher) {
+                issues.push(Issue::for_line(
+                    line,
+                    le,
+                    "balancing",
+                    format!(
+                        "voucher {} cannot be totalled at this line (amount {}): {e}",
+                        line.voucher, line.amount
+                    ),
+                ));
             }
-            if let Some(prev) = voucher_dates.insert(line.voucher, line.trans_date) {
-                if prev != line.trans_date {
-                    issues.push(Issue::for_line(
-                        line,
-                        le,
-                        "journal.trans_date",
-                        "lines of one voucher must share one transaction date",
-                    ));
-                }
-            }
-            match rd.period_for(line.trans_date) {
-                None => issues.push(Issue::for_line(
+        }
+        if let Some(prev) = voucher_dates.insert(line.voucher, line.trans_date) {
+            if prev != line.trans_date {
+                issues.push(Issue::for_line(
                     line,
                     le,
                     "journal.trans_date",
-                    format!(
-                        "{} is not in any period of fiscal calendar `{}`",
-                        line.trans_date, rd.ledger.fiscal_calendar
-                    ),
-                )),
-                Some(p) if p.status != PeriodStatus::Open => issues.push(Issue::for_line(
-                    line,
-                    le,
-                    "journal.trans_date",
-                    format!(
-                        "period {} {} ({} to {}) is {} for the general ledger in {le}",
-                        p.year,
-                        p.name,
-                        p.start,
-                        p.end,
-                        match p.status {
-                            PeriodStatus::OnHold => "on hold",
-                            _ => "closed",
-                        }
-                    ),
-                )),
-                Some(_) => {}
+                    "lines of one voucher must share one transaction date",
+                ));
             }
-            match precision.decimals(&line.currency) {
-                None => issues.push(Issue::for_line(
-                    line,
-                    le,
-                    "journal.currency",
-                    format!("currency `{}` has no known precision", line.currency),
-                )),
-                Some(dp) if line.amount.normalize().scale() > dp => issues.push(Issue::for_line(
+        }
+        match rd.period_for(line.trans_date) {
+            None => issues.push(Issue::for_line(
+                line,
+                le,
+                "journal.trans_date",
+                format!(
+                    "{} is not in any period of fiscal calendar `{}`",
+                    line.trans_date, rd.ledger.fiscal_calendar
+                ),
+            )),
+            Some(p) if p.status != PeriodStatus::Open => issues.push(Issue::for_line(
+                line,
+                le,
+                "journal.trans_date",
+                format!(
+                    "period {} {} ({} to {}) is {} for the general ledger in {le}",
+                    p.year,
+                    p.name,
+                    p.start,
+                    p.end,
+                    match p.status {
+                        PeriodStatus::OnHold => "on hold",
+                        _ => "closed",
+                    }
+                ),
+            )),
+            Some(_) => {}
+        }
+        let decimals = match last_currency {
+            Some((c, d)) if c == line.currency => d,
+            _ => {
+                let d = precision.decimals(&line.currency);
+                last_currency = Some((&line.currency, d));
+                d
+            }
+        };
+        match decimals {
+            None => issues.push(Issue::for_line(
+                line,
+                le,
+                "journal.currency",
+                format!("currency `{}` has no known precision", line.currency),
+            )),
+            // Normalizing only lowers the scale: no need when it is within already.
+            Some(dp) if line.amount.scale() > dp && line.amount.normalize().scale() > dp => issues
+                .push(Issue::for_line(
                     line,
                     le,
                     "amount",
@@ -249,28 +287,50 @@ pub fn validate(
                         line.amount, line.currency
                     ),
                 )),
-                Some(_) => {}
-            }
-            if line.amount.is_zero() {
-                issues.push(Issue::for_line(line, le, "amount", "line amount is zero"));
-            }
+            Some(_) => {}
         }
-        for (v, sum) in voucher_sums {
-            if !sum.is_zero() && !overflowed.contains(&v) {
-                issues.push(Issue {
-                    row: None,
-                    line: None,
-                    legal_entity: Some(le.clone()),
-                    field: "balancing".into(),
-                    message: format!("voucher {v} does not balance: debits − credits = {sum}"),
-                });
-            }
+        if line.amount.is_zero() {
+            issues.push(Issue::for_line(line, le, "amount", "line amount is zero"));
         }
     }
-    issues
+    for (v, sum) in voucher_sums {
+        if !sum.is_zero() && !overflowed.contains(&v) {
+            issues.push(Issue {
+                row: None,
+                line: None,
+                legal_entity: Some(le.clone()),
+                field: "balancing".into(),
+                message: format!("voucher {v} does not balance: debits − credits = {sum}"),
+            });
+        }
+    }
 }
 
 type DimValues<'r> = HashMap<(&'r str, &'r str), &'r DimensionValue>;
+
+/// [`check_account`], skipped when `acct` is the account `clean` last passed on the same date
+/// (the checks depend on the account, its dimension values and the date only).
+fn check_account_once<'j>(
+    clean: &mut Option<(&'j LedgerAccount, NaiveDate)>,
+    acct: &'j LedgerAccount,
+    line: &JournalLine,
+    offset: bool,
+    rd: &ReferenceData,
+    dim_values: &DimValues<'_>,
+    issues: &mut Vec<Issue>,
+) {
+    if let Some((a, date)) = *clean {
+        if date == line.trans_date
+            && a.main_account == acct.main_account
+            && a.dimensions == acct.dimensions
+        {
+            return;
+        }
+    }
+    let before = issues.len();
+    check_account(acct, line, offset, rd, dim_values, issues);
+    *clean = (issues.len() == before).then_some((acct, line.trans_date));
+}
 
 fn check_account(
     acct: &LedgerAccount,
