@@ -289,84 +289,14 @@ pub fn fingerprint(plan: &[PlannedLine]) -> String {
 /// Decides the next step for one journal. `held` are the headers D365 holds under the
 /// journal's natural key (and only those), with their lines.
 pub fn assess(plan: &[PlannedLine], fingerprint: Option<&str>, held: &[HeldHeader]) -> Assessment {
-    let by_no: BTreeMap<u32, &PlannedLine> = plan.iter().map(|l| (l.line_no, l)).collect();
-
-    // 1. The canonical header.
-    let mut posted: Vec<&HeldHeader> = held.iter().filter(|h| h.posted).collect();
-    posted.sort_by(|a, b| batch_order(&a.batch, &b.batch));
-    if posted.len() > 1 {
-        return Assessment::DuplicatePosted {
-            batches: posted.iter().map(|h| h.batch.clone()).collect(),
-            detail: format!("{} posted journals carry the same key", posted.len()),
-        };
-    }
-    let canonical = match posted.first() {
-        Some(h) => *h,
-        None => match held.iter().min_by(|a, b| batch_order(&a.batch, &b.batch)) {
-            Some(h) => h,
-            None => return Assessment::Act(Step::CreateHeader),
-        },
+    let canonical = match canonical_header(held) {
+        Ok(h) => h,
+        Err(a) => return a,
     };
-
-    // 2. Does it hold this plan? (Checked before anything is deleted: a conflict writes
-    // nothing.) Its canonical copy of each reference is the lowest line number.
-    let mut copies: BTreeMap<u32, Vec<&HeldLine>> = BTreeMap::new();
-    for l in &canonical.lines {
-        if let Some(n) = l.line_no {
-            copies.entry(n).or_default().push(l);
-        }
+    let copies = copies_by_line(canonical);
+    if let Some(conflict) = conflict(plan, fingerprint, canonical, &copies) {
+        return conflict;
     }
-    for v in copies.values_mut() {
-        v.sort_by(|a, b| line_number_order(&a.line_number, &b.line_number));
-    }
-    let mut diffs = Vec::new();
-    for (n, c) in &copies {
-        let held_line = c[0];
-        match by_no.get(n) {
-            None => diffs.push(LineDiff {
-                line_no: *n,
-                what: format!(
-                    "in D365 (line number {}) but not in this journal",
-                    held_line.line_number
-                ),
-            }),
-            Some(p) => {
-                let d = p.content.differences(&held_line.content);
-                if !d.is_empty() {
-                    diffs.push(LineDiff {
-                        line_no: *n,
-                        what: d.join(", "),
-                    });
-                }
-            }
-        }
-    }
-    let fingerprints = match (canonical.fingerprint.as_deref(), fingerprint) {
-        (Some(h), Some(o)) if h != o => Some((h.to_string(), o.to_string())),
-        _ => None,
-    };
-    if !diffs.is_empty() || fingerprints.is_some() {
-        if fingerprints.is_some() {
-            // Name the planned lines D365 does not hold either: the whole journal differs.
-            for p in plan {
-                if !copies.contains_key(&p.line_no) && !canonical.lines.is_empty() {
-                    diffs.push(LineDiff {
-                        line_no: p.line_no,
-                        what: "not in D365".into(),
-                    });
-                }
-            }
-            diffs.sort_by_key(|d| d.line_no);
-        }
-        return Assessment::Conflict(ConflictReport {
-            batch: canonical.batch.clone(),
-            posted: canonical.posted,
-            fingerprints,
-            diffs,
-        });
-    }
-
-    // 3. Posted: nothing can change it; it is either exactly the plan or needs a human.
     let planned_vouchers: BTreeMap<u32, Vec<u32>> =
         plan.iter().fold(BTreeMap::new(), |mut m, l| {
             m.entry(l.voucher).or_insert_with(Vec::new).push(l.line_no);
@@ -381,51 +311,12 @@ pub fn assess(plan: &[PlannedLine], fingerprint: Option<&str>, held: &[HeldHeade
         .values()
         .flat_map(|c| c[1..].iter().copied())
         .collect();
-    let mut clean = Vec::new();
-    for h in held.iter().filter(|h| h.batch != canonical.batch) {
-        // Unposted here (two posted copies were handled above).
-        if h.lines.iter().any(|l| l.line_no.is_none()) {
-            return Assessment::Stuck(format!(
-                "journal {} carries this journal's key but also holds {} line(s) the connector did not create; it is a duplicate of {} and must be removed, but not by the connector. Delete or move those lines in D365, then run again",
-                h.batch,
-                h.lines.iter().filter(|l| l.line_no.is_none()).count(),
-                canonical.batch
-            ));
-        }
-        clean.push(Deletion::Header {
-            batch: h.batch.clone(),
-        });
-    }
+    let mut clean = match other_headers(held, canonical) {
+        Ok(c) => c,
+        Err(a) => return a,
+    };
     if canonical.posted {
-        if !extra.is_empty() {
-            return Assessment::DuplicatePosted {
-                batches: vec![canonical.batch.clone()],
-                detail: format!(
-                    "posted journal {} holds {} line(s) twice (line numbers {})",
-                    canonical.batch,
-                    extra.len(),
-                    extra
-                        .iter()
-                        .map(|l| l.line_number.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-        }
-        if !missing.is_empty() {
-            return Assessment::Stuck(format!(
-                "journal {} was posted in D365 before all its lines were written ({} missing); posted journals cannot be changed — reverse it and run again",
-                canonical.batch,
-                missing.len()
-            ));
-        }
-        if !clean.is_empty() {
-            return Assessment::Act(Step::Clean(clean));
-        }
-        return Assessment::Converged {
-            batch: canonical.batch.clone(),
-            posted: true,
-        };
+        return posted(canonical, &extra, &missing, clean);
     }
 
     // 4. Bad lines in the canonical header: extra copies, and what is there of a planned
@@ -439,118 +330,19 @@ pub fn assess(plan: &[PlannedLine], fingerprint: Option<&str>, held: &[HeldHeade
         })
         .flat_map(|(_, nos)| nos.iter().copied())
         .collect();
-    // The journal's last voucher cut short (its lines are the journal's highest): complete it
-    // before anything else, so its missing lines join the same open D365 voucher.
-    let half_vouchers: BTreeSet<u32> = plan
-        .iter()
-        .filter(|l| half.contains(&l.line_no))
-        .map(|l| l.voucher)
-        .collect();
-    if extra.is_empty() && half_vouchers.len() == 1 {
-        let present: Vec<Decimal> = copies
-            .iter()
-            .filter(|(n, _)| half.contains(n))
-            .map(|(_, c)| line_number_value(&c[0].line_number))
-            .collect();
-        let first_present = present.iter().min().copied().unwrap_or(Decimal::ZERO);
-        let trailing = canonical
-            .lines
-            .iter()
-            .filter(|l| !l.line_no.is_some_and(|n| half.contains(&n)))
-            .all(|l| line_number_value(&l.line_number) < first_present);
-        if trailing {
-            let rest: Vec<u32> = plan
-                .iter()
-                .filter(|l| half.contains(&l.line_no) && missing_set.contains(&l.line_no))
-                .map(|l| l.line_no)
-                .collect();
-            return Assessment::Act(Step::Write {
-                batch: canonical.batch.clone(),
-                vouchers: vec![rest],
-            });
+    if extra.is_empty() {
+        if let Some(write) = complete_last_voucher(plan, canonical, &copies, &half, &missing_set) {
+            return write;
         }
     }
-    let mut bad: BTreeSet<&str> = extra.iter().map(|l| l.line_number.as_str()).collect();
-    for (n, c) in &copies {
-        if half.contains(n) {
-            bad.insert(c[0].line_number.as_str());
-        }
-    }
-    if !bad.is_empty() {
-        let mut by_voucher: BTreeMap<&str, Vec<&HeldLine>> = BTreeMap::new();
-        for l in &canonical.lines {
-            by_voucher.entry(l.voucher.as_str()).or_default().push(l);
-        }
-        for (voucher, lines) in by_voucher {
-            let (gone, stay): (Vec<&HeldLine>, Vec<&HeldLine>) = lines
-                .iter()
-                .partition(|l| bad.contains(l.line_number.as_str()));
-            if gone.is_empty() {
-                continue;
-            }
-            let stays_balanced = stay
-                .iter()
-                .map(|l| l.content.balance())
-                .sum::<Decimal>()
-                .is_zero();
-            let (remove, why) = if stays_balanced {
-                (gone, "duplicate or incomplete voucher lines")
-            } else {
-                if stay.iter().any(|l| l.line_no.is_none()) {
-                    return Assessment::Stuck(format!(
-                        "voucher {voucher} of journal {} mixes the connector's lines with lines it did not create, and removing only the duplicates would leave it unbalanced; fix the voucher in D365, then run again",
-                        canonical.batch
-                    ));
-                }
-                (
-                    lines,
-                    "whole voucher: removing only duplicates would unbalance it",
-                )
-            };
-            let mut line_numbers: Vec<String> =
-                remove.iter().map(|l| l.line_number.clone()).collect();
-            line_numbers.sort_by(|a, b| line_number_order(a, b));
-            clean.push(Deletion::Lines {
-                batch: canonical.batch.clone(),
-                line_numbers,
-                why: format!("{why} (voucher {voucher})"),
-            });
-        }
+    if let Err(a) = remove_bad_lines(canonical, &copies, &extra, &half, &mut clean) {
+        return a;
     }
     if !clean.is_empty() {
         return Assessment::Act(Step::Clean(clean));
     }
-    // Every planned voucher is whole or absent, yet a D365 voucher may still not balance: in
-    // connection with balance, lines of concurrent posters interleaved so that one planned
-    // voucher's lines landed in two D365 vouchers. Such a voucher goes whole (its planned
-    // vouchers are then incomplete, removed and written again whole): never converged with a
-    // voucher that does not balance.
-    let mut by_voucher: BTreeMap<&str, Vec<&HeldLine>> = BTreeMap::new();
-    for l in &canonical.lines {
-        by_voucher.entry(l.voucher.as_str()).or_default().push(l);
-    }
-    for (voucher, lines) in by_voucher {
-        let balanced = lines
-            .iter()
-            .map(|l| l.content.balance())
-            .sum::<Decimal>()
-            .is_zero();
-        if balanced || lines.iter().all(|l| l.line_no.is_none()) {
-            continue;
-        }
-        if lines.iter().any(|l| l.line_no.is_none()) {
-            return Assessment::Stuck(format!(
-                "voucher {voucher} of journal {} does not balance and mixes the connector's lines with lines it did not create; fix the voucher in D365, then run again",
-                canonical.batch
-            ));
-        }
-        let mut line_numbers: Vec<String> = lines.iter().map(|l| l.line_number.clone()).collect();
-        line_numbers.sort_by(|a, b| line_number_order(a, b));
-        clean.push(Deletion::Lines {
-            batch: canonical.batch.clone(),
-            line_numbers,
-            why: format!("whole voucher: it does not balance (voucher {voucher})"),
-        });
+    if let Err(a) = remove_unbalanced_vouchers(canonical, &mut clean) {
+        return a;
     }
     if !clean.is_empty() {
         return Assessment::Act(Step::Clean(clean));
@@ -575,6 +367,298 @@ pub fn assess(plan: &[PlannedLine], fingerprint: Option<&str>, held: &[HeldHeade
         batch: canonical.batch.clone(),
         posted: false,
     }
+}
+
+/// Step 1, the canonical header: the one posted copy, else the lowest batch number. `Err`
+/// ends the assessment (no header yet, or several posted copies).
+fn canonical_header(held: &[HeldHeader]) -> Result<&HeldHeader, Assessment> {
+    let mut posted: Vec<&HeldHeader> = held.iter().filter(|h| h.posted).collect();
+    posted.sort_by(|a, b| batch_order(&a.batch, &b.batch));
+    if posted.len() > 1 {
+        return Err(Assessment::DuplicatePosted {
+            batches: posted.iter().map(|h| h.batch.clone()).collect(),
+            detail: format!("{} posted journals carry the same key", posted.len()),
+        });
+    }
+    match posted.first() {
+        Some(h) => Ok(*h),
+        None => held
+            .iter()
+            .min_by(|a, b| batch_order(&a.batch, &b.batch))
+            .ok_or(Assessment::Act(Step::CreateHeader)),
+    }
+}
+
+/// The canonical header's copies of each planned line, lowest line number first (that one is
+/// the canonical copy).
+fn copies_by_line(canonical: &HeldHeader) -> BTreeMap<u32, Vec<&HeldLine>> {
+    let mut copies: BTreeMap<u32, Vec<&HeldLine>> = BTreeMap::new();
+    for l in &canonical.lines {
+        if let Some(n) = l.line_no {
+            copies.entry(n).or_default().push(l);
+        }
+    }
+    for v in copies.values_mut() {
+        v.sort_by(|a, b| line_number_order(&a.line_number, &b.line_number));
+    }
+    copies
+}
+
+/// Step 2: does the canonical header hold this plan? Checked before anything is deleted: a
+/// conflict writes nothing.
+fn conflict(
+    plan: &[PlannedLine],
+    fingerprint: Option<&str>,
+    canonical: &HeldHeader,
+    copies: &BTreeMap<u32, Vec<&HeldLine>>,
+) -> Option<Assessment> {
+    let by_no: BTreeMap<u32, &PlannedLine> = plan.iter().map(|l| (l.line_no, l)).collect();
+    let mut diffs = Vec::new();
+    for (n, c) in copies {
+        let held_line = c[0];
+        match by_no.get(n) {
+            None => diffs.push(LineDiff {
+                line_no: *n,
+                what: format!(
+                    "in D365 (line number {}) but not in this journal",
+                    held_line.line_number
+                ),
+            }),
+            Some(p) => {
+                let d = p.content.differences(&held_line.content);
+                if !d.is_empty() {
+                    diffs.push(LineDiff {
+                        line_no: *n,
+                        what: d.join(", "),
+                    });
+                }
+            }
+        }
+    }
+    let fingerprints = match (canonical.fingerprint.as_deref(), fingerprint) {
+        (Some(h), Some(o)) if h != o => Some((h.to_string(), o.to_string())),
+        _ => None,
+    };
+    if diffs.is_empty() && fingerprints.is_none() {
+        return None;
+    }
+    if fingerprints.is_some() {
+        // Name the planned lines D365 does not hold either: the whole journal differs.
+        for p in plan {
+            if !copies.contains_key(&p.line_no) && !canonical.lines.is_empty() {
+                diffs.push(LineDiff {
+                    line_no: p.line_no,
+                    what: "not in D365".into(),
+                });
+            }
+        }
+        diffs.sort_by_key(|d| d.line_no);
+    }
+    Some(Assessment::Conflict(ConflictReport {
+        batch: canonical.batch.clone(),
+        posted: canonical.posted,
+        fingerprints,
+        diffs,
+    }))
+}
+
+/// The other headers under the key, to be removed whole (they are unposted: two posted copies
+/// ended the assessment earlier). `Err` when one holds lines the connector did not create.
+fn other_headers(held: &[HeldHeader], canonical: &HeldHeader) -> Result<Vec<Deletion>, Assessment> {
+    let mut clean = Vec::new();
+    for h in held.iter().filter(|h| h.batch != canonical.batch) {
+        if h.lines.iter().any(|l| l.line_no.is_none()) {
+            return Err(Assessment::Stuck(format!(
+                "journal {} carries this journal's key but also holds {} line(s) the connector did not create; it is a duplicate of {} and must be removed, but not by the connector. Delete or move those lines in D365, then run again",
+                h.batch,
+                h.lines.iter().filter(|l| l.line_no.is_none()).count(),
+                canonical.batch
+            )));
+        }
+        clean.push(Deletion::Header {
+            batch: h.batch.clone(),
+        });
+    }
+    Ok(clean)
+}
+
+/// Step 3, a posted canonical header: nothing can change it; it is either exactly the plan or
+/// needs a human.
+fn posted(
+    canonical: &HeldHeader,
+    extra: &[&HeldLine],
+    missing: &[u32],
+    clean: Vec<Deletion>,
+) -> Assessment {
+    if !extra.is_empty() {
+        return Assessment::DuplicatePosted {
+            batches: vec![canonical.batch.clone()],
+            detail: format!(
+                "posted journal {} holds {} line(s) twice (line numbers {})",
+                canonical.batch,
+                extra.len(),
+                extra
+                    .iter()
+                    .map(|l| l.line_number.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+    }
+    if !missing.is_empty() {
+        return Assessment::Stuck(format!(
+            "journal {} was posted in D365 before all its lines were written ({} missing); posted journals cannot be changed — reverse it and run again",
+            canonical.batch,
+            missing.len()
+        ));
+    }
+    if !clean.is_empty() {
+        return Assessment::Act(Step::Clean(clean));
+    }
+    Assessment::Converged {
+        batch: canonical.batch.clone(),
+        posted: true,
+    }
+}
+
+/// The journal's last voucher cut short (its lines are the journal's highest): complete it
+/// before anything else, so its missing lines join the same open D365 voucher.
+fn complete_last_voucher(
+    plan: &[PlannedLine],
+    canonical: &HeldHeader,
+    copies: &BTreeMap<u32, Vec<&HeldLine>>,
+    half: &BTreeSet<u32>,
+    missing: &BTreeSet<u32>,
+) -> Option<Assessment> {
+    let half_vouchers: BTreeSet<u32> = plan
+        .iter()
+        .filter(|l| half.contains(&l.line_no))
+        .map(|l| l.voucher)
+        .collect();
+    if half_vouchers.len() != 1 {
+        return None;
+    }
+    let present: Vec<Decimal> = copies
+        .iter()
+        .filter(|(n, _)| half.contains(n))
+        .map(|(_, c)| line_number_value(&c[0].line_number))
+        .collect();
+    let first_present = present.iter().min().copied().unwrap_or(Decimal::ZERO);
+    let trailing = canonical
+        .lines
+        .iter()
+        .filter(|l| !l.line_no.is_some_and(|n| half.contains(&n)))
+        .all(|l| line_number_value(&l.line_number) < first_present);
+    if !trailing {
+        return None;
+    }
+    let rest: Vec<u32> = plan
+        .iter()
+        .filter(|l| half.contains(&l.line_no) && missing.contains(&l.line_no))
+        .map(|l| l.line_no)
+        .collect();
+    Some(Assessment::Act(Step::Write {
+        batch: canonical.batch.clone(),
+        vouchers: vec![rest],
+    }))
+}
+
+/// Deletions of extra copies and of half vouchers' lines in the canonical header; a D365
+/// voucher that would not balance without them goes whole.
+fn remove_bad_lines(
+    canonical: &HeldHeader,
+    copies: &BTreeMap<u32, Vec<&HeldLine>>,
+    extra: &[&HeldLine],
+    half: &BTreeSet<u32>,
+    clean: &mut Vec<Deletion>,
+) -> Result<(), Assessment> {
+    let mut bad: BTreeSet<&str> = extra.iter().map(|l| l.line_number.as_str()).collect();
+    for (n, c) in copies {
+        if half.contains(n) {
+            bad.insert(c[0].line_number.as_str());
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    for (voucher, lines) in by_voucher(canonical) {
+        let (gone, stay): (Vec<&HeldLine>, Vec<&HeldLine>) = lines
+            .iter()
+            .partition(|l| bad.contains(l.line_number.as_str()));
+        if gone.is_empty() {
+            continue;
+        }
+        let stays_balanced = stay
+            .iter()
+            .map(|l| l.content.balance())
+            .sum::<Decimal>()
+            .is_zero();
+        let (remove, why) = if stays_balanced {
+            (gone, "duplicate or incomplete voucher lines")
+        } else {
+            if stay.iter().any(|l| l.line_no.is_none()) {
+                return Err(Assessment::Stuck(format!(
+                    "voucher {voucher} of journal {} mixes the connector's lines with lines it did not create, and removing only the duplicates would leave it unbalanced; fix the voucher in D365, then run again",
+                    canonical.batch
+                )));
+            }
+            (
+                lines,
+                "whole voucher: removing only duplicates would unbalance it",
+            )
+        };
+        let mut line_numbers: Vec<String> = remove.iter().map(|l| l.line_number.clone()).collect();
+        line_numbers.sort_by(|a, b| line_number_order(a, b));
+        clean.push(Deletion::Lines {
+            batch: canonical.batch.clone(),
+            line_numbers,
+            why: format!("{why} (voucher {voucher})"),
+        });
+    }
+    Ok(())
+}
+
+/// Every planned voucher is whole or absent, yet a D365 voucher may still not balance: lines
+/// of concurrent posters interleaved so that one planned voucher's lines landed in two D365
+/// vouchers. Such a voucher goes whole (its planned vouchers are then incomplete, removed and
+/// written again whole): never converged with a voucher that does not balance.
+fn remove_unbalanced_vouchers(
+    canonical: &HeldHeader,
+    clean: &mut Vec<Deletion>,
+) -> Result<(), Assessment> {
+    for (voucher, lines) in by_voucher(canonical) {
+        let balanced = lines
+            .iter()
+            .map(|l| l.content.balance())
+            .sum::<Decimal>()
+            .is_zero();
+        if balanced || lines.iter().all(|l| l.line_no.is_none()) {
+            continue;
+        }
+        if lines.iter().any(|l| l.line_no.is_none()) {
+            return Err(Assessment::Stuck(format!(
+                "voucher {voucher} of journal {} does not balance and mixes the connector's lines with lines it did not create; fix the voucher in D365, then run again",
+                canonical.batch
+            )));
+        }
+        let mut line_numbers: Vec<String> = lines.iter().map(|l| l.line_number.clone()).collect();
+        line_numbers.sort_by(|a, b| line_number_order(a, b));
+        clean.push(Deletion::Lines {
+            batch: canonical.batch.clone(),
+            line_numbers,
+            why: format!("whole voucher: it does not balance (voucher {voucher})"),
+        });
+    }
+    Ok(())
+}
+
+/// The canonical header's lines by D365 voucher.
+fn by_voucher(canonical: &HeldHeader) -> BTreeMap<&str, Vec<&HeldLine>> {
+    let mut by_voucher: BTreeMap<&str, Vec<&HeldLine>> = BTreeMap::new();
+    for l in &canonical.lines {
+        by_voucher.entry(l.voucher.as_str()).or_default().push(l);
+    }
+    by_voucher
 }
 
 #[cfg(test)]

@@ -247,19 +247,21 @@ impl JournalWriter<'_> {
     /// Drives `spec`'s journal to exactly one copy in D365 (see the module docs).
     pub async fn converge(&self, spec: &JournalSpec, hooks: &mut dyn WriterHooks) -> WriteEnd {
         let le = spec.legal_entity.as_str();
-        let mut header_created = false;
-        let mut created = 0usize;
-        let mut cleaned = 0usize;
-        let mut announced: Option<String> = None;
-        let mut line_by_line = spec.posting == Posting::Lines;
-        let mut superseded = false;
+        let mut st = Rounds {
+            header_created: false,
+            created: 0,
+            cleaned: 0,
+            announced: None,
+            line_by_line: spec.posting == Posting::Lines,
+            superseded: false,
+        };
         for _round in 0..MAX_ROUNDS {
             let seen = match self.observe(spec).await {
                 Ok(s) => s,
                 Err(LedgerError::OutOfTime(_)) => {
                     return WriteEnd::Interrupted {
                         left: hooks.short().unwrap_or_default(),
-                        batch: announced,
+                        batch: st.announced,
                     }
                 }
                 Err(e) => {
@@ -268,191 +270,238 @@ impl JournalWriter<'_> {
                     ))
                 }
             };
-            let step = match assess(&spec.plan, spec.fingerprint.as_deref(), &seen.held) {
-                Assessment::Converged { batch, .. } => {
-                    let header = seen.headers.get(&batch).cloned();
-                    let lines = seen
-                        .canonical_lines
-                        .get(&batch)
-                        .cloned()
-                        .unwrap_or_default();
-                    let Some(header) = header else {
-                        return WriteEnd::Failed(format!(
-                            "journal {le}/{batch} vanished while it was read"
-                        ));
-                    };
-                    if announced.as_deref() != Some(batch.as_str()) {
-                        hooks.header(&batch, false).await;
-                        if hooks.crash_at(CrashPoint::HeaderCreated) {
-                            return WriteEnd::Crashed(CrashPoint::HeaderCreated);
-                        }
-                    }
-                    hooks.owned(&batch);
-                    return WriteEnd::Converged {
-                        header,
-                        header_created,
-                        lines,
-                        created,
-                        cleaned,
-                    };
-                }
-                Assessment::Conflict(c)
-                    if spec.supersede
-                        && !superseded
-                        && !c.posted
-                        && seen.held.iter().all(|h| !h.posted) =>
-                {
-                    superseded = true;
-                    Step::Clean(
-                        seen.held
-                            .iter()
-                            .map(|h| Deletion::Header {
-                                batch: h.batch.clone(),
-                            })
-                            .collect(),
-                    )
-                }
-                Assessment::Conflict(c) => return WriteEnd::Conflict(c),
-                Assessment::DuplicatePosted { batches, detail } => {
-                    return WriteEnd::DuplicatePosted { batches, detail }
-                }
-                Assessment::Stuck(m) => return WriteEnd::Failed(format!("in {le}: {m}")),
-                Assessment::Act(step) => step,
+            let step = match self.next_step(spec, &seen, &mut st, hooks).await {
+                Ok(step) => step,
+                Err(end) => return end,
             };
-            match step {
-                Step::Clean(deletions) => {
-                    for d in &deletions {
-                        if let Some(left) = hooks.short() {
-                            return WriteEnd::Interrupted {
-                                left,
-                                batch: announced,
-                            };
-                        }
-                        let started = tokio::time::Instant::now();
-                        let result = self.delete(le, d).await;
-                        hooks.took(started);
-                        match result {
-                            Ok(r) => {
-                                cleaned += 1;
-                                hooks.cleaned(d, &r).await;
-                            }
-                            Err(LedgerError::OutOfTime(_)) => {
-                                return WriteEnd::Interrupted {
-                                    left: hooks.short().unwrap_or_default(),
-                                    batch: announced,
-                                }
-                            }
-                            // Someone else changed the journal meanwhile (a line already
-                            // gone, a header posted…) or the outcome is unknown: read again.
-                            Err(e) => {
-                                hooks.unknown(&format!("cleanup in {le}: {e}")).await;
-                                break;
-                            }
-                        }
-                        if hooks.crash_at(CrashPoint::LinesWritten) {
-                            return WriteEnd::Crashed(CrashPoint::LinesWritten);
-                        }
-                    }
-                }
-                Step::CreateHeader => {
-                    if let Some(left) = hooks.short() {
-                        return WriteEnd::Interrupted { left, batch: None };
-                    }
-                    let started = tokio::time::Instant::now();
-                    let result = self
-                        .ledger
-                        .create_header(le, &spec.journal_name, &spec.description)
-                        .await;
-                    hooks.took(started);
-                    match result {
-                        Ok(h) => {
-                            header_created = true;
-                            hooks.header(&h.batch_number, true).await;
-                            announced = Some(h.batch_number.clone());
-                            if hooks.crash_at(CrashPoint::HeaderCreated) {
-                                return WriteEnd::Crashed(CrashPoint::HeaderCreated);
-                            }
-                        }
-                        Err(LedgerError::OutcomeUnknown(m)) => {
-                            // Did it land? The next read says; it is never created blindly.
-                            header_created = true;
-                            hooks
-                                .unknown(&format!(
-                                    "creating the journal header in {le} had an unknown outcome ({m}); reading D365 before anything else"
-                                ))
-                                .await;
-                        }
-                        Err(LedgerError::OutOfTime(_)) => {
-                            return WriteEnd::Interrupted {
-                                left: hooks.short().unwrap_or_default(),
-                                batch: None,
-                            }
-                        }
-                        Err(e) => {
-                            return WriteEnd::Failed(format!(
-                                "D365 refused the journal header in {le}: {e}"
-                            ))
-                        }
-                    }
-                }
+            let end = match step {
+                Step::Clean(deletions) => self.clean(le, &deletions, &mut st, hooks).await,
+                Step::CreateHeader => self.create_header(spec, &mut st, hooks).await,
                 Step::Write { batch, vouchers } => {
-                    if announced.as_deref() != Some(batch.as_str()) {
-                        hooks.header(&batch, false).await;
-                        announced = Some(batch.clone());
-                        if hooks.crash_at(CrashPoint::HeaderCreated) {
-                            return WriteEnd::Crashed(CrashPoint::HeaderCreated);
-                        }
-                    }
-                    hooks.owned(&batch);
-                    let groups: Vec<Vec<NewLedgerLine>> = vouchers
-                        .iter()
-                        .map(|nos| {
-                            nos.iter()
-                                .filter_map(|n| spec.lines.get(n))
-                                .map(|l| NewLedgerLine {
-                                    batch_number: batch.clone(),
-                                    ..l.clone()
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    let end = if line_by_line {
-                        self.write_lines(&batch, &groups, spec, hooks, &mut created)
-                            .await
-                    } else {
-                        match self
-                            .write_vouchers(&batch, &groups, spec, hooks, &mut created)
-                            .await
-                        {
-                            Some(Err(WriteStop::NoBatch)) => {
-                                line_by_line = true;
-                                None
-                            }
-                            other => other,
-                        }
-                    };
-                    match end {
-                        None | Some(Ok(())) => {}
-                        Some(Err(WriteStop::End(e))) => {
-                            // A refusal may only mean the header was removed by another
-                            // poster's cleanup: then read again and carry on.
-                            if let WriteEnd::Refused { .. } = &e {
-                                if let Ok(again) = self.observe(spec).await {
-                                    if !again.headers.contains_key(&batch) {
-                                        continue;
-                                    }
-                                }
-                            }
-                            return e;
-                        }
-                        Some(Err(WriteStop::NoBatch)) => {}
-                    }
+                    self.write(spec, &batch, &vouchers, &mut st, hooks).await
                 }
+            };
+            if let Some(end) = end {
+                return end;
             }
         }
         WriteEnd::Failed(format!(
             "the journal in {le} did not settle to one copy after {MAX_ROUNDS} rounds of reading and writing (other posters at work, or D365 answering with unknown outcomes); nothing was left half-written that the next run or replay does not finish"
         ))
+    }
+
+    /// What D365 holds decides the next step; `Err` ends the write (converged, a conflict, a
+    /// duplicate posting, a state only a person may change).
+    async fn next_step(
+        &self,
+        spec: &JournalSpec,
+        seen: &Observed,
+        st: &mut Rounds,
+        hooks: &mut dyn WriterHooks,
+    ) -> Result<Step, WriteEnd> {
+        let le = spec.legal_entity.as_str();
+        match assess(&spec.plan, spec.fingerprint.as_deref(), &seen.held) {
+            Assessment::Converged { batch, .. } => {
+                let header = seen.headers.get(&batch).cloned();
+                let lines = seen
+                    .canonical_lines
+                    .get(&batch)
+                    .cloned()
+                    .unwrap_or_default();
+                let Some(header) = header else {
+                    return Err(WriteEnd::Failed(format!(
+                        "journal {le}/{batch} vanished while it was read"
+                    )));
+                };
+                if st.announced.as_deref() != Some(batch.as_str()) {
+                    hooks.header(&batch, false).await;
+                    if hooks.crash_at(CrashPoint::HeaderCreated) {
+                        return Err(WriteEnd::Crashed(CrashPoint::HeaderCreated));
+                    }
+                }
+                hooks.owned(&batch);
+                Err(WriteEnd::Converged {
+                    header,
+                    header_created: st.header_created,
+                    lines,
+                    created: st.created,
+                    cleaned: st.cleaned,
+                })
+            }
+            Assessment::Conflict(c)
+                if spec.supersede
+                    && !st.superseded
+                    && !c.posted
+                    && seen.held.iter().all(|h| !h.posted) =>
+            {
+                st.superseded = true;
+                Ok(Step::Clean(
+                    seen.held
+                        .iter()
+                        .map(|h| Deletion::Header {
+                            batch: h.batch.clone(),
+                        })
+                        .collect(),
+                ))
+            }
+            Assessment::Conflict(c) => Err(WriteEnd::Conflict(c)),
+            Assessment::DuplicatePosted { batches, detail } => {
+                Err(WriteEnd::DuplicatePosted { batches, detail })
+            }
+            Assessment::Stuck(m) => Err(WriteEnd::Failed(format!("in {le}: {m}"))),
+            Assessment::Act(step) => Ok(step),
+        }
+    }
+
+    /// Removes duplicates and half vouchers, one deletion at a time. `None`: read again.
+    async fn clean(
+        &self,
+        le: &str,
+        deletions: &[Deletion],
+        st: &mut Rounds,
+        hooks: &mut dyn WriterHooks,
+    ) -> Option<WriteEnd> {
+        for d in deletions {
+            if let Some(left) = hooks.short() {
+                return Some(WriteEnd::Interrupted {
+                    left,
+                    batch: st.announced.clone(),
+                });
+            }
+            let started = tokio::time::Instant::now();
+            let result = self.delete(le, d).await;
+            hooks.took(started);
+            match result {
+                Ok(r) => {
+                    st.cleaned += 1;
+                    hooks.cleaned(d, &r).await;
+                }
+                Err(LedgerError::OutOfTime(_)) => {
+                    return Some(WriteEnd::Interrupted {
+                        left: hooks.short().unwrap_or_default(),
+                        batch: st.announced.clone(),
+                    })
+                }
+                // Someone else changed the journal meanwhile (a line already gone, a header
+                // posted…) or the outcome is unknown: read again.
+                Err(e) => {
+                    hooks.unknown(&format!("cleanup in {le}: {e}")).await;
+                    return None;
+                }
+            }
+            if hooks.crash_at(CrashPoint::LinesWritten) {
+                return Some(WriteEnd::Crashed(CrashPoint::LinesWritten));
+            }
+        }
+        None
+    }
+
+    /// Creates the journal's header (no header carries the key yet). `None`: read again.
+    async fn create_header(
+        &self,
+        spec: &JournalSpec,
+        st: &mut Rounds,
+        hooks: &mut dyn WriterHooks,
+    ) -> Option<WriteEnd> {
+        let le = spec.legal_entity.as_str();
+        if let Some(left) = hooks.short() {
+            return Some(WriteEnd::Interrupted { left, batch: None });
+        }
+        let started = tokio::time::Instant::now();
+        let result = self
+            .ledger
+            .create_header(le, &spec.journal_name, &spec.description)
+            .await;
+        hooks.took(started);
+        match result {
+            Ok(h) => {
+                st.header_created = true;
+                hooks.header(&h.batch_number, true).await;
+                st.announced = Some(h.batch_number.clone());
+                if hooks.crash_at(CrashPoint::HeaderCreated) {
+                    return Some(WriteEnd::Crashed(CrashPoint::HeaderCreated));
+                }
+                None
+            }
+            Err(LedgerError::OutcomeUnknown(m)) => {
+                // Did it land? The next read says; it is never created blindly.
+                st.header_created = true;
+                hooks
+                    .unknown(&format!(
+                        "creating the journal header in {le} had an unknown outcome ({m}); reading D365 before anything else"
+                    ))
+                    .await;
+                None
+            }
+            Err(LedgerError::OutOfTime(_)) => Some(WriteEnd::Interrupted {
+                left: hooks.short().unwrap_or_default(),
+                batch: None,
+            }),
+            Err(e) => Some(WriteEnd::Failed(format!(
+                "D365 refused the journal header in {le}: {e}"
+            ))),
+        }
+    }
+
+    /// Writes the missing vouchers into the canonical header. `None`: read again.
+    async fn write(
+        &self,
+        spec: &JournalSpec,
+        batch: &str,
+        vouchers: &[Vec<u32>],
+        st: &mut Rounds,
+        hooks: &mut dyn WriterHooks,
+    ) -> Option<WriteEnd> {
+        if st.announced.as_deref() != Some(batch) {
+            hooks.header(batch, false).await;
+            st.announced = Some(batch.to_string());
+            if hooks.crash_at(CrashPoint::HeaderCreated) {
+                return Some(WriteEnd::Crashed(CrashPoint::HeaderCreated));
+            }
+        }
+        hooks.owned(batch);
+        let groups: Vec<Vec<NewLedgerLine>> = vouchers
+            .iter()
+            .map(|nos| {
+                nos.iter()
+                    .filter_map(|n| spec.lines.get(n))
+                    .map(|l| NewLedgerLine {
+                        batch_number: batch.to_string(),
+                        ..l.clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        let end = if st.line_by_line {
+            self.write_lines(batch, &groups, spec, hooks, &mut st.created)
+                .await
+        } else {
+            match self
+                .write_vouchers(batch, &groups, spec, hooks, &mut st.created)
+                .await
+            {
+                Some(Err(WriteStop::NoBatch)) => {
+                    st.line_by_line = true;
+                    None
+                }
+                other => other,
+            }
+        };
+        match end {
+            None | Some(Ok(())) | Some(Err(WriteStop::NoBatch)) => None,
+            Some(Err(WriteStop::End(e))) => {
+                // A refusal may only mean the header was removed by another poster's
+                // cleanup: then read again and carry on.
+                if let WriteEnd::Refused { .. } = &e {
+                    if let Ok(again) = self.observe(spec).await {
+                        if !again.headers.contains_key(batch) {
+                            return None;
+                        }
+                    }
+                }
+                Some(e)
+            }
+        }
     }
 
     /// One deletion; `Ok` with a description of what was removed.
@@ -679,6 +728,19 @@ impl JournalWriter<'_> {
         }
         Some(Ok(()))
     }
+}
+
+/// What one `converge` call has done so far, across its rounds of reading and writing.
+struct Rounds {
+    header_created: bool,
+    created: usize,
+    cleaned: usize,
+    /// The batch the hooks were last told about (`hooks.header`).
+    announced: Option<String>,
+    /// `$batch` is off (configured, or the gateway cannot post atomically).
+    line_by_line: bool,
+    /// `--supersede` removed a conflicting unposted journal once; never twice.
+    superseded: bool,
 }
 
 enum WriteStop {

@@ -396,12 +396,23 @@ async fn play_looker(
         "   … D365 holds {lines_before} journal lines: nothing was written"
     ));
 
-    say("\n5. The same with dry run = no: the journal is written".into());
     let body = execute_body(&look_url, DEMO_LOOK_TITLE, &rows, &data, &form_params("no"));
+    post_and_redeliver(&client, url, &body, d365, say).await
+}
+
+/// Steps 5 and 6: the real post, then Looker's redelivery of the same execute.
+async fn post_and_redeliver(
+    client: &ActionClient,
+    url: &str,
+    body: &serde_json::Value,
+    d365: &D365Sim,
+    say: &mut (dyn FnMut(String) + Send),
+) -> Result<ActionDemoOutcome, ActionDemoError> {
+    say("\n5. The same with dry run = no: the journal is written".into());
     // Looker gives every delivery its own id; so does each demo, whose sandbox D365 starts
     // empty while the local store keeps earlier demos' answers.
     let delivery = format!("demo-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f"));
-    let post = client.execute(url, &delivery, &body).await?;
+    let post = client.execute(url, &delivery, body).await?;
     let lines = d365.lines().len();
     step(
         post.success() == Some(true) && !post.replayed && lines > 0,
@@ -418,7 +429,7 @@ async fn play_looker(
     });
 
     say("\n6. Looker delivers the same execute again (same X-Looker-Webhook-Id)".into());
-    let again = client.execute(url, &delivery, &body).await?;
+    let again = client.execute(url, &delivery, body).await?;
     let idempotent = again.replayed && d365.lines().len() == lines && again.body == post.body;
     say(format!(
         "   {} answered from the record: {}; D365 still holds {lines} lines",
