@@ -294,7 +294,8 @@ pub enum EventLevel {
     Info,
     Warn,
     Error,
-    /// A level this version does not know (kept as written).
+    /// A level this version does not know (kept as written); `From` never puts a known level
+    /// here.
     Other(String),
 }
 
@@ -359,6 +360,7 @@ macro_rules! event_kinds {
         pub enum EventKind {
             $($(#[$doc])* $variant,)*
             /// A kind this version does not know (an older or newer writer): kept as written.
+            /// Build kinds from strings with `From`, which never puts a known kind here.
             Other(String),
         }
 
