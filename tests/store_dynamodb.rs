@@ -681,3 +681,66 @@ async fn corrupt_items_are_reported_not_panicked_on() {
             .map(drop),
     );
 }
+
+/// Event items written before level, kind and payload were typed (including a kind and a level
+/// this version does not know), laid out exactly as that version wrote them (counter item and
+/// `EVENT#{seq:020}` keys), read back with nothing lost.
+#[tokio::test]
+async fn old_format_event_items_read_back_unchanged() {
+    let store = fresh_store().await;
+    let run_id = store_suite::uid("run");
+    let rows = store_suite::old_event_rows(&run_id);
+    for (i, json) in rows.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(json).expect("json");
+        let level = v["level"].as_str().expect("level").to_string();
+        let when = DateTime::parse_from_rfc3339(v["at"].as_str().expect("at"))
+            .expect("rfc3339")
+            .with_timezone(&Utc)
+            .format("%Y-%m-%dT%H:%M:%S%.9fZ")
+            .to_string();
+        store
+            .client()
+            .put_item()
+            .table_name(store.table())
+            .item("pk", s(&format!("RUN#{run_id}")))
+            .item("sk", s(&format!("EVENT#{:020}", i + 1)))
+            .item("kind", s("event"))
+            .item("run_id", s(&run_id))
+            .item("at", s(&when))
+            .item("level", s(&level))
+            .item("record", s(json))
+            .send()
+            .await
+            .expect("raw PutItem");
+    }
+    store
+        .client()
+        .put_item()
+        .table_name(store.table())
+        .item("pk", s(&format!("RUN#{run_id}")))
+        .item("sk", s("SEQ#EVENT"))
+        .item("kind", s("event_seq"))
+        .item("seq", AttributeValue::N(rows.len().to_string()))
+        .send()
+        .await
+        .expect("raw PutItem counter");
+    let events = store.events(&run_id).await.expect("events");
+    store_suite::assert_old_events_read(&run_id, &events);
+
+    // New events after the old ones keep their order and their typed payload.
+    let mut next = event(&run_id, at(10), "reversed by run r-9 (run key k-9)");
+    next.kind = ml_connector::domain::run::EventKind::Reversed;
+    next.payload = Some(
+        ml_connector::domain::run::EventData::Reversed {
+            by_run_id: "r-9".into(),
+            by_run_key: "k-9".into(),
+        }
+        .into(),
+    );
+    store.append_event(&next).await.expect("append");
+    let events = store.events(&run_id).await.expect("events");
+    assert_eq!(events.len(), rows.len() + 1);
+    store_suite::assert_old_events_read(&run_id, &events[..rows.len()]);
+    assert_eq!(events[rows.len()], next);
+    assert!(events[rows.len()].reversed_by("r-9"));
+}

@@ -330,3 +330,23 @@ async fn corrupt_rows_are_reported_not_panicked_on() {
         "acquire_lock (text deadline)",
     );
 }
+
+/// Event rows written before level, kind and payload were typed (including a kind and a level
+/// this version does not know) read back with nothing lost.
+#[tokio::test]
+async fn old_format_event_rows_read_back_unchanged() {
+    let fixture = OnFile::new();
+    let run_id = uid("run");
+    {
+        let conn = raw(&fixture.path());
+        for json in store_suite::old_event_rows(&run_id) {
+            conn.execute(
+                "INSERT INTO events (run_id, json) VALUES (?1, ?2)",
+                rusqlite::params![run_id, json],
+            )
+            .expect("raw insert");
+        }
+    }
+    let events = fixture.events(&run_id).await.expect("events");
+    store_suite::assert_old_events_read(&run_id, &events);
+}

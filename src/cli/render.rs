@@ -452,15 +452,14 @@ pub fn show_run(
     let _ = writeln!(s, "\nEvents ({})", events.len());
     for e in events {
         // A stored reconciliation is JSON; its summary is enough here (full report below).
-        let message = match e.kind.as_str() {
-            crate::controls::KIND_RECONCILIATION => {
-                match serde_json::from_str::<crate::controls::Reconciliation>(&e.message) {
-                    Ok(r) if r.is_clean() => "reconciled: no difference".to_string(),
-                    Ok(r) => format!("reconciled: {} difference(s)", r.differences.len()),
-                    Err(_) => "reconciliation (unreadable)".to_string(),
-                }
+        let message = if e.kind == crate::controls::KIND_RECONCILIATION {
+            match serde_json::from_str::<crate::controls::Reconciliation>(&e.message) {
+                Ok(r) if r.is_clean() => "reconciled: no difference".to_string(),
+                Ok(r) => format!("reconciled: {} difference(s)", r.differences.len()),
+                Err(_) => "reconciliation (unreadable)".to_string(),
             }
-            _ => e.message.clone(),
+        } else {
+            e.message.clone()
         };
         row!(
             s,

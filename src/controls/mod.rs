@@ -30,7 +30,8 @@ pub use reverse::{reverse, ReverseOptions, ReverseReport};
 pub use trace::{trace, Trace};
 
 pub use crate::domain::run::{
-    KIND_DELETED_UNPOSTED, KIND_RECONCILIATION, KIND_REVERSAL, KIND_REVERSED, TRIGGER_REVERSE,
+    EventData, EventKind, EventLevel, KIND_DELETED_UNPOSTED, KIND_RECONCILIATION, KIND_REVERSAL,
+    KIND_REVERSED, TRIGGER_REVERSE,
 };
 /// Header Description prefix of a reversal journal: `MLC-R {original run key} {original batch} …`.
 /// Deliberately not `MLC {…}`, so the period lookup of the posting engine (`MLC {period_key}-`)
@@ -56,6 +57,8 @@ pub enum ControlsError {
 
 /// Appends an audit event (also logged): the engine's own recorder.
 pub(crate) use crate::engine::record_event as record;
+/// [`record`] with a typed payload.
+pub(crate) use crate::engine::record_event_with as record_with;
 
 /// Whether an earlier run of a period still counts for the engine's "period already posted with
 /// other data" check. It does not when it is itself a reversal, when its journals were reversed,

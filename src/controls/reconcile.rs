@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
 
-use super::{record, ControlsError, KIND_RECONCILIATION};
+use super::{record, ControlsError, EventLevel, KIND_RECONCILIATION};
 use crate::domain::config::InstanceConfig;
 use crate::domain::mapping::{description_prefix, header_of_run};
 use crate::domain::reconcile::{compare, nothing_expected, reversal_of, JournalBack, ReconInputs};
@@ -33,7 +33,11 @@ pub async fn reconcile(
 ) -> Result<Reconciliation, ControlsError> {
     let inputs = load(store, ledger, config, run_id).await?;
     let r = compare(config, &inputs, Utc::now())?;
-    let level = if r.is_clean() { "info" } else { "warn" };
+    let level = if r.is_clean() {
+        EventLevel::Info
+    } else {
+        EventLevel::Warn
+    };
     let json = serde_json::to_string(&r.for_storage()).unwrap_or_default();
     record(store, run_id, level, KIND_RECONCILIATION, json).await;
     if !r.is_clean() {

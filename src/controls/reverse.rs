@@ -18,8 +18,8 @@ use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
 use super::{
-    record, reversal_description_prefix, ControlsError, KIND_DELETED_UNPOSTED, KIND_REVERSAL,
-    KIND_REVERSED, TRIGGER_REVERSE,
+    record, record_with, reversal_description_prefix, ControlsError, EventData, EventKind,
+    EventLevel, KIND_DELETED_UNPOSTED, KIND_REVERSAL, KIND_REVERSED, TRIGGER_REVERSE,
 };
 use crate::domain::config::InstanceConfig;
 use crate::domain::converge::{Deletion, PlannedLine};
@@ -216,8 +216,8 @@ pub async fn reverse(
                 record(
                     store,
                     run_id,
-                    "warn",
-                    "lock",
+                    EventLevel::Warn,
+                    EventKind::Lock,
                     format!("the period lock {lock_key} was lost while reversing ({e}); another run may have taken the period over"),
                 )
             },
@@ -485,10 +485,10 @@ impl Reversal<'_> {
                     finished_at: None,
                 };
                 store.insert_run(&r).await?;
-                record(
+                record_with(
                     store,
                     &r.run_id,
-                    "info",
+                    EventLevel::Info,
                     KIND_REVERSAL,
                     format!(
                         "reversal of run {run_id} (run key {key}), journals {}",
@@ -498,6 +498,11 @@ impl Reversal<'_> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
+                    Some(EventData::Reversal {
+                        original_run_id: run_id.to_string(),
+                        original_run_key: key.to_string(),
+                        journals: journals.to_vec(),
+                    }),
                 )
                 .await;
                 r
@@ -598,7 +603,7 @@ impl Reversal<'_> {
             record(
                 store,
                 &rev.run_id,
-                "error",
+                EventLevel::Error,
                 KIND_REVERSAL,
                 rev.message.clone().unwrap_or_default(),
             )
@@ -614,17 +619,21 @@ impl Reversal<'_> {
             .events(run_id)
             .await?
             .iter()
-            .any(|e| e.kind == KIND_REVERSED && e.message.contains(&rev.run_id));
+            .any(|e| e.reversed_by(&rev.run_id));
         if !already {
-            record(
+            record_with(
                 store,
                 run_id,
-                "info",
+                EventLevel::Info,
                 KIND_REVERSED,
                 format!(
                     "reversed by run {} (run key {rev_key}): {summary}; the period is free for a corrected re-post",
                     rev.run_id
                 ),
+                Some(EventData::Reversed {
+                    by_run_id: rev.run_id.clone(),
+                    by_run_key: rev_key.to_string(),
+                }),
             )
             .await;
         }
@@ -720,8 +729,8 @@ impl Reversal<'_> {
                 record(
                     store,
                     &rev.run_id,
-                    "info",
-                    "post",
+                    EventLevel::Info,
+                    EventKind::Post,
                     format!(
                         "reversal journal {le}/{batch} of {le}/{original_batch}: {created} line(s) created, {found} already present; dated {date}; read back: exactly one copy of each line, D365 holds debit {debit}, credit {credit}"
                     ),
@@ -912,8 +921,8 @@ impl WriterHooks for ReverseHooks<'_> {
         record(
             self.store,
             &self.rev.run_id,
-            "warn",
-            "cleanup",
+            EventLevel::Warn,
+            EventKind::Cleanup,
             result.to_string(),
         )
         .await;
@@ -923,8 +932,8 @@ impl WriterHooks for ReverseHooks<'_> {
         record(
             self.store,
             &self.rev.run_id,
-            "warn",
-            "post",
+            EventLevel::Warn,
+            EventKind::Post,
             what.to_string(),
         )
         .await;
@@ -966,10 +975,10 @@ async fn delete_unposted(
         }
     }
     let header_deleted = foreign.is_empty() && ledger.delete_header(le, batch).await?;
-    record(
+    record_with(
         store,
         &original.run_id,
-        "warn",
+        EventLevel::Warn,
         KIND_DELETED_UNPOSTED,
         format!(
             "deleted {n} line(s) of unposted journal {le}/{batch} from D365{}; the period is free for a corrected re-post",
@@ -981,6 +990,12 @@ async fn delete_unposted(
                 String::new()
             }
         ),
+        Some(EventData::DeletedUnposted {
+            legal_entity: le.to_string(),
+            batch: batch.to_string(),
+            lines_deleted: n as u64,
+            header_deleted,
+        }),
     )
     .await;
     Ok(JournalDeletion {

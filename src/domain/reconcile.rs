@@ -19,7 +19,7 @@ use super::mapping::{line_ref, parse_line_ref};
 use super::money::{self, parse_amount_text, round, CurrencyPrecision, Overflow};
 use super::run::{
     AuditEvent, LineRecord, RunRecord, RunStatus, SourceRowRecord, KIND_DELETED_UNPOSTED,
-    KIND_REVERSAL, KIND_REVERSED, TRIGGER_REVERSE,
+    KIND_REVERSED, TRIGGER_REVERSE,
 };
 use super::source::Cell;
 
@@ -382,12 +382,7 @@ pub fn reversal_of(run: &RunRecord, events: &[AuditEvent]) -> Option<String> {
     if run.trigger != TRIGGER_REVERSE {
         return None;
     }
-    events
-        .iter()
-        .filter(|e| e.kind == KIND_REVERSAL)
-        .find_map(|e| e.message.strip_prefix("reversal of run "))
-        .and_then(|m| m.split_whitespace().next())
-        .map(str::to_string)
+    events.iter().find_map(AuditEvent::reversal_of)
 }
 
 /// Whether D365 should hold nothing of the run: its unposted journals were deleted, or it
@@ -1212,8 +1207,9 @@ mod tests {
             run_id: inp.run.run_id.clone(),
             at: Utc::now(),
             level: "info".into(),
-            kind: KIND_REVERSAL.into(),
+            kind: crate::domain::run::KIND_REVERSAL,
             message: "reversal of run run-0 (run key k), journals usmf/B0".into(),
+            payload: None,
         });
         assert_eq!(reversal_of(&inp.run, &inp.events).as_deref(), Some("run-0"));
         let mut rejected = inputs(&cfg).run;

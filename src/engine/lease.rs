@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::domain::run::{EventKind, EventLevel};
 use crate::store::{Store, StoreError};
 
 /// The period lock's lease for every caller without a shorter deadline (CLI `run`, `replay`,
@@ -184,8 +185,8 @@ impl super::Engine<'_> {
             .hold(work, |e| async move {
                 self.event(
                     run_id,
-                    "warn",
-                    "lock",
+                    EventLevel::Warn,
+                    EventKind::Lock,
                     format!(
                         "the period lock {} was lost while posting ({e}); another run may have taken the period over — compare with `ml-connector show {run_id}` before replaying",
                         lease.key()

@@ -21,8 +21,8 @@ use crate::domain::mapping::{resolve_extract, Mapped, MappingContext};
 use crate::domain::money::CurrencyPrecision;
 use crate::domain::reference::{DimensionFormat, ReferenceData};
 use crate::domain::run::{
-    AuditEvent, LineRecord, LineStatus, RowStatus, RunKeys, RunRecord, RunStatus, RunTotals,
-    SourceRowRecord,
+    AuditEvent, EventData, EventKind, EventLevel, EventPayload, LineRecord, LineStatus, RowStatus,
+    RunKeys, RunRecord, RunStatus, RunTotals, SourceRowRecord,
 };
 use crate::domain::source::{Extract, SourceRef, SourceRow};
 use crate::domain::validation::{validate, Issue};
@@ -49,7 +49,7 @@ pub enum EngineError {
 }
 
 /// Audit event kind recorded once a run passed validation: only such runs may be replayed.
-pub const VALIDATED_EVENT: &str = "validated";
+pub const VALIDATED_EVENT: EventKind = EventKind::Validated;
 
 /// Preview stops before writing; Post writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,22 +64,30 @@ pub enum Mode {
 pub(crate) async fn record_event(
     store: &dyn Store,
     run_id: &str,
-    level: &str,
-    kind: &str,
+    level: EventLevel,
+    kind: EventKind,
     message: String,
 ) {
+    record_event_with(store, run_id, level, kind, message, None).await
+}
+
+/// [`record_event`] with a typed payload for readers that need the event's data back.
+pub(crate) async fn record_event_with(
+    store: &dyn Store,
+    run_id: &str,
+    level: EventLevel,
+    kind: EventKind,
+    message: String,
+    payload: Option<EventData>,
+) {
+    let k = kind.as_str();
     match level {
-        "error" => tracing::error!(run_id, kind, "{message}"),
-        "warn" => tracing::warn!(run_id, kind, "{message}"),
-        _ => tracing::info!(run_id, kind, "{message}"),
+        EventLevel::Error => tracing::error!(run_id, kind = k, "{message}"),
+        EventLevel::Warn => tracing::warn!(run_id, kind = k, "{message}"),
+        _ => tracing::info!(run_id, kind = k, "{message}"),
     }
-    let ev = AuditEvent {
-        run_id: run_id.to_string(),
-        at: Utc::now(),
-        level: level.into(),
-        kind: kind.into(),
-        message,
-    };
+    let mut ev = AuditEvent::new(run_id, level, kind, message);
+    ev.payload = payload.map(EventPayload::from);
     if let Err(e) = store.append_event(&ev).await {
         tracing::error!(run_id, "could not record audit event: {e}");
     }
@@ -187,7 +195,13 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    async fn event(&self, run_id: &str, level: &str, kind: &str, message: impl Into<String>) {
+    async fn event(
+        &self,
+        run_id: &str,
+        level: EventLevel,
+        kind: EventKind,
+        message: impl Into<String>,
+    ) {
         record_event(self.store, run_id, level, kind, message.into()).await
     }
 
@@ -250,8 +264,8 @@ impl<'a> Engine<'a> {
         self.store.insert_run(&run).await?;
         self.event(
             &run.run_id,
-            "info",
-            "extract",
+            EventLevel::Info,
+            EventKind::Extract,
             format!(
                 "{} rows from {} for period {} ({} to {}); run key {}; config {}",
                 run.totals.source_rows,
@@ -288,7 +302,7 @@ impl<'a> Engine<'a> {
         }
         self.event(
             &run.run_id,
-            "info",
+            EventLevel::Info,
             VALIDATED_EVENT,
             format!(
                 "validated against D365: {} journal(s), {} line(s), every voucher balances",
@@ -424,8 +438,13 @@ impl<'a> Engine<'a> {
     ) -> Option<(RunStatus, String)> {
         if !issues.is_empty() {
             for i in issues {
-                self.event(&run.run_id, "error", "validation", i.to_string())
-                    .await;
+                self.event(
+                    &run.run_id,
+                    EventLevel::Error,
+                    EventKind::Validation,
+                    i.to_string(),
+                )
+                .await;
             }
             let msg = format!(
                 "rejected: {} problem(s) found before writing; nothing was written to D365",
@@ -467,7 +486,8 @@ impl<'a> Engine<'a> {
             LockOutcome::Acquired => {}
             LockOutcome::InProgress { owner, until } => {
                 let msg = lease::busy_message(&owner, until, Utc::now());
-                self.event(&run.run_id, "warn", "busy", msg.clone()).await;
+                self.event(&run.run_id, EventLevel::Warn, EventKind::Busy, msg.clone())
+                    .await;
                 return Ok(Err((RunStatus::Busy, msg)));
             }
             LockOutcome::Completed { result } => {
@@ -483,8 +503,13 @@ impl<'a> Engine<'a> {
             .await?;
         if let Some(other) = self.blocking_run(run, keys, &earlier).await? {
             let msg = conflict_message(other, run);
-            self.event(&run.run_id, "error", "conflict", msg.clone())
-                .await;
+            self.event(
+                &run.run_id,
+                EventLevel::Error,
+                EventKind::Conflict,
+                msg.clone(),
+            )
+            .await;
             self.store.release_lock(&lock_key, &run.run_id).await.ok();
             return Ok(Err((RunStatus::Conflict, msg)));
         }
@@ -508,8 +533,8 @@ impl<'a> Engine<'a> {
         if let Err(e) = self.store.release_lock(&lock_key, &run.run_id).await {
             self.event(
                 &run.run_id,
-                "warn",
-                "lock",
+                EventLevel::Warn,
+                EventKind::Lock,
                 format!("could not release period lock: {e}"),
             )
             .await;
@@ -553,11 +578,11 @@ impl<'a> Engine<'a> {
         run.finished_at = Some(Utc::now());
         self.store.update_run(&run).await?;
         let level = match status {
-            RunStatus::Completed | RunStatus::AlreadyPosted => "info",
-            _ => "error",
+            RunStatus::Completed | RunStatus::AlreadyPosted => EventLevel::Info,
+            _ => EventLevel::Error,
         };
         // One structured line per finished run: alarms count `outcome` (see infra/template.yaml).
-        if level == "info" {
+        if level == EventLevel::Info {
             tracing::info!(
                 run_id = %run.run_id,
                 instance = %run.instance,
@@ -587,7 +612,8 @@ impl<'a> Engine<'a> {
         } else {
             format!("{}: {message}", status.as_str())
         };
-        self.event(&run.run_id, level, "finish", finish).await;
+        self.event(&run.run_id, level, EventKind::Finish, finish)
+            .await;
         self.progress.finished(&run).await;
         let outcome = match status {
             RunStatus::Completed => Outcome::Posted,
@@ -670,8 +696,13 @@ impl<'a> Engine<'a> {
             });
         }
         self.store.insert_run(&run).await?;
-        self.event(&run.run_id, "error", "extract", message.clone())
-            .await;
+        self.event(
+            &run.run_id,
+            EventLevel::Error,
+            EventKind::Extract,
+            message.clone(),
+        )
+        .await;
         self.finish(
             run,
             status,
@@ -709,8 +740,8 @@ impl<'a> Engine<'a> {
             self.store.update_run(&closed).await?;
             self.event(
                 &other.run_id,
-                "warn",
-                "superseded",
+                EventLevel::Warn,
+                EventKind::Superseded,
                 format!(
                     "closed: run {} completed the same data for this period",
                     run.run_id
@@ -791,15 +822,16 @@ impl<'a> Engine<'a> {
         {
             LockOutcome::InProgress { owner, until } if owner != run_id => {
                 let msg = lease::busy_message(&owner, until, Utc::now());
-                self.event(run_id, "warn", "busy", msg.clone()).await;
+                self.event(run_id, EventLevel::Warn, EventKind::Busy, msg.clone())
+                    .await;
                 return Err(EngineError::Config(msg));
             }
             _ => {}
         }
         self.event(
             run_id,
-            "info",
-            "replay",
+            EventLevel::Info,
+            EventKind::Replay,
             "replay requested: reconciling with D365 and posting what is missing",
         )
         .await;
@@ -822,8 +854,8 @@ impl<'a> Engine<'a> {
             ((RunStatus::Completed, Some(m)), RunStatus::AlreadyPosted) => {
                 self.event(
                     run_id,
-                    "info",
-                    "replay",
+                    EventLevel::Info,
+                    EventKind::Replay,
                     format!("nothing missing: {message}"),
                 )
                 .await;

@@ -27,7 +27,9 @@ use crate::domain::journal::JournalPart;
 use crate::domain::mapping::{description_prefix, header_of_run, part_key, render_description};
 use crate::domain::money::{self, Overflow};
 use crate::domain::reference::VoucherAllocation;
-use crate::domain::run::{LineRecord, LineStatus, RunKeys, RunRecord, RunStatus};
+use crate::domain::run::{
+    EventKind, EventLevel, LineRecord, LineStatus, RunKeys, RunRecord, RunStatus,
+};
 use crate::ports::{LedgerError, LedgerHeader, LedgerLine, NewLedgerLine};
 
 /// What happened to one journal.
@@ -415,8 +417,8 @@ impl Engine<'_> {
                 let lines_found = lines.len().saturating_sub(created);
                 self.event(
                     &run_id,
-                    "info",
-                    "post",
+                    EventLevel::Info,
+                    EventKind::Post,
                     format!(
                         "journal {le}/{batch}{of_part}: {created} line(s) created, {lines_found} already present{}; read back: exactly one copy of each line, D365 holds debit {debit}, credit {credit}",
                         if cleaned > 0 {
@@ -445,7 +447,8 @@ impl Engine<'_> {
                     let run = shared.run.lock().await;
                     self.changed_mapping_message(&run, le, &of_part, &c).await
                 };
-                self.event(&run_id, "error", "conflict", msg.clone()).await;
+                self.event(&run_id, EventLevel::Error, EventKind::Conflict, msg.clone())
+                    .await;
                 Err(Stop::Conflict(msg))
             }
             WriteEnd::DuplicatePosted { batches, detail } => Err(self
@@ -506,8 +509,13 @@ impl Engine<'_> {
         let msg = format!(
             "D365 holds posted duplicates of journal key {key}{of_part}: {list} ({detail}). Posted entries are never changed by the connector and nothing was written. Reverse them with `ml-connector reverse {run_id} --config FILE`, then run the period again to post exactly one copy."
         );
-        self.event(run_id, "error", "duplicate_posted", msg.clone())
-            .await;
+        self.event(
+            run_id,
+            EventLevel::Error,
+            EventKind::DuplicatePosted,
+            msg.clone(),
+        )
+        .await;
         Stop::DuplicatePosted(msg)
     }
 
@@ -598,7 +606,13 @@ impl Engine<'_> {
             rest.len(),
             vouchers(&rest),
         );
-        self.event(run_id, "warn", "interrupted", msg.clone()).await;
+        self.event(
+            run_id,
+            EventLevel::Warn,
+            EventKind::Interrupted,
+            msg.clone(),
+        )
+        .await;
         Stop::Interrupted(msg)
     }
 
@@ -636,7 +650,8 @@ impl Engine<'_> {
         let msg = format!(
             "D365 did not accept line {line}{row} of journal {le}/{batch}: {why}. {in_d365} line(s) of this journal are in D365; the journal is unposted. Fix the cause, then replay run {run_id} to post the rest."
         );
-        self.event(run_id, "error", "post", msg.clone()).await;
+        self.event(run_id, EventLevel::Error, EventKind::Post, msg.clone())
+            .await;
         msg
     }
 }
@@ -905,7 +920,7 @@ impl WriterHooks for PostHooks<'_, '_, '_> {
             format!("found journal {le}/{batch}{of_part} from an earlier attempt; reconciling its lines")
         };
         self.engine
-            .event(&self.shared.run_id, "info", "post", msg)
+            .event(&self.shared.run_id, EventLevel::Info, EventKind::Post, msg)
             .await;
     }
 
@@ -968,13 +983,18 @@ impl WriterHooks for PostHooks<'_, '_, '_> {
             }
         }
         self.engine
-            .event(&self.shared.run_id, "warn", "cleanup", result)
+            .event(
+                &self.shared.run_id,
+                EventLevel::Warn,
+                EventKind::Cleanup,
+                result,
+            )
             .await;
     }
 
     async fn unknown(&mut self, what: &str) {
         self.engine
-            .event(&self.shared.run_id, "warn", "post", what)
+            .event(&self.shared.run_id, EventLevel::Warn, EventKind::Post, what)
             .await;
     }
 

@@ -11,13 +11,11 @@
 //! chain reaches its maximum, the run stays `interrupted`, the audit says so and the log line is
 //! at ERROR (the functions' error alarms see it), and a person finishes it with `replay`.
 
-use chrono::Utc;
-
 use super::LambdaContext;
-use crate::domain::run::AuditEvent;
+use crate::domain::run::{AuditEvent, EventKind, EventLevel};
 
 /// Audit event kind of the continuation chain.
-pub const KIND: &str = "continuation";
+pub const KIND: EventKind = EventKind::Continuation;
 
 /// What became of an interrupted run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +56,7 @@ pub async fn continue_interrupted(ctx: &LambdaContext, run_id: &str) -> Continua
     let so_far = match ctx.store.events(run_id).await {
         Ok(events) => events
             .iter()
-            .filter(|e| e.kind == KIND && e.level == "info")
+            .filter(|e| e.kind == KIND && e.level == EventLevel::Info)
             .count(),
         Err(e) => return Continuation::Unavailable(format!("audit store: {e}")),
     };
@@ -67,11 +65,11 @@ pub async fn continue_interrupted(ctx: &LambdaContext, run_id: &str) -> Continua
         let gave_up = Continuation::GaveUp { max };
         let msg = gave_up.describe(run_id);
         tracing::error!(run_id, continuations = so_far, "{msg}");
-        let _ = audit(ctx, run_id, "error", msg).await;
+        let _ = audit(ctx, run_id, EventLevel::Error, msg).await;
         return gave_up;
     }
     let queued = Continuation::Queued { n: so_far + 1, max };
-    if let Err(e) = audit(ctx, run_id, "info", queued.describe(run_id)).await {
+    if let Err(e) = audit(ctx, run_id, EventLevel::Info, queued.describe(run_id)).await {
         return Continuation::Unavailable(format!("audit store: {e}"));
     }
     let by = format!("continuation {} of at most {max}", so_far + 1);
@@ -80,7 +78,7 @@ pub async fn continue_interrupted(ctx: &LambdaContext, run_id: &str) -> Continua
         let _ = audit(
             ctx,
             run_id,
-            "warn",
+            EventLevel::Warn,
             format!("continuation not queued: {why}"),
         )
         .await;
@@ -93,16 +91,10 @@ pub async fn continue_interrupted(ctx: &LambdaContext, run_id: &str) -> Continua
 async fn audit(
     ctx: &LambdaContext,
     run_id: &str,
-    level: &str,
+    level: EventLevel,
     message: String,
 ) -> Result<(), crate::store::StoreError> {
-    let ev = AuditEvent {
-        run_id: run_id.to_string(),
-        at: Utc::now(),
-        level: level.into(),
-        kind: KIND.into(),
-        message,
-    };
+    let ev = AuditEvent::new(run_id, level, KIND, message);
     let r = ctx.store.append_event(&ev).await;
     if let Err(e) = &r {
         tracing::error!(run_id, error = %e, "could not record audit event");

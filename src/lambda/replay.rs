@@ -18,12 +18,11 @@
 
 use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use chrono::Utc;
 use serde::Deserialize;
 
 use super::context::{Invocation, LambdaContext};
 use super::{acquire, complete, release, Idempotency, LambdaError, RunSummary};
-use crate::domain::run::{AuditEvent, RunStatus};
+use crate::domain::run::{AuditEvent, EventKind, EventLevel, RunStatus};
 use crate::engine::{Engine, EngineError, Outcome};
 
 /// What a stream record asks for.
@@ -193,7 +192,7 @@ async fn handle_record(ctx: &LambdaContext, rec: &EventRecord, inv: &Invocation)
             audit(
                 ctx,
                 &run_id,
-                "error",
+                EventLevel::Error,
                 &format!("replay request not carried out: {why}"),
             )
             .await;
@@ -203,14 +202,8 @@ async fn handle_record(ctx: &LambdaContext, rec: &EventRecord, inv: &Invocation)
     result
 }
 
-async fn audit(ctx: &LambdaContext, run_id: &str, level: &str, message: &str) {
-    let ev = AuditEvent {
-        run_id: run_id.to_string(),
-        at: Utc::now(),
-        level: level.into(),
-        kind: "replay_request".into(),
-        message: message.to_string(),
-    };
+async fn audit(ctx: &LambdaContext, run_id: &str, level: EventLevel, message: &str) {
+    let ev = AuditEvent::new(run_id, level, EventKind::ReplayRequest, message);
     if let Err(e) = ctx.store.append_event(&ev).await {
         tracing::error!(run_id, error = %e, "could not record audit event");
     }
@@ -250,7 +243,7 @@ async fn replay(
     audit(
         ctx,
         run_id,
-        "info",
+        EventLevel::Info,
         &format!(
             "replay requested by {} (stream record)",
             requested_by.unwrap_or("an unnamed requester")

@@ -39,7 +39,7 @@ use super::context::{Invocation, LambdaContext};
 use super::payload::{self, DeliveryStatus as _};
 use super::{acquire, complete, outcome_is_final, release, Idempotency, LambdaError, RunSummary};
 use crate::domain::config::DeliveryMode;
-use crate::domain::run::AuditEvent;
+use crate::domain::run::{AuditEvent, EventKind, EventLevel};
 use crate::engine::{Engine, EngineError, Mode, Outcome, RunOptions};
 use crate::looker::delivery::{self, DeliveryError};
 use crate::secrets::{InstanceSecrets, SecretsError};
@@ -292,16 +292,15 @@ async fn refuse(
         user_agent = %ua,
         "webhook request refused (404)"
     );
-    let event = AuditEvent {
-        run_id: REJECTED_AUDIT_ID.into(),
-        at: Utc::now(),
-        level: "warn".into(),
-        kind: "webhook_refused".into(),
-        message: format!(
+    let event = AuditEvent::new(
+        REJECTED_AUDIT_ID,
+        EventLevel::Warn,
+        EventKind::WebhookRefused,
+        format!(
             "refused webhook request ({}): instance `{instance}`, source {ip}, user agent `{ua}`",
             reason.as_str()
         ),
-    };
+    );
     if let Err(e) = ctx.store.append_event(&event).await {
         tracing::error!(error = %e, "could not record the refused webhook request");
     }

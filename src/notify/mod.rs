@@ -12,17 +12,16 @@ pub mod sns;
 
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::json;
 
 use crate::controls::RunNotification;
-use crate::domain::run::{AuditEvent, RunRecord};
+use crate::domain::run::{AuditEvent, EventKind, EventLevel, RunRecord};
 use crate::engine::{CrashPoint, Progress};
 use crate::secrets::Secret;
 use crate::store::Store;
 
 /// Audit event kind of every notification attempt.
-pub const KIND_NOTIFICATION: &str = "notification";
+pub const KIND_NOTIFICATION: EventKind = EventKind::Notification;
 
 /// How long one notification request may take (a run's report waits for it).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,24 +213,22 @@ async fn audit(
     let (level, message, ok) = match result {
         Ok(extra) => {
             tracing::info!(run_id = %run.run_id, target, "notification sent");
-            ("info", format!("notification sent to {target}{extra}"), 1)
+            (
+                EventLevel::Info,
+                format!("notification sent to {target}{extra}"),
+                1,
+            )
         }
         Err(e) => {
             tracing::warn!(run_id = %run.run_id, target, error = %e, "notification not sent (the run is unaffected)");
             (
-                "warn",
+                EventLevel::Warn,
                 format!("notification to {target} failed (the run is unaffected): {e}"),
                 0,
             )
         }
     };
-    let ev = AuditEvent {
-        run_id: run.run_id.clone(),
-        at: Utc::now(),
-        level: level.into(),
-        kind: KIND_NOTIFICATION.into(),
-        message,
-    };
+    let ev = AuditEvent::new(&run.run_id, level, KIND_NOTIFICATION, message);
     if let Err(e) = store.append_event(&ev).await {
         tracing::error!(run_id = %run.run_id, "could not record audit event: {e}");
     }

@@ -192,7 +192,7 @@ impl DynamoStore {
         item.insert("kind".into(), s("event"));
         item.insert("run_id".into(), s(&event.run_id));
         item.insert("at".into(), s(sort_ts(&event.at)));
-        item.insert("level".into(), s(&event.level));
+        item.insert("level".into(), s(event.level.as_str()));
         item.insert("record".into(), s(record));
         item.insert(
             "expiration".into(),
@@ -1018,7 +1018,7 @@ impl Store for DynamoStore {
         item.insert("kind".into(), s("event"));
         item.insert("run_id".into(), s(&event.run_id));
         item.insert("at".into(), s(sort_ts(&event.at)));
-        item.insert("level".into(), s(&event.level));
+        item.insert("level".into(), s(event.level.as_str()));
         item.insert("record".into(), s(record));
         check_item_size(&item, &format!("event of run {}", event.run_id))?;
         self.client

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use ml_connector::domain::journal::{JournalLine, JournalPart, LedgerAccount, LineKind};
 use ml_connector::domain::run::{
-    AuditEvent, LineRecord, LineStatus, RowStatus, RunKeys, RunRecord, RunStatus, RunTotals,
-    SourceRowRecord,
+    AuditEvent, EventData, EventKind, EventLevel, EventPayload, LineRecord, LineStatus, RowStatus,
+    RunKeys, RunRecord, RunStatus, RunTotals, SourceRowRecord,
 };
 use ml_connector::domain::source::{Cell, SourceRef};
 use ml_connector::store::{LockOutcome, Store, StoreError};
@@ -48,6 +48,7 @@ macro_rules! store_suite {
             lines_upsert_and_order,
             put_lines_requires_the_run,
             events_in_insertion_order,
+            events_keep_kinds_levels_and_payloads,
             find_line_by_ref_takes_most_recent_run,
             lock_acquire_then_in_progress,
             lock_complete_then_completed,
@@ -194,10 +195,67 @@ pub fn event(run_id: &str, at: DateTime<Utc>, message: &str) -> AuditEvent {
     AuditEvent {
         run_id: run_id.to_string(),
         at,
-        level: "info".to_string(),
-        kind: "post".to_string(),
+        level: EventLevel::Info,
+        kind: EventKind::Post,
         message: message.to_string(),
+        payload: None,
     }
+}
+
+/// Event rows of `run_id` exactly as the store wrote them before level, kind and payload were
+/// typed (serde of `{run_id, at, level: String, kind: String, message}`), oldest first: a
+/// reversal, a "reversed" note, an unposted-journal deletion, a kind and a level this version
+/// does not know.
+pub fn old_event_rows(run_id: &str) -> Vec<String> {
+    [
+        ("2026-11-23T10:00:00Z", "info", "reversal", "reversal of run r-20261123-old (run key 0a1b2c3d4e-aaaaaa), journals usmf/B0001, demf/B0002"),
+        ("2026-11-23T10:00:01.250Z", "info", "reversed", "reversed by run r-20261123-rev (run key 0a1b2c3d4e-bbbbbb): 2 journal(s); the period is free for a corrected re-post"),
+        ("2026-11-23T10:00:02Z", "warn", "deleted_unposted", "deleted 3 line(s) of unposted journal usmf/B0001 from D365; the period is free for a corrected re-post"),
+        ("2026-11-23T10:00:03Z", "info", "some_future_kind", "written by a newer version"),
+        ("2026-11-23T10:00:04Z", "debug", "post", "a level this version does not know"),
+    ]
+    .iter()
+    .map(|(at, level, kind, message)| {
+        serde_json::json!({
+            "run_id": run_id,
+            "at": at,
+            "level": level,
+            "kind": kind,
+            "message": message,
+        })
+        .to_string()
+    })
+    .collect()
+}
+
+/// Checks that the rows of [`old_event_rows`] read back with nothing lost, and that readers of
+/// event data fall back to the message text.
+pub fn assert_old_events_read(run_id: &str, events: &[AuditEvent]) {
+    let rows = old_event_rows(run_id);
+    assert_eq!(events.len(), rows.len(), "{events:#?}");
+    for (e, raw) in events.iter().zip(&rows) {
+        // Re-encoding gives back the same row: nothing lost, nothing added.
+        let raw: serde_json::Value = serde_json::from_str(raw).expect("raw json");
+        assert_eq!(serde_json::to_value(e).expect("encode"), raw);
+        assert_eq!(e.run_id, run_id);
+        assert!(e.payload.is_none());
+    }
+    assert_eq!(events[0].kind, EventKind::Reversal);
+    assert_eq!(events[0].level, EventLevel::Info);
+    assert_eq!(events[0].reversal_of().as_deref(), Some("r-20261123-old"));
+    assert_eq!(events[1].kind, EventKind::Reversed);
+    assert_eq!(
+        events[1].at,
+        Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 1).unwrap() + Duration::milliseconds(250)
+    );
+    assert!(events[1].reversed_by("r-20261123-rev"));
+    assert!(!events[1].reversed_by("r-20261123-other"));
+    assert_eq!(events[2].kind, EventKind::DeletedUnposted);
+    assert_eq!(events[2].level, EventLevel::Warn);
+    assert_eq!(events[3].kind, EventKind::Other("some_future_kind".into()));
+    assert_eq!(events[3].message, "written by a newer version");
+    assert_eq!(events[4].level, EventLevel::Other("debug".into()));
+    assert_eq!(events[4].kind, EventKind::Post);
 }
 
 fn ids(runs: &[RunRecord]) -> Vec<&str> {
@@ -560,7 +618,7 @@ pub async fn events_in_insertion_order<S: Store + ?Sized>(store: &S) {
         }
     }
     let mut warn = event(&run_id, at(-5), "clock went backwards");
-    warn.level = "warn".to_string();
+    warn.level = "warn".into();
     store.append_event(&warn).await.expect("append");
 
     let got = store.events(&run_id).await.expect("events");
@@ -569,6 +627,69 @@ pub async fn events_in_insertion_order<S: Store + ?Sized>(store: &S) {
     assert_eq!(got, expected);
     assert_eq!(store.events(&other).await.expect("events").len(), 3);
     assert!(store.events(&uid("run")).await.expect("events").is_empty());
+}
+
+/// Typed payloads round-trip; kinds, levels and payloads this version does not know are kept.
+pub async fn events_keep_kinds_levels_and_payloads<S: Store + ?Sized>(store: &S) {
+    let run_id = uid("run");
+    let mut reversal = event(
+        &run_id,
+        at(0),
+        "reversal of run r-1 (run key k-1), journals usmf/B1",
+    );
+    reversal.kind = EventKind::Reversal;
+    reversal.payload = Some(
+        EventData::Reversal {
+            original_run_id: "r-1".into(),
+            original_run_key: "k-1".into(),
+            journals: vec![("usmf".into(), "B1".into()), ("demf".into(), "B2".into())],
+        }
+        .into(),
+    );
+    let mut reversed = event(&run_id, at(1), "reversed by run r-2 (run key k-2)");
+    reversed.kind = EventKind::Reversed;
+    reversed.payload = Some(
+        EventData::Reversed {
+            by_run_id: "r-2".into(),
+            by_run_key: "k-2".into(),
+        }
+        .into(),
+    );
+    let mut deleted = event(&run_id, at(2), "deleted 2 line(s)");
+    deleted.kind = EventKind::DeletedUnposted;
+    deleted.level = EventLevel::Warn;
+    deleted.payload = Some(
+        EventData::DeletedUnposted {
+            legal_entity: "usmf".into(),
+            batch: "B1".into(),
+            lines_deleted: 2,
+            header_deleted: true,
+        }
+        .into(),
+    );
+    let mut newer = event(&run_id, at(3), "from a newer version");
+    newer.kind = EventKind::Other("future_kind".into());
+    newer.level = EventLevel::Other("notice".into());
+    newer.payload = Some(EventPayload::Unknown(
+        serde_json::json!({"type": "future_payload", "n": 7}),
+    ));
+    let all = [reversal, reversed, deleted, newer];
+    for e in &all {
+        store.append_event(e).await.expect("append");
+    }
+    let got = store.events(&run_id).await.expect("events");
+    assert_eq!(got, all);
+    assert_eq!(got[0].reversal_of().as_deref(), Some("r-1"));
+    assert!(got[1].reversed_by("r-2"));
+    assert!(matches!(
+        got[2].data(),
+        Some(EventData::DeletedUnposted {
+            lines_deleted: 2,
+            header_deleted: true,
+            ..
+        })
+    ));
+    assert!(got[3].data().is_none());
 }
 
 pub async fn find_line_by_ref_takes_most_recent_run<S: Store + ?Sized>(store: &S) {

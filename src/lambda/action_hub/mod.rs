@@ -39,7 +39,7 @@ use super::payload::decode_body;
 use super::webhook::{ct_matches, WebhookRequest, WebhookResponse};
 use super::{acquire, complete, outcome_is_final, release, Idempotency, LambdaError, RunSummary};
 use crate::domain::config::{DeliveryMode, InstanceConfig, Period, PeriodKind};
-use crate::domain::run::AuditEvent;
+use crate::domain::run::{AuditEvent, EventKind, EventLevel};
 use crate::engine::{Engine, EngineError, Mode, Outcome, RunOptions, RunReport};
 use crate::looker::delivery;
 
@@ -48,7 +48,7 @@ use crate::looker::delivery;
 /// expire (junk traffic to the public URL cannot grow the table).
 pub const REJECTED_AUDIT_ID: &str = super::webhook::REJECTED_AUDIT_ID;
 /// Audit event kind of "who sent this post through the action" on a run.
-pub const SENDER_KIND: &str = "action_request";
+pub const SENDER_KIND: EventKind = EventKind::ActionRequest;
 
 /// Environment variable: the instances the hub offers, comma-separated (the form's select).
 pub const ENV_ACTION_HUB_INSTANCES: &str = "ACTION_HUB_INSTANCES";
@@ -184,15 +184,14 @@ async fn refuse(ctx: &LambdaContext, route: Option<Route>, req: &WebhookRequest,
     let id = shown_webhook_id(req);
     let route = route.map_or("unknown route", |r| r.as_str());
     tracing::warn!(reason = why, route, source_ip = ip, user_agent = %ua, webhook_id = %id, "action hub request refused");
-    let event = AuditEvent {
-        run_id: REJECTED_AUDIT_ID.into(),
-        at: Utc::now(),
-        level: "warn".into(),
-        kind: "action_refused".into(),
-        message: format!(
+    let event = AuditEvent::new(
+        REJECTED_AUDIT_ID,
+        EventLevel::Warn,
+        EventKind::ActionRefused,
+        format!(
             "refused action hub request ({why}): route {route}, webhook id {id}, source {ip}, user agent `{ua}`"
         ),
-    };
+    );
     if let Err(e) = ctx.store.append_event(&event).await {
         tracing::error!(error = %e, "could not record the refused action hub request");
     }
@@ -620,13 +619,7 @@ async fn record_sender(
     if let Some(n) = note {
         let _ = write!(message, "; note: {n}");
     }
-    let event = AuditEvent {
-        run_id: run_id.to_string(),
-        at: Utc::now(),
-        level: "info".into(),
-        kind: SENDER_KIND.into(),
-        message,
-    };
+    let event = AuditEvent::new(run_id, EventLevel::Info, SENDER_KIND, message);
     if let Err(e) = ctx.store.append_event(&event).await {
         tracing::error!(run_id, error = %e, "could not record the action's sender");
     }
