@@ -230,7 +230,7 @@ impl<'a> Engine<'a> {
             period.label
         ));
         match self.extractor.extract(&request).await {
-            Ok(extract) => self.run_extract(config, opts, &period, extract).await,
+            Ok(extract) => Box::pin(self.run_extract(config, opts, &period, extract)).await,
             Err(err) => {
                 self.record_extract_failure(config, opts, &period, &request, err)
                     .await
@@ -523,7 +523,9 @@ impl<'a> Engine<'a> {
             .holding(
                 &lease,
                 &run_id,
-                self.post_all(run, config, lines, keys, opts.supersede, &budget),
+                // Boxed: the posting future is large (the writer, parallel parts), and held
+                // inline in every caller's future it overflowed a 2 MiB worker stack (debug).
+                Box::pin(self.post_all(run, config, lines, keys, opts.supersede, &budget)),
             )
             .await?;
         self.crash(CrashPoint::Posted)?;
@@ -844,7 +846,7 @@ impl<'a> Engine<'a> {
             .holding(
                 &lease,
                 run_id,
-                self.post_all(&mut run, config, lines, &keys, false, &budget),
+                Box::pin(self.post_all(&mut run, config, lines, &keys, false, &budget)),
             )
             .await?;
         self.crash(CrashPoint::Posted)?;
