@@ -72,7 +72,9 @@ pub enum NotifyError {
 pub struct Notifier {
     #[cfg(feature = "aws")]
     topic: Option<sns::SnsTopic>,
-    http: reqwest::Client,
+    /// Built on the first chat webhook send, not at init: building a TLS client loads the
+    /// root certificates (~2 ms of every Lambda cold start, for a channel most runs never use).
+    http: std::sync::OnceLock<reqwest::Client>,
     /// The deployed table, so the `show` command in the message works as printed.
     table: Option<String>,
 }
@@ -80,17 +82,22 @@ pub struct Notifier {
 impl Notifier {
     /// Chat webhooks only (no SNS topic); `table` names the deployed audit table, if any.
     pub fn new(table: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(SEND_TIMEOUT)
-            .build()
-            .unwrap_or_default();
         Notifier {
             #[cfg(feature = "aws")]
             topic: None,
-            http,
+            http: std::sync::OnceLock::new(),
             table,
         }
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(SEND_TIMEOUT)
+                .build()
+                .unwrap_or_default()
+        })
     }
 
     /// Also publishes to this SNS topic.
@@ -138,7 +145,7 @@ impl Notifier {
         let url = crate::http::endpoint("notification webhook", url.expose())
             .map_err(|_| NotifyError::BadUrl { channel })?;
         let resp = self
-            .http
+            .http()
             .post(url)
             .json(body)
             .send()
