@@ -278,13 +278,7 @@ async fn refuse(
 ) -> WebhookResponse {
     let instance = instance.filter(|i| valid_instance(i)).unwrap_or("-");
     let ip = req.source_ip.as_deref().unwrap_or("-");
-    let ua: String = req
-        .user_agent
-        .as_deref()
-        .unwrap_or("-")
-        .chars()
-        .take(120)
-        .collect();
+    let ua = shown_user_agent(req);
     tracing::warn!(
         reason = reason.as_str(),
         instance,
@@ -598,6 +592,17 @@ pub async fn function_url_handler(
     };
     r.is_base64_encoded = false;
     Ok(r)
+}
+
+/// The caller's `User-Agent` as it goes into logs and refusal audits: at most 120 characters,
+/// `-` when absent (it is caller-controlled text).
+pub(crate) fn shown_user_agent(req: &WebhookRequest) -> String {
+    req.user_agent
+        .as_deref()
+        .unwrap_or("-")
+        .chars()
+        .take(120)
+        .collect()
 }
 
 #[cfg(test)]

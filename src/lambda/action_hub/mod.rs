@@ -36,7 +36,7 @@ use self::protocol::{field, ActionAnswer, ActionParams, InstanceOption, Route};
 use self::token::HubTokenSource;
 use super::context::{Instance, Invocation, LambdaContext};
 use super::payload::decode_body;
-use super::webhook::{ct_matches, WebhookRequest, WebhookResponse};
+use super::webhook::{ct_matches, shown_user_agent, WebhookRequest, WebhookResponse};
 use super::{acquire, complete, outcome_is_final, release, Idempotency, LambdaError, RunSummary};
 use crate::domain::config::{DeliveryMode, InstanceConfig, Period, PeriodKind};
 use crate::domain::run::{AuditEvent, EventKind, EventLevel};
@@ -174,13 +174,7 @@ fn base_url(hub: &ActionHub, req: &WebhookRequest) -> String {
 /// Audits and logs a refused request (never the token, never the body).
 async fn refuse(ctx: &LambdaContext, route: Option<Route>, req: &WebhookRequest, why: &str) {
     let ip = req.source_ip.as_deref().unwrap_or("-");
-    let ua: String = req
-        .user_agent
-        .as_deref()
-        .unwrap_or("-")
-        .chars()
-        .take(120)
-        .collect();
+    let ua = shown_user_agent(req);
     let id = shown_webhook_id(req);
     let route = route.map_or("unknown route", |r| r.as_str());
     tracing::warn!(reason = why, route, source_ip = ip, user_agent = %ua, webhook_id = %id, "action hub request refused");
