@@ -7,7 +7,9 @@
 //! `AWS_ENDPOINT_URL`, else SQLite.
 #![cfg(all(feature = "aws", feature = "sandbox"))]
 
-use std::collections::HashMap;
+mod common;
+
+use common::{env_store, Backend, World, EXAMPLE};
 use std::sync::Arc;
 
 use ml_connector::domain::config::InstanceConfig;
@@ -16,120 +18,65 @@ use ml_connector::lambda::action_hub::token::StaticHubToken;
 use ml_connector::lambda::action_hub::{
     ActionHub, ActionHubSettings, REJECTED_AUDIT_ID, SENDER_KIND,
 };
-use ml_connector::lambda::local::{action_demo, sandbox_secrets, FixedSecrets, MemConfigs};
+use ml_connector::lambda::local::{action_demo, MemConfigs, MemSecrets};
 use ml_connector::lambda::webhook::{handle_webhook, WebhookRequest, WebhookResponse};
 use ml_connector::lambda::{Invocation, LambdaContext, Settings};
-use ml_connector::sandbox::d365::{D365Seed, D365Sim, SANDBOX_TENANT};
 use ml_connector::sandbox::looker::action_client::{execute_body, run_look_json_detail};
 use ml_connector::sandbox::looker::seed::{DEMO_LOOK_ID, DEMO_LOOK_TITLE};
-use ml_connector::sandbox::looker::{
-    LookerSeed, LookerSim, SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET,
-};
+use ml_connector::sandbox::looker::{SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET};
 use ml_connector::secrets::Secret;
-use ml_connector::store::sqlite::SqliteStore;
-use ml_connector::store::{ConfigStore, Store};
+use ml_connector::store::Store;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-const EXAMPLE: &str = include_str!("../infra/config/weekly-marketplace-fees.toml");
 const TOKEN: &str = "hub-token-7f3a9c21d4e8b605";
 const HOST: &str = "abc123.lambda-url.eu-west-1.on.aws";
 
-async fn test_store(dir: &std::path::Path) -> Arc<dyn Store> {
-    if std::env::var("AWS_ENDPOINT_URL").is_ok_and(|v| !v.is_empty()) {
-        let cfg = ml_connector::aws::aws_sdk_config().await;
-        let client = aws_sdk_dynamodb::Client::new(&cfg);
-        let table = format!(
-            "action-test-{}-{:08x}",
-            std::process::id(),
-            fastrand::u32(..)
-        );
-        ml_connector::store::dynamodb::create_table_for_tests(&client, &table)
-            .await
-            .expect("create table on the local DynamoDB");
-        Arc::new(ml_connector::store::dynamodb::DynamoStore::new(
-            client, table,
-        ))
-    } else {
-        Arc::new(SqliteStore::open(&dir.join("audit.sqlite")).expect("sqlite"))
+/// The action hub tests' world: the common world with the hub on (token [`TOKEN`]), and the
+/// Look's rows as Looker pushes them (json_detail).
+struct Hub {
+    world: World,
+    rows: String,
+}
+
+impl std::ops::Deref for Hub {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
     }
 }
 
-struct World {
-    looker: LookerSim,
-    d365: D365Sim,
-    config: InstanceConfig,
-    ctx: LambdaContext,
-    store: Arc<dyn Store>,
-    /// The Look's rows as Looker pushes them (json_detail).
-    rows: String,
-    _dir: tempfile::TempDir,
+impl std::ops::DerefMut for Hub {
+    fn deref_mut(&mut self) -> &mut World {
+        &mut self.world
+    }
 }
 
-impl World {
-    async fn start() -> World {
+impl Hub {
+    async fn start() -> Hub {
         Self::start_with(Settings::default(), |_| {}).await
     }
 
-    async fn start_with(settings: Settings, adjust: impl FnOnce(&mut InstanceConfig)) -> World {
-        let today = chrono::Utc::now().date_naive();
-        let looker = LookerSim::start(LookerSeed::demo(today))
-            .await
-            .expect("looker sim");
-        let d365 = D365Sim::start(D365Seed::demo(today))
-            .await
-            .expect("d365 sim");
-        let mut config = InstanceConfig::from_toml(EXAMPLE).expect("example config");
-        config.looker.base_url = looker.base_url();
-        config.d365.environment_url = d365.environment_url();
-        config.d365.authority = d365.authority_url();
-        config.d365.tenant_id = Some(SANDBOX_TENANT.into());
-        adjust(&mut config);
-        let configs = MemConfigs::default();
-        configs
-            .put_config(
-                &config.instance,
-                &config.version(),
-                &toml::to_string(&config).expect("toml"),
-            )
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = test_store(dir.path()).await;
-        let secrets = FixedSecrets(HashMap::from([(
-            config.instance.clone(),
-            sandbox_secrets(),
-        )]));
-        let ctx = LambdaContext::new(
-            store.clone(),
-            Arc::new(configs),
-            Arc::new(secrets),
-            settings,
-        )
-        .with_action_hub(ActionHub {
-            token: Arc::new(StaticHubToken(Secret::new(TOKEN))),
-            settings: ActionHubSettings {
-                instances: vec![config.instance.clone()],
-                ..ActionHubSettings::default()
-            },
-        });
+    async fn start_with<'a>(
+        settings: Settings,
+        adjust: impl FnOnce(&mut InstanceConfig) + Send + 'a,
+    ) -> Hub {
+        let world = World::builder()
+            .adjust(adjust)
+            .store(Backend::from_env())
+            .settings(settings)
+            .action_hub(TOKEN)
+            .build()
+            .await;
         let rows = run_look_json_detail(
-            &looker.base_url(),
+            &world.looker.base_url(),
             SANDBOX_LOOKER_CLIENT_ID,
             SANDBOX_LOOKER_CLIENT_SECRET,
             DEMO_LOOK_ID,
         )
         .await
         .expect("the Look's json_detail");
-        World {
-            looker,
-            d365,
-            config,
-            ctx,
-            store,
-            rows,
-            _dir: dir,
-        }
+        Hub { world, rows }
     }
 
     async fn call(
@@ -181,7 +128,7 @@ fn looker(r: &WebhookResponse) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_and_form_have_lookers_shapes() {
-    let w = World::start().await;
+    let w = Hub::start().await;
     let r = w.call(LIST_PATH, Some(TOKEN), None, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let b = r.json_body();
@@ -228,7 +175,7 @@ async fn list_and_form_have_lookers_shapes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_on_every_route_and_audited_with_nothing_written() {
-    let w = World::start().await;
+    let w = Hub::start().await;
     let body = w.execute_body(w.form("no"));
     for (path, token) in [
         (LIST_PATH, None),
@@ -268,7 +215,7 @@ async fn a_wrong_token_is_refused_on_every_route_and_audited_with_nothing_writte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_returns_the_exact_journal_and_writes_nothing_then_the_post_matches_it() {
-    let w = World::start().await;
+    let w = Hub::start().await;
     let r = w
         .call(
             EXECUTE_PATH,
@@ -321,7 +268,7 @@ async fn a_dry_run_returns_the_exact_journal_and_writes_nothing_then_the_post_ma
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_names_its_journal_and_sender_and_a_redelivery_gets_the_recorded_answer() {
-    let w = World::start().await;
+    let w = Hub::start().await;
     let body = w.execute_body(w.form("no"));
     let r = w
         .call(
@@ -399,7 +346,7 @@ async fn a_post_names_its_journal_and_sender_and_a_redelivery_gets_the_recorded_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn form_problems_come_back_as_validation_errors_and_bad_rows_are_named() {
-    let w = World::start().await;
+    let w = Hub::start().await;
     let r = w
         .call(
             EXECUTE_PATH,
@@ -501,7 +448,7 @@ async fn a_body_over_the_limit_is_413_in_lookers_shape() {
         max_body_bytes: 4096,
         ..Settings::default()
     };
-    let w = World::start_with(settings, |_| {}).await;
+    let w = Hub::start_with(settings, |_| {}).await;
     let body = w.execute_body(w.form("no"));
     assert!(body.to_string().len() > 4096);
     let r = w
@@ -517,7 +464,7 @@ async fn a_body_over_the_limit_is_413_in_lookers_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_may_restrict_who_posts() {
-    let w = World::start_with(Settings::default(), |c| {
+    let w = Hub::start_with(Settings::default(), |c| {
         c.action.senders = vec!["controller@example.com".into()];
     })
     .await;
@@ -575,7 +522,7 @@ impl ml_connector::store::ReplayRequests for Queue {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_longer_than_the_inline_budget_is_accepted_and_continued() {
-    let mut w = World::start().await;
+    let mut w = Hub::start().await;
     // Every D365 request takes 400 ms; the action may run inline for 1 s.
     w.d365
         .set_cost_model(ml_connector::sandbox::d365::CostModel {
@@ -585,11 +532,11 @@ async fn a_post_longer_than_the_inline_budget_is_accepted_and_continued() {
     let queue = Arc::new(Queue::default());
     let hub = w.ctx.action_hub.take().expect("hub");
     let ctx = std::mem::replace(
-        &mut w.ctx,
+        &mut w.world.ctx,
         LambdaContext::new(
-            w.store.clone(),
+            w.world.store.clone(),
             Arc::new(MemConfigs::default()),
-            Arc::new(FixedSecrets(HashMap::new())),
+            Arc::new(MemSecrets::default()),
             Settings::default(),
         ),
     );
@@ -637,11 +584,11 @@ async fn the_function_url_event_reaches_the_hub_with_its_headers() {
     const EVENT: &str = include_str!("../events/action-hub-list.json");
     const SAMPLE_TOKEN: &str = "sample-hub-token-5d0b8e61c2a94f37";
     let dir = tempfile::tempdir().unwrap();
-    let store = test_store(dir.path()).await;
+    let store = env_store(dir.path()).await;
     let ctx = LambdaContext::new(
         store.clone(),
         Arc::new(MemConfigs::default()),
-        Arc::new(FixedSecrets(HashMap::new())),
+        Arc::new(MemSecrets::default()),
         Settings::default(),
     );
     let hub = |token: &str| ActionHub {
@@ -683,11 +630,11 @@ async fn the_function_url_event_reaches_the_hub_with_its_headers() {
     );
     // Another token: 403, audited with the source address, never the token.
     let dir2 = tempfile::tempdir().unwrap();
-    let store2 = test_store(dir2.path()).await;
+    let store2 = env_store(dir2.path()).await;
     let ctx2 = LambdaContext::new(
         store2.clone(),
         Arc::new(MemConfigs::default()),
-        Arc::new(FixedSecrets(HashMap::new())),
+        Arc::new(MemSecrets::default()),
         Settings::default(),
     )
     .with_action_hub(hub("another-token-entirely"));
@@ -707,7 +654,7 @@ async fn the_function_url_event_reaches_the_hub_with_its_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_flow_posts_one_journal_and_the_redelivery_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = test_store(dir.path()).await;
+    let store = env_store(dir.path()).await;
     let mut said = Vec::new();
     let mut say = |l: String| said.push(l);
     let outcome = action_demo(EXAMPLE, store.clone(), &mut say)

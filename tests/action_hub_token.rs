@@ -3,7 +3,7 @@
 //! the hub on every route.
 #![cfg(feature = "aws")]
 
-mod common_aws;
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +40,8 @@ impl SecretSource for NoSecrets {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_token_comes_from_secrets_manager_and_follows_rotation() {
-    let client = common_aws::secretsmanager().await;
-    let name = common_aws::unique("ml-connector/action-hub");
+    let client = common::aws::secretsmanager().await;
+    let name = common::aws::unique("ml-connector/action-hub");
     client
         .create_secret()
         .name(&name)

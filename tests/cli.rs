@@ -2,79 +2,14 @@
 //! the environment, simulators on loopback. Checks exit codes, output and that no secret leaks.
 #![cfg(feature = "sandbox")]
 
+mod cli_support;
 mod common;
 
-use std::path::Path;
-use std::process::Output;
-
+use cli_support::{args, cli, sandbox_env, text, write_config};
 use common::World;
 use ml_connector::domain::reference::PeriodStatus;
-use ml_connector::sandbox::d365::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT};
-use ml_connector::sandbox::looker::{SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ml-connector");
-
-/// Writes the example config pointed at the simulators.
-fn write_config(w: &World, dir: &Path) -> std::path::PathBuf {
-    let text = common::EXAMPLE
-        .replace("https://acme.cloud.looker.com", &w.looker.base_url())
-        .replace(
-            "https://contoso.operations.dynamics.com",
-            &w.d365.environment_url(),
-        )
-        .replace("https://login.microsoftonline.com", &w.d365.authority_url());
-    let p = dir.join("instance.toml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-async fn cli(args: Vec<String>, env: Vec<(&'static str, String)>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        let mut c = std::process::Command::new(BIN);
-        c.args(&args).env_remove("RUST_LOG");
-        for k in [
-            "MLC_LOOKER_CLIENT_ID",
-            "MLC_LOOKER_CLIENT_SECRET",
-            "MLC_D365_TENANT_ID",
-            "MLC_D365_CLIENT_ID",
-            "MLC_D365_CLIENT_SECRET",
-            "MLC_STORE",
-        ] {
-            c.env_remove(k);
-        }
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().expect("run ml-connector")
-    })
-    .await
-    .unwrap()
-}
-
-fn sandbox_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("MLC_LOOKER_CLIENT_ID", SANDBOX_LOOKER_CLIENT_ID.into()),
-        (
-            "MLC_LOOKER_CLIENT_SECRET",
-            SANDBOX_LOOKER_CLIENT_SECRET.into(),
-        ),
-        ("MLC_D365_TENANT_ID", SANDBOX_TENANT.into()),
-        ("MLC_D365_CLIENT_ID", SANDBOX_CLIENT_ID.into()),
-        ("MLC_D365_CLIENT_SECRET", SANDBOX_CLIENT_SECRET.into()),
-    ]
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
+use ml_connector::sandbox::d365::SANDBOX_CLIENT_SECRET;
+use ml_connector::sandbox::looker::SANDBOX_LOOKER_CLIENT_SECRET;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_prints_a_balanced_journal_and_posts_nothing_twice() {

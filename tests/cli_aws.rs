@@ -2,19 +2,19 @@
 //! starts: `config push`, `replay --request`, `runs`/`show --table`.
 #![cfg(feature = "aws")]
 
-mod common_aws;
+mod common;
 
 use std::process::Output;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::Utc;
+use common::EXAMPLE;
 use ml_connector::domain::run::{RunKeys, RunRecord, RunStatus, RunTotals};
 use ml_connector::domain::source::SourceRef;
-use ml_connector::store::dynamodb::{create_table_for_tests, DynamoStore};
+use ml_connector::store::dynamodb::DynamoStore;
 use ml_connector::store::{ConfigStore, Store};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ml-connector");
-const EXAMPLE: &str = include_str!("../infra/config/weekly-marketplace-fees.toml");
 
 async fn cli(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
@@ -42,9 +42,7 @@ fn s(v: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_push_validates_and_stores_a_version() {
-    let client = common_aws::dynamodb().await;
-    let table = common_aws::unique("cli-config");
-    create_table_for_tests(&client, &table).await.unwrap();
+    let (client, table) = common::aws::fresh_table("cli-config").await;
     let dir = tempfile::tempdir().unwrap();
 
     let good = dir.path().join("good.toml");
@@ -100,9 +98,7 @@ async fn config_push_validates_and_stores_a_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_request_writes_the_item_the_replay_function_listens_for() {
-    let client = common_aws::dynamodb().await;
-    let table = common_aws::unique("cli-replay");
-    create_table_for_tests(&client, &table).await.unwrap();
+    let (client, table) = common::aws::fresh_table("cli-replay").await;
     let store = DynamoStore::new(client.clone(), &table);
     let run_id = format!("r-test-{:06x}", fastrand::u32(..0xffffff));
     store

@@ -7,62 +7,39 @@
 //! convergence harness's invariant checker (`ml_connector::sandbox::converge::check`).
 #![cfg(feature = "sandbox")]
 
+mod cli_support;
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use cli_support::{args, cli, pointed_at_sandbox, sandbox_env};
 use common::World;
 use ml_connector::domain::mapping::{description_key, parse_line_ref};
 use ml_connector::sandbox::converge::{check, D365State, Expectation, RunClaim, Violation};
-use ml_connector::sandbox::d365::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT};
 use ml_connector::sandbox::looker::seed::{
     demo_amount, DEMO_CHANNELS, DEMO_COST_CENTERS, DEMO_FEE_TYPES,
 };
-use ml_connector::sandbox::looker::{SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET};
 use ml_connector::store::{SqliteStore, Store};
 use rust_decimal::{Decimal, RoundingStrategy};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ml-connector");
 const ROUNDS: i64 = 12;
-
-fn write_config(w: &World, path: &Path, text: &str) {
-    let text = text
-        .replace("https://acme.cloud.looker.com", &w.looker.base_url())
-        .replace(
-            "https://contoso.operations.dynamics.com",
-            &w.d365.environment_url(),
-        )
-        .replace("https://login.microsoftonline.com", &w.d365.authority_url());
-    std::fs::write(path, text).unwrap();
-}
 
 /// Starts `ml-connector run` for each store at once (one thread per process) and waits for all.
 async fn run_together(cfg: &Path, stores: &[PathBuf], run_date: &str) -> Vec<Output> {
     let handles: Vec<_> = stores
         .iter()
         .map(|store| {
-            let args = vec![
-                "run".to_string(),
-                "--config".into(),
-                cfg.to_str().unwrap().into(),
-                "--store".into(),
-                store.to_str().unwrap().into(),
-                "--run-date".into(),
-                run_date.into(),
-            ];
-            tokio::task::spawn_blocking(move || {
-                let mut c = std::process::Command::new(BIN);
-                c.args(&args)
-                    .env_remove("RUST_LOG")
-                    .env_remove("MLC_STORE")
-                    .env("MLC_LOOKER_CLIENT_ID", SANDBOX_LOOKER_CLIENT_ID)
-                    .env("MLC_LOOKER_CLIENT_SECRET", SANDBOX_LOOKER_CLIENT_SECRET)
-                    .env("MLC_D365_TENANT_ID", SANDBOX_TENANT)
-                    .env("MLC_D365_CLIENT_ID", SANDBOX_CLIENT_ID)
-                    .env("MLC_D365_CLIENT_SECRET", SANDBOX_CLIENT_SECRET);
-                c.output().expect("run ml-connector")
-            })
+            let run = args(&[
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--store",
+                store.to_str().unwrap(),
+                "--run-date",
+                run_date,
+            ]);
+            tokio::spawn(cli(run, sandbox_env()))
         })
         .collect();
     let mut out = Vec::new();
@@ -118,7 +95,7 @@ async fn two_processes_with_separate_stores_post_each_week_once() {
     let w = World::start().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("instance.toml");
-    write_config(&w, &cfg, common::EXAMPLE);
+    std::fs::write(&cfg, pointed_at_sandbox(&w, common::EXAMPLE)).unwrap();
     let stores = vec![dir.path().join("a.sqlite"), dir.path().join("b.sqlite")];
 
     // Twelve rounds, each a different week (the run date a week apart; the period is the week
@@ -200,7 +177,7 @@ async fn two_processes_with_separate_stores_post_each_week_once() {
         "the example's account mapping moved"
     );
     let changed_cfg = dir.path().join("changed.toml");
-    write_config(&w, &changed_cfg, &changed);
+    std::fs::write(&changed_cfg, pointed_at_sandbox(&w, &changed)).unwrap();
     let writes = |w: &World| {
         w.d365
             .request_log()

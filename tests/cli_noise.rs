@@ -26,19 +26,7 @@ async fn world_with_bad_fee_type(bad: &str) -> World {
     });
     let mut all: Vec<serde_json::Value> = serde_json::from_str(&rows).unwrap();
     all.push(bad_row);
-    w.looker.add_explore(
-        "finance",
-        "marketplace_fees",
-        &[
-            "marketplace_fees.row_id",
-            "marketplace_fees.week_end_date",
-            "marketplace_fees.channel",
-            "marketplace_fees.cost_center",
-            "marketplace_fees.fee_type",
-        ],
-        &["marketplace_fees.total_amount"],
-        &serde_json::to_string(&all).unwrap(),
-    );
+    w.add_fee_explore(&serde_json::to_string(&all).unwrap());
     w
 }
 

@@ -7,43 +7,27 @@
 #![cfg(all(feature = "aws", feature = "sandbox"))]
 
 mod common;
-mod common_aws;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use chrono::{Duration, Utc};
-use common::{sandbox_creds, MemConfigs, World};
+use common::{sandbox_secrets, World};
 use ml_connector::domain::run::RunStatus;
 use ml_connector::lambda::continuation::KIND;
+use ml_connector::lambda::local::{MemConfigs, MemSecrets};
 use ml_connector::lambda::replay::handle_replay;
 use ml_connector::lambda::scheduler::{handle_schedule, ScheduleInput};
 use ml_connector::lambda::{Invocation, LambdaContext, Settings};
 use ml_connector::sandbox::d365::CostModel;
-use ml_connector::secrets::{InstanceSecrets, Secret, SecretSource, SecretsError};
-use ml_connector::store::dynamodb::{create_table_for_tests, DynamoStore};
+use ml_connector::store::dynamodb::DynamoStore;
 use ml_connector::store::{ConfigStore, Store};
 
 /// One invocation's time: long enough for a few `$batch` requests of the slow D365 below, far
 /// too short for the whole run.
 const INVOCATION: i64 = 25;
-
-struct SandboxSecrets;
-
-#[async_trait]
-impl SecretSource for SandboxSecrets {
-    async fn instance_secrets(&self, _instance: &str) -> Result<InstanceSecrets, SecretsError> {
-        Ok(InstanceSecrets {
-            credentials: sandbox_creds(),
-            webhook_secret: Secret::new("unused-webhook-secret-0123456789abcdef"),
-            looker_webhook_token: None,
-            notify: Default::default(),
-        })
-    }
-}
 
 struct Setup {
     world: World,
@@ -67,11 +51,7 @@ async fn setup(max_continuations: u32) -> Setup {
         serialise_journal_writes: true,
         ..CostModel::default()
     });
-    let client = common_aws::dynamodb().await;
-    let table = common_aws::unique("continuation");
-    create_table_for_tests(&client, &table)
-        .await
-        .expect("create table on the local DynamoDB");
+    let (client, table) = common::aws::fresh_table("continuation").await;
     let store = Arc::new(DynamoStore::new(client.clone(), table.clone()));
     let configs = MemConfigs::default();
     let toml = toml::to_string(&world.config).expect("config to toml");
@@ -87,7 +67,10 @@ async fn setup(max_continuations: u32) -> Setup {
     let ctx = LambdaContext::new(
         store.clone(),
         Arc::new(configs),
-        Arc::new(SandboxSecrets),
+        Arc::new(MemSecrets::with(
+            &world.config.instance,
+            sandbox_secrets("unused-webhook-secret-0123456789abcdef"),
+        )),
         settings,
     )
     .with_continuations(store.clone());

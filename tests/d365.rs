@@ -1,10 +1,11 @@
 //! D365 F&O client against the D365 + Entra simulator, over real loopback sockets.
 #![cfg(feature = "sandbox")]
 
-use std::str::FromStr;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use chrono::{NaiveDate, Utc};
+use common::{dec, sim, today};
 use ml_connector::d365::{AuthError, D365Client, D365Error, D365Settings, NewJournalLine};
 use ml_connector::domain::reference::{PeriodStatus, VoucherAllocation};
 use ml_connector::http::RetryPolicy;
@@ -13,19 +14,6 @@ use ml_connector::sandbox::d365::{
     SANDBOX_TENANT,
 };
 use ml_connector::secrets::Secret;
-use rust_decimal::Decimal;
-
-fn today() -> NaiveDate {
-    Utc::now().date_naive()
-}
-
-fn dec(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap()
-}
-
-async fn sim() -> D365Sim {
-    D365Sim::start(D365Seed::demo(today())).await.unwrap()
-}
 
 fn settings_with(
     sim: &D365Sim,

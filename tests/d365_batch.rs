@@ -2,31 +2,20 @@
 //! unposted journals, against the D365 simulator over real loopback sockets.
 #![cfg(feature = "sandbox")]
 
-use std::str::FromStr;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use chrono::{NaiveDate, Utc};
+use common::{dec, sim, today};
 use ml_connector::d365::{
     BatchSettings, ChangesetOutcome, D365Client, D365Error, D365Settings, NewJournalLine,
 };
 use ml_connector::http::RetryPolicy;
 use ml_connector::sandbox::d365::{
-    D365Seed, D365Sim, SimService, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
+    D365Sim, SimService, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
 };
 use ml_connector::secrets::Secret;
 use rust_decimal::Decimal;
-
-fn today() -> NaiveDate {
-    Utc::now().date_naive()
-}
-
-fn dec(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap()
-}
-
-async fn sim() -> D365Sim {
-    D365Sim::start(D365Seed::demo(today())).await.unwrap()
-}
 
 fn client_with_timeout(sim: &D365Sim, timeout: Duration) -> D365Client {
     let mut s = D365Settings::new(

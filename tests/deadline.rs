@@ -4,13 +4,14 @@
 //! sandbox simulators.
 #![cfg(all(feature = "aws", feature = "sandbox"))]
 
+mod common;
 mod faults_support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Duration as ChronoDuration;
-use faults_support::{check, snapshot, World, INSTANCE};
+use faults_support::{check, snapshot, world, World, INSTANCE};
 use ml_connector::d365::D365Error;
 use ml_connector::domain::config::{InstanceConfig, Posting, VoucherBy};
 use ml_connector::domain::run::{LineStatus, RunStatus};
@@ -22,7 +23,7 @@ use ml_connector::wiring::build_clients;
 use tokio::time::Instant;
 
 fn creds() -> ml_connector::secrets::Credentials {
-    faults_support::sandbox_secrets().credentials
+    faults_support::sandbox_creds()
 }
 
 fn opts(deadline: Option<Instant>) -> RunOptions {
@@ -45,7 +46,7 @@ async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d365_429_with_long_retry_after_under_a_3s_deadline_returns_promptly() {
-    let w = World::start(|_| {}).await;
+    let w = world().build().await;
     let clients = build_clients(&w.config, &creds()).expect("clients");
     let d365 = clients
         .d365
@@ -96,7 +97,7 @@ async fn d365_429_with_long_retry_after_under_a_3s_deadline_returns_promptly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn looker_429_under_a_deadline_returns_promptly() {
-    let w = World::start(|_| {}).await;
+    let w = world().build().await;
     let clients = build_clients(&w.config, &creds()).expect("clients");
     let looker = clients
         .looker
@@ -167,7 +168,7 @@ async fn deadline_mid_post_line_by_line_interrupts_and_replay_finishes() {
 async fn interrupt_then_replay(posting: Posting) {
     // What a run without any deadline leaves in D365.
     let expected = {
-        let r = World::start(many_vouchers(posting)).await;
+        let r = world().adjust(many_vouchers(posting)).build().await;
         let clients = build_clients(&r.config, &creds()).expect("clients");
         let engine = Engine {
             extractor: &clients.looker,
@@ -183,7 +184,7 @@ async fn interrupt_then_replay(posting: Posting) {
         e
     };
 
-    let w = World::start(many_vouchers(posting)).await;
+    let w = world().adjust(many_vouchers(posting)).build().await;
     let clients = build_clients(&w.config, &creds()).expect("clients");
     let progress = SlowAfterFirstWrite {
         world: &w,
@@ -302,11 +303,13 @@ async fn interrupt_then_replay(posting: Posting) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d365_throttle_spaces_requests_per_window() {
-    let w = World::start(|c| {
-        c.d365.max_requests_per_window = 3;
-        c.d365.window_secs = 1;
-    })
-    .await;
+    let w = world()
+        .adjust(|c| {
+            c.d365.max_requests_per_window = 3;
+            c.d365.window_secs = 1;
+        })
+        .build()
+        .await;
     let clients = build_clients(&w.config, &creds()).expect("clients");
     let fno = |w: &World| {
         w.d365
@@ -389,11 +392,13 @@ fn lambda_deadline_margin_is_configurable_and_bounds_the_work_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d365_throttle_counts_every_retry() {
-    let w = World::start(|c| {
-        c.d365.max_requests_per_window = 2;
-        c.d365.window_secs = 1;
-    })
-    .await;
+    let w = world()
+        .adjust(|c| {
+            c.d365.max_requests_per_window = 2;
+            c.d365.window_secs = 1;
+        })
+        .build()
+        .await;
     let clients = build_clients(&w.config, &creds()).expect("clients");
     clients
         .d365

@@ -24,6 +24,7 @@
 //! `naive_poster_is_caught` proves that in CI. `FAULTS_ONLY=<substring>` filters cases.
 #![cfg(all(feature = "aws", feature = "sandbox"))]
 
+mod common;
 mod faults_support;
 
 use std::collections::BTreeMap;
@@ -464,8 +465,7 @@ fn webhook_key(body: &str) -> String {
 
 /// Replays `run_id` (plain engine, healthy ports) until it ends posted or already posted.
 async fn replay_until_final(w: &World, run_id: &str) -> Result<(), String> {
-    let clients =
-        build_clients(&w.config, &sandbox_secrets().credentials).map_err(|e| e.to_string())?;
+    let clients = build_clients(&w.config, &sandbox_creds()).map_err(|e| e.to_string())?;
     let engine = Engine {
         extractor: &clients.looker,
         ledger: &clients.d365,
@@ -727,8 +727,7 @@ fn replay_event(run_id: &str) -> StreamEvent {
 async fn drive_replay(w: &World, h: &Harness) -> Result<Finish, String> {
     // A completed run (no fault).
     let run_id = {
-        let clients =
-            build_clients(&w.config, &sandbox_secrets().credentials).map_err(|e| e.to_string())?;
+        let clients = build_clients(&w.config, &sandbox_creds()).map_err(|e| e.to_string())?;
         let engine = Engine {
             extractor: &clients.looker,
             ledger: &clients.d365,
@@ -862,7 +861,7 @@ fn adjust_for(s: Scenario, f: Option<Fault>) -> impl FnOnce(&mut InstanceConfig)
 
 /// The fault-free run of a scenario (with the fault's config): what D365 must hold.
 async fn reference(b: Backend, s: Scenario, f: Option<Fault>) -> Expected {
-    let w = World::start_on(b, adjust_for(s, f)).await;
+    let w = world().store(b).adjust(adjust_for(s, f)).build().await;
     let h = Harness::new(None, false);
     let fin = drive(s, &w, &h)
         .await
@@ -902,7 +901,11 @@ async fn run_case(
     naive: bool,
 ) -> CaseResult {
     let started = Instant::now();
-    let w = World::start_on(b, adjust_for(s, Some(f))).await;
+    let w = world()
+        .store(b)
+        .adjust(adjust_for(s, Some(f)))
+        .build()
+        .await;
     let h = Harness::new(Some(f), naive);
     let mut problems = Vec::new();
     let mut recovered = false;
@@ -1145,7 +1148,7 @@ async fn naive_poster_is_caught() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 
 async fn schedule_and_rows_webhook_for_the_same_week_post_once() {
-    let w = World::start(|_| {}).await;
+    let w = world().build().await;
     let input: ScheduleInput = serde_json::from_str(EV_SCHEDULE).unwrap();
     let (s1, w1) = (inv("s1"), inv("w1"));
     let (s, hk) = tokio::join!(
@@ -1172,7 +1175,7 @@ async fn schedule_and_rows_webhook_for_the_same_week_post_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 
 async fn replaying_a_completed_run_keeps_it_completed() {
-    let w = World::start(|_| {}).await;
+    let w = world().build().await;
     let h = Harness::new(None, false);
     let fin = drive_replay(&w, &h).await.expect("replay scenario");
     let run = w.store.get_run(&fin.final_runs[0]).await.unwrap().unwrap();
@@ -1189,7 +1192,7 @@ async fn replaying_a_completed_run_keeps_it_completed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 
 async fn a_crashed_run_superseded_by_a_retry_is_closed() {
-    let w = World::start(|_| {}).await;
+    let w = world().build().await;
     let h = Harness::new(Some(Fault::Crash(CrashPoint::LinesWritten)), false);
     let fin = drive_redelivery(&w, &h)
         .await
@@ -1212,7 +1215,7 @@ async fn a_crashed_run_superseded_by_a_retry_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d365_concurrency_cap_limits_requests_in_flight() {
     use ml_connector::d365::{D365Client, D365Settings};
-    let w = World::start(|_| {}).await;
+    let w = world().build().await;
     let settings = |cap: usize| {
         let mut s = D365Settings::new(
             &w.config.d365.environment_url,

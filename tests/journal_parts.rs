@@ -15,9 +15,10 @@ use ml_connector::domain::config::Posting;
 use ml_connector::domain::journal::JournalPart;
 use ml_connector::domain::mapping::{description_key, header_of_run, part_key};
 use ml_connector::domain::run::{LineStatus, RowStatus, RunRecord, RunStatus};
-use ml_connector::engine::{CrashPoint, Engine, EngineError, Mode, Outcome, Progress};
+use ml_connector::engine::{CrashPoint, Engine, EngineError, Mode, Outcome, Progress, RunReport};
 use ml_connector::sandbox::d365::{CostModel, SimHeader, SimLine};
 use ml_connector::store::Store;
+use ml_connector::wiring::Clients;
 use rust_decimal::Decimal;
 
 /// A world whose Look returns `rows` rows, split at `max_journal_lines`.
@@ -195,16 +196,12 @@ impl Progress for CrashNth {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_parts_resumes_with_only_the_missing_lines() {
-    let mut w = world(2500, 100, 1000).await;
-    // One part at a time, so "between parts" is a moment (the concurrent case is below).
-    w.config.d365.max_concurrent_requests = 1;
-    let clients = w.clients();
-    // Part 1 complete, part 2's header created (and recorded), then the process dies.
+/// Runs `w`'s instance until it reaches `point` for the `nth` time, where the process dies;
+/// checks that it died there and returns the crashed run as the store holds it.
+async fn run_until_crash(w: &World, clients: &Clients, point: CrashPoint, nth: usize) -> RunRecord {
     let crash = CrashNth {
-        point: CrashPoint::HeaderCreated,
-        nth: 2,
+        point,
+        nth,
         seen: AtomicUsize::new(0),
     };
     let engine = Engine {
@@ -218,9 +215,40 @@ async fn a_crash_between_parts_resumes_with_only_the_missing_lines() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, EngineError::Crashed(CrashPoint::HeaderCreated)),
+        matches!(err, EngineError::Crashed(p) if p == point),
         "{err}"
     );
+    w.store
+        .list_runs(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+}
+
+/// Replays the crashed run `run_id` with the same clients, nothing crashing this time.
+async fn replay(w: &World, clients: &Clients, run_id: &str) -> RunReport {
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &w.store,
+        progress: &ml_connector::engine::NoProgress,
+    };
+    engine
+        .replay(&w.config, run_id, chrono::Duration::minutes(5))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_parts_resumes_with_only_the_missing_lines() {
+    let mut w = world(2500, 100, 1000).await;
+    // One part at a time, so "between parts" is a moment (the concurrent case is below).
+    w.config.d365.max_concurrent_requests = 1;
+    let clients = w.clients();
+    // Part 1 complete, part 2's header created (and recorded), then the process dies.
+    let crashed = run_until_crash(&w, &clients, CrashPoint::HeaderCreated, 2).await;
     let headers = w.d365.headers();
     assert_eq!(headers.len(), 2);
     let part1 = w.d365.lines();
@@ -228,26 +256,11 @@ async fn a_crash_between_parts_resumes_with_only_the_missing_lines() {
     assert!(part1
         .iter()
         .all(|l| l.batch_number == headers[0].batch_number));
-    let crashed: RunRecord = w
-        .store
-        .list_runs(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
-        .unwrap();
     assert_eq!(crashed.status, RunStatus::Posting);
     assert_eq!(crashed.journals.len(), 2);
 
     // Replay: part 1 found whole, part 2's header reused, only the missing lines written.
-    let engine = Engine {
-        progress: &ml_connector::engine::NoProgress,
-        ..engine
-    };
-    let replayed = engine
-        .replay(&w.config, &crashed.run_id, chrono::Duration::minutes(5))
-        .await
-        .unwrap();
+    let replayed = replay(&w, &clients, &crashed.run_id).await;
     assert_eq!(
         replayed.outcome,
         Outcome::Posted,
@@ -496,25 +509,7 @@ async fn a_crash_with_parts_in_flight_resumes_with_only_the_missing_lines() {
     let clients = w.clients();
     // The first part to finish its writes crashes the process; the others are mid-way (a
     // part's vouchers go in one write step of sequential `$batch` requests).
-    let crash = CrashNth {
-        point: CrashPoint::LinesWritten,
-        nth: 1,
-        seen: AtomicUsize::new(0),
-    };
-    let engine = Engine {
-        extractor: &clients.looker,
-        ledger: &clients.d365,
-        store: &w.store,
-        progress: &crash,
-    };
-    let err = engine
-        .run(&w.config, &w.options(Mode::Post))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, EngineError::Crashed(CrashPoint::LinesWritten)),
-        "{err}"
-    );
+    let crashed = run_until_crash(&w, &clients, CrashPoint::LinesWritten, 1).await;
     let before = w.d365.lines().len();
     assert!(before > 0, "something was written before the crash");
     let planned = w.store.lines(&crashed_id(&w).await).await.unwrap().len();
@@ -522,23 +517,8 @@ async fn a_crash_with_parts_in_flight_resumes_with_only_the_missing_lines() {
         before < planned,
         "parts were in flight: {before} of {planned} lines written"
     );
-    let crashed: RunRecord = w
-        .store
-        .list_runs(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .next()
-        .unwrap();
     assert_eq!(crashed.status, RunStatus::Posting);
-    let engine = Engine {
-        progress: &ml_connector::engine::NoProgress,
-        ..engine
-    };
-    let replayed = engine
-        .replay(&w.config, &crashed.run_id, chrono::Duration::minutes(5))
-        .await
-        .unwrap();
+    let replayed = replay(&w, &clients, &crashed.run_id).await;
     assert_eq!(
         replayed.outcome,
         Outcome::Posted,

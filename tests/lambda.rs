@@ -12,13 +12,12 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use common::{MemConfigs, MemSecrets};
-
 use async_trait::async_trait;
 use aws_lambda_events::event::dynamodb::Event as StreamEvent;
-use chrono::{Duration, NaiveDate};
+use chrono::Duration;
+use common::events::*;
+use common::{dec, sandbox_creds, Backend, World, WorldBuilder};
 use lambda_http::RequestExt;
-use ml_connector::domain::config::InstanceConfig;
 use ml_connector::domain::reference::ReferenceData;
 use ml_connector::domain::run::{LineStatus, RunStatus};
 use ml_connector::engine::{Engine, Mode, NoProgress, Outcome, RunOptions};
@@ -28,171 +27,29 @@ use ml_connector::lambda::scheduler::{handle_schedule, ScheduleInput};
 use ml_connector::lambda::webhook::{
     function_url_handler, handle_webhook, http_handler, WebhookRequest, REJECTED_AUDIT_ID,
 };
-use ml_connector::lambda::{Invocation, LambdaContext, Settings};
+use ml_connector::lambda::{Invocation, Settings};
 use ml_connector::looker::delivery::{parse_delivery, DeliveryError};
 use ml_connector::ports::{LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine};
-use ml_connector::sandbox::d365::{
-    D365Seed, D365Sim, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
-};
 use ml_connector::sandbox::looker::seed::{
     demo_amount, DEMO_CHANNELS, DEMO_COST_CENTERS, DEMO_FEE_TYPES,
 };
-use ml_connector::sandbox::looker::{
-    LookerSeed, LookerSim, SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET,
-};
-use ml_connector::secrets::{Credentials, InstanceSecrets, Secret};
-use ml_connector::store::sqlite::SqliteStore;
-use ml_connector::store::{ConfigStore, Store};
+use ml_connector::secrets::Secret;
+use ml_connector::store::Store;
 use ml_connector::wiring::build_clients;
 use proptest::prelude::*;
 use rust_decimal::Decimal;
-
-const EXAMPLE: &str = include_str!("../infra/config/weekly-marketplace-fees.toml");
-const EV_JSON: &str = include_str!("../events/webhook-function-url.json");
-const EV_DETAIL: &str = include_str!("../events/webhook-json-detail.json");
-const EV_CSV: &str = include_str!("../events/webhook-csv.json");
-const EV_SCHEDULE: &str = include_str!("../events/scheduler.json");
-const EV_REPLAY: &str = include_str!("../events/replay-stream.json");
-/// The path secret in the sample events.
-const SECRET: &str = "f3Xq9LmV2pT7sK4wZ8nB6yH1cJ5dR0aE";
-const INSTANCE: &str = "weekly-marketplace-fees";
-/// The run id in `events/replay-stream.json`, replaced by a real one in tests.
-const SAMPLE_RUN_ID: &str = "r-20261123060004-3fa1";
-
-/// The date the sample events were sent (Monday) and the week they cover.
-fn event_date() -> NaiveDate {
-    NaiveDate::from_ymd_opt(2026, 11, 23).expect("date")
-}
-fn week_end() -> NaiveDate {
-    NaiveDate::from_ymd_opt(2026, 11, 22).expect("date")
-}
-
-fn d(s: &str) -> Decimal {
-    Decimal::from_str(s).expect("decimal")
-}
 
 fn round2(x: Decimal) -> Decimal {
     x.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
 }
 
-fn sandbox_secrets() -> InstanceSecrets {
-    InstanceSecrets {
-        credentials: Credentials {
-            looker_client_id: SANDBOX_LOOKER_CLIENT_ID.into(),
-            looker_client_secret: Secret::new(SANDBOX_LOOKER_CLIENT_SECRET),
-            d365_tenant_id: SANDBOX_TENANT.into(),
-            d365_client_id: SANDBOX_CLIENT_ID.into(),
-            d365_client_secret: Secret::new(SANDBOX_CLIENT_SECRET),
-        },
-        webhook_secret: Secret::new(SECRET),
-        looker_webhook_token: None,
-        notify: Default::default(),
-    }
-}
-
-/// The audit store: DynamoDB on the local moto server when `AWS_ENDPOINT_URL` is set (see
-/// `.ci/test`), else SQLite.
-async fn test_store(dir: &std::path::Path) -> (Arc<dyn Store>, &'static str) {
-    if std::env::var("AWS_ENDPOINT_URL").is_ok_and(|v| !v.is_empty()) {
-        let cfg = ml_connector::aws::aws_sdk_config().await;
-        let client = aws_sdk_dynamodb::Client::new(&cfg);
-        let table = format!(
-            "lambda-test-{}-{:08x}",
-            std::process::id(),
-            fastrand::u32(..)
-        );
-        ml_connector::store::dynamodb::create_table_for_tests(&client, &table)
-            .await
-            .expect("create table on the local DynamoDB");
-        (
-            Arc::new(ml_connector::store::dynamodb::DynamoStore::new(
-                client, table,
-            )),
-            "dynamodb",
-        )
-    } else {
-        (
-            Arc::new(SqliteStore::open(&dir.join("audit.sqlite")).expect("sqlite")),
-            "sqlite",
-        )
-    }
-}
-
-struct World {
-    looker: LookerSim,
-    d365: D365Sim,
-    config: InstanceConfig,
-    ctx: LambdaContext,
-    /// The secrets the context reads (tests may change them).
-    secrets: Arc<MemSecrets>,
-    store: Arc<dyn Store>,
-    /// `dynamodb` (local moto server) or `sqlite`.
-    store_kind: &'static str,
-    _dir: tempfile::TempDir,
+/// The Lambda tests' world: the sample events' week and path secret, and the audit store from
+/// the environment (DynamoDB on the local moto server under `.ci/test`).
+fn world<'a>() -> WorldBuilder<'a> {
+    World::sample_events().store(Backend::from_env())
 }
 
 impl World {
-    async fn start() -> World {
-        Self::start_with(Settings::default()).await
-    }
-
-    async fn start_with(settings: Settings) -> World {
-        Self::start_configured(settings, |_| {}).await
-    }
-
-    async fn start_configured(
-        settings: Settings,
-        adjust: impl FnOnce(&mut InstanceConfig),
-    ) -> World {
-        let looker = LookerSim::start(LookerSeed::demo(event_date()))
-            .await
-            .expect("looker sim");
-        let d365 = D365Sim::start(D365Seed::demo(event_date()))
-            .await
-            .expect("d365 sim");
-        let mut config = InstanceConfig::from_toml(EXAMPLE).expect("example config");
-        config.looker.base_url = looker.base_url();
-        config.d365.environment_url = d365.environment_url();
-        config.d365.authority = d365.authority_url();
-        config.d365.tenant_id = Some(SANDBOX_TENANT.into());
-        adjust(&mut config);
-        let toml = toml::to_string(&config).expect("config to toml");
-        assert_eq!(
-            InstanceConfig::from_toml(&toml).expect("round trip"),
-            config
-        );
-        let configs = MemConfigs::default();
-        configs
-            .put_config(INSTANCE, &config.version(), &toml)
-            .await
-            .unwrap();
-        let secrets = Arc::new(MemSecrets::default());
-        secrets
-            .0
-            .lock()
-            .unwrap()
-            .insert(INSTANCE.into(), sandbox_secrets());
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (store, store_kind) = test_store(dir.path()).await;
-        eprintln!("audit store: {store_kind}");
-        let ctx = LambdaContext::new(store.clone(), Arc::new(configs), secrets.clone(), settings);
-        World {
-            looker,
-            d365,
-            config,
-            ctx,
-            secrets,
-            store,
-            store_kind,
-            _dir: dir,
-        }
-    }
-
-    fn assert_nothing_in_d365(&self) {
-        assert!(self.d365.headers().is_empty(), "nothing may reach D365");
-        assert!(self.d365.lines().is_empty(), "nothing may reach D365");
-    }
-
     /// The weekly journal for the sample week: one header, 12 detail lines with the simulator's
     /// amounts to the cent, balanced.
     fn assert_weekly_journal(&self, run_key_prefix: Option<&str>) {
@@ -208,7 +65,7 @@ impl World {
         for ch in DEMO_CHANNELS {
             for cc in DEMO_COST_CENTERS {
                 for fee in DEMO_FEE_TYPES {
-                    let a = d(&demo_amount(&week, ch, cc, fee));
+                    let a = dec(&demo_amount(&week, ch, cc, fee));
                     exact += a;
                     let acct = if fee == "Commission" {
                         "618200"
@@ -232,7 +89,7 @@ impl World {
             .map(|l| (l.account_display.clone(), l.debit))
             .collect();
         assert_eq!(seen, expected);
-        assert_eq!(exact, d("51579.7731"), "the sample's Looker total");
+        assert_eq!(exact, dec("51579.7731"), "the sample's Looker total");
         let balancing: Vec<_> = lines
             .iter()
             .filter(|l| l.account_display == "200150---")
@@ -288,7 +145,7 @@ fn header<'a>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_url_sample_posts_the_weekly_journal_and_a_redelivery_posts_nothing() {
-    let w = World::start().await;
+    let w = world().build().await;
     // Through `lambda_http`'s conversion of the Function URL event and the HTTP handler, as
     // the binary runs it.
     let mut lctx = lambda_runtime::Context::default();
@@ -329,7 +186,7 @@ async fn function_url_sample_posts_the_weekly_journal_and_a_redelivery_posts_not
     // The idempotency record is in the store (DynamoDB under `.ci/test`), completed with the
     // answer.
     assert_eq!(
-        w.store_kind,
+        w.backend.name(),
         if std::env::var("AWS_ENDPOINT_URL").is_ok_and(|v| !v.is_empty()) {
             "dynamodb"
         } else {
@@ -377,7 +234,7 @@ async fn function_url_sample_posts_the_weekly_journal_and_a_redelivery_posts_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base64_function_url_event_and_a_wrong_secret_through_lambda_http() {
     use base64::Engine as _;
-    let w = World::start().await;
+    let w = world().build().await;
     // The Function URL base64-encodes a body it does not take for text; `lambda_http` decodes
     // it before the handler sees it.
     let mut ev: serde_json::Value = serde_json::from_str(EV_CSV).unwrap();
@@ -426,7 +283,7 @@ async fn base64_function_url_event_and_a_wrong_secret_through_lambda_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_rows_in_a_new_delivery_are_already_posted() {
-    let w = World::start().await;
+    let w = world().build().await;
     let first = handle_webhook(&w.ctx, request(EV_JSON), &inv("a")).await;
     assert_eq!(first.status, 200, "{}", first.body);
     // Another plan id changes the body (new idempotency key) and the source identity; the
@@ -469,7 +326,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_secret_unknown_instance_and_other_routes_are_a_neutral_404() {
-    let w = World::start().await;
+    let w = world().build().await;
     let logs = LogBuf::default();
     let subscriber = tracing_subscriber::fmt()
         .json()
@@ -537,11 +394,13 @@ async fn wrong_secret_unknown_instance_and_other_routes_are_a_neutral_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_deliveries_are_400_naming_the_problem() {
-    let w = World::start_with(Settings {
-        max_body_bytes: 64 * 1024,
-        ..Settings::default()
-    })
-    .await;
+    let w = world()
+        .settings(Settings {
+            max_body_bytes: 64 * 1024,
+            ..Settings::default()
+        })
+        .build()
+        .await;
     let plan = r#""scheduled_plan":{"scheduled_plan_id":1187,"query_id":90211,"url":"https://acme.cloud.looker.com/looks/42"}"#;
     let cases: Vec<(String, &str)> = vec![
         ("not json at all".into(), "not a Looker webhook delivery"),
@@ -653,15 +512,11 @@ async fn malformed_deliveries_are_400_naming_the_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn looker_webhook_token_is_required_when_the_instance_has_one() {
-    let w = World::start().await;
+    let w = world().build().await;
     let token = "looker-admin-webhook-token-5f1c9e";
-    w.secrets
-        .0
-        .lock()
-        .unwrap()
-        .get_mut(INSTANCE)
-        .unwrap()
-        .looker_webhook_token = Some(Secret::new(token));
+    assert!(w.secrets.update(INSTANCE, |s| {
+        s.looker_webhook_token = Some(Secret::new(token));
+    }));
     // The right path secret alone is not enough: no token, a wrong one, a longer one.
     for presented in [None, Some("wrong-token"), Some(&format!("{token}x")[..])] {
         let mut req = request(EV_JSON);
@@ -694,11 +549,13 @@ async fn looker_webhook_token_is_required_when_the_instance_has_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_delivery_is_413_pointing_to_trigger_delivery() {
     use base64::Engine as _;
-    let w = World::start_with(Settings {
-        max_body_bytes: 64 * 1024,
-        ..Settings::default()
-    })
-    .await;
+    let w = world()
+        .settings(Settings {
+            max_body_bytes: 64 * 1024,
+            ..Settings::default()
+        })
+        .build()
+        .await;
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
     let mut encoded = request(EV_JSON);
     encoded.is_base64_encoded = true;
@@ -718,7 +575,7 @@ async fn oversize_delivery_is_413_pointing_to_trigger_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_results_delivery_with_more_rows_than_the_saved_limit_posts() {
-    let w = World::start().await;
+    let w = world().build().await;
     // "All results": the payload names the Look's saved query (limit 10), the run ignored it
     // and delivered all 12 rows.
     let body = request(EV_JSON)
@@ -730,7 +587,7 @@ async fn all_results_delivery_with_more_rows_than_the_saved_limit_posts() {
     assert_eq!(r.status, 200, "{}", r.body);
     w.assert_weekly_journal(None);
     // Exactly the limit: may be cut there, refused before anything is posted.
-    let w = World::start().await;
+    let w = world().build().await;
     let cut = body.replace("\"limit\":\"10\"", "\"limit\":12");
     let r = handle_webhook(&w.ctx, with_body(&cut), &inv("cut")).await;
     assert_eq!(r.status, 422, "{}", r.body);
@@ -744,7 +601,7 @@ async fn all_results_delivery_with_more_rows_than_the_saved_limit_posts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_detail_delivery_posts_the_weekly_journal() {
-    let w = World::start().await;
+    let w = world().build().await;
     let r = handle_webhook(&w.ctx, request(EV_DETAIL), &inv("d")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json_body()["status"], "completed");
@@ -760,7 +617,7 @@ async fn json_detail_delivery_posts_the_weekly_journal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_delivery_with_looker_labels_posts_the_weekly_journal() {
-    let w = World::start().await;
+    let w = world().build().await;
     let r = handle_webhook(&w.ctx, request(EV_CSV), &inv("c")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json_body()["status"], "completed");
@@ -771,7 +628,7 @@ async fn csv_delivery_with_looker_labels_posts_the_weekly_journal() {
 async fn base64_body_and_base64_attachment_are_decoded() {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let w = World::start().await;
+    let w = world().build().await;
     let inner: serde_json::Value = serde_json::from_str(&request(EV_CSV).body.unwrap()).unwrap();
     let mut body = inner.clone();
     let csv = inner["attachment"]["data"].as_str().unwrap();
@@ -787,10 +644,10 @@ async fn base64_body_and_base64_attachment_are_decoded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_only_instance_extracts_through_the_api() {
-    let w = World::start_configured(Settings::default(), |c| {
-        c.webhook.delivery = ml_connector::domain::config::DeliveryMode::Trigger
-    })
-    .await;
+    let w = world()
+        .adjust(|c| c.webhook.delivery = ml_connector::domain::config::DeliveryMode::Trigger)
+        .build()
+        .await;
     // The delivery's rows are ignored (here: none at all); the connector runs the configured query.
     let body = r#"{"type":"query","scheduled_plan":{"scheduled_plan_id":1187,"query_id":90211,"url":"https://acme.cloud.looker.com/looks/42"},"attachment":null}"#;
     let r = handle_webhook(&w.ctx, with_body(body), &inv("t")).await;
@@ -814,7 +671,7 @@ async fn trigger_only_instance_extracts_through_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_delivery_is_422_with_the_issues_and_is_not_cached() {
-    let w = World::start().await;
+    let w = world().build().await;
     w.d365.set_main_account_suspended("618200", true);
     let r = handle_webhook(&w.ctx, request(EV_JSON), &inv("r1")).await;
     assert_eq!(r.status, 422, "{}", r.body);
@@ -835,7 +692,7 @@ async fn rejected_delivery_is_422_with_the_issues_and_is_not_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_in_progress_elsewhere_is_429_with_retry_after() {
-    let w = World::start().await;
+    let w = world().build().await;
     let body = request(EV_JSON).body.unwrap();
     use sha2::Digest;
     let key = format!(
@@ -862,7 +719,7 @@ async fn delivery_in_progress_elsewhere_is_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_event_posts_the_journal_for_the_scheduled_week_once() {
-    let w = World::start().await;
+    let w = world().build().await;
     let input: ScheduleInput = serde_json::from_str(EV_SCHEDULE).expect("scheduler sample");
     let out = handle_schedule(&w.ctx, input.clone(), &inv("s1"))
         .await
@@ -887,7 +744,7 @@ async fn scheduler_event_posts_the_journal_for_the_scheduled_week_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_retryable_and_permanent_failures() {
-    let w = World::start().await;
+    let w = world().build().await;
     // Unknown instance: permanent, answered (not retried).
     let out = handle_schedule(
         &w.ctx,
@@ -950,7 +807,7 @@ impl LedgerGateway for FailAfter<'_> {
 
 /// Runs the weekly sync with a ledger that stops after 5 lines; returns the failed run id.
 async fn half_posted_run(w: &World) -> String {
-    let clients = build_clients(&w.config, &sandbox_secrets().credentials).unwrap();
+    let clients = build_clients(&w.config, &sandbox_creds()).unwrap();
     let failing = FailAfter {
         inner: &clients.d365,
         ok_lines: std::sync::atomic::AtomicUsize::new(5),
@@ -985,7 +842,7 @@ fn sequence_number(ev: &StreamEvent) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_record_reposts_exactly_the_missing_lines() {
-    let w = World::start().await;
+    let w = world().build().await;
     let run_id = half_posted_run(&w).await;
     w.looker.clear_request_log();
     let resp = handle_replay(&w.ctx, replay_event(&run_id), &inv("rp1"))
@@ -1028,7 +885,7 @@ async fn replay_record_reposts_exactly_the_missing_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_replay_reports_its_sequence_number_and_a_retry_succeeds() {
-    let w = World::start().await;
+    let w = world().build().await;
     let run_id = half_posted_run(&w).await;
     // A batch: the replay request (D365 will refuse the writes), a TTL REMOVE, a run-item
     // MODIFY without a replay flag, and a request for an unknown run (permanent: dropped).
@@ -1091,7 +948,7 @@ async fn failed_replay_reports_its_sequence_number_and_a_retry_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_item_modify_with_replay_requested_triggers_a_replay() {
-    let w = World::start().await;
+    let w = world().build().await;
     let run_id = half_posted_run(&w).await;
     let rec = |old_flag: bool, seq: &str| -> serde_json::Value {
         let mut old = serde_json::json!({"pk": {"S": format!("RUN#{run_id}")}, "sk": {"S": "RUN"}, "run_id": {"S": run_id}});

@@ -6,7 +6,6 @@
 #![cfg(all(feature = "sandbox", feature = "aws"))]
 
 mod common;
-mod common_aws;
 
 use std::sync::Mutex;
 use std::time::Duration as StdDuration;
@@ -18,7 +17,6 @@ use ml_connector::domain::run::RunStatus;
 use ml_connector::engine::{
     CrashPoint, Engine, EngineError, Mode, NoProgress, Outcome, Progress, RunOptions,
 };
-use ml_connector::store::dynamodb::{create_table_for_tests, DynamoStore};
 use ml_connector::store::{LockOutcome, SqliteStore, Store};
 use tokio::time::Instant;
 
@@ -34,12 +32,7 @@ async fn sqlite() -> Box<dyn Store> {
 }
 
 async fn dynamo() -> Box<dyn Store> {
-    let client = common_aws::dynamodb().await;
-    let table = common_aws::unique("mlc-leases");
-    create_table_for_tests(&client, &table)
-        .await
-        .expect("create table");
-    Box::new(DynamoStore::new(client, table))
+    Box::new(common::aws::dynamo_store("mlc-leases").await)
 }
 
 async fn world() -> World {

@@ -1,13 +1,15 @@
 //! Looker client against the Looker simulator, over real loopback sockets.
 #![cfg(feature = "sandbox")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use common::fast_retry;
 use ml_connector::domain::config::InlineQuery;
 use ml_connector::domain::source::{Cell, SourceRef};
-use ml_connector::http::RetryPolicy;
 use ml_connector::looker::{parse_json_detail, LookerClient, LookerError, LookerSettings};
 use ml_connector::sandbox::looker::seed::{previous_sunday, DEMO_TOTAL_AMOUNT, DEMO_WEEK_END_DATE};
 use ml_connector::sandbox::looker::{
@@ -15,16 +17,6 @@ use ml_connector::sandbox::looker::{
 };
 use ml_connector::secrets::Secret;
 use rust_decimal::Decimal;
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_secs(5),
-        fallback_retry_after: Duration::from_millis(50),
-        deadline: None,
-    }
-}
 
 fn settings(sim: &LookerSim) -> LookerSettings {
     let mut s = LookerSettings::new(

@@ -3,10 +3,12 @@
 //! the streaming parser on a large body.
 #![cfg(feature = "sandbox")]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::fast_retry;
 use ml_connector::domain::source::{Cell, SourceRef};
-use ml_connector::http::RetryPolicy;
 use ml_connector::looker::{
     parse_json_rows_streaming, ExtractPath, LookerClient, LookerError, LookerSettings,
 };
@@ -22,16 +24,6 @@ use rust_decimal::Decimal;
 const MODEL: &str = "scale";
 const EXPLORE: &str = "ledger_lines";
 const LOOK: &str = "500";
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_secs(5),
-        fallback_retry_after: Duration::from_millis(50),
-        deadline: None,
-    }
-}
 
 /// Sync settings as the connector builds them by default (max_rows 5,000).
 fn sync_settings(sim: &LookerSim) -> LookerSettings {

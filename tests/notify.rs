@@ -4,9 +4,6 @@
 #![cfg(all(feature = "aws", feature = "sandbox"))]
 mod common;
 
-#[path = "common_aws/mod.rs"]
-mod common_aws;
-
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -294,11 +291,11 @@ async fn a_rejected_run_and_an_unreachable_webhook() {
 /// SNS on moto: the topic's HTTP subscription (our receiver) gets the subject and the text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_is_published_to_the_sns_topic() {
-    let sdk = common_aws::sdk_config().await;
+    let sdk = common::aws::sdk_config().await;
     let sns = aws_sdk_sns::Client::new(&sdk);
     let topic = sns
         .create_topic()
-        .name(common_aws::unique("mlc-notify"))
+        .name(common::aws::unique("mlc-notify"))
         .send()
         .await
         .expect("create topic")

@@ -477,7 +477,9 @@ async fn changed_data_for_a_posted_period_is_a_conflict() {
 
     // A fresh audit store (another machine) still sees the conflict, from D365 itself.
     let other = World {
-        store: ml_connector::store::sqlite::SqliteStore::open_in_memory().unwrap(),
+        store: std::sync::Arc::new(
+            ml_connector::store::sqlite::SqliteStore::open_in_memory().unwrap(),
+        ),
         ..w
     };
     let third = other.run(Mode::Post).await;

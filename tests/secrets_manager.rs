@@ -2,7 +2,7 @@
 //! instance's secret, caching with a TTL across rotation, missing and malformed secrets.
 #![cfg(feature = "aws")]
 
-mod common_aws;
+mod common;
 
 use std::time::Duration;
 
@@ -30,8 +30,8 @@ struct Fixture {
 impl Fixture {
     async fn new() -> Self {
         Self {
-            client: common_aws::secretsmanager().await,
-            prefix: format!("{}/", common_aws::unique("ml-connector")),
+            client: common::aws::secretsmanager().await,
+            prefix: format!("{}/", common::aws::unique("ml-connector")),
         }
     }
 

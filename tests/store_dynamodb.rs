@@ -11,7 +11,7 @@
 
 #[macro_use]
 mod store_suite;
-mod common_aws;
+mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,18 +19,13 @@ use std::sync::Arc;
 use aws_sdk_dynamodb::types::{AttributeValue, KeyType, StreamViewType, TimeToLiveStatus};
 use chrono::{DateTime, Utc};
 use ml_connector::domain::run::RunStatus;
-use ml_connector::store::dynamodb::{create_table_for_tests, DynamoStore, MAX_ITEM_BYTES};
+use ml_connector::store::dynamodb::{DynamoStore, MAX_ITEM_BYTES};
 use ml_connector::store::{ConfigStore, LockOutcome, ReplayRequests, Store, StoreError};
 use store_suite::{at, event, fresh_run, json, line, row, run, uid};
 
 /// A store on a new table of its own.
 async fn fresh_store() -> DynamoStore {
-    let client = common_aws::dynamodb().await;
-    let table = common_aws::unique("mlc-store");
-    create_table_for_tests(&client, &table)
-        .await
-        .expect("create table");
-    DynamoStore::new(client, table)
+    common::aws::dynamo_store("mlc-store").await
 }
 
 mod suite {
@@ -571,7 +566,7 @@ async fn two_clients_race_for_a_lock() {
     const TASKS: usize = 16;
     let first = fresh_store().await;
     // A second store with a client of its own (its own connection pool), on the same table.
-    let second = DynamoStore::new(common_aws::dynamodb().await, first.table());
+    let second = DynamoStore::new(common::aws::dynamodb().await, first.table());
     let stores = Arc::new([first, second]);
     for round in 0..5 {
         let key = uid("lock");

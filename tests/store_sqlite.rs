@@ -4,6 +4,7 @@
 
 #[macro_use]
 mod store_suite;
+mod common;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};

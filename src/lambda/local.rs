@@ -97,7 +97,8 @@ async fn function(
     resp
 }
 
-/// The config store `ml-connector config push` fills in AWS, in memory.
+/// The config store `ml-connector config push` fills in AWS, in memory (the local function
+/// here, and the Lambda contexts the tests build).
 #[derive(Default)]
 pub struct MemConfigs(Mutex<HashMap<String, (String, String)>>);
 
@@ -125,18 +126,45 @@ impl ConfigStore for MemConfigs {
     }
 }
 
-/// Fixed instance secrets (the sandbox's credentials).
-pub struct FixedSecrets(pub HashMap<String, InstanceSecrets>);
+/// What Secrets Manager holds in AWS, in memory: instance secrets by instance name. Tests may
+/// change an instance's secrets while a context reads them ([`MemSecrets::update`]).
+#[derive(Default)]
+pub struct MemSecrets(Mutex<HashMap<String, InstanceSecrets>>);
+
+impl MemSecrets {
+    /// A source holding `secrets` for `instance` only.
+    pub fn with(instance: &str, secrets: InstanceSecrets) -> Self {
+        let s = Self::default();
+        s.insert(instance, secrets);
+        s
+    }
+
+    /// Sets `instance`'s secrets.
+    pub fn insert(&self, instance: &str, secrets: InstanceSecrets) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(instance.into(), secrets);
+    }
+
+    /// Changes `instance`'s secrets in place; false when it has none.
+    pub fn update(&self, instance: &str, change: impl FnOnce(&mut InstanceSecrets)) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get_mut(instance).map(change).is_some()
+    }
+}
 
 #[async_trait::async_trait]
-impl SecretSource for FixedSecrets {
+impl SecretSource for MemSecrets {
     async fn instance_secrets(&self, instance: &str) -> Result<InstanceSecrets, SecretsError> {
         self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .get(instance)
             .cloned()
             .ok_or_else(|| SecretsError::NotFound {
                 instance: instance.into(),
-                detail: "not a sandbox instance".into(),
+                detail: "not in the in-memory source".into(),
             })
     }
 }
@@ -246,7 +274,7 @@ async fn start_local_hub(
         .put_config(&cfg.instance, &cfg.version(), &toml)
         .await
         .map_err(|e| ActionDemoError::Sandbox(e.to_string()))?;
-    let secrets = FixedSecrets(HashMap::from([(cfg.instance.clone(), sandbox_secrets())]));
+    let secrets = MemSecrets::with(&cfg.instance, sandbox_secrets());
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

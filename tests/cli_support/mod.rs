@@ -14,16 +14,19 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ml-connector");
 
 /// Writes the example config pointed at the simulators.
 pub fn write_config(w: &World, dir: &Path) -> PathBuf {
-    let text = EXAMPLE
-        .replace("https://acme.cloud.looker.com", &w.looker.base_url())
+    let p = dir.join("instance.toml");
+    std::fs::write(&p, pointed_at_sandbox(w, EXAMPLE)).unwrap();
+    p
+}
+
+/// Config `text` (written for the real services) with its URLs pointed at `w`'s simulators.
+pub fn pointed_at_sandbox(w: &World, text: &str) -> String {
+    text.replace("https://acme.cloud.looker.com", &w.looker.base_url())
         .replace(
             "https://contoso.operations.dynamics.com",
             &w.d365.environment_url(),
         )
-        .replace("https://login.microsoftonline.com", &w.d365.authority_url());
-    let p = dir.join("instance.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+        .replace("https://login.microsoftonline.com", &w.d365.authority_url())
 }
 
 /// Runs the binary with only `env` of the connector's variables set.

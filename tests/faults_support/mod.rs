@@ -5,151 +5,42 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use ml_connector::domain::config::InstanceConfig;
 use ml_connector::domain::reference::ReferenceData;
 use ml_connector::domain::run::{LineStatus, RowStatus, RunStatus};
 use ml_connector::engine::{CrashPoint, Progress};
-use ml_connector::lambda::{LambdaContext, Settings};
+use ml_connector::lambda::Settings;
 use ml_connector::ports::{
     LedgerError, LedgerGateway, LedgerHeader, LedgerLine, NewLedgerLine, VoucherOutcome,
 };
-use ml_connector::sandbox::d365::{
-    D365Seed, D365Sim, SimLine, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
-};
-use ml_connector::sandbox::looker::{
-    LookerSeed, LookerSim, SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET,
-};
-use ml_connector::secrets::{Credentials, InstanceSecrets, Secret};
-use ml_connector::store::sqlite::SqliteStore;
-use ml_connector::store::{ConfigStore, Store};
+use ml_connector::sandbox::d365::{D365Sim, SimLine};
+use ml_connector::store::Store;
 use rust_decimal::Decimal;
 
-pub const EXAMPLE: &str = include_str!("../../infra/config/weekly-marketplace-fees.toml");
-pub const EV_JSON: &str = include_str!("../../events/webhook-function-url.json");
-pub const EV_SCHEDULE: &str = include_str!("../../events/scheduler.json");
-pub const EV_REPLAY: &str = include_str!("../../events/replay-stream.json");
-/// The path secret in the sample events.
-pub const SECRET: &str = "f3Xq9LmV2pT7sK4wZ8nB6yH1cJ5dR0aE";
-pub const INSTANCE: &str = "weekly-marketplace-fees";
-/// The run id in `events/replay-stream.json`.
-pub const SAMPLE_RUN_ID: &str = "r-20261123060004-3fa1";
+// What faults.rs and deadline.rs take from the common world (each uses part of it).
+#[allow(unused_imports)]
+pub use crate::common::events::{
+    event_date, EV_JSON, EV_REPLAY, EV_SCHEDULE, INSTANCE, SAMPLE_RUN_ID, SECRET,
+};
+#[allow(unused_imports)]
+pub use crate::common::{sandbox_creds, Backend, World, WorldBuilder, EXAMPLE};
 
-/// The date the sample events were sent (Monday, 2026-11-23): every scenario covers 2026-W47.
-pub fn event_date() -> NaiveDate {
-    NaiveDate::from_ymd_opt(2026, 11, 23).expect("date")
-}
-
-pub fn sandbox_secrets() -> InstanceSecrets {
-    InstanceSecrets {
-        credentials: Credentials {
-            looker_client_id: SANDBOX_LOOKER_CLIENT_ID.into(),
-            looker_client_secret: Secret::new(SANDBOX_LOOKER_CLIENT_SECRET),
-            d365_tenant_id: SANDBOX_TENANT.into(),
-            d365_client_id: SANDBOX_CLIENT_ID.into(),
-            d365_client_secret: Secret::new(SANDBOX_CLIENT_SECRET),
-        },
-        webhook_secret: Secret::new(SECRET),
-        looker_webhook_token: None,
-        notify: Default::default(),
-    }
-}
-
-// The in-memory config and secret sources, shared with the other tests.
-#[path = "../common/mod.rs"]
-mod common;
-use common::{MemConfigs, MemSecrets};
-
-// The moto connection helpers (`AWS_ENDPOINT_URL`, set by `.ci/test`).
-#[path = "../common_aws/mod.rs"]
-mod common_aws;
-
-/// Where a world keeps its audit trail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Backend {
-    /// A SQLite file (what the CLI uses).
-    Sqlite,
-    /// A fresh DynamoDB table on the local moto server (what the Lambdas use).
-    Dynamo,
-}
-
-/// One isolated case: fresh simulators, a fresh SQLite store, a Lambda context over them.
-pub struct World {
-    pub looker: LookerSim,
-    pub d365: D365Sim,
-    pub config: InstanceConfig,
-    pub store: Arc<dyn Store>,
-    pub ctx: LambdaContext,
-    _dir: tempfile::TempDir,
+/// A fault case's world: the sample events' week and path secret, SQLite unless
+/// [`WorldBuilder::store`] says otherwise.
+pub fn world<'a>() -> WorldBuilder<'a> {
+    World::sample_events()
+        // The cases' invocations have 120 s (`inv` in faults.rs), not a deployed function's
+        // 300-900 s: keep the deadline margin in proportion so a fault's 10 s fallback wait
+        // still fits when the shared moto server is slow.
+        .settings(Settings {
+            deadline_margin: std::time::Duration::from_secs(2),
+            ..Settings::default()
+        })
 }
 
 impl World {
-    pub async fn start(adjust: impl FnOnce(&mut InstanceConfig)) -> World {
-        Self::start_on(Backend::Sqlite, adjust).await
-    }
-
-    /// [`World::start`] with the audit store on `backend`.
-    pub async fn start_on(backend: Backend, adjust: impl FnOnce(&mut InstanceConfig)) -> World {
-        let looker = LookerSim::start(LookerSeed::demo(event_date()))
-            .await
-            .expect("looker sim");
-        let d365 = D365Sim::start(D365Seed::demo(event_date()))
-            .await
-            .expect("d365 sim");
-        let mut config = InstanceConfig::from_toml(EXAMPLE).expect("example config");
-        config.looker.base_url = looker.base_url();
-        config.d365.environment_url = d365.environment_url();
-        config.d365.authority = d365.authority_url();
-        config.d365.tenant_id = Some(SANDBOX_TENANT.into());
-        adjust(&mut config);
-        let toml = toml::to_string(&config).expect("config to toml");
-        let config = InstanceConfig::from_toml(&toml).expect("adjusted config is valid");
-        let configs = MemConfigs::default();
-        configs
-            .put_config(INSTANCE, &config.version(), &toml)
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = match backend {
-            Backend::Sqlite => {
-                Arc::new(SqliteStore::open(&dir.path().join("audit.sqlite")).expect("sqlite"))
-            }
-            Backend::Dynamo => {
-                let client = common_aws::dynamodb().await;
-                let table = common_aws::unique("mlc-faults");
-                ml_connector::store::dynamodb::create_table_for_tests(&client, &table)
-                    .await
-                    .expect("create table");
-                Arc::new(ml_connector::store::dynamodb::DynamoStore::new(
-                    client, table,
-                ))
-            }
-        };
-        let ctx = LambdaContext::new(
-            store.clone(),
-            Arc::new(configs),
-            Arc::new(MemSecrets::with(INSTANCE, sandbox_secrets())),
-            // The cases' invocations have 30 s (`inv` in faults.rs), not a deployed function's
-            // 300-900 s: keep the deadline margin in proportion so a fault's 10 s fallback
-            // wait still fits when the shared moto server is slow.
-            Settings {
-                deadline_margin: std::time::Duration::from_secs(2),
-                ..Settings::default()
-            },
-        );
-        World {
-            looker,
-            d365,
-            config,
-            store,
-            ctx,
-            _dir: dir,
-        }
-    }
-
     /// Number of write requests (POST/DELETE) F&O received so far.
     pub fn fno_writes(&self) -> usize {
         self.d365

@@ -31,7 +31,6 @@ use ml_connector::domain::run::{
 };
 use ml_connector::domain::source::{Cell, SourceRef};
 use ml_connector::store::{LockOutcome, Store, StoreError};
-use rust_decimal::Decimal;
 
 /// Generates one `#[tokio::test]` per behaviour of the suite for the given constructor.
 macro_rules! store_suite {
@@ -94,9 +93,7 @@ pub fn at(secs: i64) -> DateTime<Utc> {
         + Duration::seconds(secs)
 }
 
-pub fn dec(s: &str) -> Decimal {
-    s.parse().expect("decimal literal")
-}
+pub use crate::common::dec;
 
 /// Canonical JSON of a record: equality here means nothing was lost, including decimal scale.
 pub fn json<T: serde::Serialize>(v: &T) -> String {

@@ -1,6 +1,5 @@
 //! Shared set-up for the tests of the AWS adapters: they run against the local moto server that
 //! `.ci/test` starts, never against real AWS, and never silently skip.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -58,4 +57,20 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed),
         fastrand::u32(..)
     )
+}
+
+/// A new audit table named `{prefix}-…` on the local server, and a client for it.
+pub async fn fresh_table(prefix: &str) -> (aws_sdk_dynamodb::Client, String) {
+    let client = dynamodb().await;
+    let table = unique(prefix);
+    ml_connector::store::dynamodb::create_table_for_tests(&client, &table)
+        .await
+        .expect("create table on the local DynamoDB");
+    (client, table)
+}
+
+/// A DynamoDB store on a new table of its own (see [`fresh_table`]).
+pub async fn dynamo_store(prefix: &str) -> ml_connector::store::dynamodb::DynamoStore {
+    let (client, table) = fresh_table(prefix).await;
+    ml_connector::store::dynamodb::DynamoStore::new(client, table)
 }
