@@ -5,10 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{dec, sim, today};
+use common::{d365_client, dec, fast_retry, sim, today};
 use ml_connector::d365::{AuthError, D365Client, D365Error, D365Settings, NewJournalLine};
 use ml_connector::domain::reference::{PeriodStatus, VoucherAllocation};
-use ml_connector::http::RetryPolicy;
 use ml_connector::sandbox::d365::{
     CostModel, D365Seed, D365Sim, SimService, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET,
     SANDBOX_TENANT,
@@ -32,25 +31,12 @@ fn settings_with(
     )
     .unwrap();
     s.timeout = Duration::from_secs(10);
-    s.retry = RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_secs(5),
-        fallback_retry_after: Duration::from_millis(50),
-        deadline: None,
-    };
+    s.retry = fast_retry();
     s
 }
 
 fn client(sim: &D365Sim) -> D365Client {
-    D365Client::new(settings_with(
-        sim,
-        &sim.environment_url(),
-        SANDBOX_TENANT,
-        SANDBOX_CLIENT_ID,
-        SANDBOX_CLIENT_SECRET,
-    ))
-    .unwrap()
+    d365_client(sim)
 }
 
 fn line(batch: &str, account: &str, debit: &str, credit: &str) -> NewJournalLine {

@@ -6,39 +6,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{dec, sim, today};
-use ml_connector::d365::{
-    BatchSettings, ChangesetOutcome, D365Client, D365Error, D365Settings, NewJournalLine,
-};
-use ml_connector::http::RetryPolicy;
+use common::{d365_client, d365_settings, dec, sim, today};
+use ml_connector::d365::{BatchSettings, ChangesetOutcome, D365Client, D365Error, NewJournalLine};
 use ml_connector::sandbox::d365::{
     D365Sim, SimService, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT,
 };
-use ml_connector::secrets::Secret;
 use rust_decimal::Decimal;
 
 fn client_with_timeout(sim: &D365Sim, timeout: Duration) -> D365Client {
-    let mut s = D365Settings::new(
-        &sim.environment_url(),
-        &sim.authority_url(),
-        SANDBOX_TENANT,
-        SANDBOX_CLIENT_ID,
-        Secret::new(SANDBOX_CLIENT_SECRET),
-    )
-    .unwrap();
+    let mut s = d365_settings(sim);
     s.timeout = timeout;
-    s.retry = RetryPolicy {
-        max_attempts: 3,
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_secs(5),
-        fallback_retry_after: Duration::from_millis(50),
-        deadline: None,
-    };
     D365Client::new(s).unwrap()
 }
 
 fn client(sim: &D365Sim) -> D365Client {
-    client_with_timeout(sim, Duration::from_secs(10))
+    d365_client(sim)
 }
 
 fn line(batch: &str, account: &str, debit: &str, credit: &str, text: &str) -> NewJournalLine {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use common::fast_retry;
+use common::{fast_retry, looker_settings};
 use ml_connector::domain::config::InlineQuery;
 use ml_connector::domain::source::{Cell, SourceRef};
 use ml_connector::looker::{parse_json_detail, LookerClient, LookerError, LookerSettings};
@@ -19,15 +19,7 @@ use ml_connector::secrets::Secret;
 use rust_decimal::Decimal;
 
 fn settings(sim: &LookerSim) -> LookerSettings {
-    let mut s = LookerSettings::new(
-        &sim.base_url(),
-        SANDBOX_LOOKER_CLIENT_ID,
-        Secret::new(SANDBOX_LOOKER_CLIENT_SECRET),
-    )
-    .unwrap();
-    s.retry = fast_retry();
-    s.timeout = Duration::from_secs(20);
-    s
+    looker_settings(sim, Duration::from_secs(20))
 }
 
 fn client(sim: &LookerSim) -> LookerClient {

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fast_retry;
+use common::looker_settings;
 use ml_connector::domain::source::{Cell, SourceRef};
 use ml_connector::looker::{
     parse_json_rows_streaming, ExtractPath, LookerClient, LookerError, LookerSettings,
@@ -18,7 +18,6 @@ use ml_connector::sandbox::looker::seed::{
 use ml_connector::sandbox::looker::{
     LoggedRequest, LookerSeed, LookerSim, SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLIENT_SECRET,
 };
-use ml_connector::secrets::Secret;
 use rust_decimal::Decimal;
 
 const MODEL: &str = "scale";
@@ -27,15 +26,7 @@ const LOOK: &str = "500";
 
 /// Sync settings as the connector builds them by default (max_rows 5,000).
 fn sync_settings(sim: &LookerSim) -> LookerSettings {
-    let mut s = LookerSettings::new(
-        &sim.base_url(),
-        SANDBOX_LOOKER_CLIENT_ID,
-        Secret::new(SANDBOX_LOOKER_CLIENT_SECRET),
-    )
-    .unwrap();
-    s.retry = fast_retry();
-    s.timeout = Duration::from_secs(30);
-    s
+    looker_settings(sim, Duration::from_secs(30))
 }
 
 /// Async settings with fast polling and room for 20,000 rows.

@@ -6,16 +6,22 @@
 //!   fault test starts from it.
 //! - `aws`: the moto connection helpers for the AWS adapters' tests.
 //! - `events`: the sample events in `events/` and what they share (date, path secret).
-//! - `today`, `dec`, `sim`, `fast_retry`, `fee_rows_json`: one copy each.
+//! - `sims`: the simulators' clients as the client tests set them up (`sim`, `d365_client`, …).
+//! - `today`, `dec`, `fast_retry`, `fee_rows_json`: one copy each.
 #![allow(dead_code)]
 
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod events;
 #[cfg(feature = "sandbox")]
+mod sims;
+#[cfg(feature = "sandbox")]
 mod world;
 
 // Each test binary uses only part of the world.
+#[cfg(feature = "sandbox")]
+#[allow(unused_imports)]
+pub use sims::*;
 #[cfg(feature = "sandbox")]
 #[allow(unused_imports)]
 pub use world::*;
@@ -36,16 +42,6 @@ pub fn today() -> NaiveDate {
 /// An exact decimal from a literal.
 pub fn dec(s: &str) -> Decimal {
     s.parse().expect("decimal literal")
-}
-
-/// The D365 simulator with today's demo seed.
-#[cfg(feature = "sandbox")]
-pub async fn sim() -> ml_connector::sandbox::d365::D365Sim {
-    ml_connector::sandbox::d365::D365Sim::start(
-        ml_connector::sandbox::d365::D365Seed::demo(today()),
-    )
-    .await
-    .expect("d365 sim")
 }
 
 /// Three attempts with millisecond back-off: retries without slowing the suite down.
