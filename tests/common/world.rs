@@ -206,7 +206,8 @@ impl<'a> WorldBuilder<'a> {
         let toml = toml::to_string(&config).expect("config to toml");
         assert_eq!(
             InstanceConfig::from_toml(&toml).expect("adjusted config is valid"),
-            config
+            config,
+            "the config survives the trip through TOML"
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let store = self.backend.open(dir.path()).await;
