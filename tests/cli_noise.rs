@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Stdio;
 
-use cli_support::{args, cli, sandbox_env, text, write_config, BIN};
+use cli_support::{args, bin, cli, sandbox_env, text, write_config};
 use common::World;
 use ml_connector::sandbox::looker::LookerSeed;
 
@@ -124,7 +124,7 @@ async fn a_closed_stdout_does_not_panic_after_the_run_is_recorded() {
     );
     let env = sandbox_env();
     let out = tokio::task::spawn_blocking(move || {
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(bin());
         cmd.args(["run", "--config", &c, "--store", &s])
             .env_remove("RUST_LOG")
             .env_remove("MLC_STORE")
