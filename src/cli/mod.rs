@@ -263,7 +263,7 @@ enum Command {
     /// dimensions, amounts negated, dated in the next open period), recorded as its own run
     /// linked to the original. An unposted journal is refused unless `--delete-unposted`, which
     /// deletes the connector's lines instead. Posted entries are never edited. Idempotent: a
-    /// repeat writes nothing and exits 0.
+    /// repeat writes nothing and exits 0, as does a run that wrote no journal.
     #[command(
         after_help = "Examples:\n  ml-connector reverse r-20261130060000-1a2b3c4d --config fees.toml\n  ml-connector reverse r-20261130060000-1a2b3c4d --config fees.toml --delete-unposted"
     )]
