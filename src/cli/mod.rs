@@ -263,7 +263,7 @@ enum Command {
     /// dimensions, amounts negated, dated in the next open period), recorded as its own run
     /// linked to the original. An unposted journal is refused unless `--delete-unposted`, which
     /// deletes the connector's lines instead. Posted entries are never edited. Idempotent: a
-    /// repeat writes nothing and exits 0.
+    /// repeat writes nothing and exits 0, as does a run that wrote no journal.
     #[command(
         after_help = "Examples:\n  ml-connector reverse r-20261130060000-1a2b3c4d --config fees.toml\n  ml-connector reverse r-20261130060000-1a2b3c4d --config fees.toml --delete-unposted"
     )]
@@ -997,20 +997,11 @@ async fn fix_for(
             _ => None,
         };
     }
-    if report.outcome == Outcome::Failed {
-        let validated = store
-            .events(&run.run_id)
-            .await
-            .map(|ev| ev.iter().any(|e| e.kind == crate::engine::VALIDATED_EVENT))
-            .unwrap_or(false);
-        if !validated {
-            return Some(format!(
-                "Nothing of run {} reached D365: it stopped before its validation finished, so there is nothing to replay. Fix the cause named above, then start a new run with `ml-connector run --config FILE`; `ml-connector show {}` shows what was recorded.",
-                run.run_id, run.run_id
-            ));
-        }
-    }
-    crate::controls::RunNotification::for_run(run).map(|n| n.fix)
+    // The same fix a notification of this run gives, for where the run got to.
+    let validation = crate::controls::notify::validation(store, &run.run_id)
+        .await
+        .unwrap_or(crate::controls::notify::Validation::NotFinished);
+    crate::controls::RunNotification::for_run(run, validation).map(|n| n.fix)
 }
 
 async fn replay_command(
