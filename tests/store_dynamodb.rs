@@ -227,7 +227,10 @@ async fn an_oversized_row_is_refused_before_anything_is_written() {
     big.errors = vec!["x".repeat(MAX_ITEM_BYTES)];
     let batch = [row(&r.run_id, 0, "1"), big];
     match store.put_source_rows(&batch).await {
-        Err(StoreError::Backend(msg)) => assert!(msg.contains("source row 1"), "{msg}"),
+        Err(e @ StoreError::Backend { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("source row 1"), "{msg}")
+        }
         other => panic!("expected Backend, got {other:?}"),
     }
     assert!(store.source_rows(&r.run_id).await.expect("rows").is_empty());
@@ -663,7 +666,7 @@ async fn corrupt_items_are_reported_not_panicked_on() {
     set(format!("LOCK#{key}"), "LOCK", "status", s("BOGUS")).await;
 
     let corrupt = |what: &str, r: Result<(), StoreError>| match r {
-        Err(StoreError::Corrupt(_)) => {}
+        Err(StoreError::Corrupt { .. }) => {}
         other => panic!("{what}: expected Corrupt, got {other:?}"),
     };
     corrupt("get_run", store.get_run(&r.run_id).await.map(drop));

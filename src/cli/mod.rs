@@ -329,10 +329,24 @@ pub async fn main() -> i32 {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", terminal::clean(&format!("{e:#}")));
+            eprintln!("error: {}", terminal::clean(&causes(&e)));
             exit::FAILED
         }
     }
+}
+
+/// The error and its causes, each said once (`{e:#}` would repeat every cause that an error
+/// both prints and keeps as its source, as `audit store: {0}` around a `StoreError` does).
+fn causes(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+    }
+    text
 }
 
 /// The log goes to stderr only on request (`-v`, `RUST_LOG`): everything a user must know is in
@@ -1387,5 +1401,28 @@ fn check_verdict(args: &ConfigArgs, report: &CheckReport) -> i32 {
             );
         }
         exit::OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineError;
+    use crate::ports::{Cause, StoreError};
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let store = StoreError::backend("opening a.sqlite", Cause::error(io));
+        // `audit store: {0}` prints the store error and keeps it as its source, which prints
+        // the I/O error and keeps it as its source.
+        let e = anyhow::Error::new(EngineError::Store(store)).context("posting run r1");
+        assert_eq!(
+            causes(&e),
+            "posting run r1: audit store: store backend error: opening a.sqlite: disk on fire"
+        );
+        // A cause nobody printed yet is added.
+        let e = anyhow::Error::new(std::io::Error::other("inner")).context("outer");
+        assert_eq!(causes(&e), "outer: inner");
     }
 }

@@ -6,9 +6,9 @@
 //! reference).
 
 mod budget;
-pub mod lease;
+pub(crate) mod lease;
 mod post;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::collections::BTreeMap;
 

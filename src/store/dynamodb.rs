@@ -123,6 +123,7 @@ use serde::Serialize;
 use super::{ConfigStore, LockOutcome, ReplayRequests, Store, StoreError};
 use crate::domain::run::{AuditEvent, LineRecord, RunRecord, SourceRowRecord};
 use crate::lambda::webhook::REJECTED_AUDIT_ID;
+use crate::ports::Cause;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -252,7 +253,7 @@ pub async fn create_table_for_tests(client: &Client, table: &str) -> Result<(), 
         .table_name(table)
         .wait(Duration::from_secs(120))
         .await
-        .map_err(|e| StoreError::Backend(format!("waiting for table {table}: {e}")))?;
+        .map_err(|e| StoreError::backend(format!("waiting for table {table}"), Cause::error(e)))?;
     client
         .update_time_to_live()
         .table_name(table)
@@ -273,15 +274,15 @@ pub async fn create_table_for_tests(client: &Client, table: &str) -> Result<(), 
 // Errors and attribute helpers
 
 fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError::Backend(format!("building a DynamoDB request: {e}"))
+    StoreError::backend("building a DynamoDB request", Cause::error(e))
 }
 
-/// A short description of an SDK failure: the service's error code and message, or the
-/// transport/timeout error with its causes.
+/// An SDK failure, described by the service's error code and message, or the transport/timeout
+/// error with its causes; the SDK error stays the source.
 fn sdk_err<E, R>(op: &str, e: SdkError<E, R>) -> StoreError
 where
-    E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let detail = match e.as_service_error() {
         Some(se) => format!(
@@ -291,7 +292,7 @@ where
         ),
         None => DisplayErrorContext(&e).to_string(),
     };
-    StoreError::Backend(format!("DynamoDB {op}: {detail}"))
+    StoreError::backend(format!("DynamoDB {op}"), Cause::described(detail, e))
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -320,36 +321,41 @@ fn values(pairs: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue>
 fn get_s<'a>(item: &'a Item, attr: &str, what: &str) -> Result<&'a str, StoreError> {
     match item.get(attr) {
         Some(AttributeValue::S(v)) => Ok(v),
-        Some(_) => Err(StoreError::Corrupt(format!(
-            "{what}: attribute {attr} is not a string"
-        ))),
-        None => Err(StoreError::Corrupt(format!(
-            "{what}: attribute {attr} is missing"
-        ))),
+        Some(_) => Err(StoreError::corrupt(
+            what,
+            format!("attribute {attr} is not a string"),
+        )),
+        None => Err(StoreError::corrupt(
+            what,
+            format!("attribute {attr} is missing"),
+        )),
     }
 }
 
 fn get_i64(item: &Item, attr: &str, what: &str) -> Result<i64, StoreError> {
     match item.get(attr) {
         Some(AttributeValue::N(v)) => v.parse().map_err(|_| {
-            StoreError::Corrupt(format!("{what}: attribute {attr} is not an integer: {v}"))
+            StoreError::corrupt(what, format!("attribute {attr} is not an integer: {v}"))
         }),
-        Some(_) => Err(StoreError::Corrupt(format!(
-            "{what}: attribute {attr} is not a number"
-        ))),
-        None => Err(StoreError::Corrupt(format!(
-            "{what}: attribute {attr} is missing"
-        ))),
+        Some(_) => Err(StoreError::corrupt(
+            what,
+            format!("attribute {attr} is not a number"),
+        )),
+        None => Err(StoreError::corrupt(
+            what,
+            format!("attribute {attr} is missing"),
+        )),
     }
 }
 
 fn encode<T: Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encoding {what}: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::backend(format!("encoding {what}"), Cause::error(e)))
 }
 
 fn decode_record<T: DeserializeOwned>(item: &Item, what: &str) -> Result<T, StoreError> {
     let json = get_s(item, "record", what)?;
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    serde_json::from_str(json).map_err(|e| StoreError::corrupt(what, Cause::error(e)))
 }
 
 /// DynamoDB's item size: attribute names plus values (close enough to check the limit).
@@ -375,9 +381,10 @@ fn item_size(item: &Item) -> usize {
 fn check_item_size(item: &Item, what: &str) -> Result<usize, StoreError> {
     let size = item_size(item);
     if size > MAX_ITEM_BYTES {
-        return Err(StoreError::Backend(format!(
-            "{what} is {size} bytes, over DynamoDB's {MAX_ITEM_BYTES}-byte item limit"
-        )));
+        return Err(StoreError::backend(
+            "",
+            format!("{what} is {size} bytes, over DynamoDB's {MAX_ITEM_BYTES}-byte item limit"),
+        ));
     }
     Ok(size)
 }
@@ -403,7 +410,7 @@ fn ceil_secs(t: &DateTime<Utc>) -> i64 {
 
 fn from_millis(what: &str, ms: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| StoreError::Corrupt(format!("{what}: timestamp {ms} ms out of range")))
+        .ok_or_else(|| StoreError::corrupt(what, format!("timestamp {ms} ms out of range")))
 }
 
 fn run_pk(run_id: &str) -> String {
@@ -470,10 +477,10 @@ impl TxError {
 
     fn into_store(self, what: &str) -> StoreError {
         match self {
-            TxError::Cancelled(codes) => StoreError::Backend(format!(
-                "{what}: transaction cancelled ({})",
-                codes.join(", ")
-            )),
+            TxError::Cancelled(codes) => StoreError::backend(
+                what,
+                format!("transaction cancelled ({})", codes.join(", ")),
+            ),
             TxError::Other(e) => e,
         }
     }
@@ -602,10 +609,13 @@ impl DynamoStore {
                 }
                 retries += 1;
                 if retries >= WRITE_ATTEMPTS {
-                    return Err(StoreError::Backend(format!(
-                        "{what}: DynamoDB left {} item(s) unprocessed after {retries} retries",
-                        pending.len()
-                    )));
+                    return Err(StoreError::backend(
+                        what,
+                        format!(
+                            "DynamoDB left {} item(s) unprocessed after {retries} retries",
+                            pending.len()
+                        ),
+                    ));
                 }
                 backoff(retries).await;
             }
@@ -895,9 +905,10 @@ impl Store for DynamoStore {
                 Err(e) => return Err(e.into_store(&format!("updating {what}"))),
             }
         }
-        Err(StoreError::Backend(format!(
-            "updating {what}: too many concurrent updates"
-        )))
+        Err(StoreError::backend(
+            format!("updating {what}"),
+            "too many concurrent updates",
+        ))
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
@@ -1140,14 +1151,16 @@ impl Store for DynamoStore {
                 LOCK_COMPLETED => Ok(LockOutcome::Completed {
                     result: get_s(&held, "result", &what)?.to_string(),
                 }),
-                other => Err(StoreError::Corrupt(format!(
-                    "{what}: unknown status {other:?}"
-                ))),
+                other => Err(StoreError::corrupt(
+                    what,
+                    format!("unknown status {other:?}"),
+                )),
             };
         }
-        Err(StoreError::Backend(format!(
-            "{what}: the lock record kept changing while it was being acquired"
-        )))
+        Err(StoreError::backend(
+            what,
+            "the lock record kept changing while it was being acquired",
+        ))
     }
 
     async fn renew_lock(
@@ -1369,9 +1382,10 @@ impl ReplayRequests for DynamoStore {
                 Err(e) => return Err(e.into_store(&format!("requesting a replay of {run_id}"))),
             }
         }
-        Err(StoreError::Backend(format!(
-            "requesting a replay of {run_id}: too many concurrent requests"
-        )))
+        Err(StoreError::backend(
+            format!("requesting a replay of {run_id}"),
+            "too many concurrent requests",
+        ))
     }
 }
 
@@ -1379,6 +1393,29 @@ impl ReplayRequests for DynamoStore {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn an_sdk_failure_reads_as_before_and_keeps_the_sdk_error_as_its_source() {
+        use aws_sdk_dynamodb::operation::get_item::GetItemError;
+        use std::error::Error as _;
+        let e =
+            SdkError::<GetItemError>::construction_failure(std::io::Error::other("no endpoint"));
+        let described = DisplayErrorContext(&e).to_string();
+        let err = sdk_err("GetItem", e);
+        assert_eq!(
+            err.to_string(),
+            format!("store backend error: DynamoDB GetItem: {described}")
+        );
+        let cause = err.source().expect("the cause is the source");
+        assert_eq!(cause.to_string(), described);
+        let sdk = cause.source().expect("the SDK error is the next link");
+        assert!(sdk.downcast_ref::<SdkError<GetItemError>>().is_some());
+        let mut root = sdk;
+        while let Some(next) = root.source() {
+            root = next;
+        }
+        assert_eq!(root.to_string(), "no endpoint");
+    }
 
     #[test]
     fn sort_keys_order_like_the_values() {
