@@ -293,6 +293,30 @@ async fn run_item_keeps_the_operators_replay_requested_flag_across_updates() {
     );
 }
 
+/// An SDK retry of `insert_run` whose first attempt succeeded (its answer lost to a timeout)
+/// finds the run item already there. DynamoDB dedupes the retry by the SDK's
+/// `ClientRequestToken`; a local server such as moto does not, so the adapter reads the item
+/// back: its own record at revision 1 is this insert, anything else a duplicate.
+#[tokio::test]
+async fn a_retried_run_insert_is_the_same_insert_not_a_duplicate() {
+    let store = fresh_store().await;
+    let r = fresh_run(at(0));
+    store.insert_run(&r).await.expect("first insert");
+    store.insert_run(&r).await.expect("the same record again");
+    assert_eq!(
+        store.get_run(&r.run_id).await.expect("get"),
+        Some(r.clone())
+    );
+    let mut updated = r.clone();
+    updated.status = RunStatus::Failed;
+    store.update_run(&updated).await.expect("update");
+    match store.insert_run(&r).await {
+        Err(StoreError::Duplicate(_)) => {}
+        other => panic!("a stale record is a duplicate, got {other:?}"),
+    }
+    assert_eq!(store.get_run(&r.run_id).await.expect("get"), Some(updated));
+}
+
 #[tokio::test]
 async fn update_run_moves_index_items_when_keys_change() {
     let store = fresh_store().await;

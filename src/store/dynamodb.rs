@@ -53,7 +53,9 @@
 //! # Writes
 //!
 //! - `insert_run` writes the run item (`attribute_not_exists(pk)`, else `Duplicate`) and its four
-//!   index items in one `TransactWriteItems`.
+//!   index items in one `TransactWriteItems`. When the condition fails, the item is read back:
+//!   this call's own record at revision 1 is an earlier attempt of the same insert (a retry whose
+//!   first answer was lost, which a local server does not dedupe by `ClientRequestToken`).
 //! - `update_run` reads the run item, then in one transaction `UpdateItem`s it (`SET` of the
 //!   attributes this store manages, conditional on the `rev` it read, retried on a concurrent
 //!   update) and rewrites the index items (deleting the old ones if a key changed). Attributes
@@ -823,6 +825,35 @@ fn line_item(line: &LineRecord) -> Result<(Item, usize), StoreError> {
     Ok((item, size))
 }
 
+impl DynamoStore {
+    /// `insert_run`'s condition failed: the run item exists. If it holds exactly the record this
+    /// call wrote (revision 1), the existing item *is* this insert: an earlier attempt of the same
+    /// transaction succeeded and its answer was lost (a timeout the SDK retried). DynamoDB makes
+    /// such a retry idempotent through the SDK's `ClientRequestToken`, but a local server may
+    /// not, and a spurious `Duplicate` would fail a run that was recorded fine. Anything else is
+    /// a real duplicate.
+    async fn own_insert_or_duplicate(
+        &self,
+        run: &RunRecord,
+        record: &str,
+    ) -> Result<(), StoreError> {
+        let what = format!("run {}", run.run_id);
+        let existing = self
+            .get_item(key(run_pk(&run.run_id), RUN_SK), &what)
+            .await?;
+        let ours = existing.as_ref().is_some_and(|item| {
+            get_s(item, "record", &what).is_ok_and(|r| r == record)
+                && get_i64(item, "rev", &what).is_ok_and(|rev| rev == 1)
+        });
+        if ours {
+            tracing::debug!(run_id = %run.run_id, "run item already written by an earlier attempt of this insert");
+            Ok(())
+        } else {
+            Err(StoreError::Duplicate(what))
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for DynamoStore {
     async fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError> {
@@ -835,7 +866,7 @@ impl Store for DynamoStore {
         }
         match self.transact(ops).await {
             Ok(()) => Ok(()),
-            Err(e) if e.failed_at(0) => Err(StoreError::Duplicate(format!("run {}", run.run_id))),
+            Err(e) if e.failed_at(0) => self.own_insert_or_duplicate(run, &record).await,
             Err(e) => Err(e.into_store(&format!("inserting run {}", run.run_id))),
         }
     }
