@@ -317,6 +317,27 @@ async fn a_retried_run_insert_is_the_same_insert_not_a_duplicate() {
     assert_eq!(store.get_run(&r.run_id).await.expect("get"), Some(updated));
 }
 
+/// A lock `PutItem` the SDK retried after its answer was lost finds the very item it wrote: that
+/// is this caller's lock. The same owner asking again later (other times) is still told it is
+/// in progress, and so is anyone else.
+#[tokio::test]
+async fn a_retried_lock_acquire_is_the_same_acquire() {
+    let store = fresh_store().await;
+    let key = uid("lock");
+    let first = store.acquire_lock(&key, "owner-a", at(0), at(60), at(3600));
+    assert_eq!(first.await.expect("acquire"), LockOutcome::Acquired);
+    let retried = store.acquire_lock(&key, "owner-a", at(0), at(60), at(3600));
+    assert_eq!(retried.await.expect("retry"), LockOutcome::Acquired);
+    let held = LockOutcome::InProgress {
+        owner: "owner-a".to_string(),
+        until: at(60),
+    };
+    let later = store.acquire_lock(&key, "owner-a", at(5), at(65), at(3605));
+    assert_eq!(later.await.expect("later"), held);
+    let other = store.acquire_lock(&key, "owner-b", at(0), at(60), at(3600));
+    assert_eq!(other.await.expect("other"), held);
+}
+
 #[tokio::test]
 async fn update_run_moves_index_items_when_keys_change() {
     let store = fresh_store().await;

@@ -74,6 +74,10 @@
 //! - Events: an atomic counter (`UpdateItem ADD seq 1` on `SEQ#EVENT`) gives each event of a
 //!   run its sequence number, so `events` returns insertion order across processes even when
 //!   timestamps are equal.
+//! - Retried conditional writes: `PutItem` carries no idempotency token, so an SDK retry of a
+//!   write whose first answer was lost fails its own condition. The event puts and
+//!   `acquire_lock` then compare the item found with the item written: exactly equal is this
+//!   write, done (not a duplicate, not someone else's lock).
 //! - Locks: Powertools' algorithm. `acquire_lock` is one conditional `PutItem`:
 //!   `attribute_not_exists(pk) OR expires_at_ms < :now_ms OR (status = INPROGRESS AND
 //!   in_progress_expiration < :now_ms)` with `ReturnValuesOnConditionCheckFailure=ALL_OLD` to
@@ -201,16 +205,8 @@ impl DynamoStore {
             "expiration".into(),
             n(ceil_secs(&Utc::now()) + REFUSED_REQUEST_TTL_DAYS * 86_400),
         );
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", "pk")
-            .send()
+        self.put_new(item, "PutItem (refused webhook request)")
             .await
-            .map_err(|e| sdk_err("PutItem (refused webhook request)", e))?;
-        Ok(())
     }
 }
 
@@ -307,6 +303,14 @@ fn n(v: impl std::fmt::Display) -> AttributeValue {
 
 fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
     HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))])
+}
+
+/// The key attributes of a whole item.
+fn key_of(item: &Item) -> Item {
+    item.iter()
+        .filter(|(k, _)| k.as_str() == "pk" || k.as_str() == "sk")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn names(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -832,6 +836,44 @@ impl DynamoStore {
     /// such a retry idempotent through the SDK's `ClientRequestToken`, but a local server may
     /// not, and a spurious `Duplicate` would fail a run that was recorded fine. Anything else is
     /// a real duplicate.
+    /// A `PutItem` of a new item (`attribute_not_exists(pk)`). A `PutItem` carries no
+    /// idempotency token, so when the SDK retries one whose first answer was lost, the retry
+    /// finds the item it wrote: if the item stored is exactly `item`, that is this write, done.
+    async fn put_new(&self, item: Item, op: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item.clone()))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", "pk")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let old = match err.as_service_error() {
+            Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                c.item().cloned()
+            }
+            _ => return Err(sdk_err(op, err)),
+        };
+        let old = match old.filter(|i| !i.is_empty()) {
+            Some(i) => Some(i),
+            None => {
+                let k = key_of(&item);
+                self.get_item(k, op).await?
+            }
+        };
+        if old.as_ref() == Some(&item) {
+            Ok(())
+        } else {
+            Err(sdk_err(op, err))
+        }
+    }
+
     async fn own_insert_or_duplicate(
         &self,
         run: &RunRecord,
@@ -1063,16 +1105,7 @@ impl Store for DynamoStore {
         item.insert("level".into(), s(event.level.as_str()));
         item.insert("record".into(), s(record));
         check_item_size(&item, &format!("event of run {}", event.run_id))?;
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", "pk")
-            .send()
-            .await
-            .map_err(|e| sdk_err("PutItem (event)", e))?;
-        Ok(())
+        self.put_new(item, "PutItem (event)").await
     }
 
     async fn events(&self, run_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
@@ -1174,6 +1207,11 @@ impl Store for DynamoStore {
                     None => continue,
                 },
             };
+            // The SDK retried this very `PutItem` after its answer was lost: the lock holds
+            // exactly what this call wrote, so it is this call's.
+            if held == item {
+                return Ok(LockOutcome::Acquired);
+            }
             return match get_s(&held, "status", &what)? {
                 LOCK_IN_PROGRESS => Ok(LockOutcome::InProgress {
                     owner: get_s(&held, "owner", &what)?.to_string(),
