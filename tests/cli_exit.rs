@@ -7,6 +7,7 @@ mod common;
 
 use cli_support::{args, cli, sandbox_env, text, write_config};
 use common::World;
+use ml_connector::domain::reference::PeriodStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_errors_have_their_own_code_and_help_lists_the_table() {
@@ -120,4 +121,51 @@ async fn empty_and_unfinished_periods_are_never_reported_as_posted() {
         );
     }
     assert!(w.d365.headers().is_empty());
+}
+
+/// `reverse` of a run that wrote no journal: D365 holds nothing of it, so the state asked for
+/// already holds. Done (0), said plainly, the same on a repeat; nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversing_a_run_that_wrote_no_journal_is_done_not_rejected() {
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&w, dir.path());
+    let store = dir.path().join("audit.sqlite");
+    let (c, s) = (cfg.to_str().unwrap(), store.to_str().unwrap());
+
+    // Rejected at validation (the period is closed in D365): nothing written.
+    w.d365
+        .set_period_status("usmf", w.period_end(), PeriodStatus::Closed);
+    let out = cli(args(&["run", "--config", c, "--store", s]), sandbox_env()).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    let rejected = cli_support::run_id(&t);
+
+    // Stopped before validation (Looker refuses the login): nothing written either.
+    let mut env = sandbox_env();
+    env.retain(|(k, _)| *k != "MLC_LOOKER_CLIENT_SECRET");
+    env.push(("MLC_LOOKER_CLIENT_SECRET", "wrong-secret".into()));
+    let out = cli(args(&["run", "--config", c, "--store", s]), env).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let failed = cli_support::run_id(&t);
+
+    for id in [&rejected, &failed] {
+        for attempt in ["first", "repeat"] {
+            let out = cli(
+                args(&["reverse", id, "--config", c, "--store", s]),
+                sandbox_env(),
+            )
+            .await;
+            let t = text(&out);
+            assert_eq!(out.status.code(), Some(0), "{attempt} reverse of {id}: {t}");
+            assert!(
+                t.contains(&format!("run {id} wrote no journal"))
+                    && t.contains("nothing to reverse"),
+                "{attempt} reverse of {id}: {t}"
+            );
+            assert!(!t.contains("refused"), "{t}");
+        }
+    }
+    assert!(w.d365.headers().is_empty() && w.d365.lines().is_empty());
 }

@@ -112,7 +112,7 @@ async fn the_audit_trail_says_each_status_once() {
 #[test]
 fn a_journal_of_one_voucher_says_voucher() {
     // Through the binary: the demo's journal table totals line.
-    let out = std::process::Command::new(cli_support::BIN)
+    let out = std::process::Command::new(cli_support::bin())
         .args(["demo", "--store"])
         .arg(tempfile::tempdir().unwrap().path().join("a.sqlite"))
         .env_remove("MLC_STORE")

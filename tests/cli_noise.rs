@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Stdio;
 
-use cli_support::{args, cli, sandbox_env, text, write_config, BIN};
+use cli_support::{args, bin, cli, sandbox_env, text, write_config};
 use common::World;
 use ml_connector::sandbox::looker::LookerSeed;
 
@@ -112,7 +112,7 @@ async fn a_closed_stdout_does_not_panic_after_the_run_is_recorded() {
     );
     let env = sandbox_env();
     let out = tokio::task::spawn_blocking(move || {
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(bin());
         cmd.args(["run", "--config", &c, "--store", &s])
             .env_remove("RUST_LOG")
             .env_remove("MLC_STORE")
@@ -131,4 +131,63 @@ async fn a_closed_stdout_does_not_panic_after_the_run_is_recorded() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(w.d365.headers().len(), 1);
+}
+
+/// `check` against a Looker that never answers: the login is tried once (with its own retry
+/// budget), the later Looker items are skipped as not checked, and the problem is said once;
+/// no retry warnings. Bounded by the connection attempts Looker sees, not by wall time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_against_an_unreachable_looker_logs_in_once_and_says_so_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let w = World::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&w, dir.path());
+    // A "Looker" that accepts each connection and closes it without a word.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen = connections.clone();
+    std::thread::spawn(move || {
+        for conn in dead.incoming() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let mut env = sandbox_env();
+    env.push(("MLC_LOOKER_URL", url));
+    let out = cli(args(&["check", "--config", cfg.to_str().unwrap()]), env).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+
+    // One login, with its retries: at most the attempts of one request.
+    let attempts = connections.load(Ordering::SeqCst);
+    let budget = ml_connector::http::RetryPolicy::default().max_attempts as usize;
+    assert!(
+        (1..=budget).contains(&attempts),
+        "{attempts} connections to Looker; one login makes at most {budget}:\n{t}"
+    );
+    // One message for the problem; the rest of Looker is marked as not checked.
+    let looker: Vec<&str> = t
+        .lines()
+        .skip_while(|l| !l.starts_with("Looker ("))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    let fails: Vec<&&str> = looker.iter().filter(|l| l.contains("FAIL")).collect();
+    assert_eq!(fails.len(), 1, "one Looker problem, once: {looker:#?}\n{t}");
+    assert!(fails[0].contains("/login"), "{t}");
+    assert!(
+        looker
+            .iter()
+            .any(|l| l.contains("skip") && l.contains("not logged in")),
+        "the other Looker items are marked not checked: {t}"
+    );
+    assert_eq!(t.matches("/login").count(), 1, "{t}");
+    for noise in ["retry", "waiting", "WARN"] {
+        assert!(!t.contains(noise), "{noise:?} in output:\n{t}");
+    }
+    // D365 is still checked.
+    assert!(t.contains("D365"), "{t}");
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use cli_support::{args, run_id, sandbox_env, text, write_config, BIN};
+use cli_support::{args, bin, run_id, sandbox_env, text, write_config};
 use common::World;
 
 /// Runs the binary in `cwd` with `home` as the user's home (no XDG override), only `env` set.
@@ -20,7 +20,7 @@ async fn cli_in(
 ) -> Output {
     let (cwd, home) = (cwd.to_path_buf(), home.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        let mut c = std::process::Command::new(BIN);
+        let mut c = std::process::Command::new(bin());
         c.args(&a).current_dir(&cwd).env("HOME", &home);
         for k in [
             "RUST_LOG",

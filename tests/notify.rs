@@ -2,6 +2,7 @@
 //! webhooks against a loopback receiver, and the SNS topic on the local moto server (`.ci/test`),
 //! whose HTTP subscription delivers to the same receiver.
 #![cfg(all(feature = "aws", feature = "sandbox"))]
+mod cli_support;
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -270,7 +271,7 @@ async fn a_rejected_run_and_an_unreachable_webhook() {
         format!("run {id} rejected: nothing was written"),
         "Status: rejected".to_string(),
         "Journals: none".to_string(),
-        format!("Fix: Nothing was written. `ml-connector show {id}`"),
+        format!("Fix: Nothing was written. `ml-connector show {id} --table mlc-audit`"),
         format!("Details: ml-connector show {id} --table mlc-audit"),
     ] {
         assert!(text.contains(&want), "{want:?} in:\n{text}");
@@ -371,5 +372,172 @@ async fn a_run_is_published_to_the_sns_topic() {
         events[0].message.contains("SNS publish failed"),
         "{}",
         events[0].message
+    );
+}
+
+/// Runs `w`'s instance once against `store` with notifications through `notifier`.
+async fn run_notified_in(
+    w: &World,
+    store: &dyn Store,
+    notifier: &Notifier,
+    chat: ChatTargets,
+) -> RunReport {
+    let clients = w.clients();
+    let progress = PublishingProgress {
+        inner: NoProgress,
+        notifier: Some(notifier),
+        chat,
+        store,
+    };
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store,
+        progress: &progress,
+    };
+    engine
+        .run(&w.config, &w.options(Mode::Post))
+        .await
+        .expect("engine ran")
+}
+
+/// The `Fix:` line of the last Slack message at `path`.
+fn slack_fix(rx: &Receiver, path: &str) -> String {
+    let got = rx.at(path);
+    let body = &got.last().expect("a Slack message").body;
+    let text = json(body)["text"].as_str().unwrap().to_string();
+    text.lines()
+        .find(|l| l.starts_with("Fix: "))
+        .unwrap_or_else(|| panic!("no Fix line in:\n{text}"))
+        .to_string()
+}
+
+/// A Lambda's notification (runs in the deployed table) suggests the fix that works for the
+/// run's state: a run that stopped before its validation finished is not sent to replay
+/// (replay refuses it); a run that failed while posting is, with a command that runs as
+/// printed (the real binary, against the table on moto) and a replay that then finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_runs_notification_suggests_the_fix_that_works_for_its_state() {
+    use ml_connector::store::dynamodb::{create_table_for_tests, DynamoStore};
+    let client = common_aws::dynamodb().await;
+    let table = common_aws::unique("mlc-notify-fix");
+    create_table_for_tests(&client, &table).await.unwrap();
+    let store = DynamoStore::new(client.clone(), &table);
+    let rx = Receiver::start().await;
+    let notifier = Notifier::new(Some(table.clone()));
+    let chat = || ChatTargets {
+        slack: Some(rx.url("/services/fix-secret")),
+        teams: None,
+    };
+
+    // Looker refuses the login: the run stops before its validation.
+    let mut w = World::start().await;
+    w.creds.looker_client_secret = Secret::new("wrong-secret");
+    let report = run_notified_in(&w, &store, &notifier, chat()).await;
+    assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.run.message);
+    let id = report.run.run_id.clone();
+    let fix = slack_fix(&rx, "/services/fix-secret");
+    assert!(
+        cli_support::suggested(&fix)
+            .iter()
+            .all(|c| c.first().map(String::as_str) != Some("replay")),
+        "replay refuses this run: {fix}"
+    );
+    assert!(
+        fix.contains(&format!("`ml-connector run --config FILE --table {table}`")),
+        "{fix}"
+    );
+    // What the notification used to suggest is indeed refused.
+    let clients = w.clients();
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &store,
+        progress: &NoProgress,
+    };
+    let refused = engine
+        .replay(&w.config, &id, chrono::Duration::minutes(5))
+        .await
+        .map(|r| r.outcome);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("before its validation finished")),
+        "{refused:?}"
+    );
+    // The commands without a placeholder run as printed.
+    for cmd in cli_support::suggested(&fix) {
+        if cmd.iter().any(|a| a == "FILE") {
+            continue;
+        }
+        let out = cli_support::cli(cmd.clone(), vec![]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "`ml-connector {}`:\n{}",
+            cmd.join(" "),
+            cli_support::text(&out)
+        );
+    }
+
+    // D365 refuses some vouchers while posting: validated, failed, replayable. (A table of
+    // its own: the same week's data, unrelated to the run above.)
+    let table = common_aws::unique("mlc-notify-fix");
+    create_table_for_tests(&client, &table).await.unwrap();
+    let store = DynamoStore::new(client.clone(), &table);
+    let notifier = Notifier::new(Some(table.clone()));
+    let mut w = World::start().await;
+    w.config.journal.voucher_by = ml_connector::domain::config::VoucherBy::Row;
+    w.d365.reject_changeset_containing("Shopify");
+    let report = run_notified_in(&w, &store, &notifier, chat()).await;
+    assert_eq!(report.outcome, Outcome::Failed, "{:?}", report.run.message);
+    let id = report.run.run_id.clone();
+    let fix = slack_fix(&rx, "/services/fix-secret");
+    let replay = format!("ml-connector replay {id} --request --table {table}");
+    assert!(fix.contains(&format!("`{replay}`")), "{fix}");
+    let commands = cli_support::suggested(&fix);
+    assert!(!commands.is_empty(), "{fix}");
+    // Every command runs exactly as printed: no placeholder, no local file needed.
+    for cmd in commands {
+        assert!(!cmd.iter().any(|a| a == "FILE"), "{fix}");
+        let out = cli_support::cli(cmd.clone(), vec![]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "`ml-connector {}`:\n{}",
+            cmd.join(" "),
+            cli_support::text(&out)
+        );
+    }
+    // The request is in the table for the replay Lambda, and such a replay finishes the run.
+    let requests = client
+        .query()
+        .table_name(&table)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(
+            ":pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("REPLAY#{id}")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(requests.items().len(), 1, "one replay request for {id}");
+    w.d365.clear_changeset_rejections();
+    let clients = w.clients();
+    let engine = Engine {
+        extractor: &clients.looker,
+        ledger: &clients.d365,
+        store: &store,
+        progress: &NoProgress,
+    };
+    let replayed = engine
+        .replay(&w.config, &id, chrono::Duration::minutes(5))
+        .await
+        .expect("replay");
+    assert_eq!(
+        replayed.outcome,
+        Outcome::Posted,
+        "{:?}",
+        replayed.run.message
     );
 }

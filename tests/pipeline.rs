@@ -529,6 +529,16 @@ struct FailAfter<'a> {
 
 #[async_trait]
 impl LedgerGateway for FailAfter<'_> {
+    // The refusal is injected per line (`create_line`): post line by line, as a D365 without
+    // `$batch` would, so exactly `ok_lines` lines land before it (the reference-data outage
+    // test never gets as far as posting).
+    async fn create_vouchers(
+        &self,
+        _: &[Vec<NewLedgerLine>],
+        _: usize,
+    ) -> Result<Option<Vec<ml_connector::ports::VoucherOutcome>>, LedgerError> {
+        Ok(None)
+    }
     async fn reference(&self, le: &str) -> Result<ReferenceData, LedgerError> {
         if self.reference_fails {
             return Err(LedgerError::Other(
@@ -553,6 +563,24 @@ impl LedgerGateway for FailAfter<'_> {
         }
         self.ok_lines.fetch_sub(1, Ordering::SeqCst);
         self.inner.create_line(l).await
+    }
+    // Reads and deletes are D365's own.
+    async fn header(&self, le: &str, b: &str) -> Result<Option<LedgerHeader>, LedgerError> {
+        self.inner.header(le, b).await
+    }
+    async fn delete_line(&self, le: &str, b: &str, n: &str) -> Result<bool, LedgerError> {
+        self.inner.delete_line(le, b, n).await
+    }
+    async fn delete_lines_atomic(
+        &self,
+        le: &str,
+        b: &str,
+        n: &[String],
+    ) -> Result<bool, LedgerError> {
+        self.inner.delete_lines_atomic(le, b, n).await
+    }
+    async fn delete_header(&self, le: &str, b: &str) -> Result<bool, LedgerError> {
+        self.inner.delete_header(le, b).await
     }
 }
 

@@ -222,7 +222,10 @@ async fn an_oversized_row_is_refused_before_anything_is_written() {
     big.errors = vec!["x".repeat(MAX_ITEM_BYTES)];
     let batch = [row(&r.run_id, 0, "1"), big];
     match store.put_source_rows(&batch).await {
-        Err(StoreError::Backend(msg)) => assert!(msg.contains("source row 1"), "{msg}"),
+        Err(e @ StoreError::Backend { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("source row 1"), "{msg}")
+        }
         other => panic!("expected Backend, got {other:?}"),
     }
     assert!(store.source_rows(&r.run_id).await.expect("rows").is_empty());
@@ -283,6 +286,51 @@ async fn run_item_keeps_the_operators_replay_requested_flag_across_updates() {
         store.list_runs(Some(&r.instance), 5).await.expect("list"),
         vec![done]
     );
+}
+
+/// An SDK retry of `insert_run` whose first attempt succeeded (its answer lost to a timeout)
+/// finds the run item already there. DynamoDB dedupes the retry by the SDK's
+/// `ClientRequestToken`; a local server such as moto does not, so the adapter reads the item
+/// back: its own record at revision 1 is this insert, anything else a duplicate.
+#[tokio::test]
+async fn a_retried_run_insert_is_the_same_insert_not_a_duplicate() {
+    let store = fresh_store().await;
+    let r = fresh_run(at(0));
+    store.insert_run(&r).await.expect("first insert");
+    store.insert_run(&r).await.expect("the same record again");
+    assert_eq!(
+        store.get_run(&r.run_id).await.expect("get"),
+        Some(r.clone())
+    );
+    let mut updated = r.clone();
+    updated.status = RunStatus::Failed;
+    store.update_run(&updated).await.expect("update");
+    match store.insert_run(&r).await {
+        Err(StoreError::Duplicate(_)) => {}
+        other => panic!("a stale record is a duplicate, got {other:?}"),
+    }
+    assert_eq!(store.get_run(&r.run_id).await.expect("get"), Some(updated));
+}
+
+/// A lock `PutItem` the SDK retried after its answer was lost finds the very item it wrote: that
+/// is this caller's lock. The same owner asking again later (other times) is still told it is
+/// in progress, and so is anyone else.
+#[tokio::test]
+async fn a_retried_lock_acquire_is_the_same_acquire() {
+    let store = fresh_store().await;
+    let key = uid("lock");
+    let first = store.acquire_lock(&key, "owner-a", at(0), at(60), at(3600));
+    assert_eq!(first.await.expect("acquire"), LockOutcome::Acquired);
+    let retried = store.acquire_lock(&key, "owner-a", at(0), at(60), at(3600));
+    assert_eq!(retried.await.expect("retry"), LockOutcome::Acquired);
+    let held = LockOutcome::InProgress {
+        owner: "owner-a".to_string(),
+        until: at(60),
+    };
+    let later = store.acquire_lock(&key, "owner-a", at(5), at(65), at(3605));
+    assert_eq!(later.await.expect("later"), held);
+    let other = store.acquire_lock(&key, "owner-b", at(0), at(60), at(3600));
+    assert_eq!(other.await.expect("other"), held);
 }
 
 #[tokio::test]
@@ -658,7 +706,7 @@ async fn corrupt_items_are_reported_not_panicked_on() {
     set(format!("LOCK#{key}"), "LOCK", "status", s("BOGUS")).await;
 
     let corrupt = |what: &str, r: Result<(), StoreError>| match r {
-        Err(StoreError::Corrupt(_)) => {}
+        Err(StoreError::Corrupt { .. }) => {}
         other => panic!("{what}: expected Corrupt, got {other:?}"),
     };
     corrupt("get_run", store.get_run(&r.run_id).await.map(drop));

@@ -65,7 +65,7 @@ fn raw(path: &Path) -> rusqlite::Connection {
 
 fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>, what: &str) {
     match r {
-        Err(StoreError::Corrupt(_)) => {}
+        Err(StoreError::Corrupt { .. }) => {}
         other => panic!("{what}: expected Corrupt, got {other:?}"),
     }
 }
@@ -258,7 +258,10 @@ fn open_refuses_a_newer_schema() {
         .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
         .expect("bump version");
     match SqliteStore::open(&path) {
-        Err(StoreError::Backend(msg)) => assert!(msg.contains("newer"), "{msg}"),
+        Err(e @ StoreError::Backend { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("newer"), "{msg}")
+        }
         other => panic!("expected Backend, got {other:?}"),
     }
 }

@@ -158,6 +158,7 @@ fn main() -> anyhow::Result<()> {
         command: command_line(),
         machine: Machine::read(),
         latency_ms: args.latency_ms,
+        latency_parts: latency_parts(&args.parts),
         ..Default::default()
     };
     let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
@@ -206,6 +207,19 @@ fn main() -> anyhow::Result<()> {
     }
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// The parts run with `--latency-ms` injected into the simulators (cold starts and the engine
+/// part's cost model do not use it).
+fn latency_parts(parts: &[Part]) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if parts.contains(&Part::Post) {
+        v.push("post");
+    }
+    if parts.contains(&Part::Extract) {
+        v.push("extract");
+    }
+    v
 }
 
 fn check_args(a: &Args) -> anyhow::Result<()> {
@@ -1212,6 +1226,8 @@ struct Report {
     command: String,
     machine: Machine,
     latency_ms: u64,
+    /// The parts that ran with `latency_ms` injected (the header names it only for them).
+    latency_parts: Vec<&'static str>,
     post: Option<PostResults>,
     extract: Option<ExtractResults>,
     cold: Option<ColdResults>,
@@ -1572,14 +1588,22 @@ impl Report {
 
     fn header_lines(&self) -> Vec<String> {
         let m = &self.machine;
-        vec![
+        let mut lines = vec![
             format!("command: {}", self.command),
             format!(
                 "machine: {} logical CPUs ({}), {} MiB RAM, Linux {} {}; load average {} before, {} after",
                 m.cpus, m.cpu, m.mem_mib, m.kernel, m.arch, m.load_before, self.load_after
             ),
-            format!("injected latency: {} ms per simulator request", self.latency_ms),
-        ]
+        ];
+        // Only where it applies: not to cold starts nor to the engine part's cost model.
+        if !self.latency_parts.is_empty() {
+            lines.push(format!(
+                "injected latency: {} ms per simulator request ({})",
+                self.latency_ms,
+                self.latency_parts.join(", ")
+            ));
+        }
+        lines
     }
 
     fn text(&self) -> String {
@@ -1655,6 +1679,31 @@ mod tests {
             elf_stripped(&std::env::current_exe().unwrap()).is_some(),
             cfg!(target_os = "linux")
         );
+    }
+
+    #[test]
+    fn the_header_names_the_latency_only_for_the_parts_it_applies_to() {
+        let header = |parts: &[Part]| {
+            Report {
+                latency_ms: 50,
+                latency_parts: latency_parts(parts),
+                ..Default::default()
+            }
+            .header_lines()
+            .join("\n")
+        };
+        for parts in [
+            &[Part::Engine][..],
+            &[Part::Cold],
+            &[Part::Cold, Part::Engine],
+        ] {
+            let h = header(parts);
+            assert!(!h.contains("latency"), "{parts:?}: {h}");
+        }
+        assert!(header(&[Part::Post, Part::Extract, Part::Cold])
+            .contains("injected latency: 50 ms per simulator request (post, extract)"));
+        assert!(header(&[Part::Extract, Part::Engine])
+            .contains("injected latency: 50 ms per simulator request (extract)"));
     }
 
     #[test]

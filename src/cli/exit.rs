@@ -2,7 +2,8 @@
 //! it. The same table is printed by `--help` and listed in the README.
 
 /// Done: posted, already posted (nothing new), preview shown, check passed, reversed (or
-/// already reversed: `reverse` is idempotent), shown, listed.
+/// already reversed: `reverse` is idempotent; or nothing to reverse: the run wrote no
+/// journal, so D365 already holds nothing of it), shown, listed.
 pub const OK: i32 = 0;
 /// Failed, or needs attention: a connection, login, D365 or store error, a conflict, a busy
 /// period, an interrupted run, a posted duplicate, a record not found, a reconciliation that
@@ -22,7 +23,8 @@ pub const USAGE: i32 = 64;
 /// The table as `--help` shows it.
 pub const TABLE: &str = "\
 Exit codes:
-  0   done: posted, already posted, previewed, check passed, reversed or already reversed
+  0   done: posted, already posted, previewed, check passed, reversed, already reversed
+      or nothing to reverse (the run wrote no journal)
   1   failed or needs attention (connection, login, D365, conflict, busy, interrupted,
       not found); the message says what to do
   2   rejected: data or config did not pass the checks; nothing written

@@ -263,7 +263,7 @@ enum Command {
     /// dimensions, amounts negated, dated in the next open period), recorded as its own run
     /// linked to the original. An unposted journal is refused unless `--delete-unposted`, which
     /// deletes the connector's lines instead. Posted entries are never edited. Idempotent: a
-    /// repeat writes nothing and exits 0.
+    /// repeat writes nothing and exits 0, as does a run that wrote no journal.
     #[command(
         after_help = "Examples:\n  ml-connector reverse r-20261130060000-1a2b3c4d --config fees.toml\n  ml-connector reverse r-20261130060000-1a2b3c4d --config fees.toml --delete-unposted"
     )]
@@ -329,10 +329,24 @@ pub async fn main() -> i32 {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", terminal::clean(&format!("{e:#}")));
+            eprintln!("error: {}", terminal::clean(&causes(&e)));
             exit::FAILED
         }
     }
+}
+
+/// The error and its causes, each said once (`{e:#}` would repeat every cause that an error
+/// both prints and keeps as its source, as `audit store: {0}` around a `StoreError` does).
+fn causes(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+    }
+    text
 }
 
 /// The log goes to stderr only on request (`-v`, `RUST_LOG`): everything a user must know is in
@@ -997,20 +1011,11 @@ async fn fix_for(
             _ => None,
         };
     }
-    if report.outcome == Outcome::Failed {
-        let validated = store
-            .events(&run.run_id)
-            .await
-            .map(|ev| ev.iter().any(|e| e.kind == crate::engine::VALIDATED_EVENT))
-            .unwrap_or(false);
-        if !validated {
-            return Some(format!(
-                "Nothing of run {} reached D365: it stopped before its validation finished, so there is nothing to replay. Fix the cause named above, then start a new run with `ml-connector run --config FILE`; `ml-connector show {}` shows what was recorded.",
-                run.run_id, run.run_id
-            ));
-        }
-    }
-    crate::controls::RunNotification::for_run(run).map(|n| n.fix)
+    // The same fix a notification of this run gives, for where the run got to.
+    let validation = crate::controls::notify::validation(store, &run.run_id)
+        .await
+        .unwrap_or(crate::controls::notify::Validation::NotFinished);
+    crate::controls::RunNotification::for_run(run, validation).map(|n| n.fix)
 }
 
 async fn replay_command(
@@ -1396,5 +1401,28 @@ fn check_verdict(args: &ConfigArgs, report: &CheckReport) -> i32 {
             );
         }
         exit::OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineError;
+    use crate::ports::{Cause, StoreError};
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::other("disk on fire");
+        let store = StoreError::backend("opening a.sqlite", Cause::error(io));
+        // `audit store: {0}` prints the store error and keeps it as its source, which prints
+        // the I/O error and keeps it as its source.
+        let e = anyhow::Error::new(EngineError::Store(store)).context("posting run r1");
+        assert_eq!(
+            causes(&e),
+            "posting run r1: audit store: store backend error: opening a.sqlite: disk on fire"
+        );
+        // A cause nobody printed yet is added.
+        let e = anyhow::Error::new(std::io::Error::other("inner")).context("outer");
+        assert_eq!(causes(&e), "outer: inner");
     }
 }

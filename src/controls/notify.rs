@@ -8,6 +8,64 @@
 use serde::Serialize;
 
 use crate::domain::run::{RunRecord, RunStatus};
+use crate::store::{Store, StoreError};
+
+/// Whether a run got through validation: it decides which fix works. Only lines that passed
+/// validation may ever be sent, so replay refuses a run that stopped before (see
+/// [`crate::engine::Engine::replay`]); such a run needs a new run instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validation {
+    /// Its plan was validated against D365 (a `validated` audit event): replay can finish it.
+    Passed,
+    /// It stopped before its validation finished: nothing of it was sent to D365.
+    NotFinished,
+}
+
+/// Reads from `run_id`'s audit trail whether it passed validation. The one test for it: replay,
+/// `reverse`, the CLI's hints and the notifications all ask here.
+pub async fn validation(store: &dyn Store, run_id: &str) -> Result<Validation, StoreError> {
+    let passed = store
+        .events(run_id)
+        .await?
+        .iter()
+        .any(|e| e.kind == crate::engine::VALIDATED_EVENT);
+    Ok(if passed {
+        Validation::Passed
+    } else {
+        Validation::NotFinished
+    })
+}
+
+/// The commands a fix suggests, for where its reader runs them: locally (`--config FILE`, the
+/// CLI fills in the real file and store), or against a deployed table (a Lambda's runs).
+struct Commands<'a> {
+    table: Option<&'a str>,
+}
+
+impl Commands<'_> {
+    fn store(&self) -> String {
+        self.table
+            .map(|t| format!(" --table {t}"))
+            .unwrap_or_default()
+    }
+    fn show(&self, id: &str) -> String {
+        format!("ml-connector show {id}{}", self.store())
+    }
+    fn reverse(&self, id: &str) -> String {
+        format!("ml-connector reverse {id} --config FILE{}", self.store())
+    }
+    fn run(&self) -> String {
+        format!("ml-connector run --config FILE{}", self.store())
+    }
+    /// Locally from the config; for a deployed table, a request the replay Lambda picks up
+    /// (no config file needed: the Lambda has the instance's config).
+    fn replay(&self, id: &str) -> String {
+        match self.table {
+            Some(t) => format!("ml-connector replay {id} --request --table {t}"),
+            None => format!("ml-connector replay {id} --config FILE"),
+        }
+    }
+}
 
 /// An SNS-ready event about a finished run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,41 +91,56 @@ pub struct RunNotification {
 
 impl RunNotification {
     /// `None` for runs that need nothing from anyone (completed, already posted, in progress).
-    pub fn for_run(run: &RunRecord) -> Option<RunNotification> {
+    /// Commands are local ones (`--config FILE`); `validation` is [`validation()`] of the run.
+    pub fn for_run(run: &RunRecord, validation: Validation) -> Option<RunNotification> {
         match run.status {
             RunStatus::Completed => None,
-            _ => Self::build(run),
+            _ => Self::build(run, validation, None),
         }
     }
 
     /// What is published when a run finishes: the problems of [`RunNotification::for_run`]
     /// and, for a completed run, "journal … ready for review". `None` for a run that wrote
     /// nothing and needs nothing (already posted, busy: another run holds the period) or has
-    /// not finished.
-    pub fn to_publish(run: &RunRecord) -> Option<RunNotification> {
+    /// not finished. With `table` (a Lambda's runs are in the deployed table) every command
+    /// names it, and a replay is a `--request` the replay Lambda carries out.
+    pub fn to_publish(
+        run: &RunRecord,
+        validation: Validation,
+        table: Option<&str>,
+    ) -> Option<RunNotification> {
         match run.status {
             RunStatus::Busy => None,
-            _ => Self::build(run),
+            _ => Self::build(run, validation, table),
         }
     }
 
-    /// Points the `show` command at the deployed table (a Lambda's runs are there).
-    pub fn with_table(mut self, table: &str) -> Self {
-        self.show = format!("ml-connector show {} --table {table}", self.run_id);
-        self
-    }
-
-    fn build(run: &RunRecord) -> Option<RunNotification> {
+    fn build(
+        run: &RunRecord,
+        validation: Validation,
+        table: Option<&str>,
+    ) -> Option<RunNotification> {
         let id = &run.run_id;
+        let cmd = Commands { table };
         let journals: Vec<String> = run
             .journals
             .iter()
             .map(|(le, b)| format!("{le}/{b}"))
             .collect();
+        let (show, reverse, replay, new_run) =
+            (cmd.show(id), cmd.reverse(id), cmd.replay(id), cmd.run());
         let fix = match run.status {
             RunStatus::AlreadyPosted | RunStatus::Started | RunStatus::Posting => return None,
+            // Replay refuses such a run: nothing of it was sent, a new run starts afresh.
+            RunStatus::Failed | RunStatus::Interrupted
+                if validation == Validation::NotFinished =>
+            {
+                format!(
+                    "Nothing of run {id} reached D365: it stopped before its validation finished, so there is nothing to replay. Fix the cause named above, then start a new run with `{new_run}`; `{show}` shows what was recorded."
+                )
+            }
             RunStatus::Completed => format!(
-                "Finance reviews the journal in D365 (General ledger > Journal entries > General journals: Validate, then Post). The connector never posts. Undo with `ml-connector reverse {id} --config FILE`."
+                "Finance reviews the journal in D365 (General ledger > Journal entries > General journals: Validate, then Post). The connector never posts. Undo with `{reverse}`."
             ),
             RunStatus::Conflict => {
                 let earlier = run
@@ -78,23 +151,31 @@ impl RunNotification {
                     .map(str::to_string);
                 match earlier {
                     Some(e) => format!(
-                        "Nothing was written. If the new data is right, undo the earlier posting: `ml-connector reverse {e} --config FILE` (posted journal → inverse journal; add `--delete-unposted` if it is still unposted), then run again. Compare first with `ml-connector show {e} --config FILE`."
+                        "Nothing was written. If the new data is right, undo the earlier posting: `{}` (posted journal → inverse journal; add `--delete-unposted` if it is still unposted), then run again. Compare first with `{} --config FILE`.",
+                        cmd.reverse(&e),
+                        cmd.show(&e)
                     ),
-                    None => "Nothing was written. Undo the earlier journal named above with `ml-connector reverse RUN_ID --config FILE` (the run that created it: `ml-connector trace` on one of its line texts), then run again.".to_string(),
+                    None => format!(
+                        "Nothing was written. Undo the earlier journal named above with `{}` (the run that created it: `ml-connector trace` on one of its line texts), then run again.",
+                        cmd.reverse("RUN_ID")
+                    ),
                 }
             }
             RunStatus::DuplicatePosted => format!(
-                "D365 holds posted duplicates of this journal (named above); the connector never edits posted entries. Reverse the run's journals with `ml-connector reverse {id} --config FILE`, then run the period again: it posts exactly one copy."
+                "D365 holds posted duplicates of this journal (named above); the connector never edits posted entries. Reverse the run's journals with `{reverse}`, then run the period again: it posts exactly one copy."
             ),
             RunStatus::Failed => format!(
-                "Fix the cause named above, then `ml-connector replay {id} --config FILE`: it re-reads D365 and posts only what is missing (never twice). `ml-connector show {id}` lists every line's state."
+                "Fix the cause named above, then `{replay}`: it re-reads D365 and posts only what is missing (never twice). `{show}` lists every line's state."
             ),
             RunStatus::Rejected => format!(
-                "Nothing was written. `ml-connector show {id}` names each row/field with a problem; fix the data or the config (`ml-connector preview --config FILE` to check), then run again."
+                "Nothing was written. `{show}` names each row/field with a problem; fix the data or the config (`ml-connector preview --config FILE` to check), then run again."
             ),
             RunStatus::Busy => "Nothing was written: another run holds this period's lock; the message names it, when its lock expires, and the command that resumes it if it stopped. Nothing to do while it is running.".to_string(),
+            RunStatus::Interrupted if table.is_some() => format!(
+                "The run stopped on purpose before its time ran out; what it wrote is recorded and the period lock is released. Finish it with `{replay}`: it re-reads D365 and posts only what is missing."
+            ),
             RunStatus::Interrupted => format!(
-                "The run stopped on purpose before its time ran out; what it wrote is recorded and the period lock is released. Finish it with `ml-connector replay {id} --config FILE` (in AWS: `ml-connector replay {id} --request --table TABLE`): it re-reads D365 and posts only what is missing."
+                "The run stopped on purpose before its time ran out; what it wrote is recorded and the period lock is released. Finish it with `{replay}` (in AWS: `ml-connector replay {id} --request --table TABLE`): it re-reads D365 and posts only what is missing."
             ),
         };
         let outcome = run.status.as_str().to_string();
@@ -144,7 +225,7 @@ impl RunNotification {
             fix,
             journals,
             totals,
-            show: format!("ml-connector show {id}"),
+            show,
         })
     }
 
@@ -203,10 +284,13 @@ mod tests {
 
     #[test]
     fn conflict_names_the_run_the_instance_and_the_reverse_command() {
-        let n = RunNotification::for_run(&run(
-            RunStatus::Conflict,
-            "period 2026-W47 was already posted by run r-1 (journals usmf/00042, Looker total 30); …",
-        ))
+        let n = RunNotification::for_run(
+            &run(
+                RunStatus::Conflict,
+                "period 2026-W47 was already posted by run r-1 (journals usmf/00042, Looker total 30); …",
+            ),
+            Validation::Passed,
+        )
         .unwrap();
         assert!(n.subject.contains("fees") && n.subject.contains("r-2"));
         assert!(
@@ -220,11 +304,12 @@ mod tests {
 
     #[test]
     fn failed_points_at_replay_and_success_needs_no_notification() {
-        let n = RunNotification::for_run(&run(RunStatus::Failed, "D365 did not accept line 3"))
-            .unwrap();
-        assert!(n.fix.contains("ml-connector replay r-2"));
-        assert!(RunNotification::for_run(&run(RunStatus::Completed, "ok")).is_none());
-        assert!(RunNotification::for_run(&run(RunStatus::AlreadyPosted, "ok")).is_none());
+        let failed = run(RunStatus::Failed, "D365 did not accept line 3");
+        let n = RunNotification::for_run(&failed, Validation::Passed).unwrap();
+        assert!(n.fix.contains("`ml-connector replay r-2 --config FILE`"));
+        for status in [RunStatus::Completed, RunStatus::AlreadyPosted] {
+            assert!(RunNotification::for_run(&run(status, "ok"), Validation::Passed).is_none());
+        }
     }
 
     #[test]
@@ -236,9 +321,7 @@ mod tests {
         r.totals.created_lines = 14;
         r.totals.created_debit = "300.31".parse().unwrap();
         r.totals.created_credit = "300.31".parse().unwrap();
-        let n = RunNotification::to_publish(&r)
-            .unwrap()
-            .with_table("mlc-audit");
+        let n = RunNotification::to_publish(&r, Validation::Passed, Some("mlc-audit")).unwrap();
         assert_eq!(n.headline, "journal usmf/00042 ready for review");
         assert_eq!(
             n.subject,
@@ -264,7 +347,8 @@ mod tests {
             (RunStatus::Conflict, "conflict:"),
             (RunStatus::Rejected, "run r-2 rejected"),
         ] {
-            let n = RunNotification::to_publish(&run(status, "x")).unwrap();
+            let n =
+                RunNotification::to_publish(&run(status, "x"), Validation::Passed, None).unwrap();
             assert!(
                 n.headline.starts_with(headline),
                 "{status:?}: {}",
@@ -272,7 +356,64 @@ mod tests {
             );
             assert!(n.subject.len() <= 100 && n.subject.contains(headline));
         }
-        assert!(RunNotification::to_publish(&run(RunStatus::Busy, "x")).is_none());
-        assert!(RunNotification::to_publish(&run(RunStatus::AlreadyPosted, "x")).is_none());
+        for status in [RunStatus::Busy, RunStatus::AlreadyPosted] {
+            assert!(
+                RunNotification::to_publish(&run(status, "x"), Validation::Passed, None).is_none()
+            );
+        }
+    }
+
+    /// Replay refuses a run that stopped before its validation finished: its notification
+    /// must not suggest it, wherever it is read (CLI or a Lambda's SNS/Slack/Teams message).
+    #[test]
+    fn a_run_that_never_finished_validation_is_not_sent_to_replay() {
+        for status in [RunStatus::Failed, RunStatus::Interrupted] {
+            for table in [None, Some("mlc-audit")] {
+                let r = run(status, "Looker login failed: HTTP 401");
+                let n = RunNotification::to_publish(&r, Validation::NotFinished, table).unwrap();
+                assert!(
+                    !n.fix.contains("replay r-2"),
+                    "{status:?} {table:?}: {}",
+                    n.fix
+                );
+                let new_run = match table {
+                    Some(t) => format!("`ml-connector run --config FILE --table {t}`"),
+                    None => "`ml-connector run --config FILE`".to_string(),
+                };
+                assert!(n.fix.contains(&new_run), "{status:?} {table:?}: {}", n.fix);
+                // Validated, the same run is replayed.
+                let n = RunNotification::to_publish(&r, Validation::Passed, table).unwrap();
+                assert!(n.fix.contains("`ml-connector replay r-2 "), "{}", n.fix);
+            }
+        }
+    }
+
+    /// In a Lambda's notification every command names the deployed table, and replay is a
+    /// request for the replay Lambda: no local config file is needed to run it as printed.
+    #[test]
+    fn a_lambda_notification_names_the_table_in_every_command() {
+        let n = RunNotification::to_publish(
+            &run(RunStatus::Failed, "D365 did not accept line 3"),
+            Validation::Passed,
+            Some("mlc-audit"),
+        )
+        .unwrap();
+        assert_eq!(
+            n.fix,
+            "Fix the cause named above, then `ml-connector replay r-2 --request --table mlc-audit`: it re-reads D365 and posts only what is missing (never twice). `ml-connector show r-2 --table mlc-audit` lists every line's state."
+        );
+        let n = RunNotification::to_publish(
+            &run(RunStatus::DuplicatePosted, "x"),
+            Validation::Passed,
+            Some("mlc-audit"),
+        )
+        .unwrap();
+        assert!(
+            n.fix
+                .contains("`ml-connector reverse r-2 --config FILE --table mlc-audit`"),
+            "{}",
+            n.fix
+        );
+        assert_eq!(n.show, "ml-connector show r-2 --table mlc-audit");
     }
 }

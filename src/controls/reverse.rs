@@ -17,6 +17,7 @@ use chrono::{Duration, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
+use super::notify::{validation, Validation};
 use super::{
     record, record_with, reversal_description_prefix, ControlsError, EventData, EventKind,
     EventLevel, KIND_DELETED_UNPOSTED, KIND_REVERSAL, KIND_REVERSED, TRIGGER_REVERSE,
@@ -151,10 +152,7 @@ pub async fn reverse(
         )));
     }
     if original.journals.is_empty() {
-        return Err(refused(format!(
-            "run {run_id} ended `{}` and wrote no journal to D365: nothing to reverse",
-            original.status.as_str()
-        )));
+        return nothing_written(store, &original).await;
     }
 
     // Where does each journal stand in D365?
@@ -232,6 +230,43 @@ pub async fn reverse(
         ));
     }
     Ok(report)
+}
+
+/// `reverse` of a run that recorded no journal. When it cannot have written one (it stopped
+/// before posting: rejected, conflict, busy, already posted, nothing to post, or stopped before
+/// its validation finished), D365 holds nothing of it: the state `reverse` asks for already
+/// holds, a success that writes nothing, like a repeated `reverse`. A run that passed
+/// validation but did not finish may have created a header just before it stopped, before
+/// recording it: refused, with the replay that records (and finishes) what it wrote.
+async fn nothing_written(
+    store: &dyn Store,
+    original: &RunRecord,
+) -> Result<ReverseReport, ControlsError> {
+    let run_id = &original.run_id;
+    let status = original.status.as_str();
+    let never_posts = matches!(
+        original.status,
+        RunStatus::Rejected
+            | RunStatus::Conflict
+            | RunStatus::Busy
+            | RunStatus::AlreadyPosted
+            | RunStatus::Completed
+    );
+    if !never_posts && validation(store, run_id).await? == Validation::Passed {
+        return Err(refused(format!(
+            "run {run_id} is `{status}` and recorded no journal, but it passed validation and may have started writing to D365. Nothing was written. Finish it first with `ml-connector replay {run_id} --config FILE` (it records what D365 holds), then reverse it."
+        )));
+    }
+    Ok(ReverseReport {
+        original_run_id: run_id.clone(),
+        reversal: None,
+        reversed: vec![],
+        deleted: vec![],
+        nothing_new: true,
+        message: format!(
+            "run {run_id} wrote no journal to D365 (it ended `{status}`): nothing to reverse, nothing written"
+        ),
+    })
 }
 
 async fn reverse_locked(

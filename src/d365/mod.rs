@@ -11,15 +11,17 @@
 //! Writes are never retried except on 429: a 5xx or timeout on a POST is reported as
 //! [`D365Error::OutcomeUnknown`] so the caller re-reads D365 before doing anything else.
 
-pub mod batch;
+pub(crate) mod batch;
 mod entra;
-pub mod error;
-pub mod journal;
+pub(crate) mod error;
+pub(crate) mod journal;
 pub(crate) mod multipart;
-pub mod names;
+// Some of the names are only read by the simulator, which serves the whole entities.
+#[cfg_attr(not(feature = "sandbox"), allow(dead_code))]
+pub(crate) mod names;
 mod odata;
 mod port;
-pub mod reference;
+pub(crate) mod reference;
 
 use std::time::Duration;
 

@@ -11,9 +11,6 @@ pub const CROSS_COMPANY: &str = "cross-company";
 /// Company field on company-specific entities (returned lower case by F&O).
 pub const DATA_AREA_ID: &str = "dataAreaId";
 
-/// Namespace prefix of enum literals in `$filter`, e.g. `Microsoft.Dynamics.DataEntities.NoYes'Yes'`.
-pub const ENUM_NAMESPACE: &str = "Microsoft.Dynamics.DataEntities";
-
 /// `NoYes` enum symbols.
 pub const YES: &str = "Yes";
 pub const NO: &str = "No";
@@ -67,7 +64,6 @@ pub mod dimension_format {
     pub const FORMAT: &str = "FinancialDimensionFormat";
     /// Enum symbol of the ledger-account format type.
     pub const TYPE_LEDGER: &str = "DataEntityLedgerDimensionFormat";
-    pub const TYPE_DEFAULT: &str = "DataEntityDefaultDimensionFormat";
     /// The first segment of every ledger format.
     pub const MAIN_ACCOUNT_SEGMENT: &str = "MainAccount";
 }

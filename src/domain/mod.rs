@@ -4,12 +4,12 @@
 //! what it decides, so every rule a finance team relies on can be unit-tested in isolation.
 
 pub mod config;
-pub mod converge;
+pub(crate) mod converge;
 pub mod journal;
-pub mod ledger;
+pub(crate) mod ledger;
 pub mod mapping;
 pub mod money;
-pub mod reconcile;
+pub(crate) mod reconcile;
 pub mod reference;
 pub mod run;
 pub mod source;

@@ -82,10 +82,6 @@ impl<'s> Lease<'s> {
         &self.key
     }
 
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-
     /// `(now, in_progress_until, expires_at)` for acquiring or renewing the lock now.
     pub fn times(&self) -> (DateTime<Utc>, DateTime<Utc>, DateTime<Utc>) {
         let now = Utc::now();
@@ -93,12 +89,8 @@ impl<'s> Lease<'s> {
         (now, until, until + RECORD_MARGIN)
     }
 
-    /// Whether a renewal found the lock taken over or released (see the module docs).
-    pub fn lost(&self) -> bool {
-        self.lost.is_lost()
-    }
-
-    /// A handle on [`Self::lost`] for the posting loop.
+    /// A handle on whether a renewal found the lock taken over or released (see the module
+    /// docs), for the posting loop.
     pub fn lost_flag(&self) -> LeaseLost {
         self.lost.clone()
     }
@@ -275,7 +267,7 @@ mod tests {
     async fn acquire(store: &dyn Store, lease: &Lease<'_>) {
         let (now, until, expires) = lease.times();
         let got = store
-            .acquire_lock(lease.key(), lease.owner(), now, until, expires)
+            .acquire_lock(lease.key(), &lease.owner, now, until, expires)
             .await
             .expect("acquire");
         assert_eq!(got, LockOutcome::Acquired);
@@ -311,7 +303,7 @@ mod tests {
             )
             .await;
         assert_eq!(out, 7);
-        assert!(!lease.lost());
+        assert!(!lease.lost.is_lost());
         // Work over (as after an injected crash, which returns early too): no more renewals,
         // the lease runs out.
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
@@ -353,7 +345,7 @@ mod tests {
                 },
             )
             .await;
-        assert!(lease.lost());
+        assert!(lease.lost.is_lost());
         let reported = reported.into_inner().expect("mutex");
         assert_eq!(reported.len(), 1);
         assert!(

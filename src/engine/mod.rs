@@ -6,9 +6,9 @@
 //! reference).
 
 mod budget;
-pub mod lease;
+pub(crate) mod lease;
 mod post;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::collections::BTreeMap;
 
@@ -594,7 +594,10 @@ impl<'a> Engine<'a> {
             );
         } else {
             // The SNS-ready notification rides on the same line, for alarms and subscribers.
-            let notification = crate::controls::RunNotification::for_run(&run)
+            let validation = crate::controls::notify::validation(self.store, &run.run_id)
+                .await
+                .unwrap_or(crate::controls::notify::Validation::NotFinished);
+            let notification = crate::controls::RunNotification::for_run(&run, validation)
                 .map(|n| n.to_json())
                 .unwrap_or_default();
             tracing::error!(
@@ -802,12 +805,8 @@ impl<'a> Engine<'a> {
         // Only lines that passed validation may ever be sent: a run that failed while reading
         // D365's reference data (or was killed before validating) has its lines recorded but
         // never checked, whatever its status says.
-        if !self
-            .store
-            .events(run_id)
-            .await?
-            .iter()
-            .any(|e| e.kind == VALIDATED_EVENT)
+        if crate::controls::notify::validation(self.store, run_id).await?
+            != crate::controls::notify::Validation::Passed
         {
             return Err(EngineError::Config(format!(
                 "run {run_id} stopped before its validation finished; nothing of it was posted — start a new run instead of replaying it"

@@ -42,7 +42,7 @@ impl LambdaError {
     pub fn is_retryable(&self) -> bool {
         match self {
             LambdaError::Store(_) | LambdaError::Retryable(_) => true,
-            LambdaError::Secrets(SecretsError::Backend(_)) => true,
+            LambdaError::Secrets(SecretsError::Backend { .. }) => true,
             LambdaError::Secrets(_) => false,
             LambdaError::Engine(EngineError::Store(_)) => true,
             LambdaError::Engine(_) => false,

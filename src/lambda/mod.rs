@@ -15,9 +15,9 @@
 //! deadline as the in-progress lease, complete with the result, release on failure.
 
 pub mod action_hub;
-pub mod context;
+pub(crate) mod context;
 pub mod continuation;
-pub mod error;
+pub(crate) mod error;
 #[cfg(feature = "sandbox")]
 pub mod local;
 pub mod payload;

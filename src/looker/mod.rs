@@ -14,15 +14,15 @@
 //!
 //! [`Extract`]: crate::domain::source::Extract
 
-pub mod auth;
-pub mod client;
+pub(crate) mod auth;
+pub(crate) mod client;
 pub mod delivery;
-pub mod error;
+pub(crate) mod error;
 mod port;
 // The rate limiter is shared with the D365 client; `super::rate` keeps working in here.
 use crate::rate;
-pub mod results;
-pub mod settings;
+pub(crate) mod results;
+pub(crate) mod settings;
 
 pub use auth::LOOKER_APP_ID;
 pub use client::{ExploreField, ExploreInfo, LookInfo, LookQuery, LookerClient};

@@ -110,12 +110,13 @@ impl Notifier {
     /// Publishes `run`'s notification (if it has one) to every target, audits each attempt,
     /// and returns how many were delivered. Never fails.
     pub async fn publish(&self, run: &RunRecord, chat: &ChatTargets, store: &dyn Store) -> usize {
-        let Some(mut n) = RunNotification::to_publish(run) else {
+        // Which fix works depends on whether the run got through validation.
+        let validation = crate::controls::notify::validation(store, &run.run_id)
+            .await
+            .unwrap_or(crate::controls::notify::Validation::NotFinished);
+        let Some(n) = RunNotification::to_publish(run, validation, self.table.as_deref()) else {
             return 0;
         };
-        if let Some(t) = &self.table {
-            n = n.with_table(t);
-        }
         let mut delivered = 0;
         #[cfg(feature = "aws")]
         if let Some(topic) = &self.topic {

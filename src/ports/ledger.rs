@@ -48,6 +48,10 @@ pub enum VoucherOutcome {
     Unknown(String),
 }
 
+/// The general ledger as the engine and the controls use it.
+///
+/// No method has a default: a wrapper (fault injection, a naive poster) states for each one
+/// whether it forwards, refuses or falls back, so none silently changes how a test posts.
 #[async_trait]
 pub trait LedgerGateway: Send + Sync {
     /// Posts `vouchers` (each created atomically, in order, at most `max_operations` lines per
@@ -55,11 +59,9 @@ pub trait LedgerGateway: Send + Sync {
     /// posts line by line instead.
     async fn create_vouchers(
         &self,
-        _vouchers: &[Vec<NewLedgerLine>],
-        _max_operations: usize,
-    ) -> Result<Option<Vec<VoucherOutcome>>, LedgerError> {
-        Ok(None)
-    }
+        vouchers: &[Vec<NewLedgerLine>],
+        max_operations: usize,
+    ) -> Result<Option<Vec<VoucherOutcome>>, LedgerError>;
 
     async fn reference(&self, legal_entity: &str) -> Result<ReferenceData, LedgerError>;
     /// Headers of `legal_entity` whose Description starts with `description_prefix`.
@@ -82,48 +84,33 @@ pub trait LedgerGateway: Send + Sync {
     async fn create_line(&self, line: &NewLedgerLine) -> Result<LedgerLine, LedgerError>;
 
     /// One journal header by batch number; `None` if it does not exist (e.g. deleted).
-    /// Used by the finance controls (reconciliation, reversal); the default says unsupported.
+    /// Used by the finance controls (reconciliation, reversal).
     async fn header(
         &self,
-        _legal_entity: &str,
-        _batch_number: &str,
-    ) -> Result<Option<LedgerHeader>, LedgerError> {
-        Err(LedgerError::Other(
-            "this ledger gateway cannot read a single journal header".into(),
-        ))
-    }
+        legal_entity: &str,
+        batch_number: &str,
+    ) -> Result<Option<LedgerHeader>, LedgerError>;
     /// Deletes one line of an unposted journal; `Ok(false)`: no such line. Posted journals are
-    /// refused (`Rejected`). The default says unsupported.
+    /// refused (`Rejected`).
     async fn delete_line(
         &self,
-        _legal_entity: &str,
-        _batch_number: &str,
-        _line_number: &str,
-    ) -> Result<bool, LedgerError> {
-        Err(LedgerError::Other(
-            "this ledger gateway cannot delete journal lines".into(),
-        ))
-    }
+        legal_entity: &str,
+        batch_number: &str,
+        line_number: &str,
+    ) -> Result<bool, LedgerError>;
     /// Deletes lines of one unposted journal in one atomic changeset: all of them or none
     /// (`Rejected`: none, e.g. a line was already gone; `OutcomeUnknown`: read again).
     /// `Ok(false)`: this gateway cannot delete atomically; the caller deletes line by line.
     async fn delete_lines_atomic(
         &self,
-        _legal_entity: &str,
-        _batch_number: &str,
-        _line_numbers: &[String],
-    ) -> Result<bool, LedgerError> {
-        Ok(false)
-    }
+        legal_entity: &str,
+        batch_number: &str,
+        line_numbers: &[String],
+    ) -> Result<bool, LedgerError>;
     /// Deletes an unposted journal header (with any lines left); `Ok(false)`: no such journal.
-    /// The default says unsupported.
     async fn delete_header(
         &self,
-        _legal_entity: &str,
-        _batch_number: &str,
-    ) -> Result<bool, LedgerError> {
-        Err(LedgerError::Other(
-            "this ledger gateway cannot delete journals".into(),
-        ))
-    }
+        legal_entity: &str,
+        batch_number: &str,
+    ) -> Result<bool, LedgerError>;
 }

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::Cause;
 use crate::domain::run::{AuditEvent, LineRecord, RunRecord, SourceRowRecord};
 
 /// What a store operation can fail with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The record already exists (e.g. a run with the same `run_id`).
     #[error("already exists: {0}")]
@@ -19,12 +20,40 @@ pub enum StoreError {
     /// The idempotency lock is not (or no longer) held by the caller.
     #[error("lock not held: {0}")]
     LockLost(String),
-    /// The backend failed (I/O, busy, unexpected database error, schema too new, …).
-    #[error("store backend error: {0}")]
-    Backend(String),
-    /// Stored data could not be decoded.
-    #[error("corrupt stored data: {0}")]
-    Corrupt(String),
+    /// The backend failed (I/O, busy, unexpected database error, schema too new, …): what the
+    /// store was doing (empty when the cause says it all), and the cause, the backend's own
+    /// error kept as the source (a message when the store itself refused).
+    #[error("store backend error: {}", .source.in_context(.context))]
+    Backend {
+        context: String,
+        #[source]
+        source: Cause,
+    },
+    /// Stored data could not be decoded: what was read, and why it does not decode.
+    #[error("corrupt stored data: {}", .source.in_context(.context))]
+    Corrupt {
+        context: String,
+        #[source]
+        source: Cause,
+    },
+}
+
+impl StoreError {
+    /// The backend failed with `cause` while doing `context` (`""`: the cause says it all).
+    pub fn backend(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        StoreError::Backend {
+            context: context.into(),
+            source: cause.into(),
+        }
+    }
+
+    /// Stored data (`context` names it) could not be decoded because of `cause`.
+    pub fn corrupt(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        StoreError::Corrupt {
+            context: context.into(),
+            source: cause.into(),
+        }
+    }
 }
 
 /// Result of [`Store::acquire_lock`].

@@ -18,6 +18,7 @@ use aws_sdk_secretsmanager::error::DisplayErrorContext;
 use aws_sdk_secretsmanager::Client;
 
 use super::{InstanceSecrets, SecretDocument, SecretSource, SecretsError};
+use crate::ports::Cause;
 
 /// The fields of a [`SecretDocument`], all required non-empty strings.
 const FIELDS: [&str; 6] = [
@@ -94,10 +95,7 @@ impl SecretsManagerSource {
                         detail: format!("Secrets Manager has no secret {id}"),
                     });
                 }
-                return Err(SecretsError::Backend(format!(
-                    "GetSecretValue {id}: {}",
-                    DisplayErrorContext(&e)
-                )));
+                return Err(sdk_failure(format!("GetSecretValue {id}"), e));
             }
         };
         let Some(text) = out.secret_string() else {
@@ -138,6 +136,18 @@ fn valid_instance(instance: &str) -> bool {
         && instance
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A Secrets Manager call that failed while doing `context`: described with the SDK error's
+/// causes (its own text is only "service error"), and kept as the source.
+pub(crate) fn sdk_failure(
+    context: String,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> SecretsError {
+    SecretsError::Backend {
+        context,
+        source: Cause::described(DisplayErrorContext(&e).to_string(), e),
+    }
 }
 
 fn malformed(instance: &str, detail: String) -> SecretsError {
@@ -217,6 +227,33 @@ pub(crate) fn parse_document(instance: &str, text: &str) -> Result<SecretDocumen
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_error_reads_as_before_and_keeps_the_sdk_error_as_its_source() {
+        use aws_sdk_secretsmanager::error::SdkError;
+        use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
+        use std::error::Error as _;
+        let e = SdkError::<GetSecretValueError>::construction_failure(std::io::Error::other(
+            "no endpoint",
+        ));
+        let described = DisplayErrorContext(&e).to_string();
+        let err = sdk_failure("GetSecretValue ml-connector/fees".into(), e);
+        assert_eq!(
+            err.to_string(),
+            format!("secrets backend: GetSecretValue ml-connector/fees: {described}")
+        );
+        let cause = err.source().expect("the cause is the source");
+        assert_eq!(cause.to_string(), described);
+        let sdk = cause.source().expect("the SDK error is the next link");
+        assert!(sdk
+            .downcast_ref::<SdkError<GetSecretValueError>>()
+            .is_some());
+        let mut root = sdk;
+        while let Some(next) = root.source() {
+            root = next;
+        }
+        assert_eq!(root.to_string(), "no endpoint");
+    }
 
     const GOOD: &str = r#"{"looker_client_id":"lid","looker_client_secret":"hunter2","d365_tenant_id":"t","d365_client_id":"did","d365_client_secret":"s3cr3t","webhook_secret":"wh"}"#;
 

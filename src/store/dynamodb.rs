@@ -53,7 +53,9 @@
 //! # Writes
 //!
 //! - `insert_run` writes the run item (`attribute_not_exists(pk)`, else `Duplicate`) and its four
-//!   index items in one `TransactWriteItems`.
+//!   index items in one `TransactWriteItems`. When the condition fails, the item is read back:
+//!   this call's own record at revision 1 is an earlier attempt of the same insert (a retry whose
+//!   first answer was lost, which a local server does not dedupe by `ClientRequestToken`).
 //! - `update_run` reads the run item, then in one transaction `UpdateItem`s it (`SET` of the
 //!   attributes this store manages, conditional on the `rev` it read, retried on a concurrent
 //!   update) and rewrites the index items (deleting the old ones if a key changed). Attributes
@@ -72,6 +74,10 @@
 //! - Events: an atomic counter (`UpdateItem ADD seq 1` on `SEQ#EVENT`) gives each event of a
 //!   run its sequence number, so `events` returns insertion order across processes even when
 //!   timestamps are equal.
+//! - Retried conditional writes: `PutItem` carries no idempotency token, so an SDK retry of a
+//!   write whose first answer was lost fails its own condition. The event puts and
+//!   `acquire_lock` then compare the item found with the item written: exactly equal is this
+//!   write, done (not a duplicate, not someone else's lock).
 //! - Locks: Powertools' algorithm. `acquire_lock` is one conditional `PutItem`:
 //!   `attribute_not_exists(pk) OR expires_at_ms < :now_ms OR (status = INPROGRESS AND
 //!   in_progress_expiration < :now_ms)` with `ReturnValuesOnConditionCheckFailure=ALL_OLD` to
@@ -123,6 +129,7 @@ use serde::Serialize;
 use super::{ConfigStore, LockOutcome, ReplayRequests, Store, StoreError};
 use crate::domain::run::{AuditEvent, LineRecord, RunRecord, SourceRowRecord};
 use crate::lambda::webhook::REJECTED_AUDIT_ID;
+use crate::ports::Cause;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -198,16 +205,8 @@ impl DynamoStore {
             "expiration".into(),
             n(ceil_secs(&Utc::now()) + REFUSED_REQUEST_TTL_DAYS * 86_400),
         );
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", "pk")
-            .send()
+        self.put_new(item, "PutItem (refused webhook request)")
             .await
-            .map_err(|e| sdk_err("PutItem (refused webhook request)", e))?;
-        Ok(())
     }
 }
 
@@ -252,7 +251,7 @@ pub async fn create_table_for_tests(client: &Client, table: &str) -> Result<(), 
         .table_name(table)
         .wait(Duration::from_secs(120))
         .await
-        .map_err(|e| StoreError::Backend(format!("waiting for table {table}: {e}")))?;
+        .map_err(|e| StoreError::backend(format!("waiting for table {table}"), Cause::error(e)))?;
     client
         .update_time_to_live()
         .table_name(table)
@@ -273,15 +272,15 @@ pub async fn create_table_for_tests(client: &Client, table: &str) -> Result<(), 
 // Errors and attribute helpers
 
 fn build_err(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError::Backend(format!("building a DynamoDB request: {e}"))
+    StoreError::backend("building a DynamoDB request", Cause::error(e))
 }
 
-/// A short description of an SDK failure: the service's error code and message, or the
-/// transport/timeout error with its causes.
+/// An SDK failure, described by the service's error code and message, or the transport/timeout
+/// error with its causes; the SDK error stays the source.
 fn sdk_err<E, R>(op: &str, e: SdkError<E, R>) -> StoreError
 where
-    E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let detail = match e.as_service_error() {
         Some(se) => format!(
@@ -291,7 +290,7 @@ where
         ),
         None => DisplayErrorContext(&e).to_string(),
     };
-    StoreError::Backend(format!("DynamoDB {op}: {detail}"))
+    StoreError::backend(format!("DynamoDB {op}"), Cause::described(detail, e))
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -304,6 +303,14 @@ fn n(v: impl std::fmt::Display) -> AttributeValue {
 
 fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
     HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))])
+}
+
+/// The key attributes of a whole item.
+fn key_of(item: &Item) -> Item {
+    item.iter()
+        .filter(|(k, _)| k.as_str() == "pk" || k.as_str() == "sk")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn names(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -320,36 +327,41 @@ fn values(pairs: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue>
 fn get_s<'a>(item: &'a Item, attr: &str, what: &str) -> Result<&'a str, StoreError> {
     match item.get(attr) {
         Some(AttributeValue::S(v)) => Ok(v),
-        Some(_) => Err(StoreError::Corrupt(format!(
-            "{what}: attribute {attr} is not a string"
-        ))),
-        None => Err(StoreError::Corrupt(format!(
-            "{what}: attribute {attr} is missing"
-        ))),
+        Some(_) => Err(StoreError::corrupt(
+            what,
+            format!("attribute {attr} is not a string"),
+        )),
+        None => Err(StoreError::corrupt(
+            what,
+            format!("attribute {attr} is missing"),
+        )),
     }
 }
 
 fn get_i64(item: &Item, attr: &str, what: &str) -> Result<i64, StoreError> {
     match item.get(attr) {
         Some(AttributeValue::N(v)) => v.parse().map_err(|_| {
-            StoreError::Corrupt(format!("{what}: attribute {attr} is not an integer: {v}"))
+            StoreError::corrupt(what, format!("attribute {attr} is not an integer: {v}"))
         }),
-        Some(_) => Err(StoreError::Corrupt(format!(
-            "{what}: attribute {attr} is not a number"
-        ))),
-        None => Err(StoreError::Corrupt(format!(
-            "{what}: attribute {attr} is missing"
-        ))),
+        Some(_) => Err(StoreError::corrupt(
+            what,
+            format!("attribute {attr} is not a number"),
+        )),
+        None => Err(StoreError::corrupt(
+            what,
+            format!("attribute {attr} is missing"),
+        )),
     }
 }
 
 fn encode<T: Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encoding {what}: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::backend(format!("encoding {what}"), Cause::error(e)))
 }
 
 fn decode_record<T: DeserializeOwned>(item: &Item, what: &str) -> Result<T, StoreError> {
     let json = get_s(item, "record", what)?;
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    serde_json::from_str(json).map_err(|e| StoreError::corrupt(what, Cause::error(e)))
 }
 
 /// DynamoDB's item size: attribute names plus values (close enough to check the limit).
@@ -375,9 +387,10 @@ fn item_size(item: &Item) -> usize {
 fn check_item_size(item: &Item, what: &str) -> Result<usize, StoreError> {
     let size = item_size(item);
     if size > MAX_ITEM_BYTES {
-        return Err(StoreError::Backend(format!(
-            "{what} is {size} bytes, over DynamoDB's {MAX_ITEM_BYTES}-byte item limit"
-        )));
+        return Err(StoreError::backend(
+            "",
+            format!("{what} is {size} bytes, over DynamoDB's {MAX_ITEM_BYTES}-byte item limit"),
+        ));
     }
     Ok(size)
 }
@@ -403,7 +416,7 @@ fn ceil_secs(t: &DateTime<Utc>) -> i64 {
 
 fn from_millis(what: &str, ms: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| StoreError::Corrupt(format!("{what}: timestamp {ms} ms out of range")))
+        .ok_or_else(|| StoreError::corrupt(what, format!("timestamp {ms} ms out of range")))
 }
 
 fn run_pk(run_id: &str) -> String {
@@ -470,10 +483,10 @@ impl TxError {
 
     fn into_store(self, what: &str) -> StoreError {
         match self {
-            TxError::Cancelled(codes) => StoreError::Backend(format!(
-                "{what}: transaction cancelled ({})",
-                codes.join(", ")
-            )),
+            TxError::Cancelled(codes) => StoreError::backend(
+                what,
+                format!("transaction cancelled ({})", codes.join(", ")),
+            ),
             TxError::Other(e) => e,
         }
     }
@@ -602,10 +615,13 @@ impl DynamoStore {
                 }
                 retries += 1;
                 if retries >= WRITE_ATTEMPTS {
-                    return Err(StoreError::Backend(format!(
-                        "{what}: DynamoDB left {} item(s) unprocessed after {retries} retries",
-                        pending.len()
-                    )));
+                    return Err(StoreError::backend(
+                        what,
+                        format!(
+                            "DynamoDB left {} item(s) unprocessed after {retries} retries",
+                            pending.len()
+                        ),
+                    ));
                 }
                 backoff(retries).await;
             }
@@ -813,6 +829,73 @@ fn line_item(line: &LineRecord) -> Result<(Item, usize), StoreError> {
     Ok((item, size))
 }
 
+impl DynamoStore {
+    /// `insert_run`'s condition failed: the run item exists. If it holds exactly the record this
+    /// call wrote (revision 1), the existing item *is* this insert: an earlier attempt of the same
+    /// transaction succeeded and its answer was lost (a timeout the SDK retried). DynamoDB makes
+    /// such a retry idempotent through the SDK's `ClientRequestToken`, but a local server may
+    /// not, and a spurious `Duplicate` would fail a run that was recorded fine. Anything else is
+    /// a real duplicate.
+    /// A `PutItem` of a new item (`attribute_not_exists(pk)`). A `PutItem` carries no
+    /// idempotency token, so when the SDK retries one whose first answer was lost, the retry
+    /// finds the item it wrote: if the item stored is exactly `item`, that is this write, done.
+    async fn put_new(&self, item: Item, op: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item.clone()))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", "pk")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let old = match err.as_service_error() {
+            Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
+                c.item().cloned()
+            }
+            _ => return Err(sdk_err(op, err)),
+        };
+        let old = match old.filter(|i| !i.is_empty()) {
+            Some(i) => Some(i),
+            None => {
+                let k = key_of(&item);
+                self.get_item(k, op).await?
+            }
+        };
+        if old.as_ref() == Some(&item) {
+            Ok(())
+        } else {
+            Err(sdk_err(op, err))
+        }
+    }
+
+    async fn own_insert_or_duplicate(
+        &self,
+        run: &RunRecord,
+        record: &str,
+    ) -> Result<(), StoreError> {
+        let what = format!("run {}", run.run_id);
+        let existing = self
+            .get_item(key(run_pk(&run.run_id), RUN_SK), &what)
+            .await?;
+        let ours = existing.as_ref().is_some_and(|item| {
+            get_s(item, "record", &what).is_ok_and(|r| r == record)
+                && get_i64(item, "rev", &what).is_ok_and(|rev| rev == 1)
+        });
+        if ours {
+            tracing::debug!(run_id = %run.run_id, "run item already written by an earlier attempt of this insert");
+            Ok(())
+        } else {
+            Err(StoreError::Duplicate(what))
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for DynamoStore {
     async fn insert_run(&self, run: &RunRecord) -> Result<(), StoreError> {
@@ -825,7 +908,7 @@ impl Store for DynamoStore {
         }
         match self.transact(ops).await {
             Ok(()) => Ok(()),
-            Err(e) if e.failed_at(0) => Err(StoreError::Duplicate(format!("run {}", run.run_id))),
+            Err(e) if e.failed_at(0) => self.own_insert_or_duplicate(run, &record).await,
             Err(e) => Err(e.into_store(&format!("inserting run {}", run.run_id))),
         }
     }
@@ -895,9 +978,10 @@ impl Store for DynamoStore {
                 Err(e) => return Err(e.into_store(&format!("updating {what}"))),
             }
         }
-        Err(StoreError::Backend(format!(
-            "updating {what}: too many concurrent updates"
-        )))
+        Err(StoreError::backend(
+            format!("updating {what}"),
+            "too many concurrent updates",
+        ))
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
@@ -1021,16 +1105,7 @@ impl Store for DynamoStore {
         item.insert("level".into(), s(event.level.as_str()));
         item.insert("record".into(), s(record));
         check_item_size(&item, &format!("event of run {}", event.run_id))?;
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", "pk")
-            .send()
-            .await
-            .map_err(|e| sdk_err("PutItem (event)", e))?;
-        Ok(())
+        self.put_new(item, "PutItem (event)").await
     }
 
     async fn events(&self, run_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
@@ -1132,6 +1207,11 @@ impl Store for DynamoStore {
                     None => continue,
                 },
             };
+            // The SDK retried this very `PutItem` after its answer was lost: the lock holds
+            // exactly what this call wrote, so it is this call's.
+            if held == item {
+                return Ok(LockOutcome::Acquired);
+            }
             return match get_s(&held, "status", &what)? {
                 LOCK_IN_PROGRESS => Ok(LockOutcome::InProgress {
                     owner: get_s(&held, "owner", &what)?.to_string(),
@@ -1140,14 +1220,16 @@ impl Store for DynamoStore {
                 LOCK_COMPLETED => Ok(LockOutcome::Completed {
                     result: get_s(&held, "result", &what)?.to_string(),
                 }),
-                other => Err(StoreError::Corrupt(format!(
-                    "{what}: unknown status {other:?}"
-                ))),
+                other => Err(StoreError::corrupt(
+                    what,
+                    format!("unknown status {other:?}"),
+                )),
             };
         }
-        Err(StoreError::Backend(format!(
-            "{what}: the lock record kept changing while it was being acquired"
-        )))
+        Err(StoreError::backend(
+            what,
+            "the lock record kept changing while it was being acquired",
+        ))
     }
 
     async fn renew_lock(
@@ -1369,9 +1451,10 @@ impl ReplayRequests for DynamoStore {
                 Err(e) => return Err(e.into_store(&format!("requesting a replay of {run_id}"))),
             }
         }
-        Err(StoreError::Backend(format!(
-            "requesting a replay of {run_id}: too many concurrent requests"
-        )))
+        Err(StoreError::backend(
+            format!("requesting a replay of {run_id}"),
+            "too many concurrent requests",
+        ))
     }
 }
 
@@ -1379,6 +1462,29 @@ impl ReplayRequests for DynamoStore {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn an_sdk_failure_reads_as_before_and_keeps_the_sdk_error_as_its_source() {
+        use aws_sdk_dynamodb::operation::get_item::GetItemError;
+        use std::error::Error as _;
+        let e =
+            SdkError::<GetItemError>::construction_failure(std::io::Error::other("no endpoint"));
+        let described = DisplayErrorContext(&e).to_string();
+        let err = sdk_err("GetItem", e);
+        assert_eq!(
+            err.to_string(),
+            format!("store backend error: DynamoDB GetItem: {described}")
+        );
+        let cause = err.source().expect("the cause is the source");
+        assert_eq!(cause.to_string(), described);
+        let sdk = cause.source().expect("the SDK error is the next link");
+        assert!(sdk.downcast_ref::<SdkError<GetItemError>>().is_some());
+        let mut root = sdk;
+        while let Some(next) = root.source() {
+            root = next;
+        }
+        assert_eq!(root.to_string(), "no endpoint");
+    }
 
     #[test]
     fn sort_keys_order_like_the_values() {

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::{LockOutcome, Store, StoreError};
 use crate::domain::run::{AuditEvent, LineRecord, RunRecord, SourceRowRecord};
+use crate::ports::Cause;
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,20 +101,22 @@ impl SqliteStore {
     /// to WAL and brings the schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Backend(format!("creating {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::backend(format!("creating {}", parent.display()), Cause::error(e))
+            })?;
         }
-        let conn = Connection::open(path)
-            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        let conn = Connection::open(path).map_err(|e| {
+            StoreError::backend(format!("opening {}", path.display()), Cause::error(e))
+        })?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(backend)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Backend(format!(
-                "{}: could not enable WAL (journal_mode is {mode})",
-                path.display()
-            )));
+            return Err(StoreError::backend(
+                path.display().to_string(),
+                format!("could not enable WAL (journal_mode is {mode})"),
+            ));
         }
         Self::init(conn)
     }
@@ -144,7 +147,7 @@ impl SqliteStore {
             f(&mut guard)
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::backend("store task failed", Cause::error(e)))?
     }
 }
 
@@ -158,21 +161,26 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(backend)?;
     if current > SCHEMA_VERSION {
-        return Err(StoreError::Backend(format!(
-            "database schema version {current} is newer than this build supports ({SCHEMA_VERSION})"
-        )));
+        return Err(StoreError::backend(
+            "",
+            format!(
+                "database schema version {current} is newer than this build supports ({SCHEMA_VERSION})"
+            ),
+        ));
     }
     if current < 0 {
-        return Err(StoreError::Corrupt(format!(
-            "database schema version {current} is invalid"
-        )));
+        return Err(StoreError::corrupt(
+            "",
+            format!("database schema version {current} is invalid"),
+        ));
     }
     if current == SCHEMA_VERSION {
         return Ok(());
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.execute_batch(sql)
-            .map_err(|e| StoreError::Backend(format!("schema migration {}: {e}", i + 1)))?;
+        tx.execute_batch(sql).map_err(|e| {
+            StoreError::backend(format!("schema migration {}", i + 1), Cause::error(e))
+        })?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(backend)?;
@@ -180,7 +188,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::backend("", Cause::error(e))
 }
 
 /// Errors reading a column are the stored data's fault (wrong type, NULL, out of range);
@@ -189,17 +197,18 @@ fn read_err(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::InvalidColumnType(..)
         | rusqlite::Error::FromSqlConversionFailure(..)
-        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(e.to_string()),
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::corrupt("", Cause::error(e)),
         other => backend(other),
     }
 }
 
 fn encode<T: Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("encoding {what}: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::backend(format!("encoding {what}"), Cause::error(e)))
 }
 
 fn decode<T: DeserializeOwned>(what: &str, json: &str) -> Result<T, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    serde_json::from_str(json).map_err(|e| StoreError::corrupt(what, Cause::error(e)))
 }
 
 /// Sort key for run start times; saturates outside 1677–2262 (order there is not meaningful).
@@ -217,11 +226,11 @@ fn micros(t: &DateTime<Utc>) -> i64 {
 
 fn from_micros(what: &str, v: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_micros(v)
-        .ok_or_else(|| StoreError::Corrupt(format!("{what}: timestamp {v} out of range")))
+        .ok_or_else(|| StoreError::corrupt(what, format!("timestamp {v} out of range")))
 }
 
 fn to_i64(what: &str, v: usize) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} does not fit SQLite")))
+    i64::try_from(v).map_err(|_| StoreError::backend("", format!("{what} {v} does not fit SQLite")))
 }
 
 /// Runs `sql` (one `?` parameter list, selecting `key, json`) and decodes every row.
@@ -594,9 +603,9 @@ impl Store for SqliteStore {
                         }),
                         LOCK_COMPLETED => match result {
                             Some(result) => Ok(LockOutcome::Completed { result }),
-                            None => Err(StoreError::Corrupt(format!("lock {key}: completed without a result"))),
+                            None => Err(StoreError::corrupt(format!("lock {key}"), "completed without a result")),
                         },
-                        other => Err(StoreError::Corrupt(format!("lock {key}: unknown status {other:?}"))),
+                        other => Err(StoreError::corrupt(format!("lock {key}"), format!("unknown status {other:?}"))),
                     };
                 }
             }
@@ -699,5 +708,68 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_backend_error_keeps_the_sqlite_error_as_its_source() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A directory is no database file.
+        let err = match SqliteStore::open(dir.path()) {
+            Err(e) => e,
+            Ok(_) => panic!("a directory opened as a database"),
+        };
+        assert!(matches!(err, StoreError::Backend { .. }), "{err:?}");
+        let cause = err.source().expect("the cause is the source");
+        let sqlite = cause
+            .downcast_ref::<Cause>()
+            .and_then(Cause::get_ref)
+            .and_then(|e| e.downcast_ref::<rusqlite::Error>())
+            .expect("the rusqlite error itself");
+        // The message is what it was when the cause was only text.
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "store backend error: opening {}: {sqlite}",
+                dir.path().display()
+            )
+        );
+        assert_eq!(cause.to_string(), sqlite.to_string());
+        // …and the chain goes on to SQLite's own error code.
+        assert!(cause.source().is_some(), "{sqlite:?}");
+    }
+
+    #[test]
+    fn a_corrupt_record_keeps_the_json_error_as_its_source() {
+        let err = decode::<RunRecord>("run r1", "{").expect_err("not JSON");
+        let json = err
+            .source()
+            .and_then(|c| c.downcast_ref::<Cause>())
+            .and_then(Cause::get_ref)
+            .and_then(|e| e.downcast_ref::<serde_json::Error>())
+            .expect("the serde_json error itself");
+        assert_eq!(
+            err.to_string(),
+            format!("corrupt stored data: run r1: {json}")
+        );
+    }
+
+    #[test]
+    fn a_refusal_without_an_underlying_error_reads_as_before() {
+        let err = StoreError::backend("", "database schema version 9 is newer");
+        assert_eq!(
+            err.to_string(),
+            "store backend error: database schema version 9 is newer"
+        );
+        let err = StoreError::corrupt("lock k", "completed without a result");
+        assert_eq!(
+            err.to_string(),
+            "corrupt stored data: lock k: completed without a result"
+        );
     }
 }

@@ -10,7 +10,11 @@ use ml_connector::sandbox::looker::{SANDBOX_LOOKER_CLIENT_ID, SANDBOX_LOOKER_CLI
 
 use super::common::{World, EXAMPLE};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_ml-connector");
+/// The binary under test: this build's, or the one `MLC_TEST_BIN` names (opt-in, to show that
+/// a test fails on an older build of the binary).
+pub fn bin() -> String {
+    std::env::var("MLC_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ml-connector").into())
+}
 
 /// Writes the example config pointed at the simulators.
 pub fn write_config(w: &World, dir: &Path) -> PathBuf {
@@ -32,7 +36,7 @@ pub fn pointed_at_sandbox(w: &World, text: &str) -> String {
 /// Runs the binary with only `env` of the connector's variables set.
 pub async fn cli(args: Vec<String>, env: Vec<(&'static str, String)>) -> Output {
     tokio::task::spawn_blocking(move || {
-        let mut c = std::process::Command::new(BIN);
+        let mut c = std::process::Command::new(bin());
         c.args(&args).env_remove("RUST_LOG");
         for k in [
             "MLC_LOOKER_CLIENT_ID",

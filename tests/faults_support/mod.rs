@@ -204,7 +204,7 @@ impl LedgerGateway for FaultLedger<'_> {
     }
 
     // A naive poster never cleans up after itself: it has none of the deletes the convergent
-    // writer uses to remove duplicates (the trait's defaults refuse them).
+    // writer uses to remove duplicates.
     async fn delete_line(&self, le: &str, batch: &str, n: &str) -> Result<bool, LedgerError> {
         if self.fault == LedgerFault::Naive {
             return Err(LedgerError::Other(

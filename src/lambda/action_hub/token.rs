@@ -85,11 +85,10 @@ impl HubTokenSource for SecretsManagerHubToken {
             .send()
             .await
             .map_err(|e| {
-                SecretsError::Backend(format!(
-                    "GetSecretValue {} (hub token): {}",
-                    self.secret_id,
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-                ))
+                crate::secrets::aws::sdk_failure(
+                    format!("GetSecretValue {} (hub token)", self.secret_id),
+                    e,
+                )
             })?;
         let text = out.secret_string().ok_or_else(|| SecretsError::Malformed {
             instance: "action hub".into(),

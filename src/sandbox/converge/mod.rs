@@ -27,7 +27,7 @@
 //! timing-dependent failure may need a few runs (`--repeat`) to show again.
 
 pub mod check;
-pub mod scenario;
+pub(crate) mod scenario;
 mod world;
 
 use std::collections::BTreeMap;

@@ -328,6 +328,16 @@ impl LedgerGateway for Naive {
             "the naive poster does not delete".into(),
         ))
     }
+    async fn delete_lines_atomic(
+        &self,
+        _: &str,
+        _: &str,
+        _: &[String],
+    ) -> Result<bool, LedgerError> {
+        Err(LedgerError::Other(
+            "the naive poster does not delete".into(),
+        ))
+    }
     async fn delete_header(&self, _: &str, _: &str) -> Result<bool, LedgerError> {
         Err(LedgerError::Other(
             "the naive poster does not delete".into(),

@@ -16,8 +16,6 @@ pub enum Val {
     Enum(String),
     /// `Edm.DateTimeOffset` (serialized `YYYY-MM-DDTHH:MM:SSZ`).
     DateTime(NaiveDateTime),
-    Bool(bool),
-    Null,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -326,8 +324,6 @@ fn compare(v: &Val, op: Op, lit: &Lit) -> Result<bool, String> {
         },
         (Val::Num(n), Lit::Num(l)) => Ok(ord(op, n.cmp(l))),
         (Val::DateTime(d), Lit::DateTime(l)) => Ok(ord(op, d.cmp(l))),
-        (Val::Bool(b), Lit::Bool(l)) => Ok(ord(op, b.cmp(l))),
-        (Val::Null, Lit::Null) => Ok(matches!(op, Op::Eq | Op::Ge | Op::Le)),
         (_, Lit::Null) => Ok(op == Op::Ne),
         _ => incompatible(),
     }

@@ -170,8 +170,6 @@ fn val_json(v: &Val) -> String {
         Val::Str(s) | Val::Enum(s) => serde_json::to_string(s).expect("string"),
         Val::Num(d) => d.to_string(),
         Val::DateTime(dt) => format!("\"{}\"", dt.format("%Y-%m-%dT%H:%M:%SZ")),
-        Val::Bool(b) => b.to_string(),
-        Val::Null => "null".into(),
     }
 }
 

@@ -11,7 +11,7 @@ mod batch;
 mod cost;
 mod entra;
 mod faults;
-pub mod filter;
+pub(crate) mod filter;
 mod fno;
 pub mod seed;
 mod tamper;
