@@ -419,8 +419,8 @@ fn slack_fix(rx: &Receiver, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_runs_notification_suggests_the_fix_that_works_for_its_state() {
     use ml_connector::store::dynamodb::{create_table_for_tests, DynamoStore};
-    let client = common_aws::dynamodb().await;
-    let table = common_aws::unique("mlc-notify-fix");
+    let client = common::aws::dynamodb().await;
+    let table = common::aws::unique("mlc-notify-fix");
     create_table_for_tests(&client, &table).await.unwrap();
     let store = DynamoStore::new(client.clone(), &table);
     let rx = Receiver::start().await;
@@ -482,7 +482,7 @@ async fn a_failed_runs_notification_suggests_the_fix_that_works_for_its_state() 
 
     // D365 refuses some vouchers while posting: validated, failed, replayable. (A table of
     // its own: the same week's data, unrelated to the run above.)
-    let table = common_aws::unique("mlc-notify-fix");
+    let table = common::aws::unique("mlc-notify-fix");
     create_table_for_tests(&client, &table).await.unwrap();
     let store = DynamoStore::new(client.clone(), &table);
     let notifier = Notifier::new(Some(table.clone()));
