@@ -323,6 +323,13 @@ pub async fn check(
     final_run: &str,
     allowed: &[RunStatus],
 ) -> Vec<String> {
+    let mut bad = check_d365(w, expected);
+    bad.extend(check_audit(w, expected, final_run, allowed).await);
+    bad
+}
+
+/// Checks 1-4: what D365 holds against the fault-free run.
+fn check_d365(w: &World, expected: &Expected) -> Vec<String> {
     let mut bad = Vec::new();
     let headers = w.d365.headers();
     let sim_lines = w.d365.lines();
@@ -397,7 +404,19 @@ pub async fn check(
             expected.vouchers.len()
         ));
     }
+    bad
+}
 
+/// Checks 5-6: the final run's audit trail tells the truth about what D365 holds.
+async fn check_audit(
+    w: &World,
+    expected: &Expected,
+    final_run: &str,
+    allowed: &[RunStatus],
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    let headers = w.d365.headers();
+    let sim_lines = w.d365.lines();
     // 5. The final run: status true, every source row accounted for, every line recorded where
     // D365 has it.
     let run = match w.store.get_run(final_run).await {
